@@ -1,0 +1,1 @@
+//! The Azure Resource Manager route-table service.

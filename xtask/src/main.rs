@@ -1,0 +1,54 @@
+//! `cargo xtask`: the one entry point for building, testing and running
+//! underlay. Each subcommand lives in its own module; this file only parses
+//! the command line and dispatches.
+
+mod bench;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "underlay's build, test and lab tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the system packages the tests need and install the missing ones
+    /// (as root on Debian/Ubuntu) or print the command that installs them.
+    Setup(setup::Args),
+    /// Formatting check, clippy with -D warnings and the whole test suite,
+    /// including the tests that need root and network namespaces.
+    Test(test::Args),
+    /// Run benchmarks and report ratios against a reference run.
+    Bench(bench::Args),
+    /// Bring up the whole stack on this machine and run the demo.
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup(args) => setup::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Lab { .. } => {
+            eprintln!(
+                "cargo xtask lab: not available yet.\n\
+                 It will build the binaries, bring up a three-node Azure-like cluster of network \n\
+                 namespaces (embedded Kubernetes API server, Azure route-table service, route \n\
+                 controller, one agent per node, the CNI plugin run by a kubelet emulator), run the \n\
+                 demo (cross-node pod traffic, NetworkPolicy, node join/leave, restarts), print a \n\
+                 report and tear everything down."
+            );
+            std::process::exit(2);
+        }
+    }
+}
