@@ -1,7 +1,7 @@
 //! `cargo xtask bench <suite>`: benchmarks reported as ratios against a
 //! reference measured in the same run.
 
-use crate::util::{cargo, run as run_cmd};
+use crate::util::{cargo, exec};
 use anyhow::Result;
 
 #[derive(clap::Args)]
@@ -23,7 +23,7 @@ pub enum Suite {
 
 pub fn run(args: &Args) -> Result<()> {
     match &args.suite {
-        Suite::Ipam { rest } => run_cmd(
+        Suite::Ipam { rest } => exec(
             cargo()
                 .args(["bench", "-p", "underlay-ipam", "--bench", "allocator", "--"])
                 .args(rest),

@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: the system packages the tests and the lab need.
 
-use crate::util::{have, is_root, run};
+use crate::util::{exec, have, is_root};
 use anyhow::{Result, bail};
 use std::process::Command;
 
@@ -52,11 +52,11 @@ pub fn run_setup(check_only: bool) -> Result<()> {
         );
     }
     eprintln!("setup: installing {list}");
-    run(Command::new("apt-get")
+    exec(Command::new("apt-get")
         .arg("update")
         .arg("-qq")
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run(Command::new("apt-get")
+    exec(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;

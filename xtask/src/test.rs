@@ -1,6 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest.
 
-use crate::util::{cargo, have, is_root, run};
+use crate::util::{cargo, exec, have, is_root};
 use anyhow::{Result, bail};
 
 #[derive(clap::Args)]
@@ -27,8 +27,8 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     if !args.no_lint {
-        run(cargo().args(["fmt", "--all", "--check"]))?;
-        run(cargo().args([
+        exec(cargo().args(["fmt", "--all", "--check"]))?;
+        exec(cargo().args([
             "clippy",
             "--workspace",
             "--all-targets",
@@ -41,15 +41,15 @@ pub fn run(args: &Args) -> Result<()> {
     // Tests that need root fail instead of skipping when this is set.
     let nextest = have("cargo-nextest");
     if nextest {
-        run(cargo()
+        exec(cargo()
             .args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast"])
             .args(&args.rest)
             .env("UNDERLAY_REQUIRE_ROOT", "1"))?;
-        run(cargo()
+        exec(cargo()
             .args(["test", "--workspace", "--locked", "--doc"])
             .env("UNDERLAY_REQUIRE_ROOT", "1"))?;
     } else {
-        run(cargo()
+        exec(cargo()
             .args(["test", "--workspace", "--locked", "--no-fail-fast"])
             .args(&args.rest)
             .env("UNDERLAY_REQUIRE_ROOT", "1"))?;

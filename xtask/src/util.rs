@@ -20,7 +20,7 @@ pub fn cargo() -> Command {
 }
 
 /// Runs a command to completion, echoing it first; fails on a non-zero exit.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub fn exec(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", display(cmd));
     let status = cmd
         .status()

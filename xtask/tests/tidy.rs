@@ -1,0 +1,118 @@
+//! Architecture invariants checked as ordinary tests (see ARCHITECTURE.md).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Normal (non-dev, non-build) dependency names of every crate under crates/.
+fn crate_dependencies() -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(root().join("crates")).expect("read crates/") {
+        let dir = entry.expect("crates/ entry").path();
+        let Ok(manifest) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+            continue;
+        };
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        out.insert(name, dependencies_of(&manifest));
+    }
+    out
+}
+
+/// The keys of the `[dependencies]` table (and of target-specific ones).
+fn dependencies_of(manifest: &str) -> Vec<String> {
+    let mut deps = Vec::new();
+    let mut in_deps = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]"
+                || (line.starts_with("[target.") && line.ends_with(".dependencies]"));
+            continue;
+        }
+        if in_deps && !line.is_empty() && !line.starts_with('#') {
+            if let Some((key, _)) = line.split_once('=') {
+                // `name.workspace = true` and `name = { .. }` both name `name`.
+                let key = key.trim().split('.').next().unwrap_or_default();
+                deps.push(key.trim_matches('"').to_string());
+            }
+        }
+    }
+    deps
+}
+
+fn has_binary(dir: &Path) -> bool {
+    dir.join("src/main.rs").exists() || dir.join("src/bin").exists()
+}
+
+#[test]
+fn every_crate_folder_is_named_after_its_crate() {
+    for entry in std::fs::read_dir(root().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let folder = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            manifest.contains(&format!("name = \"{folder}\"")),
+            "crates/{folder}: the package name must equal the folder name"
+        );
+    }
+}
+
+#[test]
+fn pure_crates_depend_on_no_workspace_crate() {
+    let deps = crate_dependencies();
+    for pure in ["underlay-ipam", "underlay-proto"] {
+        let Some(list) = deps.get(pure) else { continue };
+        let workspace: Vec<_> = list.iter().filter(|d| d.starts_with("underlay-")).collect();
+        assert!(workspace.is_empty(), "{pure} must not depend on {workspace:?}");
+    }
+}
+
+#[test]
+fn no_binary_crate_depends_on_another_binary_crate() {
+    let deps = crate_dependencies();
+    let binaries: Vec<String> = deps
+        .keys()
+        .filter(|name| name.as_str() != "underlay-lab" && has_binary(&root().join("crates").join(name)))
+        .cloned()
+        .collect();
+    for bin in &binaries {
+        for dep in &deps[bin] {
+            assert!(
+                !binaries.contains(dep),
+                "{bin} depends on the binary crate {dep}: move the shared code into a library crate"
+            );
+        }
+    }
+}
+
+#[test]
+fn nothing_shipped_depends_on_the_lab() {
+    for (name, list) in crate_dependencies() {
+        assert!(
+            name == "underlay-lab" || !list.iter().any(|d| d == "underlay-lab"),
+            "{name} depends on underlay-lab, which is never shipped (a dev-dependency is fine)"
+        );
+    }
+}
+
+#[test]
+fn the_cni_plugin_never_depends_on_kube() {
+    if let Some(list) = crate_dependencies().get("underlay-cni") {
+        for banned in ["kube", "k8s-openapi", "redb"] {
+            assert!(
+                !list.iter().any(|d| d == banned),
+                "underlay-cni must stay small and start fast: it must not depend on {banned}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_dependency_parser_reads_tables() {
+    let manifest = "[package]\nname = \"x\"\n[dependencies]\na.workspace = true\nb = \"1\"\n\
+                    [dev-dependencies]\nc = \"1\"\n[target.'cfg(unix)'.dependencies]\nd = \"1\"\n";
+    assert_eq!(dependencies_of(manifest), ["a", "b", "d"]);
+}
