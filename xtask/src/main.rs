@@ -3,6 +3,8 @@
 //! the command line and dispatches.
 
 mod bench;
+mod build;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -26,6 +28,12 @@ enum Command {
     Test(test::Args),
     /// Run benchmarks and report ratios against a reference run.
     Bench(bench::Args),
+    /// Build the shipped binaries: statically linked, stripped, with the
+    /// version and git commit embedded.
+    Build(build::Args),
+    /// Build the container images (OCI layout and docker archive) without a
+    /// container daemon; optionally push them.
+    Image(image::Args),
     /// Bring up the whole stack on this machine and run the demo.
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -39,6 +47,8 @@ fn main() -> anyhow::Result<()> {
         Command::Setup(args) => setup::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Build(args) => build::run(&args),
+        Command::Image(args) => image::run(&args),
         Command::Lab { .. } => {
             eprintln!(
                 "cargo xtask lab: not available yet.\n\
