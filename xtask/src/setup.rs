@@ -52,17 +52,24 @@ pub fn run_setup(check_only: bool) -> Result<()> {
         );
     }
     eprintln!("setup: installing {list}");
-    exec(Command::new("apt-get")
-        .arg("update")
-        .arg("-qq")
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    exec(
+        Command::new("apt-get")
+            .arg("update")
+            .arg("-qq")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     let still = missing_packages();
     if !still.is_empty() {
-        bail!("apt-get ran but these are still missing: {}", still.join(" "));
+        bail!(
+            "apt-get ran but these are still missing: {}",
+            still.join(" ")
+        );
     }
     Ok(())
 }

@@ -41,18 +41,30 @@ pub fn run(args: &Args) -> Result<()> {
     // Tests that need root fail instead of skipping when this is set.
     let nextest = have("cargo-nextest");
     if nextest {
-        exec(cargo()
-            .args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast"])
-            .args(&args.rest)
-            .env("UNDERLAY_REQUIRE_ROOT", "1"))?;
-        exec(cargo()
-            .args(["test", "--workspace", "--locked", "--doc"])
-            .env("UNDERLAY_REQUIRE_ROOT", "1"))?;
+        exec(
+            cargo()
+                .args([
+                    "nextest",
+                    "run",
+                    "--workspace",
+                    "--locked",
+                    "--no-fail-fast",
+                ])
+                .args(&args.rest)
+                .env("UNDERLAY_REQUIRE_ROOT", "1"),
+        )?;
+        exec(
+            cargo()
+                .args(["test", "--workspace", "--locked", "--doc"])
+                .env("UNDERLAY_REQUIRE_ROOT", "1"),
+        )?;
     } else {
-        exec(cargo()
-            .args(["test", "--workspace", "--locked", "--no-fail-fast"])
-            .args(&args.rest)
-            .env("UNDERLAY_REQUIRE_ROOT", "1"))?;
+        exec(
+            cargo()
+                .args(["test", "--workspace", "--locked", "--no-fail-fast"])
+                .args(&args.rest)
+                .env("UNDERLAY_REQUIRE_ROOT", "1"),
+        )?;
     }
     Ok(())
 }

@@ -66,7 +66,10 @@ fn pure_crates_depend_on_no_workspace_crate() {
     for pure in ["underlay-ipam", "underlay-proto"] {
         let Some(list) = deps.get(pure) else { continue };
         let workspace: Vec<_> = list.iter().filter(|d| d.starts_with("underlay-")).collect();
-        assert!(workspace.is_empty(), "{pure} must not depend on {workspace:?}");
+        assert!(
+            workspace.is_empty(),
+            "{pure} must not depend on {workspace:?}"
+        );
     }
 }
 
@@ -75,7 +78,9 @@ fn no_binary_crate_depends_on_another_binary_crate() {
     let deps = crate_dependencies();
     let binaries: Vec<String> = deps
         .keys()
-        .filter(|name| name.as_str() != "underlay-lab" && has_binary(&root().join("crates").join(name)))
+        .filter(|name| {
+            name.as_str() != "underlay-lab" && has_binary(&root().join("crates").join(name))
+        })
         .cloned()
         .collect();
     for bin in &binaries {
