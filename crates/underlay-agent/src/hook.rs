@@ -1,0 +1,119 @@
+//! The endpoint hook: how the agent tells the policy engine about pods.
+//!
+//! `Attach` answers the CNI plugin only after [`EndpointHook::attached`]
+//! returned, so a pod never runs before its policy is in place. At start-up
+//! the agent hands every endpoint it recovered from its store to
+//! [`EndpointHook::restored`] before it serves. The trait is dyn-compatible
+//! (boxed futures) so the binary can choose the implementation at run time.
+
+use futures::future::BoxFuture;
+use std::net::IpAddr;
+use underlay_ipam::AttachmentKey;
+
+/// One pod attachment as the policy engine sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub key: AttachmentKey,
+    pub namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    /// The host-side veth of the pod.
+    pub host_interface: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// Why the hook could not put an endpoint's policy in place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    /// Not yet possible (e.g. policies not synced): the plugin reports CNI
+    /// error 11 and the runtime retries.
+    #[error("policy is not ready yet: {0}")]
+    Unavailable(String),
+    /// Programming failed.
+    #[error("programming the pod's policy failed: {0}")]
+    Failed(String),
+}
+
+/// The policy engine's view of endpoints.
+pub trait EndpointHook: Send + Sync + 'static {
+    /// Called by Attach after the endpoint is recorded; returns once the
+    /// endpoint's policy is in place. Called again for a repeated Attach of
+    /// the same attachment, so it must be idempotent.
+    fn attached<'a>(&'a self, ep: &'a EndpointInfo) -> BoxFuture<'a, Result<(), HookError>>;
+    /// Called after the endpoint's record is gone (Detach, GC, rollback).
+    fn detached<'a>(&'a self, ep: &'a EndpointInfo) -> BoxFuture<'a, ()>;
+    /// Called once at start-up with every recovered endpoint, before the
+    /// agent reports ready.
+    fn restored<'a>(&'a self, eps: &'a [EndpointInfo]) -> BoxFuture<'a, Result<(), HookError>>;
+    /// A summary for Status; `None` when there is no policy engine.
+    fn status(&self) -> Option<underlay_proto::v1::PolicyStatus>;
+}
+
+/// Policy enforcement disabled (`--policy=false`): every endpoint is open.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPolicy;
+
+impl EndpointHook for NoPolicy {
+    fn attached<'a>(&'a self, _ep: &'a EndpointInfo) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn detached<'a>(&'a self, _ep: &'a EndpointInfo) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+    fn restored<'a>(&'a self, _eps: &'a [EndpointInfo]) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn status(&self) -> Option<underlay_proto::v1::PolicyStatus> {
+        None
+    }
+}
+
+/// A recording hook for tests: remembers every call and fails on demand.
+pub mod fake {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Call {
+        Attached(EndpointInfo),
+        Detached(EndpointInfo),
+        Restored(Vec<EndpointInfo>),
+    }
+
+    #[derive(Default)]
+    pub struct RecordingHook {
+        pub calls: Mutex<Vec<Call>>,
+        /// The error `attached` returns, if any.
+        pub fail_attach: Mutex<Option<HookError>>,
+    }
+
+    impl RecordingHook {
+        pub fn calls(&self) -> Vec<Call> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+        fn record(&self, c: Call) {
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push(c);
+            }
+        }
+    }
+
+    impl EndpointHook for RecordingHook {
+        fn attached<'a>(&'a self, ep: &'a EndpointInfo) -> BoxFuture<'a, Result<(), HookError>> {
+            self.record(Call::Attached(ep.clone()));
+            let fail = self.fail_attach.lock().ok().and_then(|f| f.clone());
+            Box::pin(async move { fail.map_or(Ok(()), Err) })
+        }
+        fn detached<'a>(&'a self, ep: &'a EndpointInfo) -> BoxFuture<'a, ()> {
+            self.record(Call::Detached(ep.clone()));
+            Box::pin(async {})
+        }
+        fn restored<'a>(&'a self, eps: &'a [EndpointInfo]) -> BoxFuture<'a, Result<(), HookError>> {
+            self.record(Call::Restored(eps.to_vec()));
+            Box::pin(async { Ok(()) })
+        }
+        fn status(&self) -> Option<underlay_proto::v1::PolicyStatus> {
+            None
+        }
+    }
+}

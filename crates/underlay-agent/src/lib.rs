@@ -1,0 +1,282 @@
+//! underlay-agent: the node agent.
+//!
+//! Module map: [`args`] (command line), [`store`] (durable endpoint
+//! records), [`endpoints`] (allocation and records, the domain core),
+//! [`grpc`] (the wire edge), [`node`] (pod CIDRs from the Node object),
+//! [`hook`] (the policy engine's entry point), [`metrics`] (Prometheus,
+//! health and readiness). [`run`] wires them together.
+//!
+//! Start-up order: open the store and the hook, start serving gRPC (Attach
+//! answers UNAVAILABLE until ready, so the plugin reports "try again"),
+//! learn the pod CIDRs, restore every recorded attachment into the
+//! allocator, let the hook restore their policy, then become ready.
+
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod endpoints;
+pub mod grpc;
+pub mod hook;
+pub mod metrics;
+pub mod node;
+pub mod store;
+
+pub use args::Args;
+pub use hook::{EndpointHook, EndpointInfo, HookError, NoPolicy};
+
+use anyhow::{Context, Result, bail};
+use endpoints::Endpoints;
+use metrics::Metrics;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use underlay_ipam::Cidr;
+
+/// What a hook factory gets to build the policy engine's hook.
+pub struct HookContext {
+    /// A Kubernetes client, when one could be configured (always in
+    /// Node-watch mode; in standalone mode only if a kubeconfig or in-cluster
+    /// configuration is available).
+    pub client: Option<kube::Client>,
+    pub node_name: String,
+    pub args: Args,
+}
+
+/// Builds the Kubernetes client from `--kubeconfig`, or in-cluster /
+/// `KUBECONFIG` when unset.
+pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("use kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster configuration and no KUBECONFIG; pass --kubeconfig or --pod-cidr for standalone mode")?,
+    };
+    kube::Client::try_from(config).context("build the kubernetes client")
+}
+
+fn node_name(args: &Args) -> Result<String> {
+    if !args.node_name.is_empty() {
+        return Ok(args.node_name.clone());
+    }
+    if !args.pod_cidrs.is_empty() {
+        // Standalone mode: the node name only labels Status and logs.
+        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            return Ok(h.trim().to_string());
+        }
+    }
+    bail!("--node-name (or NODE_NAME) is required to find this node's pod cidrs")
+}
+
+/// Binds the agent's unix socket: parent directory created, a stale socket
+/// from a previous run replaced, mode 0600.
+pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create the socket directory {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("remove the stale socket {}", path.display()))?,
+        Ok(_) => bail!(
+            "{} exists and is not a socket; remove it or choose another --socket",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+struct Ready(Endpoints);
+
+impl metrics::Readiness for Ready {
+    fn ready(&self) -> std::result::Result<(), String> {
+        let (ready, reason, _) = self.0.readiness();
+        if ready { Ok(()) } else { Err(reason) }
+    }
+}
+
+async fn serve_http(addr: args::Listen, router: axum::Router, what: &'static str) -> Result<()> {
+    let Some(addr) = addr.0 else { return Ok(()) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen for {what} on {addr}"))?;
+    tracing::info!(%addr, what, "http listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, what, "http server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Learns the pod CIDRs, restores the allocator and the hook, marks ready.
+async fn bring_up(
+    endpoints: Endpoints,
+    static_cidrs: Vec<Cidr>,
+    client: Option<kube::Client>,
+    node: String,
+) {
+    let cidrs = if !static_cidrs.is_empty() {
+        static_cidrs
+    } else if let Some(client) = client {
+        let ep = endpoints.clone();
+        node::wait_for_pod_cidrs(client, &node, move |why| ep.set_waiting(why)).await
+    } else {
+        endpoints.set_waiting("no pod cidrs: pass --pod-cidr or a kubeconfig");
+        return;
+    };
+    endpoints.set_waiting("restoring recorded endpoints");
+    match endpoints.set_pools(&cidrs) {
+        Ok(rejected) => {
+            for (key, why) in rejected {
+                tracing::error!(%key, reason = %why, "recorded endpoint not restored; DEL or GC releases it");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "pod cidrs unusable");
+            endpoints.set_waiting(e.to_string());
+            return;
+        }
+    }
+    let eps = endpoints.endpoints();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match endpoints.hook().restored(&eps).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, endpoints = eps.len(), "policy restore failed; retrying");
+                endpoints.set_waiting(format!("restoring the policy of recorded endpoints: {e}"));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    endpoints.mark_ready();
+    tracing::info!(endpoints = eps.len(), "agent ready");
+}
+
+/// Runs the agent until `shutdown` completes. `make_hook` builds the policy
+/// hook (pass `|_| Ok(Arc::new(NoPolicy))` to run without policy).
+pub async fn run_until(
+    args: Args,
+    make_hook: impl FnOnce(&HookContext) -> Result<Arc<dyn EndpointHook>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let node = node_name(&args)?;
+    let static_cidrs: Vec<Cidr> = args
+        .pod_cidrs
+        .iter()
+        .map(|c| {
+            c.parse::<Cidr>()
+                .with_context(|| format!("--pod-cidr {c:?}"))
+        })
+        .collect::<Result<_>>()?;
+    if !static_cidrs.is_empty() {
+        // Fail at start-up on a bad combination instead of never getting ready.
+        underlay_ipam::PodAllocator::new(&static_cidrs).context("--pod-cidr")?;
+    }
+    let client = if static_cidrs.is_empty() {
+        Some(kube_client(args.kubeconfig.as_deref()).await?)
+    } else if args.kubeconfig.is_some() || args.policy {
+        match kube_client(args.kubeconfig.as_deref()).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "standalone mode without a kubernetes client");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let ctx = HookContext {
+        client: client.clone(),
+        node_name: node.clone(),
+        args: args.clone(),
+    };
+    let hook = make_hook(&ctx).context("start the policy engine")?;
+
+    let metrics = Arc::new(Metrics::new());
+    let store = store::Store::open(&args.state_dir)?;
+    let endpoints = Endpoints::open(store, hook, metrics.clone(), args.mtu)?;
+    tracing::info!(node = %node, recorded = endpoints.endpoints().len(), state_dir = %args.state_dir.display(), "endpoint store open");
+
+    serve_http(
+        args.metrics_addr,
+        metrics::metrics_router(metrics.clone()),
+        "metrics",
+    )
+    .await?;
+    serve_http(
+        args.health_addr,
+        metrics::health_router(Arc::new(Ready(endpoints.clone()))),
+        "health",
+    )
+    .await?;
+
+    let listener = bind_socket(&args.socket)?;
+    tracing::info!(socket = %args.socket.display(), "grpc listening");
+    let service = grpc::AgentService {
+        endpoints: endpoints.clone(),
+        metrics,
+        node_name: node.clone(),
+    };
+    let bring = tokio::spawn(bring_up(endpoints, static_cidrs, client, node));
+    let served = tonic::transport::Server::builder()
+        .add_service(underlay_proto::v1::agent_server::AgentServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    bring.abort();
+    let _ = std::fs::remove_file(&args.socket);
+    served.context("grpc server")?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(
+    args: Args,
+    make_hook: impl FnOnce(&HookContext) -> Result<Arc<dyn EndpointHook>>,
+) -> Result<()> {
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    run_until(args, make_hook, shutdown).await
+}
+
+/// Installs the tracing subscriber on stderr in the chosen format.
+pub fn init_tracing(format: args::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        args::LogFormat::Json => builder.json().try_init(),
+        args::LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}

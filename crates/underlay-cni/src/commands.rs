@@ -1,0 +1,462 @@
+//! The CNI commands: what ADD, DEL, CHECK, GC and STATUS do with the agent
+//! and the dataplane, including rollback, written against the [`Agent`] and
+//! [`Dataplane`] traits so the logic is tested with recording fakes.
+
+use crate::agent::Agent;
+use crate::config::NetConf;
+use crate::dataplane::{Dataplane, DataplaneError, PodLink, PodRoute};
+use crate::env::CniEnv;
+use crate::error::{CniError, Result, code};
+use crate::names;
+use crate::types::{CniResult, Interface, IpEntry, IpPrefix, RouteEntry, Version};
+use serde_json::{Value, json};
+use std::net::IpAddr;
+use std::path::Path;
+use underlay_proto::v1;
+
+/// The MTU used when neither the configuration nor the agent sets one.
+pub const DEFAULT_MTU: u32 = 1500;
+
+fn key(env: &CniEnv) -> v1::AttachmentKey {
+    v1::AttachmentKey {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    }
+}
+
+fn pod_ref(env: &CniEnv) -> v1::PodRef {
+    v1::PodRef {
+        namespace: env.pod.namespace.clone(),
+        name: env.pod.name.clone(),
+        uid: env.pod.uid.clone(),
+        infra_container_id: env.pod.infra_container_id.clone(),
+    }
+}
+
+fn netns_str(env: &CniEnv) -> String {
+    env.netns
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// The host-side interface name for this invocation.
+pub fn host_interface(env: &CniEnv) -> String {
+    names::host_interface(
+        &env.pod.namespace,
+        &env.pod.name,
+        &env.container_id,
+        &env.ifname,
+    )
+}
+
+/// Maps a dataplane failure to a CNI error.
+pub fn dataplane_error(e: DataplaneError) -> CniError {
+    let code = match &e {
+        DataplaneError::NetnsNotFound(_) | DataplaneError::NotANetns { .. } => {
+            code::NETNS_NOT_FOUND
+        }
+        DataplaneError::InterfaceExists { .. } => code::INTERFACE_EXISTS,
+        DataplaneError::Mismatch(_) => code::CHECK_FAILED,
+        DataplaneError::Netlink { .. } | DataplaneError::Io { .. } => code::DATAPLANE,
+    };
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    CniError::new(code, msg)
+}
+
+fn bad_agent_answer(what: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        code::AGENT_FAILED,
+        format!(
+            "the underlay agent answered with {what}; check that the agent and plugin versions match"
+        ),
+    )
+}
+
+/// The pod's addresses and routes from the agent's answer.
+fn parse_ips(ips: &[v1::IpConfig]) -> Result<Vec<(IpPrefix, Option<IpAddr>)>> {
+    ips.iter()
+        .map(|ip| {
+            let addr: IpPrefix = ip
+                .address
+                .parse()
+                .map_err(|e| bad_agent_answer(format!("a bad address: {e}")))?;
+            let gw = if ip.gateway.is_empty() {
+                None
+            } else {
+                Some(
+                    ip.gateway
+                        .parse::<IpAddr>()
+                        .map_err(|_| bad_agent_answer(format!("a bad gateway {:?}", ip.gateway)))?,
+                )
+            };
+            Ok((addr, gw))
+        })
+        .collect()
+}
+
+fn parse_routes(routes: &[v1::Route]) -> Result<Vec<PodRoute>> {
+    routes
+        .iter()
+        .map(|r| {
+            let dst: IpPrefix = r
+                .destination
+                .parse()
+                .map_err(|e| bad_agent_answer(format!("a bad route: {e}")))?;
+            let gw = if r.gateway.is_empty() {
+                None
+            } else {
+                Some(r.gateway.parse::<IpAddr>().map_err(|_| {
+                    bad_agent_answer(format!("a bad route gateway {:?}", r.gateway))
+                })?)
+            };
+            Ok(PodRoute { dst, gw })
+        })
+        .collect()
+}
+
+/// ADD: attach at the agent, wire the pod, print the result. Any failure
+/// after the agent answered undoes both the kernel state and the agent's.
+pub async fn add<A: Agent, D: Dataplane>(
+    env: &CniEnv,
+    conf: &NetConf,
+    agent: &A,
+    dp: &D,
+) -> Result<Value> {
+    let netns = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for ADD"))?;
+    let host_ifname = host_interface(env);
+    if dp
+        .has_interface(netns, &env.ifname)
+        .await
+        .map_err(dataplane_error)?
+    {
+        return Err(dataplane_error(DataplaneError::InterfaceExists {
+            netns: netns.into(),
+            ifname: env.ifname.clone(),
+        }));
+    }
+    let attached = agent
+        .attach(v1::AttachRequest {
+            key: Some(key(env)),
+            netns: netns_str(env),
+            pod: Some(pod_ref(env)),
+            host_interface: host_ifname.clone(),
+            network_name: conf.name.clone(),
+            mtu: conf.mtu,
+        })
+        .await?;
+    tracing::debug!(container_id = %env.container_id, host_interface = %host_ifname, "attached at the agent");
+
+    let wired = async {
+        let ips = parse_ips(&attached.ips)?;
+        if ips.is_empty() {
+            return Err(bad_agent_answer("no address"));
+        }
+        let routes = parse_routes(&attached.routes)?;
+        let mtu = conf.mtu.unwrap_or(if attached.mtu == 0 {
+            DEFAULT_MTU
+        } else {
+            attached.mtu
+        });
+        let link = PodLink {
+            netns: netns.into(),
+            ifname: env.ifname.clone(),
+            host_ifname: host_ifname.clone(),
+            container_id: env.container_id.clone(),
+            mtu,
+            addresses: ips.iter().map(|(a, _)| *a).collect(),
+            routes: routes.clone(),
+        };
+        match dp.setup(&link).await {
+            Ok(w) => Ok((w, ips, routes, mtu)),
+            Err(e) => {
+                let exists = matches!(e, DataplaneError::InterfaceExists { .. });
+                // An interface that existed before is not ours to delete.
+                if !exists
+                    && let Err(te) = dp
+                        .teardown(Some(netns), &env.ifname, &host_ifname, &env.container_id)
+                        .await
+                {
+                    tracing::warn!(error = %te, "rollback of the pod's interfaces failed");
+                }
+                Err(dataplane_error(e))
+            }
+        }
+    }
+    .await;
+
+    let (wired, ips, routes, mtu) = match wired {
+        Ok(w) => w,
+        Err(e) => {
+            if let Err(de) = agent
+                .detach(v1::DetachRequest {
+                    key: Some(key(env)),
+                    netns: netns_str(env),
+                    pod: Some(pod_ref(env)),
+                })
+                .await
+            {
+                tracing::warn!(error = %de, "rollback at the agent failed; the agent's gc reclaims the address");
+            }
+            return Err(e);
+        }
+    };
+
+    let result = CniResult {
+        interfaces: vec![
+            Interface {
+                name: host_ifname,
+                mac: wired.host_mac,
+                mtu: Some(mtu),
+                ..Default::default()
+            },
+            Interface {
+                name: env.ifname.clone(),
+                mac: wired.pod_mac,
+                mtu: Some(mtu),
+                sandbox: Some(netns.display().to_string()),
+                ..Default::default()
+            },
+        ],
+        ips: ips
+            .into_iter()
+            .map(|(address, gateway)| IpEntry {
+                address,
+                gateway,
+                interface: Some(1),
+            })
+            .collect(),
+        routes: routes
+            .into_iter()
+            .map(|r| RouteEntry {
+                dst: r.dst,
+                gw: r.gw,
+                mtu: None,
+                advmss: None,
+                priority: None,
+                table: None,
+                scope: None,
+            })
+            .collect(),
+        dns: None,
+    };
+    let result = match &conf.prev_result {
+        Some(prev) => prev.clone().chain(result),
+        None => result,
+    };
+    Ok(result.to_value(conf.version))
+}
+
+/// DEL: remove the pod's interfaces (gone is fine), then release at the
+/// agent. Addresses are released only after the interfaces are gone, so an
+/// address never serves two pods at once.
+pub async fn del<A: Agent, D: Dataplane>(env: &CniEnv, agent: &A, dp: &D) -> Result<()> {
+    let host_ifname = host_interface(env);
+    let local = dp
+        .teardown(
+            env.netns.as_deref(),
+            &env.ifname,
+            &host_ifname,
+            &env.container_id,
+        )
+        .await;
+    let detached = agent
+        .detach(v1::DetachRequest {
+            key: Some(key(env)),
+            netns: netns_str(env),
+            pod: Some(pod_ref(env)),
+        })
+        .await?;
+    if !detached.host_interface.is_empty() && detached.host_interface != host_ifname {
+        // Recorded under another name (e.g. CNI_ARGS differ from ADD's).
+        dp.remove_host_interface(&detached.host_interface, &env.container_id)
+            .await
+            .map_err(dataplane_error)?;
+    }
+    local.map_err(dataplane_error)
+}
+
+/// CHECK: the prevResult, the agent's record and the kernel must agree.
+pub async fn check<A: Agent, D: Dataplane>(
+    env: &CniEnv,
+    conf: &NetConf,
+    agent: &A,
+    dp: &D,
+) -> Result<()> {
+    let netns = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for CHECK"))?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "CHECK needs prevResult in the network configuration: pass the result of ADD",
+        )
+    })?;
+    let failed = |m: String| CniError::new(code::CHECK_FAILED, m);
+    let index = prev
+        .interfaces
+        .iter()
+        .position(|i| {
+            i.name == env.ifname && i.sandbox.as_deref().is_none_or(|s| Path::new(s) == netns)
+        })
+        .ok_or_else(|| {
+            failed(format!(
+                "prevResult has no interface {} in {}",
+                env.ifname,
+                netns.display()
+            ))
+        })?;
+    let mut expected: Vec<IpPrefix> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(index))
+        .map(|ip| ip.address)
+        .collect();
+    expected.sort();
+    let record = agent
+        .check(v1::CheckRequest {
+            key: Some(key(env)),
+            netns: netns_str(env),
+            pod: Some(pod_ref(env)),
+        })
+        .await?;
+    let mut recorded: Vec<IpPrefix> = parse_ips(&record.ips)?
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    recorded.sort();
+    if recorded != expected {
+        return Err(failed(format!(
+            "the agent records addresses {recorded:?} but prevResult has {expected:?}"
+        )));
+    }
+    let gateways: Vec<Option<IpAddr>> = parse_ips(&record.ips)?
+        .into_iter()
+        .map(|(_, g)| g)
+        .filter(Option::is_some)
+        .collect();
+    let routes = prev
+        .routes
+        .iter()
+        .filter(|r| gateways.contains(&r.gw))
+        .map(|r| PodRoute {
+            dst: r.dst,
+            gw: r.gw,
+        })
+        .collect();
+    let host_ifname = if record.host_interface.is_empty() {
+        host_interface(env)
+    } else {
+        record.host_interface.clone()
+    };
+    dp.check(&PodLink {
+        netns: netns.into(),
+        ifname: env.ifname.clone(),
+        host_ifname,
+        container_id: env.container_id.clone(),
+        mtu: 0,
+        addresses: expected,
+        routes,
+    })
+    .await
+    .map_err(dataplane_error)
+}
+
+/// GC: the agent releases every attachment not in the valid list; the
+/// plugin deletes their host interfaces.
+pub async fn gc<A: Agent, D: Dataplane>(conf: &NetConf, agent: &A, dp: &D) -> Result<()> {
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments in the network configuration (an empty list releases everything)",
+        )
+    })?;
+    let resp = agent
+        .gc(v1::GcRequest {
+            valid_attachments: valid
+                .iter()
+                .map(|a| v1::AttachmentKey {
+                    container_id: a.container_id.clone(),
+                    ifname: a.ifname.clone(),
+                })
+                .collect(),
+        })
+        .await?;
+    let mut first_error = None;
+    for (released, host_ifname) in resp.released.iter().zip(&resp.host_interfaces) {
+        if host_ifname.is_empty() {
+            continue;
+        }
+        if let Err(e) = dp
+            .remove_host_interface(host_ifname, &released.container_id)
+            .await
+        {
+            tracing::warn!(host_interface = %host_ifname, error = %e, "gc could not delete a host interface");
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(dataplane_error(e)),
+        None => Ok(()),
+    }
+}
+
+/// STATUS: ready means the agent can serve ADD.
+pub async fn status<A: Agent>(agent: &A) -> Result<()> {
+    let resp = agent.status().await.map_err(|e| {
+        CniError::new(
+            code::NOT_AVAILABLE,
+            format!("the plugin cannot add pods: {}", e.msg),
+        )
+        .with_details(e.details)
+    })?;
+    if resp.ready {
+        return Ok(());
+    }
+    let limbo = resp
+        .policy
+        .as_ref()
+        .is_some_and(|p| !p.last_error.is_empty());
+    Err(CniError::new(
+        if limbo {
+            code::NOT_AVAILABLE_LIMBO
+        } else {
+            code::NOT_AVAILABLE
+        },
+        format!("the underlay agent is not ready: {}", resp.reason),
+    ))
+}
+
+/// VERSION: the versions this plugin speaks.
+pub fn version() -> Value {
+    json!({
+        "cniVersion": crate::types::LATEST,
+        "supportedVersions": crate::types::SUPPORTED_VERSIONS,
+    })
+}
+
+/// Whether `conf.version` allows `command` (STATUS and GC are 1.1.0).
+pub fn require_version(command: crate::env::Command, version: Version) -> Result<()> {
+    use crate::env::Command::*;
+    if matches!(command, Status | Gc) && version < crate::types::Version::V1_1_0 {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "{} needs cniVersion 1.1.0, the configuration has {}",
+                command.as_str(),
+                version.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
