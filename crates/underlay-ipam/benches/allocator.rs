@@ -32,8 +32,11 @@ fn cidr(s: &str) -> Cidr {
     s.parse().expect("benchmark cidr")
 }
 
+/// A key shaped like a runtime's: 64 hex characters that look random.
 fn key(n: usize) -> AttachmentKey {
-    AttachmentKey::new(format!("{n:064x}"), "eth0")
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (n as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    let id: String = (0..4).map(|_| format!("{:016x}", rng.next())).collect();
+    AttachmentKey::new(id, "eth0")
 }
 
 /// A pod allocator on `node_cidr` holding `fill` of its capacity (capped at

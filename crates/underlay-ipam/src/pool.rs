@@ -73,9 +73,8 @@ impl Pool {
         };
         let slot = self
             .free
-            .first_at_or_after(start)
-            .or_else(|| self.free.first())?;
-        self.free.remove(slot, slot);
+            .take_first_at_or_after(start)
+            .or_else(|| self.free.take_first_at_or_after(self.first))?;
         self.used += 1;
         self.last_allocated = Some(slot);
         Some(slot)

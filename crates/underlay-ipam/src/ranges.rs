@@ -31,19 +31,33 @@ impl RangeSet {
     }
 
     /// The smallest member.
+    #[cfg(test)]
     pub(crate) fn first(&self) -> Option<u128> {
         self.ranges.keys().next().copied()
     }
 
-    /// The smallest member at or after `value`.
-    pub(crate) fn first_at_or_after(&self, value: u128) -> Option<u128> {
-        if self.contains(value) {
-            return Some(value);
+    /// Removes and returns the smallest member at or after `value`: the
+    /// allocation hot path, so it touches the map as few times as it can.
+    pub(crate) fn take_first_at_or_after(&mut self, value: u128) -> Option<u128> {
+        let (start, end) = match self.range_containing(value) {
+            Some(range) => range,
+            None => self
+                .ranges
+                .range((Bound::Excluded(value), Bound::Unbounded))
+                .next()
+                .map(|(&s, &e)| (s, e))?,
+        };
+        let taken = value.max(start);
+        if taken == start {
+            self.ranges.remove(&start);
+        } else {
+            // start < taken: shorten the range in place.
+            self.ranges.insert(start, taken - 1);
         }
-        self.ranges
-            .range((Bound::Excluded(value), Bound::Unbounded))
-            .next()
-            .map(|(&start, _)| start)
+        if taken < end {
+            self.ranges.insert(taken + 1, end);
+        }
+        Some(taken)
     }
 
     /// The number of members, saturating at `u128::MAX`.
@@ -173,6 +187,31 @@ mod tests {
     }
 
     #[test]
+    fn take_removes_the_first_member_at_or_after_a_value() {
+        fn check(initial: &[Span], value: u128, expect: Option<u128>, left: &[Span]) {
+            let mut s = set(initial);
+            assert_eq!(
+                s.take_first_at_or_after(value),
+                expect,
+                "{initial:?} from {value}"
+            );
+            assert_eq!(pairs(&s), left, "{initial:?} from {value}");
+        }
+        check(&[(0, 10)], 0, Some(0), &[(1, 10)]);
+        check(&[(0, 10)], 4, Some(4), &[(0, 3), (5, 10)]);
+        check(&[(0, 10)], 10, Some(10), &[(0, 9)]);
+        check(&[(0, 10)], 11, None, &[(0, 10)]);
+        check(&[(3, 3), (7, 9)], 4, Some(7), &[(3, 3), (8, 9)]);
+        check(&[(3, 3), (7, 9)], 0, Some(3), &[(7, 9)]);
+        check(
+            &[(5, u128::MAX)],
+            u128::MAX,
+            Some(u128::MAX),
+            &[(5, u128::MAX - 1)],
+        );
+    }
+
+    #[test]
     fn count_saturates_for_the_whole_space() {
         assert_eq!(set(&[(0, u128::MAX)]).count(), u128::MAX);
         assert_eq!(set(&[(0, 9), (20, 29)]).count(), 20);
@@ -200,7 +239,15 @@ mod tests {
             }
             for v in probes {
                 prop_assert_eq!(s.contains(v), model.contains(&v));
-                prop_assert_eq!(s.first_at_or_after(v), model.range(v..).next().copied());
+                let mut taken = s.clone();
+                let first = model.range(v..).next().copied();
+                prop_assert_eq!(taken.take_first_at_or_after(v), first);
+                let mut rest = model.clone();
+                if let Some(f) = first { rest.remove(&f); }
+                prop_assert_eq!(taken.count(), rest.len() as u128);
+                prop_assert_eq!(taken.first(), rest.first().copied());
+                let p = pairs(&taken);
+                for w in p.windows(2) { prop_assert!(w[0].1 + 1 < w[1].0); }
             }
         }
     }
