@@ -3,3 +3,9 @@
 
 pub mod apiserver;
 pub mod arm;
+pub mod netns;
+pub mod relay;
+pub mod traffic;
+pub mod vnet;
+pub mod cni;
+pub mod kubelet;

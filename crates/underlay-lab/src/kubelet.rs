@@ -1,0 +1,733 @@
+//! The kubelet emulator and a simple scheduler.
+//!
+//! One [`Kubelets`] serves every node of the lab: it registers Node objects
+//! as a kubelet does (InternalIP addresses, `Ready`, and
+//! `NetworkUnavailable=True` until the route controller clears it), binds
+//! unscheduled pods to the least loaded node, and for each pod bound to one of
+//! its nodes creates the pod's network namespace, runs the CNI chain through
+//! [`cni::Runtime`] exactly as a container runtime does, starts a small server
+//! for each declared containerPort, and writes `status.podIPs` and `phase`.
+//! When a pod is deleted it stops the servers, runs CNI DEL, removes the
+//! namespace and confirms the deletion (grace period 0), as a kubelet must
+//! for a bound pod to disappear.
+
+use crate::cni;
+use crate::netns::{self, Netns};
+use crate::traffic::{self, PortSpec, Protocol};
+use crate::vnet::NodeNet;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API call failed: {0}; is the API server up?")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error(transparent)]
+    Cni(#[from] cni::Error),
+    #[error("pod {pod}: {reason}")]
+    Pod { pod: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A node the kubelet emulator runs pods on.
+pub struct NodeRuntime {
+    pub net: NodeNet,
+    pub cni: cni::Runtime,
+}
+
+/// A running pod sandbox.
+struct Sandbox {
+    key: String,
+    node: String,
+    netns: Netns,
+    attachment: cni::Attachment,
+    ips: Vec<IpAddr>,
+    _servers: traffic::Servers,
+}
+
+/// What `lab status` and the report show of a pod.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodInfo {
+    /// `namespace/name`.
+    pub key: String,
+    pub node: String,
+    pub netns: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// The kubelet emulator of every lab node, plus the scheduler.
+pub struct Kubelets {
+    client: kube::Client,
+    netns_prefix: String,
+    nodes: Mutex<BTreeMap<String, Arc<NodeRuntime>>>,
+    sandboxes: Mutex<BTreeMap<String, Sandbox>>,
+    locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    retry: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    retry_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
+}
+
+/// RFC 3339 UTC timestamp of now, as Kubernetes writes them.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A short stable hash (FNV-1a) for names derived from pod identities.
+pub fn short_hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The ports a pod's containers declare.
+pub fn declared_ports(pod: &Pod) -> Vec<PortSpec> {
+    let mut ports: Vec<PortSpec> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                "UDP" => Protocol::Udp,
+                "SCTP" => Protocol::Sctp,
+                _ => Protocol::Tcp,
+            };
+            Some(PortSpec {
+                port: u16::try_from(p.container_port).ok().filter(|p| *p != 0)?,
+                protocol,
+            })
+        })
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports
+}
+
+impl Kubelets {
+    pub fn new(client: kube::Client, netns_prefix: &str) -> Arc<Self> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Arc::new(Self {
+            client,
+            netns_prefix: netns_prefix.to_owned(),
+            nodes: Mutex::default(),
+            sandboxes: Mutex::default(),
+            locks: Mutex::default(),
+            retry: tx,
+            retry_rx: Mutex::new(Some(rx)),
+        })
+    }
+
+    /// Registers the Node object (InternalIPs, Ready, NetworkUnavailable
+    /// True) and starts running pods bound to it. A Node that already exists
+    /// keeps its conditions, as when a kubelet restarts.
+    pub async fn add_node(&self, node: NodeRuntime) -> Result<()> {
+        let name = node.net.name.clone();
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut addresses: Vec<serde_json::Value> = node
+            .net
+            .addresses()
+            .iter()
+            .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+            .collect();
+        addresses.push(json!({"type": "Hostname", "address": name}));
+        let object: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "topology.kubernetes.io/zone": "lab-1"}},
+            "spec": {"providerID": format!("azure:///subscriptions/lab/resourceGroups/lab/providers/Microsoft.Compute/virtualMachines/{name}")}
+        }))
+        .map_err(|e| Error::Pod {
+            pod: name.clone(),
+            reason: e.to_string(),
+        })?;
+        let created = match nodes.create(&PostParams::default(), &object).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(e)) if e.code == 409 => false,
+            Err(e) => return Err(e.into()),
+        };
+        if created {
+            let now = now_rfc3339();
+            let status = json!({"status": {
+                "addresses": addresses,
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                     "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now},
+                    {"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated",
+                     "message": "Node created without a route", "lastHeartbeatTime": now, "lastTransitionTime": now}
+                ],
+                "nodeInfo": {"kubeletVersion": "v1.34.0-underlay-lab", "operatingSystem": "linux",
+                    "architecture": "amd64", "containerRuntimeVersion": "underlay-lab://1",
+                    "kernelVersion": "", "osImage": "underlay lab", "kubeProxyVersion": "",
+                    "machineID": "", "systemUUID": "", "bootID": ""}
+            }});
+            nodes
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await?;
+        }
+        tracing::info!(node = %name, created, "kubelet registered node");
+        self.nodes
+            .lock()
+            .expect("kubelet nodes lock")
+            .insert(name, Arc::new(node));
+        Ok(())
+    }
+
+    /// Stops every pod of the node (CNI DEL included) and deletes the Node
+    /// object, as when a VM is removed from the scale set.
+    pub async fn remove_node(&self, name: &str) -> Result<()> {
+        let uids: Vec<String> = self
+            .sandboxes
+            .lock()
+            .expect("kubelet sandboxes lock")
+            .iter()
+            .filter(|(_, s)| s.node == name)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in uids {
+            self.teardown(&uid).await;
+        }
+        self.nodes.lock().expect("kubelet nodes lock").remove(name);
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        match nodes.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Pods bound to the node go away with it (the pod GC controller's job).
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        for pod in pods.list(&Default::default()).await?.items {
+            if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name) {
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                let _ = api
+                    .delete(
+                        pod.metadata.name.as_deref().unwrap_or_default(),
+                        &DeleteParams::default().grace_period(0),
+                    )
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes
+            .lock()
+            .expect("kubelet nodes lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The running pods.
+    pub fn pods(&self) -> Vec<PodInfo> {
+        let mut out: Vec<PodInfo> = self
+            .sandboxes
+            .lock()
+            .expect("kubelet sandboxes lock")
+            .values()
+            .map(|s| PodInfo {
+                key: s.key.clone(),
+                node: s.node.clone(),
+                netns: s.netns.name().to_owned(),
+                ips: s.ips.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Watches every pod and keeps sandboxes in line with them until the
+    /// task is aborted. Failed sandbox creations are retried every second.
+    pub async fn run(self: Arc<Self>) {
+        let retry_rx = self.retry_rx.lock().expect("kubelet retry lock").take();
+        if let Some(mut rx) = retry_rx {
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some((ns, name)) = rx.recv().await {
+                    let me = me.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let api: Api<Pod> = Api::namespaced(me.client.clone(), &ns);
+                        if let Ok(Some(pod)) = api.get_opt(&name).await {
+                            me.reconcile(pod).await;
+                        }
+                    });
+                }
+            });
+        }
+        let gc = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    me.gc().await;
+                }
+            })
+        };
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let mut events = watcher(pods, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.reconcile(pod).await });
+                }
+                Ok(watcher::Event::Delete(pod)) => {
+                    if let Some(uid) = pod.metadata.uid.clone() {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            let lock = me.lock_for(&uid);
+                            let _g = lock.lock().await;
+                            me.teardown(&uid).await;
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "kubelet pod watch failed"),
+            }
+        }
+        gc.abort();
+    }
+
+    fn lock_for(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("kubelet locks lock")
+            .entry(uid.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Brings one pod's sandbox in line with the pod object.
+    pub async fn reconcile(&self, pod: Pod) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        let lock = self.lock_for(&uid);
+        let _g = lock.lock().await;
+        let key = pod_key(&pod);
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.teardown(&uid).await;
+            if self.has_node(&node) {
+                self.confirm_deletion(&pod).await;
+            }
+            return;
+        }
+        if node.is_empty() {
+            if let Err(error) = self.schedule(&pod).await {
+                tracing::warn!(pod = %key, %error, "scheduler failed to bind pod");
+                self.retry_later(&pod);
+            }
+            return;
+        }
+        if !self.has_node(&node) {
+            return;
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            return;
+        }
+        let existing = self
+            .sandboxes
+            .lock()
+            .expect("kubelet sandboxes lock")
+            .get(&uid)
+            .map(|s| s.ips.clone());
+        let ips = match existing {
+            Some(ips) => ips,
+            None => match self.start_sandbox(&pod, &uid, &node).await {
+                Ok(ips) => ips,
+                Err(error) => {
+                    tracing::warn!(pod = %key, %node, %error, "kubelet failed to create pod sandbox");
+                    self.report_failure(&pod, &error.to_string()).await;
+                    self.retry_later(&pod);
+                    return;
+                }
+            },
+        };
+        let reported: Vec<String> = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|ips| ips.iter().map(|i| i.ip.clone()).collect())
+            .unwrap_or_default();
+        let want: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+        if phase != Some("Running") || reported != want {
+            if let Err(error) = self.report_running(&pod, &node, &ips).await {
+                tracing::warn!(pod = %key, %error, "kubelet failed to write pod status");
+                self.retry_later(&pod);
+            }
+        }
+    }
+
+    fn has_node(&self, node: &str) -> bool {
+        self.nodes
+            .lock()
+            .expect("kubelet nodes lock")
+            .contains_key(node)
+    }
+
+    fn retry_later(&self, pod: &Pod) {
+        let _ = self.retry.send((
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        ));
+    }
+
+    async fn schedule(&self, pod: &Pod) -> Result<()> {
+        let selector = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_selector.as_ref())
+            .and_then(|s| s.get("kubernetes.io/hostname").cloned());
+        let load: BTreeMap<String, usize> = {
+            let sandboxes = self.sandboxes.lock().expect("kubelet sandboxes lock");
+            self.node_names()
+                .into_iter()
+                .map(|n| {
+                    let count = sandboxes.values().filter(|s| s.node == n).count();
+                    (n, count)
+                })
+                .collect()
+        };
+        let Some(node) = load
+            .iter()
+            .filter(|(n, _)| selector.as_ref().is_none_or(|s| s == *n))
+            .min_by_key(|(n, c)| (**c, (*n).clone()))
+            .map(|(n, _)| n.clone())
+        else {
+            return Err(Error::Pod {
+                pod: pod_key(pod),
+                reason: "no node fits; add a node or fix the node selector".into(),
+            });
+        };
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let binding = json!({"apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": name, "namespace": ns},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+        let bound: Result<serde_json::Value, kube::Error> = api
+            .create_subresource("binding", &name, &PostParams::default(), &binding)
+            .await;
+        match bound {
+            Ok(_) => {}
+            // An API server without the binding subresource: set the field.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 405 => {
+                api.patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"nodeName": node}})),
+                )
+                .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(pod = %pod_key(pod), %node, "scheduler bound pod");
+        Ok(())
+    }
+
+    async fn start_sandbox(&self, pod: &Pod, uid: &str, node: &str) -> Result<Vec<IpAddr>> {
+        let runtime = self
+            .nodes
+            .lock()
+            .expect("kubelet nodes lock")
+            .get(node)
+            .cloned()
+            .ok_or_else(|| Error::Pod {
+                pod: pod_key(pod),
+                reason: format!("node {node} left"),
+            })?;
+        let key = pod_key(pod);
+        let netns = Netns::create(&format!(
+            "{}-p{}",
+            self.netns_prefix,
+            &short_hash(uid)[..10]
+        ))
+        .await?;
+        let attachment = cni::Attachment {
+            container_id: format!(
+                "{}{}",
+                short_hash(&format!("sandbox/{uid}")),
+                short_hash(uid)
+            ),
+            ifname: "eth0".into(),
+            netns: netns.path().display().to_string(),
+            pod_namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            pod_name: pod.metadata.name.clone().unwrap_or_default(),
+            pod_uid: uid.to_owned(),
+        };
+        let result = runtime.cni.add(&attachment).await?;
+        let ips = cni::result_ips(&result);
+        if ips.is_empty() {
+            let _ = runtime.cni.del(&attachment).await;
+            return Err(Error::Pod {
+                pod: key,
+                reason: "the CNI result has no IPs".into(),
+            });
+        }
+        let ports = declared_ports(pod);
+        let listeners = netns
+            .enter(move || traffic::open(&ports))?
+            .map_err(|e| Error::Pod {
+                pod: key.clone(),
+                reason: format!("cannot open the pod's ports: {e}"),
+            })?;
+        let servers = traffic::serve(listeners, &key).map_err(|e| Error::Pod {
+            pod: key.clone(),
+            reason: format!("cannot serve the pod's ports: {e}"),
+        })?;
+        tracing::info!(pod = %key, %node, ips = ?ips, netns = netns.name(), "kubelet started pod sandbox");
+        self.sandboxes
+            .lock()
+            .expect("kubelet sandboxes lock")
+            .insert(
+                uid.to_owned(),
+                Sandbox {
+                    key,
+                    node: node.to_owned(),
+                    netns,
+                    attachment,
+                    ips: ips.clone(),
+                    _servers: servers,
+                },
+            );
+        Ok(ips)
+    }
+
+    /// Stops a sandbox: servers, CNI DEL, namespace.
+    async fn teardown(&self, uid: &str) {
+        let sandbox = self
+            .sandboxes
+            .lock()
+            .expect("kubelet sandboxes lock")
+            .remove(uid);
+        let Some(sandbox) = sandbox else {
+            return;
+        };
+        let runtime = self
+            .nodes
+            .lock()
+            .expect("kubelet nodes lock")
+            .get(&sandbox.node)
+            .cloned();
+        drop(sandbox._servers);
+        if let Some(rt) = runtime
+            && let Err(error) = rt.cni.del(&sandbox.attachment).await
+        {
+            tracing::warn!(pod = %sandbox.key, %error, "kubelet CNI DEL failed");
+        }
+        if let Err(error) = sandbox.netns.delete().await {
+            tracing::warn!(pod = %sandbox.key, %error, "kubelet failed to delete pod netns");
+        }
+        tracing::info!(pod = %sandbox.key, "kubelet stopped pod sandbox");
+    }
+
+    async fn confirm_deletion(&self, pod: &Pod) {
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let mut dp = DeleteParams::default().grace_period(0);
+        dp.preconditions = Some(kube::api::Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        });
+        match api.delete(name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(error) => {
+                tracing::warn!(pod = %pod_key(pod), %error, "kubelet failed to confirm pod deletion")
+            }
+        }
+    }
+
+    async fn report_running(&self, pod: &Pod, node: &str, ips: &[IpAddr]) -> Result<()> {
+        let host_ips: Vec<String> = self
+            .nodes
+            .lock()
+            .expect("kubelet nodes lock")
+            .get(node)
+            .map(|n| n.net.addresses().iter().map(IpAddr::to_string).collect())
+            .unwrap_or_default();
+        let now = now_rfc3339();
+        let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+        let containers: Vec<serde_json::Value> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| {
+                json!({"name": c.name, "ready": true, "restartCount": 0, "started": true,
+                "image": c.image.clone().unwrap_or_default(), "imageID": "",
+                "state": {"running": {"startedAt": now}}})
+            })
+            .collect();
+        let patch = json!({"status": {
+            "phase": "Running",
+            "hostIP": host_ips.first(),
+            "hostIPs": host_ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+            "podIP": ips.first().map(IpAddr::to_string),
+            "podIPs": ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
+            "startTime": now,
+            "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("Ready"),
+                           cond("ContainersReady"), cond("PodScheduled")],
+            "containerStatuses": containers,
+        }});
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        api.patch_status(
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn report_failure(&self, pod: &Pod, message: &str) {
+        let now = now_rfc3339();
+        let patch = json!({"status": {"phase": "Pending", "conditions": [
+            {"type": "PodReadyToStartContainers", "status": "False", "reason": "FailedCreatePodSandBox",
+             "message": message, "lastTransitionTime": now},
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}]}});
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        let _ = api
+            .patch_status(
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await;
+    }
+
+    /// CNI GC on every node with the sandboxes that still exist.
+    pub async fn gc(&self) {
+        let nodes: Vec<(String, Arc<NodeRuntime>)> = self
+            .nodes
+            .lock()
+            .expect("kubelet nodes lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, rt) in nodes {
+            let valid: Vec<cni::Attachment> = self
+                .sandboxes
+                .lock()
+                .expect("kubelet sandboxes lock")
+                .values()
+                .filter(|s| s.node == name)
+                .map(|s| s.attachment.clone())
+                .collect();
+            if let Err(error) = rt.cni.gc(&valid).await {
+                tracing::warn!(node = %name, %error, "kubelet CNI GC failed");
+            }
+        }
+    }
+
+    /// Stops every sandbox (lab shutdown).
+    pub async fn shutdown(&self) {
+        let uids: Vec<String> = self
+            .sandboxes
+            .lock()
+            .expect("kubelet sandboxes lock")
+            .keys()
+            .cloned()
+            .collect();
+        for uid in uids {
+            self.teardown(&uid).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn declared_ports_cover_every_container_and_protocol() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "a"}, "spec": {"containers": [
+            {"name": "c1", "ports": [{"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}]},
+            {"name": "c2", "ports": [{"containerPort": 9000, "protocol": "SCTP"}, {"containerPort": 80}]}
+        ]}}))
+        .unwrap();
+        let got: Vec<String> = declared_ports(&pod)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, ["53/UDP", "80/TCP", "9000/SCTP"]);
+    }
+
+    #[test]
+    fn short_hashes_are_stable_and_distinct() {
+        assert_eq!(short_hash("x/a"), short_hash("x/a"));
+        assert_ne!(short_hash("x/a"), short_hash("x/b"));
+        assert_eq!(short_hash("").len(), 16);
+    }
+}
