@@ -24,6 +24,7 @@ const REQUIREMENTS: &[(&str, &str)] = &[
     ("/usr/lib/cni/host-local", "containernetworking-plugins"),
     ("/usr/lib/cni/portmap", "containernetworking-plugins"),
     ("iperf3", "iperf3"),
+    ("ping", "iputils-ping"),
     ("skopeo", "skopeo"),
     ("umoci", "umoci"),
 ];
