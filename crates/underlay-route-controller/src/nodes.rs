@@ -1,0 +1,159 @@
+//! The controller's writes to Nodes — pod CIDRs, the `NetworkUnavailable`
+//! condition and events — behind the narrow [`NodeSink`] port, with a
+//! recording fake for tests and benchmarks.
+
+use async_trait::async_trait;
+use std::sync::{Arc, Mutex};
+use underlay_ipam::Cidr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// An event about a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEvent {
+    pub node: String,
+    pub type_: EventType,
+    pub reason: String,
+    pub message: String,
+}
+
+impl NodeEvent {
+    pub fn warning(node: &str, reason: &str, message: impl Into<String>) -> NodeEvent {
+        NodeEvent {
+            node: node.to_string(),
+            type_: EventType::Warning,
+            reason: reason.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn normal(node: &str, reason: &str, message: impl Into<String>) -> NodeEvent {
+        NodeEvent {
+            node: node.to_string(),
+            type_: EventType::Normal,
+            reason: reason.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The node's `NetworkUnavailable` condition as the controller sets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteCondition {
+    /// `False`, reason `RouteCreated`.
+    Created,
+    /// `True`, reason `NoRouteCreated`.
+    NotCreated { message: String },
+}
+
+/// A failed write to the Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot update node {node}: {message}")]
+pub struct SinkError {
+    pub node: String,
+    pub message: String,
+}
+
+/// Writes to Nodes.
+#[async_trait]
+pub trait NodeSink: Send + Sync {
+    /// Sets `spec.podCIDR` and `spec.podCIDRs`.
+    async fn set_pod_cidrs(&self, node: &str, cidrs: &[Cidr]) -> Result<(), SinkError>;
+    /// Sets the `NetworkUnavailable` condition, leaving other conditions alone.
+    async fn set_route_condition(
+        &self,
+        node: &str,
+        condition: &RouteCondition,
+    ) -> Result<(), SinkError>;
+    /// Records an event; best effort, failures are logged by the implementation.
+    async fn event(&self, event: &NodeEvent);
+}
+
+/// One recorded write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    PodCidrs(String, Vec<Cidr>),
+    Condition(String, RouteCondition),
+    Event(NodeEvent),
+}
+
+/// A [`NodeSink`] that records every write; cloning shares the record.
+#[derive(Debug, Clone, Default)]
+pub struct RecordingSink {
+    log: Arc<Mutex<Vec<Recorded>>>,
+    fail_pod_cidrs: Arc<Mutex<usize>>,
+}
+
+impl RecordingSink {
+    pub fn records(&self) -> Vec<Recorded> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn events(&self) -> Vec<NodeEvent> {
+        self.records()
+            .into_iter()
+            .filter_map(|r| match r {
+                Recorded::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The last condition set on `node`.
+    pub fn condition(&self, node: &str) -> Option<RouteCondition> {
+        self.records().into_iter().rev().find_map(|r| match r {
+            Recorded::Condition(n, c) if n == node => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The next `n` pod CIDR writes fail.
+    pub fn fail_pod_cidrs(&self, n: usize) {
+        *self
+            .fail_pod_cidrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = n;
+    }
+
+    fn push(&self, r: Recorded) {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+    }
+}
+
+#[async_trait]
+impl NodeSink for RecordingSink {
+    async fn set_pod_cidrs(&self, node: &str, cidrs: &[Cidr]) -> Result<(), SinkError> {
+        {
+            let mut fail = self
+                .fail_pod_cidrs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(SinkError {
+                    node: node.to_string(),
+                    message: "injected failure".to_string(),
+                });
+            }
+        }
+        self.push(Recorded::PodCidrs(node.to_string(), cidrs.to_vec()));
+        Ok(())
+    }
+
+    async fn set_route_condition(
+        &self,
+        node: &str,
+        condition: &RouteCondition,
+    ) -> Result<(), SinkError> {
+        self.push(Recorded::Condition(node.to_string(), condition.clone()));
+        Ok(())
+    }
+
+    async fn event(&self, event: &NodeEvent) {
+        self.push(Recorded::Event(event.clone()));
+    }
+}
