@@ -1,0 +1,733 @@
+//! The narrow side-effect boundary of the engine: saving and restoring the
+//! filter table and ipsets, and listing and deleting conntrack entries.
+//! [`CommandDataplane`] runs the real tools (optionally inside a named
+//! network namespace); [`FakeDataplane`] keeps an in-memory model that
+//! checks what it is given as strictly as the kernel would and records
+//! every call.
+
+use crate::eval::Flow;
+use crate::model::Family;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("could not run {program}: {source}; check that it is installed and on PATH")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{0}")]
+    Rejected(String),
+}
+
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// What the engine needs from the node. Scripts are in the formats of
+/// `iptables-restore` and `ipset restore`.
+pub trait Dataplane: Send + 'static {
+    /// `iptables-save -t filter` (or `ip6tables-save`).
+    fn save_filter(&mut self, family: Family) -> Result<String>;
+    /// `iptables-restore --noflush`: one atomic transaction.
+    fn restore_filter(&mut self, family: Family, script: &str) -> Result<()>;
+    /// `ipset save`.
+    fn save_sets(&mut self) -> Result<String>;
+    /// `ipset restore`.
+    fn restore_sets(&mut self, script: &str) -> Result<()>;
+    /// The conntrack table of one family.
+    fn list_flows(&mut self, family: Family) -> Result<Vec<Flow>>;
+    /// Deletes one connection; false when it was already gone.
+    fn delete_flow(&mut self, flow: &Flow) -> Result<bool>;
+    /// The node's own addresses (their flows to pods are always allowed).
+    fn host_addresses(&mut self) -> Result<Vec<IpAddr>>;
+}
+
+/// The real tools, run as child processes.
+#[derive(Debug, Clone)]
+pub struct CommandDataplane {
+    /// Run every tool inside this named network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// Command prefixes for IPv4 and IPv6 (`iptables`, `ip6tables`; or the
+    /// `-legacy` / `-nft` variants): `-save` and `-restore` are appended.
+    pub iptables: [String; 2],
+    pub ipset: String,
+    pub conntrack: String,
+}
+
+impl Default for CommandDataplane {
+    fn default() -> Self {
+        CommandDataplane {
+            netns: None,
+            iptables: ["iptables".into(), "ip6tables".into()],
+            ipset: "ipset".into(),
+            conntrack: "conntrack".into(),
+        }
+    }
+}
+
+impl CommandDataplane {
+    pub fn in_netns(name: impl Into<String>) -> CommandDataplane {
+        CommandDataplane {
+            netns: Some(name.into()),
+            ..CommandDataplane::default()
+        }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<(bool, String, String)> {
+        let mut cmd = self.command(program);
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let spawn_err = |source| DataplaneError::Spawn {
+            program: program.to_string(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        if let Some(input) = stdin
+            && let Some(mut pipe) = child.stdin.take()
+        {
+            pipe.write_all(input.as_bytes()).map_err(spawn_err)?;
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+
+    fn run_ok(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let (ok, out, err) = self.run(program, args, stdin)?;
+        if ok {
+            Ok(out)
+        } else {
+            Err(DataplaneError::Failed {
+                program: program.to_string(),
+                status: "non-zero exit".into(),
+                stderr: err,
+            })
+        }
+    }
+}
+
+impl Dataplane for CommandDataplane {
+    fn save_filter(&mut self, family: Family) -> Result<String> {
+        let prog = format!("{}-save", self.iptables[family.index()]);
+        self.run_ok(&prog, &["-t", "filter"], None)
+    }
+
+    fn restore_filter(&mut self, family: Family, script: &str) -> Result<()> {
+        let prog = format!("{}-restore", self.iptables[family.index()]);
+        self.run_ok(&prog, &["--noflush", "-w", "5"], Some(script))
+            .map(drop)
+    }
+
+    fn save_sets(&mut self) -> Result<String> {
+        let prog = self.ipset.clone();
+        self.run_ok(&prog, &["save"], None)
+    }
+
+    fn restore_sets(&mut self, script: &str) -> Result<()> {
+        let prog = self.ipset.clone();
+        self.run_ok(&prog, &["restore"], Some(script)).map(drop)
+    }
+
+    fn list_flows(&mut self, family: Family) -> Result<Vec<Flow>> {
+        let prog = self.conntrack.clone();
+        let fam = match family {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        };
+        let (ok, out, err) = self.run(&prog, &["-L", "-f", fam], None)?;
+        if !ok {
+            return Err(DataplaneError::Failed {
+                program: prog,
+                status: "non-zero exit".into(),
+                stderr: err,
+            });
+        }
+        Ok(out.lines().filter_map(parse_conntrack_line).collect())
+    }
+
+    fn delete_flow(&mut self, flow: &Flow) -> Result<bool> {
+        let prog = self.conntrack.clone();
+        let fam = match Family::of(&flow.src) {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        };
+        let proto = flow.protocol.to_string();
+        let (src, dst) = (flow.src.to_string(), flow.dst.to_string());
+        let (sport, dport) = (flow.sport.to_string(), flow.dport.to_string());
+        let mut args = vec!["-D", "-f", fam, "-p", &proto, "-s", &src, "-d", &dst];
+        if matches!(flow.protocol, 6 | 17 | 132) {
+            args.extend(["--sport", &sport, "--dport", &dport]);
+        }
+        // conntrack exits 1 when nothing matched: the flow ended meanwhile.
+        let (ok, _out, err) = self.run(&prog, &args, None)?;
+        if ok {
+            return Ok(true);
+        }
+        if err.contains("0 flow entries") {
+            return Ok(false);
+        }
+        Err(DataplaneError::Failed {
+            program: prog,
+            status: "non-zero exit".into(),
+            stderr: err,
+        })
+    }
+
+    fn host_addresses(&mut self) -> Result<Vec<IpAddr>> {
+        let out = self.run_ok("ip", &["-o", "addr", "show"], None)?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                w.find(|t| *t == "inet" || *t == "inet6")?;
+                w.next()?.split('/').next()?.parse().ok()
+            })
+            .collect())
+    }
+}
+
+/// Parses one line of `conntrack -L` (original direction only).
+pub fn parse_conntrack_line(line: &str) -> Option<Flow> {
+    let mut words = line.split_whitespace();
+    words.next()?;
+    let protocol: u8 = words.next()?.parse().ok()?;
+    let (mut src, mut dst, mut sport, mut dport) = (None, None, None, None);
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            continue;
+        };
+        match k {
+            "src" if src.is_none() => src = v.parse().ok(),
+            "dst" if dst.is_none() => dst = v.parse().ok(),
+            "sport" if sport.is_none() => sport = v.parse().ok(),
+            "dport" if dport.is_none() => dport = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(Flow {
+        protocol,
+        src: src?,
+        dst: dst?,
+        sport: sport.unwrap_or(0),
+        dport: dport.unwrap_or(0),
+    })
+}
+
+/// One call the fake received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    SaveFilter(Family),
+    RestoreFilter(Family, String),
+    SaveSets,
+    RestoreSets(String),
+    ListFlows(Family),
+    DeleteFlow(Flow),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeSet {
+    pub kind: String,
+    pub family: String,
+    pub members: BTreeSet<String>,
+}
+
+/// The state behind a [`FakeDataplane`], shared with the test that made it.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// Chains of the filter table per family, built-ins included.
+    pub tables: [BTreeMap<String, Vec<String>>; 2],
+    pub sets: BTreeMap<String, FakeSet>,
+    pub calls: Vec<Call>,
+    pub flows: Vec<Flow>,
+    pub host: Vec<IpAddr>,
+    /// Makes the next restore of either kind fail with this message.
+    pub fail_next_restore: Option<String>,
+}
+
+impl FakeState {
+    pub fn restores(&self) -> usize {
+        self.calls
+            .iter()
+            .filter(|c| matches!(c, Call::RestoreFilter(..) | Call::RestoreSets(_)))
+            .count()
+    }
+}
+
+/// A recording in-memory dataplane. Clones share state.
+#[derive(Debug, Clone)]
+pub struct FakeDataplane {
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl Default for FakeDataplane {
+    fn default() -> Self {
+        let mut state = FakeState::default();
+        for t in &mut state.tables {
+            for b in ["INPUT", "FORWARD", "OUTPUT"] {
+                t.insert(b.into(), Vec::new());
+            }
+        }
+        FakeDataplane {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+}
+
+const TARGETS: [&str; 6] = ["ACCEPT", "DROP", "RETURN", "MARK", "NFLOG", "REJECT"];
+const BUILTINS: [&str; 3] = ["INPUT", "FORWARD", "OUTPUT"];
+
+/// Splits a rule into words, keeping double-quoted strings whole.
+pub fn split_words(rule: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in rule.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+/// Joins words back into a rule, quoting those with spaces.
+fn join_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.contains(' ') {
+                format!("\"{w}\"")
+            } else {
+                w.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl FakeDataplane {
+    pub fn new() -> FakeDataplane {
+        FakeDataplane::default()
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn apply_filter(
+        table: &mut BTreeMap<String, Vec<String>>,
+        sets: &BTreeMap<String, FakeSet>,
+        script: &str,
+    ) -> Result<(), String> {
+        let mut in_table = false;
+        for (n, line) in script.lines().enumerate() {
+            let line = line.trim();
+            let err = |m: &str| format!("line {}: {m}: {line}", n + 1);
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line == "*filter" {
+                in_table = true;
+                continue;
+            }
+            if !in_table {
+                return Err(err("rule outside a table"));
+            }
+            if line == "COMMIT" {
+                in_table = false;
+                continue;
+            }
+            if let Some(decl) = line.strip_prefix(':') {
+                let name = decl.split_whitespace().next().unwrap_or_default();
+                if BUILTINS.contains(&name) {
+                    return Err(err("declaring a built-in chain flushes it"));
+                }
+                table.insert(name.to_string(), Vec::new());
+                continue;
+            }
+            let words = split_words(line);
+            let (op, chain) = match (words.first(), words.get(1)) {
+                (Some(op), Some(chain)) => (op.as_str(), chain.clone()),
+                _ => return Err(err("bad line")),
+            };
+            if !table.contains_key(&chain) {
+                return Err(err("no such chain"));
+            }
+            match op {
+                "-A" | "-I" => {
+                    let (pos, rest) = if op == "-I" {
+                        match words.get(2).and_then(|w| w.parse::<usize>().ok()) {
+                            Some(p) => (Some(p), &words[3..]),
+                            None => (Some(1), &words[2..]),
+                        }
+                    } else {
+                        (None, &words[2..])
+                    };
+                    for pair in rest.windows(2) {
+                        if (pair[0] == "-j" || pair[0] == "-g")
+                            && !TARGETS.contains(&pair[1].as_str())
+                            && !table.contains_key(&pair[1])
+                        {
+                            return Err(err("jump to a missing chain"));
+                        }
+                        if pair[0] == "--match-set" && !sets.contains_key(&pair[1]) {
+                            return Err(err("set does not exist"));
+                        }
+                    }
+                    let text = join_words(rest);
+                    let rules = table.get_mut(&chain).ok_or_else(|| err("no such chain"))?;
+                    match pos {
+                        Some(p) if p >= 1 && p <= rules.len() + 1 => rules.insert(p - 1, text),
+                        Some(_) => return Err(err("index of insertion too big")),
+                        None => rules.push(text),
+                    }
+                }
+                "-D" => {
+                    let text = join_words(&words[2..]);
+                    let rules = table.get_mut(&chain).ok_or_else(|| err("no such chain"))?;
+                    let at = rules.iter().position(|r| *r == text).ok_or_else(|| {
+                        err("bad rule (does a matching rule exist in that chain?)")
+                    })?;
+                    rules.remove(at);
+                }
+                "-F" => {
+                    if let Some(r) = table.get_mut(&chain) {
+                        r.clear();
+                    }
+                }
+                "-X" => {
+                    if BUILTINS.contains(&chain.as_str()) {
+                        return Err(err("cannot delete a built-in chain"));
+                    }
+                    if table.get(&chain).is_some_and(|r| !r.is_empty()) {
+                        return Err(err("directory not empty"));
+                    }
+                    let referenced = table.values().flatten().any(|r| {
+                        let w = split_words(r);
+                        w.windows(2)
+                            .any(|p| (p[0] == "-j" || p[0] == "-g") && p[1] == chain)
+                    });
+                    if referenced {
+                        return Err(err("too many links"));
+                    }
+                    table.remove(&chain);
+                }
+                _ => return Err(err("unknown command")),
+            }
+        }
+        if in_table {
+            return Err("missing COMMIT".into());
+        }
+        Ok(())
+    }
+
+    fn apply_sets(
+        sets: &mut BTreeMap<String, FakeSet>,
+        tables: &[BTreeMap<String, Vec<String>>; 2],
+        script: &str,
+    ) -> Result<(), String> {
+        for (n, line) in script.lines().enumerate() {
+            let err = |m: &str| format!("line {}: {m}: {line}", n + 1);
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let exist = words.contains(&"-exist");
+            let words: Vec<&str> = words.into_iter().filter(|w| *w != "-exist").collect();
+            match words.as_slice() {
+                [] => {}
+                ["create", name, kind, "family", fam, ..] => {
+                    if name.len() > 31 {
+                        return Err(err("set name too long"));
+                    }
+                    match sets.get(*name) {
+                        Some(s) if s.kind == *kind && s.family == *fam && exist => {}
+                        Some(_) => return Err(err("set with the same name already exists")),
+                        None => {
+                            sets.insert(
+                                name.to_string(),
+                                FakeSet {
+                                    kind: kind.to_string(),
+                                    family: fam.to_string(),
+                                    members: BTreeSet::new(),
+                                },
+                            );
+                        }
+                    }
+                }
+                ["add", name, member @ ..] => {
+                    let s = sets
+                        .get_mut(*name)
+                        .ok_or_else(|| err("set does not exist"))?;
+                    let m = member.join(" ");
+                    if !s.members.insert(m) && !exist {
+                        return Err(err("element is already added"));
+                    }
+                }
+                ["del", name, member @ ..] => {
+                    let s = sets
+                        .get_mut(*name)
+                        .ok_or_else(|| err("set does not exist"))?;
+                    let m = member.join(" ");
+                    let plain = member.first().map(|m| m.to_string()).unwrap_or_default();
+                    let removed = s.members.remove(&m)
+                        || s.members.remove(&format!("{plain} nomatch"))
+                        || s.members.remove(&plain);
+                    if !removed && !exist {
+                        return Err(err("element is missing"));
+                    }
+                }
+                ["swap", a, b] => {
+                    let sa = sets
+                        .get(*a)
+                        .cloned()
+                        .ok_or_else(|| err("set does not exist"))?;
+                    let sb = sets
+                        .get(*b)
+                        .cloned()
+                        .ok_or_else(|| err("set does not exist"))?;
+                    if sa.kind != sb.kind || sa.family != sb.family {
+                        return Err(err("sets of different types cannot be swapped"));
+                    }
+                    sets.insert(a.to_string(), sb);
+                    sets.insert(b.to_string(), sa);
+                }
+                ["flush", name] => {
+                    sets.get_mut(*name)
+                        .ok_or_else(|| err("set does not exist"))?
+                        .members
+                        .clear();
+                }
+                ["destroy", name] => {
+                    let used = tables.iter().flat_map(|t| t.values()).flatten().any(|r| {
+                        split_words(r)
+                            .windows(2)
+                            .any(|p| p[0] == "--match-set" && p[1] == *name)
+                    });
+                    if used {
+                        return Err(err("set is in use by a kernel component"));
+                    }
+                    if sets.remove(*name).is_none() && !exist {
+                        return Err(err("set does not exist"));
+                    }
+                }
+                _ => return Err(err("unknown command")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Renders a table as `iptables-save` would.
+    pub fn render_table(table: &BTreeMap<String, Vec<String>>) -> String {
+        let mut out = String::from("# Generated by fake\n*filter\n");
+        for b in BUILTINS {
+            out.push_str(&format!(":{b} ACCEPT [0:0]\n"));
+        }
+        for name in table.keys().filter(|n| !BUILTINS.contains(&n.as_str())) {
+            out.push_str(&format!(":{name} - [0:0]\n"));
+        }
+        for (name, rules) in table {
+            for r in rules {
+                out.push_str(&format!("-A {name} {r}\n"));
+            }
+        }
+        out.push_str("COMMIT\n");
+        out
+    }
+}
+
+impl Dataplane for FakeDataplane {
+    fn save_filter(&mut self, family: Family) -> Result<String> {
+        let mut s = self.state();
+        s.calls.push(Call::SaveFilter(family));
+        Ok(FakeDataplane::render_table(&s.tables[family.index()]))
+    }
+
+    fn restore_filter(&mut self, family: Family, script: &str) -> Result<()> {
+        let mut s = self.state();
+        s.calls
+            .push(Call::RestoreFilter(family, script.to_string()));
+        if let Some(m) = s.fail_next_restore.take() {
+            return Err(DataplaneError::Rejected(m));
+        }
+        let mut table = s.tables[family.index()].clone();
+        FakeDataplane::apply_filter(&mut table, &s.sets, script)
+            .map_err(DataplaneError::Rejected)?;
+        s.tables[family.index()] = table;
+        Ok(())
+    }
+
+    fn save_sets(&mut self) -> Result<String> {
+        let mut s = self.state();
+        s.calls.push(Call::SaveSets);
+        let mut out = String::new();
+        for (name, set) in &s.sets {
+            out.push_str(&format!(
+                "create {name} {} family {} hashsize 1024 maxelem 65536\n",
+                set.kind, set.family
+            ));
+            for m in &set.members {
+                out.push_str(&format!("add {name} {m}\n"));
+            }
+        }
+        Ok(out)
+    }
+
+    fn restore_sets(&mut self, script: &str) -> Result<()> {
+        let mut s = self.state();
+        s.calls.push(Call::RestoreSets(script.to_string()));
+        if let Some(m) = s.fail_next_restore.take() {
+            return Err(DataplaneError::Rejected(m));
+        }
+        let mut sets = s.sets.clone();
+        FakeDataplane::apply_sets(&mut sets, &s.tables, script)
+            .map_err(DataplaneError::Rejected)?;
+        s.sets = sets;
+        Ok(())
+    }
+
+    fn list_flows(&mut self, family: Family) -> Result<Vec<Flow>> {
+        let mut s = self.state();
+        s.calls.push(Call::ListFlows(family));
+        Ok(s.flows
+            .iter()
+            .filter(|f| Family::of(&f.src) == family)
+            .copied()
+            .collect())
+    }
+
+    fn delete_flow(&mut self, flow: &Flow) -> Result<bool> {
+        let mut s = self.state();
+        s.calls.push(Call::DeleteFlow(*flow));
+        let before = s.flows.len();
+        s.flows.retain(|f| f != flow);
+        Ok(s.flows.len() != before)
+    }
+
+    fn host_addresses(&mut self) -> Result<Vec<IpAddr>> {
+        Ok(self.state().host.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_lines_parse() {
+        let f = parse_conntrack_line(
+            "tcp      6 431999 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=40000 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=40000 [ASSURED] mark=0 use=1",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                f.protocol,
+                f.src.to_string(),
+                f.dst.to_string(),
+                f.sport,
+                f.dport
+            ),
+            (6, "10.0.0.1".into(), "10.0.0.2".into(), 40000, 80)
+        );
+        let icmp = parse_conntrack_line(
+            "icmp     1 29 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=7 src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=7 mark=0 use=1",
+        )
+        .unwrap();
+        assert_eq!((icmp.protocol, icmp.dport), (1, 0));
+        assert!(
+            parse_conntrack_line(
+                "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown."
+            )
+            .is_none()
+        );
+        assert!(parse_conntrack_line("").is_none());
+    }
+
+    #[test]
+    fn fake_rejects_what_the_kernel_rejects() {
+        let mut fake = FakeDataplane::new();
+        let bad = [
+            "*filter\n-A UDL-X -j DROP\nCOMMIT\n",
+            "*filter\n:UDL-X - [0:0]\n-A UDL-X -j UDL-Y\nCOMMIT\n",
+            "*filter\n:UDL-X - [0:0]\n-A UDL-X -m set --match-set nope src -j DROP\nCOMMIT\n",
+            "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n",
+            "*filter\n:UDL-X - [0:0]\n",
+        ];
+        for script in bad {
+            assert!(fake.restore_filter(Family::V4, script).is_err(), "{script}");
+        }
+        // a failed transaction changes nothing
+        assert_eq!(fake.state().tables[0].len(), 3);
+        fake.restore_filter(
+            Family::V4,
+            "*filter\n:UDL-X - [0:0]\n-A UDL-X -m comment --comment \"a b\" -j DROP\n-I FORWARD 1 -j UDL-X\nCOMMIT\n",
+        )
+        .unwrap();
+        assert!(
+            fake.restore_filter(Family::V4, "*filter\n-X UDL-X\nCOMMIT\n")
+                .is_err()
+        );
+        let saved = fake.save_filter(Family::V4).unwrap();
+        assert!(
+            saved.contains("-A UDL-X -m comment --comment \"a b\" -j DROP"),
+            "{saved}"
+        );
+        fake.restore_sets("create s hash:ip family inet\nadd s 10.0.0.1\n")
+            .unwrap();
+        assert!(fake.restore_sets("add s 10.0.0.1\n").is_err());
+        fake.restore_sets("add s 10.0.0.1 -exist\n").unwrap();
+        fake.restore_filter(
+            Family::V4,
+            "*filter\n-A UDL-X -m set --match-set s src -j DROP\nCOMMIT\n",
+        )
+        .unwrap();
+        assert!(fake.restore_sets("destroy s\n").is_err());
+    }
+}

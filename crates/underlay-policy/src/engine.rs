@@ -1,0 +1,698 @@
+//! The engine: owns the index and the dataplane, and makes the node match
+//! the compiled policy. It remembers what it programmed (one digest per
+//! chain, the members of each set), writes only the difference — one
+//! `iptables-restore --noflush` transaction per family and at most two
+//! `ipset restore` batches — and at start-up adopts whatever a previous run
+//! left, so enforcement never has an open or closed window.
+
+use crate::compile::{
+    self, CHAIN_PREFIX, Config, Desired, FROM_POD, HOOKS, SET_PREFIX, TO_POD, fnv64,
+};
+use crate::dataplane::{Dataplane, DataplaneError, split_words};
+use crate::eval::Evaluator;
+use crate::index::{Index, Member, Members, SetKind};
+use crate::metrics::{Metrics, ToolLabel};
+use crate::model::Family;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tracing::{debug, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading the node's {what} failed: {source}")]
+    Read {
+        what: &'static str,
+        source: DataplaneError,
+    },
+    #[error("writing {what} failed: {source}; the next sync re-reads the node and retries")]
+    Write {
+        what: &'static str,
+        source: DataplaneError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Sets with more changes than this (and more than half their size) are
+/// rebuilt aside and swapped in, instead of edited member by member.
+pub const SWAP_THRESHOLD: usize = 1000;
+
+const MAXELEM: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChainState {
+    digest: Option<u64>,
+    len: usize,
+}
+
+#[derive(Debug, Clone)]
+struct SetState {
+    kind: SetKind,
+    family: Family,
+    members: Arc<Members>,
+}
+
+/// What is on the node, as far as we know.
+#[derive(Debug, Clone, Default)]
+struct Programmed {
+    chains: [BTreeMap<String, ChainState>; 2],
+    hooks: [[usize; 3]; 2],
+    sets: BTreeMap<String, SetState>,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub chains_written: usize,
+    pub chains_deleted: usize,
+    /// Chains that existed with other rules (dispatch chains aside): a
+    /// change that may deny what was allowed.
+    pub rules_replaced: usize,
+    pub sets_created: usize,
+    pub sets_swapped: usize,
+    pub sets_destroyed: usize,
+    pub members_added: usize,
+    pub members_deleted: usize,
+    pub restore_calls: usize,
+    pub conntrack_removed: usize,
+    /// The node differed from what this engine last programmed.
+    pub repaired: bool,
+}
+
+impl SyncReport {
+    pub fn wrote_nothing(&self) -> bool {
+        self.restore_calls == 0
+    }
+}
+
+/// Counters for operators (the gRPC `PolicyStatus`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub policies: u64,
+    pub endpoints: u64,
+    pub rules: u64,
+    pub ipset_members: u64,
+    pub last_sync: Option<SystemTime>,
+    pub last_error: Option<String>,
+    /// True once a sync has succeeded since the index was first filled.
+    pub synced: bool,
+}
+
+pub struct Engine<D: Dataplane> {
+    index: Index,
+    config: Config,
+    dataplane: D,
+    programmed: Option<Programmed>,
+    metrics: Metrics,
+    synced_generation: Option<u64>,
+    dirty_since: Option<Instant>,
+    status: Status,
+    conntrack_cleanup: bool,
+}
+
+impl<D: Dataplane> Engine<D> {
+    pub fn new(dataplane: D, config: Config, metrics: Metrics) -> Engine<D> {
+        Engine {
+            index: Index::new(),
+            config,
+            dataplane,
+            programmed: None,
+            metrics,
+            synced_generation: None,
+            dirty_since: None,
+            status: Status::default(),
+            conntrack_cleanup: true,
+        }
+    }
+
+    /// Turns the deletion of newly denied conntrack entries on or off.
+    pub fn set_conntrack_cleanup(&mut self, on: bool) {
+        self.conntrack_cleanup = on;
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Changes the index; the next [`Engine::sync`] programs the result.
+    pub fn change<R>(&mut self, f: impl FnOnce(&mut Index) -> R) -> R {
+        let before = self.index.generation();
+        let r = f(&mut self.index);
+        if self.index.generation() != before && self.dirty_since.is_none() {
+            self.dirty_since = Some(Instant::now());
+        }
+        r
+    }
+
+    /// True when the index changed since the last successful sync.
+    pub fn dirty(&self) -> bool {
+        self.synced_generation != Some(self.index.generation())
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.clone()
+    }
+
+    pub fn dataplane(&mut self) -> &mut D {
+        &mut self.dataplane
+    }
+
+    /// Forgets what was programmed: the next sync reads the node first and
+    /// rewrites whatever differs (periodic repair).
+    pub fn invalidate(&mut self) {
+        self.programmed = None;
+    }
+
+    /// Re-reads the node and fixes whatever differs from the policy.
+    pub fn repair(&mut self) -> Result<SyncReport> {
+        self.invalidate();
+        self.sync()
+    }
+
+    /// Makes the node match the index.
+    pub fn sync(&mut self) -> Result<SyncReport> {
+        let started = Instant::now();
+        let result = self.sync_inner();
+        match &result {
+            Ok(report) => {
+                self.synced_generation = Some(self.index.generation());
+                if let Some(t) = self.dirty_since.take() {
+                    self.metrics
+                        .change_to_dataplane_seconds
+                        .observe(t.elapsed().as_secs_f64());
+                }
+                self.metrics
+                    .apply_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.status.last_sync = Some(SystemTime::now());
+                self.status.last_error = None;
+                self.status.synced = true;
+                if report.repaired {
+                    self.metrics.repairs.inc();
+                }
+                debug!(
+                    chains_written = report.chains_written,
+                    chains_deleted = report.chains_deleted,
+                    members_added = report.members_added,
+                    members_deleted = report.members_deleted,
+                    restores = report.restore_calls,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "policy synced"
+                );
+            }
+            Err(e) => {
+                // What is on the node is now unknown: read it next time.
+                self.programmed = None;
+                self.status.last_error = Some(e.to_string());
+                warn!(error = %e, "policy sync failed");
+            }
+        }
+        result
+    }
+
+    fn count_restore(&self, tool: &str, ok: bool) {
+        let label = ToolLabel { tool: tool.into() };
+        self.metrics.restore_calls.get_or_create(&label).inc();
+        if !ok {
+            self.metrics.restore_failures.get_or_create(&label).inc();
+        }
+    }
+
+    fn sync_inner(&mut self) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        let previous = self.programmed.take();
+        let mut programmed = match previous.clone() {
+            Some(p) => p,
+            None => self.read_node()?,
+        };
+        self.index.refresh_sets();
+        let desired = compile::compile(&self.index, &self.config);
+        if previous.is_none() && self.synced_generation.is_some() {
+            // A re-read after we had programmed once: any difference is
+            // someone else's doing (or a failed write) and is repaired.
+            report.repaired = !self.matches(&programmed, &desired);
+            if report.repaired {
+                info!("policy dataplane differs from what was programmed; repairing");
+            }
+        }
+
+        // 1. Sets: create and fill first, so rules can reference them.
+        let (set_script, obsolete_sets) = self.set_changes(&programmed, &desired, &mut report);
+        if !set_script.is_empty() {
+            report.restore_calls += 1;
+            let r = self.dataplane.restore_sets(&set_script);
+            self.count_restore("ipset", r.is_ok());
+            r.map_err(|source| Error::Write {
+                what: "ipsets",
+                source,
+            })?;
+        }
+        for (name, set) in &desired.sets {
+            programmed.sets.insert(
+                name.clone(),
+                SetState {
+                    kind: set.kind,
+                    family: set.family,
+                    members: set.members.clone(),
+                },
+            );
+        }
+
+        // 2. Chains, one transaction per family.
+        for family in Family::BOTH {
+            let script = self.chain_changes(&programmed, &desired, family, &mut report);
+            if let Some(script) = script {
+                report.restore_calls += 1;
+                let tool = match family {
+                    Family::V4 => "iptables-restore",
+                    Family::V6 => "ip6tables-restore",
+                };
+                let r = self.dataplane.restore_filter(family, &script);
+                self.count_restore(tool, r.is_ok());
+                r.map_err(|source| Error::Write {
+                    what: "iptables rules",
+                    source,
+                })?;
+            }
+            let chains = &mut programmed.chains[family.index()];
+            chains.clear();
+            for (name, rules) in &desired.chains[family.index()] {
+                chains.insert(
+                    name.clone(),
+                    ChainState {
+                        digest: Some(digest(rules)),
+                        len: rules.len() + 1,
+                    },
+                );
+            }
+            programmed.hooks[family.index()] = [1, 1, 1];
+        }
+
+        // 3. Sets no rule references any more.
+        if !obsolete_sets.is_empty() {
+            let mut script = String::new();
+            for name in &obsolete_sets {
+                let _ = writeln!(script, "destroy {name}");
+                programmed.sets.remove(name);
+            }
+            report.sets_destroyed = obsolete_sets.len();
+            report.restore_calls += 1;
+            let r = self.dataplane.restore_sets(&script);
+            self.count_restore("ipset", r.is_ok());
+            r.map_err(|source| Error::Write {
+                what: "ipsets",
+                source,
+            })?;
+        }
+        programmed
+            .sets
+            .retain(|name, _| desired.sets.contains_key(name));
+
+        self.programmed = Some(programmed);
+        self.update_gauges(&desired);
+
+        // 4. Connections the change denies stop too.
+        let could_deny =
+            report.members_deleted > 0 || report.chains_deleted > 0 || report.rules_replaced > 0;
+        if self.conntrack_cleanup && could_deny {
+            report.conntrack_removed = self.clean_conntrack();
+        }
+        Ok(report)
+    }
+
+    fn update_gauges(&mut self, desired: &Desired) {
+        let rules = desired.rule_count() as u64;
+        let members = desired.member_count() as u64;
+        self.metrics.policies.set(desired.policies as i64);
+        self.metrics.endpoints.set(desired.endpoints as i64);
+        self.metrics.rules.set(rules as i64);
+        self.metrics.ipset_members.set(members as i64);
+        self.status.policies = desired.policies as u64;
+        self.status.endpoints = desired.endpoints as u64;
+        self.status.rules = rules;
+        self.status.ipset_members = members;
+    }
+
+    fn matches(&self, programmed: &Programmed, desired: &Desired) -> bool {
+        for family in Family::BOTH {
+            let have = &programmed.chains[family.index()];
+            let want = &desired.chains[family.index()];
+            if have.len() != want.len() || programmed.hooks[family.index()] != [1, 1, 1] {
+                return false;
+            }
+            for (name, rules) in want {
+                let expect = ChainState {
+                    digest: Some(digest(rules)),
+                    len: rules.len() + 1,
+                };
+                if have.get(name) != Some(&expect) {
+                    return false;
+                }
+            }
+        }
+        desired.sets.len() == programmed.sets.len()
+            && desired.sets.iter().all(|(name, d)| {
+                programmed.sets.get(name).is_some_and(|p| {
+                    p.kind == d.kind && p.family == d.family && keys_equal(&p.members, &d.members)
+                })
+            })
+    }
+
+    /// Reads our chains and sets from the node.
+    fn read_node(&mut self) -> Result<Programmed> {
+        let mut p = Programmed::default();
+        for family in Family::BOTH {
+            let text = self
+                .dataplane
+                .save_filter(family)
+                .map_err(|source| Error::Read {
+                    what: "iptables rules",
+                    source,
+                })?;
+            let (chains, hooks) = parse_save(&text);
+            p.chains[family.index()] = chains;
+            p.hooks[family.index()] = hooks;
+        }
+        let text = self.dataplane.save_sets().map_err(|source| Error::Read {
+            what: "ipsets",
+            source,
+        })?;
+        p.sets = parse_ipset_save(&text);
+        Ok(p)
+    }
+
+    fn set_changes(
+        &self,
+        programmed: &Programmed,
+        desired: &Desired,
+        report: &mut SyncReport,
+    ) -> (String, Vec<String>) {
+        let mut script = String::new();
+        for (name, want) in &desired.sets {
+            let create = |script: &mut String, n: &str| {
+                let _ = writeln!(
+                    script,
+                    "create {n} {} family {} maxelem {MAXELEM} -exist",
+                    want.kind.ipset_type(),
+                    want.family.ipset_name()
+                );
+            };
+            match programmed.sets.get(name) {
+                Some(have) if have.kind == want.kind && have.family == want.family => {
+                    if Arc::ptr_eq(&have.members, &want.members) {
+                        continue;
+                    }
+                    let adds: Vec<&Member> = want
+                        .members
+                        .keys()
+                        .filter(|m| !have.members.contains_key(m))
+                        .collect();
+                    let dels: Vec<&Member> = have
+                        .members
+                        .keys()
+                        .filter(|m| !want.members.contains_key(m))
+                        .collect();
+                    let changes = adds.len() + dels.len();
+                    if changes == 0 {
+                        continue;
+                    }
+                    report.members_added += adds.len();
+                    report.members_deleted += dels.len();
+                    if changes > SWAP_THRESHOLD && changes > want.members.len() / 2 {
+                        // Build aside and swap: one atomic switch instead of
+                        // many small edits the kernel would apply one by one.
+                        let tmp = format!("{name}-t");
+                        create(&mut script, &tmp);
+                        let _ = writeln!(script, "flush {tmp}");
+                        for m in want.members.keys() {
+                            let _ = writeln!(script, "add {tmp} {} -exist", m.render());
+                        }
+                        let _ = writeln!(script, "swap {tmp} {name}");
+                        let _ = writeln!(script, "destroy {tmp}");
+                        report.sets_swapped += 1;
+                    } else {
+                        for m in dels {
+                            let _ = writeln!(script, "del {name} {} -exist", plain(m));
+                        }
+                        for m in adds {
+                            let _ = writeln!(script, "add {name} {} -exist", m.render());
+                        }
+                    }
+                }
+                Some(_) => {
+                    // Same name, other type: only after a format change.
+                    // Destroying it would fail while referenced, so the
+                    // members are replaced through a swap-compatible set.
+                    warn!(set = %name, "ipset has an unexpected type; recreating it");
+                    let _ = writeln!(script, "flush {name}");
+                    let _ = writeln!(script, "destroy {name}");
+                    create(&mut script, name);
+                    for m in want.members.keys() {
+                        let _ = writeln!(script, "add {name} {} -exist", m.render());
+                    }
+                    report.sets_created += 1;
+                    report.members_added += want.members.len();
+                }
+                None => {
+                    create(&mut script, name);
+                    // `-exist` create keeps stale members of a set left by
+                    // a run we did not see: flush it.
+                    let _ = writeln!(script, "flush {name}");
+                    for m in want.members.keys() {
+                        let _ = writeln!(script, "add {name} {} -exist", m.render());
+                    }
+                    report.sets_created += 1;
+                    report.members_added += want.members.len();
+                }
+            }
+        }
+        let obsolete = programmed
+            .sets
+            .keys()
+            .filter(|n| !desired.sets.contains_key(*n))
+            .cloned()
+            .collect();
+        (script, obsolete)
+    }
+
+    fn chain_changes(
+        &self,
+        programmed: &Programmed,
+        desired: &Desired,
+        family: Family,
+        report: &mut SyncReport,
+    ) -> Option<String> {
+        let have = &programmed.chains[family.index()];
+        let want = &desired.chains[family.index()];
+        let mut decl = String::new();
+        let mut body = String::new();
+        for (name, rules) in want {
+            let d = digest(rules);
+            let expect = ChainState {
+                digest: Some(d),
+                len: rules.len() + 1,
+            };
+            if have.get(name) == Some(&expect) {
+                continue;
+            }
+            report.chains_written += 1;
+            if have.contains_key(name) && name != FROM_POD && name != TO_POD {
+                report.rules_replaced += 1;
+            }
+            let _ = writeln!(decl, ":{name} - [0:0]");
+            let _ = writeln!(body, "-A {name} -m comment --comment \"udl:{d:016x}\"");
+            for r in rules {
+                let _ = writeln!(body, "-A {name} {r}");
+            }
+        }
+        let obsolete: Vec<&String> = have.keys().filter(|n| !want.contains_key(*n)).collect();
+        for name in &obsolete {
+            // Declaring flushes the chain, dropping its references first.
+            let _ = writeln!(decl, ":{name} - [0:0]");
+        }
+        let mut tail = String::new();
+        for (i, (builtin, target)) in HOOKS.iter().enumerate() {
+            let count = programmed.hooks[family.index()][i];
+            if count == 0 {
+                let _ = writeln!(
+                    tail,
+                    "-I {builtin} 1 -m comment --comment \"underlay policy\" -j {target}"
+                );
+            }
+            // Extra copies (a second agent, a manual edit): remove them.
+            for _ in 1..count {
+                let _ = writeln!(
+                    tail,
+                    "-D {builtin} -m comment --comment \"underlay policy\" -j {target}"
+                );
+            }
+        }
+        for name in &obsolete {
+            let _ = writeln!(tail, "-X {name}");
+        }
+        report.chains_deleted += obsolete.len();
+        if decl.is_empty() && tail.is_empty() {
+            return None;
+        }
+        Some(format!("*filter\n{decl}{body}{tail}COMMIT\n"))
+    }
+
+    fn clean_conntrack(&mut self) -> usize {
+        let mut flows = Vec::new();
+        for family in Family::BOTH {
+            match self.dataplane.list_flows(family) {
+                Ok(f) => flows.extend(f),
+                Err(e) => {
+                    warn!(error = %e, %family, "listing conntrack entries failed; existing connections keep flowing until they end");
+                    return 0;
+                }
+            }
+        }
+        if flows.is_empty() {
+            return 0;
+        }
+        let host: BTreeSet<_> = match self.dataplane.host_addresses() {
+            Ok(h) => h.into_iter().collect(),
+            Err(e) => {
+                warn!(error = %e, "listing node addresses failed; skipping conntrack cleanup");
+                return 0;
+            }
+        };
+        let denied: Vec<_> = {
+            let eval = Evaluator::new(&self.index);
+            flows
+                .into_iter()
+                .filter(|f| !host.contains(&f.src) && eval.involves_local(f) && !eval.allowed(f))
+                .collect()
+        };
+        let mut removed = 0;
+        for flow in denied {
+            match self.dataplane.delete_flow(&flow) {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, src = %flow.src, dst = %flow.dst, "deleting a conntrack entry failed")
+                }
+            }
+        }
+        if removed > 0 {
+            info!(
+                removed,
+                "conntrack entries of newly denied connections deleted"
+            );
+            self.metrics.conntrack_removed.inc_by(removed as u64);
+        }
+        removed
+    }
+}
+
+fn keys_equal(a: &Members, b: &Members) -> bool {
+    a.len() == b.len() && a.keys().zip(b.keys()).all(|(x, y)| x == y)
+}
+
+/// A member as `ipset del` takes it (no `nomatch` flag).
+fn plain(m: &Member) -> String {
+    match m {
+        Member::Net { cidr, .. } => cidr.to_string(),
+        other => other.render(),
+    }
+}
+
+/// The digest carried in a chain's first rule.
+pub fn digest(rules: &[String]) -> u64 {
+    fnv64(rules.join("\n").as_bytes())
+}
+
+/// Our chains (digest from the leading comment, rule count) and how many
+/// jumps each built-in chain has to its hook chain, from `iptables-save`.
+fn parse_save(text: &str) -> (BTreeMap<String, ChainState>, [usize; 3]) {
+    let mut chains: BTreeMap<String, ChainState> = BTreeMap::new();
+    let mut hooks = [0usize; 3];
+    let mut in_filter = false;
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            in_filter = t.trim() == "filter";
+            continue;
+        }
+        if !in_filter {
+            continue;
+        }
+        if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or_default();
+            if name.starts_with(CHAIN_PREFIX) {
+                chains.insert(
+                    name.to_string(),
+                    ChainState {
+                        digest: None,
+                        len: 0,
+                    },
+                );
+            }
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        let words = split_words(rest);
+        let Some(chain) = words.first() else {
+            continue;
+        };
+        if let Some(i) = HOOKS.iter().position(|(b, _)| b == chain) {
+            let target = HOOKS[i].1;
+            if words.windows(2).any(|w| w[0] == "-j" && w[1] == target) {
+                hooks[i] += 1;
+            }
+            continue;
+        }
+        if let Some(state) = chains.get_mut(chain) {
+            if state.len == 0 {
+                state.digest = words
+                    .windows(2)
+                    .find(|w| w[0] == "--comment")
+                    .and_then(|w| w[1].strip_prefix("udl:"))
+                    .and_then(|h| u64::from_str_radix(h, 16).ok());
+            }
+            state.len += 1;
+        }
+    }
+    (chains, hooks)
+}
+
+/// Our sets and their members, from `ipset save`.
+fn parse_ipset_save(text: &str) -> BTreeMap<String, SetState> {
+    let mut sets: BTreeMap<String, SetState> = BTreeMap::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["create", name, kind, "family", fam, ..] if name.starts_with(SET_PREFIX) => {
+                let Some(kind) = SetKind::from_ipset_type(kind) else {
+                    continue;
+                };
+                let family = if *fam == "inet6" {
+                    Family::V6
+                } else {
+                    Family::V4
+                };
+                sets.insert(
+                    name.to_string(),
+                    SetState {
+                        kind,
+                        family,
+                        members: Arc::new(Members::new()),
+                    },
+                );
+            }
+            ["add", name, rest @ ..] => {
+                if let Some(s) = sets.get_mut(*name)
+                    && let Some(m) = Member::parse(s.kind, &rest.join(" "))
+                {
+                    Arc::make_mut(&mut s.members).insert(m, 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    sets
+}

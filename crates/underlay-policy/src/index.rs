@@ -1,0 +1,874 @@
+//! The index: a plain synchronous state machine fed with namespaces, pods,
+//! NetworkPolicies and this node's endpoints. It keeps the membership of
+//! every peer set that an active policy needs up to date incrementally, so a
+//! single change costs time proportional to the sets it touches, not to the
+//! size of the cluster.
+
+use crate::model::{
+    Cidr, Direction, Endpoint, Family, Namespace, Peer, Pod, PodKey, Policy, PortRef, Protocol,
+    Selector,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Which namespaces a pod peer looks in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NsScope {
+    /// The policy's own namespace (no `namespaceSelector`).
+    Own(String),
+    Matching(Selector),
+}
+
+/// What a set holds; one set of each family is programmed per key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetKey {
+    /// IPs of the pods a peer selects (`hash:ip`).
+    Pods { scope: NsScope, pods: Selector },
+    /// An `ipBlock` (`hash:net`, `except` entries as `nomatch`).
+    Block { cidr: Cidr, except: Vec<Cidr> },
+    /// (pod IP, protocol, port) of every pod with a container port of this
+    /// name (`hash:ip,port`), which resolves named ports per pod.
+    NamedPort { name: String },
+}
+
+impl SetKey {
+    pub fn for_peer(policy_ns: &str, peer: &Peer) -> SetKey {
+        match peer {
+            Peer::Pods { namespaces, pods } => SetKey::Pods {
+                scope: match namespaces {
+                    None => NsScope::Own(policy_ns.to_string()),
+                    Some(sel) => NsScope::Matching(sel.clone()),
+                },
+                pods: pods.clone().unwrap_or_default(),
+            },
+            Peer::IpBlock { cidr, except } => SetKey::Block {
+                cidr: *cidr,
+                except: except.clone(),
+            },
+        }
+    }
+
+    /// The ipset type.
+    pub fn kind(&self) -> SetKind {
+        match self {
+            SetKey::Pods { .. } => SetKind::HashIp,
+            SetKey::Block { .. } => SetKind::HashNet,
+            SetKey::NamedPort { .. } => SetKind::HashIpPort,
+        }
+    }
+
+    /// A canonical text form: stable across runs, so set names derived
+    /// from it survive restarts.
+    pub fn canonical(&self) -> String {
+        fn sel(s: &Selector) -> String {
+            let mut out = String::new();
+            for (k, v) in &s.match_labels {
+                out.push_str(&format!("{k}={v},"));
+            }
+            for e in &s.match_expressions {
+                use crate::model::Expression::*;
+                match e {
+                    In(k, vs) => out.push_str(&format!("{k} in ({}),", vs.join("|"))),
+                    NotIn(k, vs) => out.push_str(&format!("{k} notin ({}),", vs.join("|"))),
+                    Exists(k) => out.push_str(&format!("{k} exists,")),
+                    DoesNotExist(k) => out.push_str(&format!("{k} !exists,")),
+                }
+            }
+            out
+        }
+        match self {
+            SetKey::Pods { scope, pods } => match scope {
+                NsScope::Own(ns) => format!("pods ns={ns} sel={}", sel(pods)),
+                NsScope::Matching(n) => format!("pods nssel={} sel={}", sel(n), sel(pods)),
+            },
+            SetKey::Block { cidr, except } => {
+                let ex: Vec<String> = except.iter().map(|c| c.to_string()).collect();
+                format!("block {cidr} except {}", ex.join(","))
+            }
+            SetKey::NamedPort { name } => format!("port {name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetKind {
+    HashIp,
+    HashNet,
+    HashIpPort,
+}
+
+impl SetKind {
+    pub fn ipset_type(self) -> &'static str {
+        match self {
+            SetKind::HashIp => "hash:ip",
+            SetKind::HashNet => "hash:net",
+            SetKind::HashIpPort => "hash:ip,port",
+        }
+    }
+
+    pub fn from_ipset_type(s: &str) -> Option<SetKind> {
+        [SetKind::HashIp, SetKind::HashNet, SetKind::HashIpPort]
+            .into_iter()
+            .find(|k| k.ipset_type() == s)
+    }
+}
+
+/// One member of a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Member {
+    Ip(IpAddr),
+    Net { cidr: Cidr, nomatch: bool },
+    IpPort(IpAddr, Protocol, u16),
+}
+
+impl Member {
+    pub fn family(&self) -> Family {
+        match self {
+            Member::Ip(ip) | Member::IpPort(ip, ..) => Family::of(ip),
+            Member::Net { cidr, .. } => cidr.family(),
+        }
+    }
+
+    /// The member as `ipset add` takes it.
+    pub fn render(&self) -> String {
+        match self {
+            Member::Ip(ip) => ip.to_string(),
+            Member::Net { cidr, nomatch } => {
+                if *nomatch {
+                    format!("{cidr} nomatch")
+                } else {
+                    cidr.to_string()
+                }
+            }
+            Member::IpPort(ip, proto, port) => format!("{ip},{proto}:{port}"),
+        }
+    }
+
+    /// Parses what `ipset save` prints for a member of a set of `kind`.
+    pub fn parse(kind: SetKind, text: &str) -> Option<Member> {
+        let mut words = text.split_whitespace();
+        let value = words.next()?;
+        let nomatch = words.any(|w| w == "nomatch");
+        match kind {
+            SetKind::HashIp => value.parse().ok().map(Member::Ip),
+            SetKind::HashNet => value
+                .parse::<Cidr>()
+                .ok()
+                .map(|cidr| Member::Net { cidr, nomatch }),
+            SetKind::HashIpPort => {
+                let (ip, rest) = value.rsplit_once(',')?;
+                let (proto, port) = rest.split_once(':')?;
+                Some(Member::IpPort(
+                    ip.parse().ok()?,
+                    proto.parse().ok()?,
+                    port.parse().ok()?,
+                ))
+            }
+        }
+    }
+}
+
+/// Members with the number of pods that contribute each (two pods may
+/// briefly share an address).
+pub type Members = BTreeMap<Member, u32>;
+
+/// An active set: its members per family.
+#[derive(Debug, Clone, Default)]
+pub struct SetData {
+    pub members: [Arc<Members>; 2],
+}
+
+impl SetData {
+    fn add(&mut self, m: Member) {
+        *Arc::make_mut(&mut self.members[m.family().index()])
+            .entry(m)
+            .or_insert(0) += 1;
+    }
+
+    fn remove(&mut self, m: Member) {
+        let map = Arc::make_mut(&mut self.members[m.family().index()]);
+        if let Some(n) = map.get_mut(&m) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&m);
+            }
+        }
+    }
+}
+
+/// The index of everything policy depends on.
+#[derive(Debug, Default)]
+pub struct Index {
+    namespaces: HashMap<String, Namespace>,
+    pods: HashMap<PodKey, Pod>,
+    /// Pods the API deleted that a local endpoint still refers to: kept so
+    /// the endpoint keeps its last known policy until it is detached.
+    gone: BTreeSet<PodKey>,
+    pods_by_ns: HashMap<String, BTreeSet<String>>,
+    policies: BTreeMap<PodKey, Arc<Policy>>,
+    policies_by_ns: HashMap<String, BTreeSet<String>>,
+    endpoints: BTreeMap<String, Endpoint>,
+    endpoints_by_pod: HashMap<PodKey, BTreeSet<String>>,
+    sets: BTreeMap<SetKey, SetData>,
+    /// Bumped by every change; the engine syncs when it moves.
+    generation: u64,
+    /// Set when policies or endpoints changed, so the active sets must be
+    /// recomputed before compiling.
+    sets_stale: bool,
+}
+
+/// Policies that select one endpoint, per direction, in a stable order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub ingress: Vec<Arc<Policy>>,
+    pub egress: Vec<Arc<Policy>>,
+}
+
+impl Selection {
+    pub fn get(&self, dir: Direction) -> &[Arc<Policy>] {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+impl Index {
+    pub fn new() -> Index {
+        Index::default()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn touch(&mut self) {
+        self.generation += 1;
+    }
+
+    // ---- namespaces ----
+
+    pub fn apply_namespace(&mut self, ns: Namespace) {
+        if self.namespaces.get(&ns.name) == Some(&ns) {
+            return;
+        }
+        let name = ns.name.clone();
+        let labels_changed = self.namespaces.get(&name).map(|o| &o.labels) != Some(&ns.labels);
+        let members = self.pods_in(&name);
+        if labels_changed {
+            for p in &members {
+                self.retract(p);
+            }
+        }
+        self.namespaces.insert(name, ns);
+        if labels_changed {
+            for p in &members {
+                self.assert(p);
+            }
+        }
+        self.touch();
+    }
+
+    pub fn delete_namespace(&mut self, name: &str) {
+        if !self.namespaces.contains_key(name) {
+            return;
+        }
+        let members = self.pods_in(name);
+        for p in &members {
+            self.retract(p);
+        }
+        self.namespaces.remove(name);
+        for p in &members {
+            self.assert(p);
+        }
+        self.touch();
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces.keys().cloned().collect()
+    }
+
+    fn pods_in(&self, ns: &str) -> Vec<PodKey> {
+        self.pods_by_ns
+            .get(ns)
+            .map(|names| names.iter().map(|n| PodKey::new(ns, n)).collect())
+            .unwrap_or_default()
+    }
+
+    // ---- pods ----
+
+    pub fn apply_pod(&mut self, pod: Pod) {
+        let key = pod.key.clone();
+        if self.pods.get(&key) == Some(&pod) && !self.gone.contains(&key) {
+            return;
+        }
+        self.retract(&key);
+        self.gone.remove(&key);
+        self.pods_by_ns
+            .entry(key.namespace.clone())
+            .or_default()
+            .insert(key.name.clone());
+        self.pods.insert(key.clone(), pod);
+        self.assert(&key);
+        if self.endpoints_by_pod.contains_key(&key) {
+            self.sets_stale = true;
+        }
+        self.touch();
+    }
+
+    pub fn delete_pod(&mut self, key: &PodKey) {
+        if !self.pods.contains_key(key) {
+            return;
+        }
+        if self.endpoints_by_pod.contains_key(key) {
+            // The endpoint is still attached: keep enforcing its last
+            // known policy until the CNI detaches it.
+            self.gone.insert(key.clone());
+            return;
+        }
+        self.retract(key);
+        self.remove_pod_record(key);
+        self.touch();
+    }
+
+    fn remove_pod_record(&mut self, key: &PodKey) {
+        self.pods.remove(key);
+        self.gone.remove(key);
+        if let Some(names) = self.pods_by_ns.get_mut(&key.namespace) {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.pods_by_ns.remove(&key.namespace);
+            }
+        }
+    }
+
+    pub fn pod(&self, key: &PodKey) -> Option<&Pod> {
+        self.pods.get(key)
+    }
+
+    pub fn pod_keys(&self) -> Vec<PodKey> {
+        self.pods.keys().cloned().collect()
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    // ---- policies ----
+
+    pub fn apply_policy(&mut self, policy: Policy) {
+        let key = policy.key();
+        if self.policies.get(&key).map(|p| p.as_ref()) == Some(&policy) {
+            return;
+        }
+        self.policies_by_ns
+            .entry(key.namespace.clone())
+            .or_default()
+            .insert(key.name.clone());
+        self.policies.insert(key, Arc::new(policy));
+        self.sets_stale = true;
+        self.touch();
+    }
+
+    pub fn delete_policy(&mut self, key: &PodKey) {
+        if self.policies.remove(key).is_none() {
+            return;
+        }
+        if let Some(names) = self.policies_by_ns.get_mut(&key.namespace) {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.policies_by_ns.remove(&key.namespace);
+            }
+        }
+        self.sets_stale = true;
+        self.touch();
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn policy_keys(&self) -> Vec<PodKey> {
+        self.policies.keys().cloned().collect()
+    }
+
+    pub fn policy(&self, key: &PodKey) -> Option<&Arc<Policy>> {
+        self.policies.get(key)
+    }
+
+    // ---- endpoints ----
+
+    /// Adds or updates a local endpoint. The pod should be known (applied)
+    /// first; until it is, the endpoint is enforced with no labels.
+    pub fn apply_endpoint(&mut self, ep: Endpoint) {
+        if self.endpoints.get(&ep.interface) == Some(&ep) {
+            return;
+        }
+        if let Some(old) = self.endpoints.get(&ep.interface).cloned() {
+            self.remove_endpoint_inner(&old);
+        }
+        let pod = ep.pod.clone();
+        self.retract(&pod);
+        self.endpoints_by_pod
+            .entry(pod.clone())
+            .or_default()
+            .insert(ep.interface.clone());
+        self.endpoints.insert(ep.interface.clone(), ep);
+        self.assert(&pod);
+        self.sets_stale = true;
+        self.touch();
+    }
+
+    pub fn delete_endpoint(&mut self, interface: &str) {
+        let Some(ep) = self.endpoints.get(interface).cloned() else {
+            return;
+        };
+        self.remove_endpoint_inner(&ep);
+        self.sets_stale = true;
+        self.touch();
+    }
+
+    fn remove_endpoint_inner(&mut self, ep: &Endpoint) {
+        self.retract(&ep.pod);
+        self.endpoints.remove(&ep.interface);
+        let mut last = false;
+        if let Some(ifs) = self.endpoints_by_pod.get_mut(&ep.pod) {
+            ifs.remove(&ep.interface);
+            last = ifs.is_empty();
+        }
+        if last {
+            self.endpoints_by_pod.remove(&ep.pod);
+            if self.gone.contains(&ep.pod) {
+                self.remove_pod_record(&ep.pod);
+                return;
+            }
+        }
+        self.assert(&ep.pod);
+    }
+
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
+    pub fn endpoint(&self, interface: &str) -> Option<&Endpoint> {
+        self.endpoints.get(interface)
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// The labels policy sees for an endpoint (its pod's, or none when the
+    /// pod is unknown).
+    pub fn endpoint_pod(&self, ep: &Endpoint) -> Option<&Pod> {
+        self.pods.get(&ep.pod)
+    }
+
+    /// Addresses of a pod as peers see them: its status IPs and the IPs of
+    /// its local endpoints (known before the kubelet reports them).
+    pub fn pod_ips(&self, key: &PodKey) -> BTreeSet<IpAddr> {
+        let mut ips: BTreeSet<IpAddr> = self
+            .pods
+            .get(key)
+            .map(|p| p.ips.iter().copied().collect())
+            .unwrap_or_default();
+        if let Some(ifs) = self.endpoints_by_pod.get(key) {
+            for i in ifs {
+                if let Some(ep) = self.endpoints.get(i) {
+                    ips.extend(ep.ips.iter().copied());
+                }
+            }
+        }
+        ips
+    }
+
+    // ---- selection ----
+
+    /// The policies that select `ep`, per direction, ordered by name.
+    pub fn selection(&self, ep: &Endpoint) -> Selection {
+        let mut out = Selection::default();
+        let Some(pod) = self.pods.get(&ep.pod) else {
+            return out;
+        };
+        if !pod.selectable() {
+            return out;
+        }
+        let Some(names) = self.policies_by_ns.get(&ep.pod.namespace) else {
+            return out;
+        };
+        for name in names {
+            let Some(policy) = self.policies.get(&PodKey::new(&ep.pod.namespace, name)) else {
+                continue;
+            };
+            if !policy.pod_selector.matches(&pod.labels) {
+                continue;
+            }
+            if policy.types.ingress {
+                out.ingress.push(policy.clone());
+            }
+            if policy.types.egress {
+                out.egress.push(policy.clone());
+            }
+        }
+        out
+    }
+
+    /// Policies that select at least one local endpoint.
+    pub fn active_policies(&self) -> BTreeMap<PodKey, Arc<Policy>> {
+        let mut out = BTreeMap::new();
+        for ep in self.endpoints.values() {
+            let sel = self.selection(ep);
+            for p in sel.ingress.iter().chain(sel.egress.iter()) {
+                out.insert(p.key(), p.clone());
+            }
+        }
+        out
+    }
+
+    /// The sets `policy` needs.
+    pub fn sets_of(policy: &Policy) -> BTreeSet<SetKey> {
+        let mut keys = BTreeSet::new();
+        for dir in Direction::BOTH {
+            if !policy.applies(dir) {
+                continue;
+            }
+            for rule in policy.rules(dir) {
+                for peer in &rule.peers {
+                    keys.insert(SetKey::for_peer(&policy.namespace, peer));
+                }
+                for port in &rule.ports {
+                    if let Some(PortRef::Name(name)) = &port.port {
+                        keys.insert(SetKey::NamedPort { name: name.clone() });
+                    }
+                }
+            }
+        }
+        keys
+    }
+
+    /// Brings the active sets in line with the active policies: new sets
+    /// are filled from the whole index, unused ones dropped. Cheap when
+    /// nothing that decides activity changed.
+    pub fn refresh_sets(&mut self) {
+        if !self.sets_stale {
+            return;
+        }
+        self.sets_stale = false;
+        let wanted: BTreeSet<SetKey> = self
+            .active_policies()
+            .values()
+            .flat_map(|p| Index::sets_of(p))
+            .collect();
+        self.sets.retain(|k, _| wanted.contains(k));
+        for key in wanted {
+            if !self.sets.contains_key(&key) {
+                let data = self.fill(&key);
+                self.sets.insert(key, data);
+            }
+        }
+    }
+
+    /// The active sets; call [`Index::refresh_sets`] first.
+    pub fn sets(&self) -> &BTreeMap<SetKey, SetData> {
+        &self.sets
+    }
+
+    fn fill(&self, key: &SetKey) -> SetData {
+        let mut data = SetData::default();
+        match key {
+            SetKey::Block { cidr, except } => {
+                // hash:net cannot hold a /0: split it in two halves.
+                let roots = match cidr.halves() {
+                    Some(h) if cidr.prefix() == 0 => h.to_vec(),
+                    _ => vec![*cidr],
+                };
+                for c in roots {
+                    data.add(Member::Net {
+                        cidr: c,
+                        nomatch: false,
+                    });
+                }
+                for c in except {
+                    if c.prefix() == 0 {
+                        // Excepting everything: remove the positive entries.
+                        data = SetData::default();
+                        break;
+                    }
+                    data.add(Member::Net {
+                        cidr: *c,
+                        nomatch: true,
+                    });
+                }
+            }
+            SetKey::Pods { scope, .. } => {
+                let namespaces: Vec<&String> = match scope {
+                    NsScope::Own(ns) => vec![ns],
+                    NsScope::Matching(_) => self.pods_by_ns.keys().collect(),
+                };
+                for ns in namespaces {
+                    for name in self.pods_by_ns.get(ns).into_iter().flatten() {
+                        let pk = PodKey::new(ns, name);
+                        for m in self.contribution(key, &pk) {
+                            data.add(m);
+                        }
+                    }
+                }
+            }
+            SetKey::NamedPort { .. } => {
+                for pk in self.pods.keys() {
+                    for m in self.contribution(key, pk) {
+                        data.add(m);
+                    }
+                }
+            }
+        }
+        data
+    }
+
+    /// What one pod puts into one set, from the current state.
+    fn contribution(&self, key: &SetKey, pk: &PodKey) -> Vec<Member> {
+        let Some(pod) = self.pods.get(pk) else {
+            return Vec::new();
+        };
+        if !pod.selectable() {
+            return Vec::new();
+        }
+        match key {
+            SetKey::Block { .. } => Vec::new(),
+            SetKey::Pods { scope, pods } => {
+                let ns_ok = match scope {
+                    NsScope::Own(ns) => *ns == pk.namespace,
+                    NsScope::Matching(sel) => self
+                        .namespaces
+                        .get(&pk.namespace)
+                        .is_some_and(|n| sel.matches(&n.labels)),
+                };
+                if ns_ok && pods.matches(&pod.labels) {
+                    self.pod_ips(pk).into_iter().map(Member::Ip).collect()
+                } else {
+                    Vec::new()
+                }
+            }
+            SetKey::NamedPort { name } => {
+                let ips = self.pod_ips(pk);
+                pod.named_ports
+                    .iter()
+                    .filter(|p| &p.name == name)
+                    .flat_map(|p| ips.iter().map(|ip| Member::IpPort(*ip, p.protocol, p.port)))
+                    .collect()
+            }
+        }
+    }
+
+    fn retract(&mut self, pk: &PodKey) {
+        let keys: Vec<SetKey> = self.sets.keys().cloned().collect();
+        for k in keys {
+            for m in self.contribution(&k, pk) {
+                if let Some(d) = self.sets.get_mut(&k) {
+                    d.remove(m);
+                }
+            }
+        }
+    }
+
+    fn assert(&mut self, pk: &PodKey) {
+        let keys: Vec<SetKey> = self.sets.keys().cloned().collect();
+        for k in keys {
+            for m in self.contribution(&k, pk) {
+                if let Some(d) = self.sets.get_mut(&k) {
+                    d.add(m);
+                }
+            }
+        }
+    }
+
+    /// The pods with `ip` (for flow evaluation).
+    pub fn ip_owners(&self) -> HashMap<IpAddr, PodKey> {
+        let mut out = HashMap::new();
+        for (k, p) in &self.pods {
+            if !p.selectable() {
+                continue;
+            }
+            for ip in self.pod_ips(k) {
+                out.insert(ip, k.clone());
+            }
+        }
+        out
+    }
+
+    /// Replaces every namespace with `all` (after a relist), applying only
+    /// the differences.
+    pub fn replace_namespaces(&mut self, all: Vec<Namespace>) {
+        let keep: BTreeSet<String> = all.iter().map(|n| n.name.clone()).collect();
+        for name in self.namespace_names() {
+            if !keep.contains(&name) {
+                self.delete_namespace(&name);
+            }
+        }
+        for n in all {
+            self.apply_namespace(n);
+        }
+    }
+
+    pub fn replace_pods(&mut self, all: Vec<Pod>) {
+        let keep: BTreeSet<PodKey> = all.iter().map(|p| p.key.clone()).collect();
+        for key in self.pod_keys() {
+            if !keep.contains(&key) {
+                self.delete_pod(&key);
+            }
+        }
+        for p in all {
+            self.apply_pod(p);
+        }
+    }
+
+    pub fn replace_policies(&mut self, all: Vec<Policy>) {
+        let keep: BTreeSet<PodKey> = all.iter().map(|p| p.key()).collect();
+        for key in self.policy_keys() {
+            if !keep.contains(&key) {
+                self.delete_policy(&key);
+            }
+        }
+        for p in all {
+            self.apply_policy(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PortMatch, Rule};
+
+    fn ep(ns: &str, pod: &str, iface: &str, ip: &str) -> Endpoint {
+        Endpoint {
+            pod: PodKey::new(ns, pod),
+            interface: iface.into(),
+            ips: vec![ip.parse().unwrap()],
+        }
+    }
+
+    fn members(idx: &Index, key: &SetKey, fam: Family) -> Vec<String> {
+        idx.sets()
+            .get(key)
+            .map(|d| d.members[fam.index()].keys().map(|m| m.render()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn sets_follow_pods_namespaces_and_endpoints_incrementally() {
+        let mut idx = Index::new();
+        idx.apply_namespace(Namespace::new("x").label("team", "a"));
+        idx.apply_namespace(Namespace::new("y"));
+        idx.apply_pod(Pod::new("x", "a").label("app", "a").ip("10.0.0.1"));
+        idx.apply_pod(Pod::new("y", "b").label("app", "b").ip("10.0.0.2"));
+        idx.apply_pod(Pod::new("x", "c").label("app", "c"));
+        let mut pol = Policy::new("x", "p", Selector::everything());
+        pol.ingress = vec![Rule::from(vec![Peer::namespaces(Selector::labels([(
+            "team", "a",
+        )]))])];
+        idx.apply_policy(pol);
+        idx.apply_endpoint(ep("x", "c", "udl1", "10.0.0.3"));
+        idx.refresh_sets();
+        let key = SetKey::Pods {
+            scope: NsScope::Matching(Selector::labels([("team", "a")])),
+            pods: Selector::everything(),
+        };
+        assert_eq!(members(&idx, &key, Family::V4), ["10.0.0.1", "10.0.0.3"]);
+        // namespace y joins the selector
+        idx.apply_namespace(Namespace::new("y").label("team", "a"));
+        assert_eq!(
+            members(&idx, &key, Family::V4),
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        );
+        // pod a moves to a new address, then terminates
+        let mut a = Pod::new("x", "a").label("app", "a").ip("10.0.0.9");
+        idx.apply_pod(a.clone());
+        assert_eq!(
+            members(&idx, &key, Family::V4),
+            ["10.0.0.2", "10.0.0.3", "10.0.0.9"]
+        );
+        a.terminated = true;
+        idx.apply_pod(a);
+        assert_eq!(members(&idx, &key, Family::V4), ["10.0.0.2", "10.0.0.3"]);
+        // the endpoint's pod is deleted in the API while attached: kept
+        idx.delete_pod(&PodKey::new("x", "c"));
+        assert_eq!(members(&idx, &key, Family::V4), ["10.0.0.2", "10.0.0.3"]);
+        idx.delete_endpoint("udl1");
+        assert!(idx.pod(&PodKey::new("x", "c")).is_none());
+        // no endpoint left: the policy is inactive and its set goes
+        idx.refresh_sets();
+        assert!(idx.sets().is_empty());
+    }
+
+    #[test]
+    fn named_port_sets_hold_each_pods_own_number() {
+        let mut idx = Index::new();
+        idx.apply_namespace(Namespace::new("x"));
+        idx.apply_pod(
+            Pod::new("x", "a")
+                .ip("10.0.0.1")
+                .port("web", Protocol::Tcp, 80),
+        );
+        idx.apply_pod(
+            Pod::new("x", "b")
+                .ip("fd00::2")
+                .port("web", Protocol::Tcp, 8080),
+        );
+        idx.apply_pod(
+            Pod::new("x", "c")
+                .ip("10.0.0.3")
+                .port("dns", Protocol::Udp, 53),
+        );
+        let mut pol = Policy::new("x", "p", Selector::everything());
+        pol.ingress = vec![Rule::allow_all().ports(vec![PortMatch::named(Protocol::Tcp, "web")])];
+        idx.apply_policy(pol);
+        idx.apply_endpoint(ep("x", "a", "udl1", "10.0.0.1"));
+        idx.refresh_sets();
+        let key = SetKey::NamedPort { name: "web".into() };
+        assert_eq!(members(&idx, &key, Family::V4), ["10.0.0.1,tcp:80"]);
+        assert_eq!(members(&idx, &key, Family::V6), ["fd00::2,tcp:8080"]);
+    }
+
+    #[test]
+    fn block_sets_use_nomatch_for_except_and_split_the_default_route() {
+        let mut idx = Index::new();
+        idx.apply_pod(Pod::new("x", "a"));
+        let mut pol = Policy::new("x", "p", Selector::everything());
+        pol.ingress = vec![Rule::from(vec![Peer::block("0.0.0.0/0", &["10.0.0.0/8"])])];
+        idx.apply_policy(pol);
+        idx.apply_endpoint(ep("x", "a", "udl1", "10.0.0.1"));
+        idx.refresh_sets();
+        let key = SetKey::Block {
+            cidr: "0.0.0.0/0".parse().unwrap(),
+            except: vec!["10.0.0.0/8".parse().unwrap()],
+        };
+        assert_eq!(
+            members(&idx, &key, Family::V4),
+            ["0.0.0.0/1", "10.0.0.0/8 nomatch", "128.0.0.0/1"]
+        );
+    }
+
+    #[test]
+    fn members_parse_back_from_ipset_save() {
+        for (kind, text, want) in [
+            (SetKind::HashIp, "10.0.0.1", "10.0.0.1"),
+            (SetKind::HashNet, "10.0.0.1", "10.0.0.1/32"),
+            (
+                SetKind::HashNet,
+                "10.1.0.0/16 nomatch",
+                "10.1.0.0/16 nomatch",
+            ),
+            (SetKind::HashIpPort, "fd00::1,sctp:81", "fd00::1,sctp:81"),
+        ] {
+            assert_eq!(Member::parse(kind, text).unwrap().render(), want);
+        }
+        assert!(Member::parse(SetKind::HashIp, "garbage").is_none());
+        assert!(Member::parse(SetKind::HashIpPort, "10.0.0.1,icmp:0").is_none());
+    }
+}

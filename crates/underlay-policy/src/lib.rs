@@ -1,0 +1,33 @@
+//! Kubernetes NetworkPolicy (networking.k8s.io/v1) for the pods of one
+//! node, enforced in the filter table with iptables and ipsets, for both
+//! IP families.
+//!
+//! - [`model`]: the domain (pods, namespaces, policies, endpoints, selectors).
+//! - [`convert`]: Kubernetes API objects into the domain, with validation.
+//! - [`index`]: the synchronous state machine fed with all of the above,
+//!   keeping peer-set membership up to date incrementally.
+//! - [`compile`]: pure: index into desired chains and sets.
+//! - [`eval`]: the same semantics evaluated for one flow (conntrack cleanup).
+//! - [`dataplane`]: the side-effect boundary (real tools, recording fake).
+//! - [`engine`]: diffs desired against programmed and writes the difference.
+//! - [`agent`]: the async runtime around the engine: kube watchers, attach
+//!   and detach of endpoints, periodic repair.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! This crate is a library used by the agent binary; it never depends on it.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod compile;
+pub mod convert;
+pub mod dataplane;
+pub mod engine;
+pub mod eval;
+pub mod index;
+pub mod metrics;
+pub mod model;
+
+pub use compile::Config;
+pub use dataplane::{CommandDataplane, Dataplane, FakeDataplane};
+pub use engine::{Engine, Status, SyncReport};
+pub use index::Index;

@@ -1,0 +1,102 @@
+//! Prometheus metrics of the policy engine.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family as MetricFamily;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabel {
+    /// `iptables-restore`, `ip6tables-restore` or `ipset`.
+    pub tool: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub policies: Gauge,
+    pub endpoints: Gauge,
+    pub rules: Gauge,
+    pub ipset_members: Gauge,
+    pub apply_seconds: Histogram,
+    pub change_to_dataplane_seconds: Histogram,
+    pub restore_calls: MetricFamily<ToolLabel, Counter>,
+    pub restore_failures: MetricFamily<ToolLabel, Counter>,
+    pub conntrack_removed: Counter,
+    pub repairs: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            policies: Gauge::default(),
+            endpoints: Gauge::default(),
+            rules: Gauge::default(),
+            ipset_members: Gauge::default(),
+            apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            change_to_dataplane_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            restore_calls: MetricFamily::default(),
+            restore_failures: MetricFamily::default(),
+            conntrack_removed: Counter::default(),
+            repairs: Counter::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under `underlay_policy_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("underlay_policy");
+        r.register(
+            "policies",
+            "NetworkPolicies that select a local pod",
+            self.policies.clone(),
+        );
+        r.register(
+            "endpoints",
+            "Local pod endpoints enforced",
+            self.endpoints.clone(),
+        );
+        r.register(
+            "rules",
+            "iptables rules programmed (both families)",
+            self.rules.clone(),
+        );
+        r.register(
+            "ipset_members",
+            "ipset members programmed",
+            self.ipset_members.clone(),
+        );
+        r.register(
+            "apply_seconds",
+            "Time to compute and write one dataplane sync",
+            self.apply_seconds.clone(),
+        );
+        r.register(
+            "change_to_dataplane_seconds",
+            "Time from a change reaching the index to it being programmed",
+            self.change_to_dataplane_seconds.clone(),
+        );
+        r.register(
+            "restore_calls",
+            "iptables-restore and ipset restore invocations",
+            self.restore_calls.clone(),
+        );
+        r.register(
+            "restore_failures",
+            "iptables-restore and ipset restore invocations that failed",
+            self.restore_failures.clone(),
+        );
+        r.register(
+            "conntrack_removed",
+            "Conntrack entries deleted because policy now denies them",
+            self.conntrack_removed.clone(),
+        );
+        r.register(
+            "repairs",
+            "Syncs that found the node's rules or sets differing from what was programmed",
+            self.repairs.clone(),
+        );
+    }
+}
