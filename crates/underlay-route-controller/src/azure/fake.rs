@@ -38,6 +38,7 @@ struct Inner {
     table: Option<TableState>,
     etag_seq: u64,
     calls: Vec<Call>,
+    times: Vec<tokio::time::Instant>,
     script: VecDeque<Scripted>,
     /// Pending operations: id -> (polls left, final state, routes to apply).
     ops: Vec<(String, usize, OperationState, Option<TableState>)>,
@@ -84,6 +85,18 @@ impl FakeRouteTable {
         self.lock().calls.clone()
     }
 
+    /// When each call of [`FakeRouteTable::calls`] was made.
+    pub fn call_times(&self) -> Vec<tokio::time::Instant> {
+        self.lock().times.clone()
+    }
+
+    /// Sets the table's provisioning state, e.g. `Updating` for a write in flight.
+    pub fn set_provisioning_state(&self, state: &str) {
+        if let Some(t) = self.lock().table.as_mut() {
+            t.provisioning_state = Some(state.to_string());
+        }
+    }
+
     pub fn puts(&self) -> Vec<TableWrite> {
         self.calls()
             .into_iter()
@@ -95,7 +108,9 @@ impl FakeRouteTable {
     }
 
     pub fn clear_calls(&self) {
-        self.lock().calls.clear();
+        let mut inner = self.lock();
+        inner.calls.clear();
+        inner.times.clear();
     }
 
     /// The table's routes now, sorted by name.
@@ -130,6 +145,7 @@ impl RouteTable for FakeRouteTable {
     async fn get(&self) -> Result<Option<TableState>, ArmError> {
         let mut inner = self.lock();
         inner.calls.push(Call::Get);
+        inner.times.push(tokio::time::Instant::now());
         if let Some(Scripted::Get(e)) = self.take(&mut inner, |s| matches!(s, Scripted::Get(_))) {
             return Err(e);
         }
@@ -153,6 +169,7 @@ impl RouteTable for FakeRouteTable {
     async fn put(&self, write: &TableWrite) -> Result<PendingWrite, ArmError> {
         let mut inner = self.lock();
         inner.calls.push(Call::Put(write.clone()));
+        inner.times.push(tokio::time::Instant::now());
         if let Some(Scripted::Put(e)) = self.take(&mut inner, |s| matches!(s, Scripted::Put(_))) {
             return Err(e);
         }
@@ -189,6 +206,7 @@ impl RouteTable for FakeRouteTable {
         let mut inner = self.lock();
         let id = pending.operation_url.clone().unwrap_or_default();
         inner.calls.push(Call::Poll(id.clone()));
+        inner.times.push(tokio::time::Instant::now());
         if let Some(Scripted::Poll(e)) = self.take(&mut inner, |s| matches!(s, Scripted::Poll(_))) {
             return Err(e);
         }
