@@ -4,7 +4,9 @@
 
 mod bench;
 mod build;
+mod deploy;
 mod image;
+mod lab;
 mod setup;
 mod test;
 mod util;
@@ -34,6 +36,9 @@ enum Command {
     /// Build the container images (OCI layout and docker archive) without a
     /// container daemon; optionally push them.
     Image(image::Args),
+    /// Render deploy/base with the image references and apply it to a
+    /// cluster with server-side apply; wait for the rollout.
+    Deploy(deploy::Args),
     /// Bring up the whole stack on this machine and run the demo.
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -49,16 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Build(args) => build::run(&args),
         Command::Image(args) => image::run(&args),
-        Command::Lab { .. } => {
-            eprintln!(
-                "cargo xtask lab: not available yet.\n\
-                 It will build the binaries, bring up a three-node Azure-like cluster of network \n\
-                 namespaces (embedded Kubernetes API server, Azure route-table service, route \n\
-                 controller, one agent per node, the CNI plugin run by a kubelet emulator), run the \n\
-                 demo (cross-node pod traffic, NetworkPolicy, node join/leave, restarts), print a \n\
-                 report and tear everything down."
-            );
-            std::process::exit(2);
-        }
+        Command::Deploy(args) => deploy::run(&args),
+        Command::Lab { args } => lab::run(&args),
     }
 }
