@@ -27,10 +27,18 @@ impl std::str::FromStr for Listen {
     }
 }
 
+/// What `--version` prints: `cargo xtask build` embeds the version and git
+/// commit (`0.1.0 (git 0123456789ab)`); a plain `cargo build` shows the crate
+/// version alone.
+pub const VERSION: &str = match option_env!("UNDERLAY_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
     name = "underlay-agent",
-    version,
+    version = VERSION,
     about = "underlay's node agent: pod IPAM and endpoints for the CNI plugin, network policy"
 )]
 pub struct Args {

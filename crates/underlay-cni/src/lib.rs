@@ -24,10 +24,18 @@ use clap::{Parser, Subcommand};
 use error::{CniError, code};
 use std::io::{Read, Write};
 
+/// What `--version` prints: `cargo xtask build` embeds the version and git
+/// commit (`0.1.0 (git 0123456789ab)`); a plain `cargo build` shows the crate
+/// version alone.
+pub const VERSION: &str = match option_env!("UNDERLAY_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// The command line. With no subcommand the binary is a CNI plugin and
 /// reads its invocation from the environment and stdin.
 #[derive(Parser, Debug)]
-#[command(name = "underlay-cni", version, about = "underlay's CNI plugin")]
+#[command(name = "underlay-cni", version = VERSION, about = "underlay's CNI plugin")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<CliCommand>,

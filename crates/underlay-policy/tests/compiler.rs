@@ -1,0 +1,409 @@
+//! The compiled ruleset, checked without root: every scenario is compiled,
+//! programmed into the recording fake, and each probe of the x/y/z world is
+//! walked through the programmed FORWARD chain by a rule interpreter and
+//! compared with the scenario's truth table. The user-space evaluator (used
+//! for conntrack cleanup) is checked against the same tables. Then the
+//! engine's incremental behaviour: what it writes, and what it does not.
+
+mod support;
+
+use support::interp::{Packet, Tables, Verdict};
+use support::scenarios;
+use support::{Pid, Probe, load_world, mismatches};
+use underlay_policy::dataplane::{Call, FakeDataplane};
+use underlay_policy::eval::{Evaluator, Flow};
+use underlay_policy::metrics::Metrics;
+use underlay_policy::model::{Family, PodKey, Protocol, Selector};
+use underlay_policy::{Config, Engine};
+
+fn engine(fake: &FakeDataplane) -> Engine<FakeDataplane> {
+    Engine::new(fake.clone(), Config::default(), Metrics::default())
+}
+
+fn world_engine(fake: &FakeDataplane) -> Engine<FakeDataplane> {
+    let mut e = engine(fake);
+    e.change(load_world);
+    e
+}
+
+/// Walks one packet through a built-in chain of the fake's table.
+fn verdict(fake: &FakeDataplane, family: Family, chain: &str, pkt: &mut Packet) -> Verdict {
+    let state = fake.state();
+    let tables = Tables {
+        chains: &state.tables[family.index()],
+        sets: &state.sets,
+    };
+    tables.run(chain, pkt, 0).unwrap_or(Verdict::Accept)
+}
+
+fn forward(fake: &FakeDataplane, p: &Probe) -> bool {
+    let mut pkt = Packet {
+        iif: Some(p.src.interface()),
+        oif: Some(p.dst.interface()),
+        src: p.src.ip(p.family),
+        dst: p.dst.ip(p.family),
+        protocol: p.protocol,
+        dport: p.port,
+        mark: 0,
+    };
+    let v = verdict(fake, p.family, "FORWARD", &mut pkt);
+    assert_eq!(
+        pkt.mark & Config::default().mark,
+        0,
+        "policy mark leaked: {}",
+        p.describe()
+    );
+    v == Verdict::Accept
+}
+
+#[test]
+fn every_scenario_compiles_to_its_truth_table() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let probes = Probe::all();
+    let all = scenarios::all();
+    assert!(all.len() >= 40, "only {} scenarios", all.len());
+    let mut failures = Vec::new();
+    for s in &all {
+        engine.change(|idx| scenarios::prepare(idx, s));
+        engine
+            .sync()
+            .unwrap_or_else(|e| panic!("{}: sync failed: {e}", s.name));
+        let bad = mismatches(&probes, |p| forward(&fake, p), &*s.expect);
+        if !bad.is_empty() {
+            failures.push(format!(
+                "{}: {} mismatches, e.g. {:?}",
+                s.name,
+                bad.len(),
+                &bad[..bad.len().min(4)]
+            ));
+        }
+        // The user-space evaluator agrees with the same truth table.
+        let eval = Evaluator::new(engine.index());
+        let bad = mismatches(
+            &probes,
+            |p| {
+                eval.allowed(&Flow {
+                    protocol: p.protocol.number(),
+                    src: p.src.ip(p.family),
+                    dst: p.dst.ip(p.family),
+                    sport: 40000,
+                    dport: p.port,
+                })
+            },
+            &*s.expect,
+        );
+        if !bad.is_empty() {
+            failures.push(format!(
+                "{} (evaluator): {:?}",
+                s.name,
+                &bad[..bad.len().min(4)]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_second_sync_without_changes_writes_nothing() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let s = &scenarios::all()[9];
+    engine.change(|idx| scenarios::prepare(idx, s));
+    let first = engine.sync().unwrap();
+    assert!(first.restore_calls >= 3, "{first:?}");
+    let second = engine.sync().unwrap();
+    assert!(second.wrote_nothing(), "{second:?}");
+}
+
+#[test]
+fn a_restarted_engine_adopts_the_rules_without_writing() {
+    let fake = FakeDataplane::new();
+    let mut first = world_engine(&fake);
+    let s = &scenarios::all()[30];
+    first.change(|idx| scenarios::prepare(idx, s));
+    first.sync().unwrap();
+    drop(first);
+    let before = fake.state().calls.len();
+    let mut second = world_engine(&fake);
+    second.change(|idx| scenarios::prepare(idx, s));
+    let report = second.sync().unwrap();
+    assert!(report.wrote_nothing(), "{report:?}");
+    let calls = fake.state().calls[before..].to_vec();
+    assert!(
+        calls
+            .iter()
+            .all(|c| matches!(c, Call::SaveFilter(_) | Call::SaveSets)),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn other_components_rules_survive_every_sync() {
+    let fake = FakeDataplane::new();
+    {
+        let mut st = fake.state();
+        st.tables[0]
+            .get_mut("FORWARD")
+            .unwrap()
+            .push("-j KUBE-FORWARD".into());
+        st.tables[0].insert(
+            "KUBE-FORWARD".into(),
+            vec!["-m mark --mark 0x4000/0x4000 -j ACCEPT".into()],
+        );
+        st.tables[0]
+            .get_mut("INPUT")
+            .unwrap()
+            .push("-p tcp -m tcp --dport 22 -j ACCEPT".into());
+    }
+    let mut engine = world_engine(&fake);
+    for s in scenarios::all().iter().take(12) {
+        engine.change(|idx| scenarios::prepare(idx, s));
+        engine.sync().unwrap();
+    }
+    let st = fake.state();
+    let t = &st.tables[0];
+    assert_eq!(
+        t["KUBE-FORWARD"],
+        ["-m mark --mark 0x4000/0x4000 -j ACCEPT"]
+    );
+    assert!(t["FORWARD"].contains(&"-j KUBE-FORWARD".to_string()));
+    assert!(t["INPUT"].contains(&"-p tcp -m tcp --dport 22 -j ACCEPT".to_string()));
+    // exactly one jump into our chains from each hook
+    for (builtin, ours) in [
+        ("FORWARD", "UDL-FORWARD"),
+        ("INPUT", "UDL-INPUT"),
+        ("OUTPUT", "UDL-OUTPUT"),
+    ] {
+        let n = t[builtin]
+            .iter()
+            .filter(|r| r.ends_with(&format!("-j {ours}")))
+            .count();
+        assert_eq!(n, 1, "{builtin}: {:?}", t[builtin]);
+    }
+}
+
+#[test]
+fn a_flushed_chain_and_a_removed_hook_are_repaired() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let s = &scenarios::all()[6];
+    engine.change(|idx| scenarios::prepare(idx, s));
+    engine.sync().unwrap();
+    let probe = Probe {
+        src: Pid { ns: 1, pod: 0 },
+        dst: Pid { ns: 0, pod: 0 },
+        protocol: Protocol::Tcp,
+        port: 80,
+        family: Family::V4,
+    };
+    assert!(!forward(&fake, &probe), "y/a -> x/a must be denied");
+    {
+        // `iptables -F` of every chain of ours, and the hook deleted.
+        let mut st = fake.state();
+        for (name, rules) in st.tables[0].iter_mut() {
+            if name.starts_with("UDL-") {
+                rules.clear();
+            }
+        }
+        st.tables[0].get_mut("FORWARD").unwrap().clear();
+    }
+    assert!(forward(&fake, &probe), "the flush opened the pod");
+    let report = engine.repair().unwrap();
+    assert!(report.repaired, "{report:?}");
+    assert!(!forward(&fake, &probe), "repair must close it again");
+    // IPv6 was untouched and is not rewritten.
+    let last = fake.state().calls.iter().rev().find_map(|c| match c {
+        Call::RestoreFilter(f, _) => Some(*f),
+        _ => None,
+    });
+    assert_eq!(last, Some(Family::V4));
+    // And nothing more to do afterwards.
+    assert!(engine.repair().unwrap().wrote_nothing());
+}
+
+#[test]
+fn a_pod_label_change_is_one_small_ipset_batch() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let s = &scenarios::all()[6]; // x/a ingress from pods b
+    engine.change(|idx| scenarios::prepare(idx, s));
+    engine.sync().unwrap();
+    let before = fake.state().calls.len();
+    engine.change(|idx| {
+        let mut pod = idx.pod(&PodKey::new("x", "c")).unwrap().clone();
+        pod.labels.insert("pod".into(), "b".into());
+        idx.apply_pod(pod);
+    });
+    let report = engine.sync().unwrap();
+    let calls = fake.state().calls[before..].to_vec();
+    let restores: Vec<_> = calls
+        .iter()
+        .filter(|c| matches!(c, Call::RestoreFilter(..) | Call::RestoreSets(_)))
+        .collect();
+    assert_eq!(restores.len(), 1, "{calls:?}");
+    match restores[0] {
+        Call::RestoreSets(script) => {
+            assert_eq!(script.lines().count(), 2, "{script}");
+            assert!(
+                script.contains("add ") && script.contains("10.88.0.12"),
+                "{script}"
+            );
+        }
+        other => panic!("expected one ipset batch, got {other:?}"),
+    }
+    assert_eq!(report.members_added, 2);
+}
+
+#[test]
+fn a_failed_restore_is_reported_and_retried_from_the_node_state() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    engine.sync().unwrap();
+    let s = &scenarios::all()[1];
+    engine.change(|idx| scenarios::prepare(idx, s));
+    fake.state().fail_next_restore =
+        Some("Another app is currently holding the xtables lock".into());
+    let err = engine.sync().unwrap_err().to_string();
+    assert!(err.contains("xtables lock"), "{err}");
+    assert!(engine.status().last_error.is_some());
+    assert!(engine.dirty());
+    let report = engine.sync().unwrap();
+    assert!(report.restore_calls > 0);
+    assert!(engine.status().last_error.is_none());
+    let p = Probe {
+        src: Pid { ns: 1, pod: 0 },
+        dst: Pid { ns: 0, pod: 1 },
+        protocol: Protocol::Udp,
+        port: 81,
+        family: Family::V6,
+    };
+    assert!(!forward(&fake, &p));
+}
+
+#[test]
+fn unknown_pod_interfaces_are_dropped_and_the_node_reaches_its_pods() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let s = &scenarios::all()[3]; // deny both ways in x
+    engine.change(|idx| scenarios::prepare(idx, s));
+    engine.sync().unwrap();
+    let x_a = Pid { ns: 0, pod: 0 };
+    for (iif, oif) in [
+        (Some("udlunknown"), Some("udlyb")),
+        (Some("udlya"), Some("udlstale")),
+    ] {
+        let mut pkt = Packet {
+            iif: iif.map(String::from),
+            oif: oif.map(String::from),
+            src: "10.88.0.99".parse().unwrap(),
+            dst: x_a.ip(Family::V4),
+            protocol: Protocol::Tcp,
+            dport: 80,
+            mark: 0,
+        };
+        assert_eq!(
+            verdict(&fake, Family::V4, "FORWARD", &mut pkt),
+            Verdict::Drop
+        );
+    }
+    // node -> isolated pod (kubelet probe): OUTPUT lets it through
+    let mut probe = Packet {
+        iif: None,
+        oif: Some(x_a.interface()),
+        src: "10.88.0.1".parse().unwrap(),
+        dst: x_a.ip(Family::V4),
+        protocol: Protocol::Tcp,
+        dport: 80,
+        mark: 0,
+    };
+    assert_eq!(
+        verdict(&fake, Family::V4, "OUTPUT", &mut probe),
+        Verdict::Accept
+    );
+    // isolated pod -> node: egress policy applies in INPUT
+    let mut up = Packet {
+        iif: Some(x_a.interface()),
+        oif: None,
+        src: x_a.ip(Family::V4),
+        dst: "10.88.0.1".parse().unwrap(),
+        protocol: Protocol::Tcp,
+        dport: 10250,
+        mark: 0,
+    };
+    assert_eq!(verdict(&fake, Family::V4, "INPUT", &mut up), Verdict::Drop);
+}
+
+#[test]
+fn newly_denied_connections_lose_their_conntrack_entries() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    engine.sync().unwrap();
+    let flow = |src: Pid, dst: Pid, port| Flow {
+        protocol: 6,
+        src: src.ip(Family::V4),
+        dst: dst.ip(Family::V4),
+        sport: 40000,
+        dport: port,
+    };
+    let (xa, xb, ya) = (
+        Pid { ns: 0, pod: 0 },
+        Pid { ns: 0, pod: 1 },
+        Pid { ns: 1, pod: 0 },
+    );
+    let node = Flow {
+        protocol: 6,
+        src: "10.88.0.1".parse().unwrap(),
+        dst: xa.ip(Family::V4),
+        sport: 5000,
+        dport: 80,
+    };
+    {
+        let mut st = fake.state();
+        st.host = vec!["10.88.0.1".parse().unwrap()];
+        st.flows = vec![flow(ya, xa, 80), flow(xb, xa, 80), flow(ya, xa, 81), node];
+    }
+    // x/a: ingress only from pods b of x on TCP 80
+    let mut p = underlay_policy::model::Policy::new("x", "p", Selector::labels([("pod", "a")]));
+    p.ingress = vec![
+        underlay_policy::model::Rule::from(vec![underlay_policy::model::Peer::pods(
+            Selector::labels([("pod", "b")]),
+        )])
+        .ports(vec![underlay_policy::model::PortMatch::tcp(80)]),
+    ];
+    engine.change(|idx| idx.apply_policy(p));
+    let report = engine.sync().unwrap();
+    assert_eq!(report.conntrack_removed, 2, "{report:?}");
+    assert_eq!(fake.state().flows, vec![flow(xb, xa, 80), node]);
+}
+
+#[test]
+fn large_set_changes_are_swapped_in() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let mut p = underlay_policy::model::Policy::new("x", "p", Selector::labels([("pod", "a")]));
+    p.ingress = vec![underlay_policy::model::Rule::from(vec![
+        underlay_policy::model::Peer::namespaces(Selector::labels([("bulk", "yes")])),
+    ])];
+    engine.change(|idx| {
+        idx.apply_policy(p);
+        idx.apply_namespace(underlay_policy::model::Namespace::new("bulk"));
+        for i in 0..3000u32 {
+            let ip = format!("10.90.{}.{}", i / 250, i % 250 + 1);
+            idx.apply_pod(underlay_policy::model::Pod::new("bulk", &format!("p{i}")).ip(&ip));
+        }
+    });
+    engine.sync().unwrap();
+    engine.change(|idx| {
+        idx.apply_namespace(underlay_policy::model::Namespace::new("bulk").label("bulk", "yes"))
+    });
+    let report = engine.sync().unwrap();
+    assert_eq!(report.sets_swapped, 1, "{report:?}");
+    let st = fake.state();
+    let big = st.sets.values().filter(|s| s.members.len() == 3000).count();
+    assert_eq!(big, 1);
+    assert!(
+        !st.sets.keys().any(|n| n.ends_with("-t")),
+        "temporary set left behind"
+    );
+}

@@ -1,0 +1,190 @@
+//! The test world shared by the compiler tests (no root) and the dataplane
+//! tests (root, network namespaces): namespaces x, y, z with pods a, b, c
+//! each, and the policy scenarios with their truth tables, written from the
+//! NetworkPolicy API reference.
+#![allow(dead_code)]
+
+pub mod interp;
+pub mod scenarios;
+
+use std::net::IpAddr;
+use underlay_policy::index::Index;
+use underlay_policy::model::{Endpoint, Family, Namespace, Pod, PodKey, Protocol};
+
+pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+pub const PODS: [&str; 3] = ["a", "b", "c"];
+pub const PORTS: [u16; 2] = [80, 81];
+
+/// One pod of the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid {
+    pub ns: usize,
+    pub pod: usize,
+}
+
+impl Pid {
+    pub fn all() -> Vec<Pid> {
+        let mut v = Vec::new();
+        for ns in 0..3 {
+            for pod in 0..3 {
+                v.push(Pid { ns, pod });
+            }
+        }
+        v
+    }
+
+    pub fn ns_name(&self) -> &'static str {
+        NAMESPACES[self.ns]
+    }
+
+    pub fn pod_name(&self) -> &'static str {
+        PODS[self.pod]
+    }
+
+    /// True when this is `"x/a"`; `"x/*"` and `"*/a"` match a whole
+    /// namespace or every pod of that name.
+    pub fn is(&self, pat: &str) -> bool {
+        let (n, p) = pat.split_once('/').expect("pattern ns/pod");
+        (n == "*" || n == self.ns_name()) && (p == "*" || p == self.pod_name())
+    }
+
+    pub fn number(&self) -> usize {
+        self.ns * 3 + self.pod
+    }
+
+    pub fn ip(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => format!("10.88.0.{}", 10 + self.number()).parse().unwrap(),
+            Family::V6 => format!("fd88::{}", 10 + self.number()).parse().unwrap(),
+        }
+    }
+
+    /// Host-side veth name in the node namespace.
+    pub fn interface(&self) -> String {
+        format!("udl{}{}", self.ns_name(), self.pod_name())
+    }
+
+    pub fn key(&self) -> PodKey {
+        PodKey::new(self.ns_name(), self.pod_name())
+    }
+
+    /// The pod as the API would show it: label `pod=<name>`, both
+    /// addresses, and named ports `serve-<port>-<proto>` for every served
+    /// port, plus `web`: 80 on pods a, 81 on pods b and c (one name, two
+    /// numbers).
+    pub fn pod(&self) -> Pod {
+        let mut p = Pod::new(self.ns_name(), self.pod_name())
+            .label("pod", self.pod_name())
+            .ip(&self.ip(Family::V4).to_string())
+            .ip(&self.ip(Family::V6).to_string());
+        for proto in Protocol::ALL {
+            for port in PORTS {
+                p = p.port(&format!("serve-{port}-{}", proto.name()), proto, port);
+            }
+        }
+        p.port("web", Protocol::Tcp, if self.pod == 0 { 80 } else { 81 })
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            pod: self.key(),
+            interface: self.interface(),
+            ips: vec![self.ip(Family::V4), self.ip(Family::V6)],
+        }
+    }
+}
+
+/// Namespace labels: `ns=<name>`; x and y also carry `team` (red, blue).
+pub fn namespace(i: usize) -> Namespace {
+    let n = Namespace::new(NAMESPACES[i]).label("ns", NAMESPACES[i]);
+    match i {
+        0 => n.label("team", "red"),
+        1 => n.label("team", "blue"),
+        _ => n,
+    }
+}
+
+/// Fills an index with the world, every pod a local endpoint.
+pub fn load_world(idx: &mut Index) {
+    for i in 0..3 {
+        idx.apply_namespace(namespace(i));
+    }
+    for p in Pid::all() {
+        idx.apply_pod(p.pod());
+        idx.apply_endpoint(p.endpoint());
+    }
+}
+
+/// One connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Probe {
+    pub src: Pid,
+    pub dst: Pid,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub family: Family,
+}
+
+impl Probe {
+    /// Every pair of distinct pods, every protocol, port and family.
+    pub fn all() -> Vec<Probe> {
+        let mut v = Vec::new();
+        for src in Pid::all() {
+            for dst in Pid::all() {
+                if src == dst {
+                    continue;
+                }
+                for protocol in Protocol::ALL {
+                    for port in PORTS {
+                        for family in Family::BOTH {
+                            v.push(Probe {
+                                src,
+                                dst,
+                                protocol,
+                                port,
+                                family,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{}/{} -> {}/{} {}:{} {}",
+            self.src.ns_name(),
+            self.src.pod_name(),
+            self.dst.ns_name(),
+            self.dst.pod_name(),
+            self.protocol,
+            self.port,
+            self.family
+        )
+    }
+}
+
+/// Compares observed reachability with the truth table; returns the
+/// mismatches, described.
+pub fn mismatches(
+    probes: &[Probe],
+    observed: impl Fn(&Probe) -> bool,
+    expect: &dyn Fn(&Probe) -> bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in probes {
+        let got = observed(p);
+        let want = expect(p);
+        if got != want {
+            out.push(format!(
+                "{}: expected {}, got {}",
+                p.describe(),
+                if want { "allowed" } else { "denied" },
+                if got { "allowed" } else { "denied" }
+            ));
+        }
+    }
+    out
+}
