@@ -113,6 +113,7 @@ struct Scenarios {
     pod_reference: PodAllocator,
     pod_v4_full: PodAllocator,
     pod_v6: PodAllocator,
+    pod_same_keys: PodAllocator,
     cluster_reference: ClusterAllocator,
     cluster_full: ClusterAllocator,
 }
@@ -123,6 +124,9 @@ fn scenarios() -> Scenarios {
         pod_v4_full: pods("10.244.0.0/16", 0.99, usize::MAX),
         // A /64 holding 100 000 pods (far more than a node runs), 1% freed.
         pod_v6: pods("fd00:10:244:1::/64", 0.99, 100_000),
+        // As many attachments as the 99% full /16 but one free gap: tells
+        // the cost of the attachment map apart from the free-space search.
+        pod_same_keys: pods("10.244.0.0/15", 1.0, 64_879),
         cluster_reference: cluster("10.0.0.0/8", 0.0),
         cluster_full: cluster("10.0.0.0/8", 0.99),
     }
@@ -139,6 +143,9 @@ fn criterion_benches(c: &mut Criterion, s: &mut Scenarios) {
         b.iter(|| pod_op(&mut s.pod_v4_full, &k))
     });
     group.bench_function("v6_64_100k_held", |b| b.iter(|| pod_op(&mut s.pod_v6, &k)));
+    group.bench_function("v4_15_64879_held_one_gap", |b| {
+        b.iter(|| pod_op(&mut s.pod_same_keys, &k))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("node_cidr_allocate_release");
@@ -165,13 +172,14 @@ fn ratios(s: &mut Scenarios) {
         }
         start.elapsed().as_secs_f64() * 1e9 / f64::from(OPS)
     };
-    let mut samples: [Vec<f64>; 5] = Default::default();
+    let mut samples: [Vec<f64>; 6] = Default::default();
     for _ in 0..ROUNDS {
         samples[0].push(time(&mut || pod_op(&mut s.pod_reference, &k)));
         samples[1].push(time(&mut || pod_op(&mut s.pod_v4_full, &k)));
         samples[2].push(time(&mut || pod_op(&mut s.pod_v6, &k)));
         samples[3].push(time(&mut || cluster_op(&mut s.cluster_reference)));
         samples[4].push(time(&mut || cluster_op(&mut s.cluster_full)));
+        samples[5].push(time(&mut || pod_op(&mut s.pod_same_keys, &k)));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -186,6 +194,7 @@ fn ratios(s: &mut Scenarios) {
         ("pod  empty v4 /16 (reference)", m[0], m[0]),
         ("pod  v4 /16 99% full", m[1], m[0]),
         ("pod  v6 /64, 100k held", m[2], m[0]),
+        ("pod  v4 /15, 64879 held, one gap", m[5], m[0]),
         ("node empty 10/8 by /24 (reference)", m[3], m[3]),
         ("node 10/8 by /24 99% full", m[4], m[3]),
     ];

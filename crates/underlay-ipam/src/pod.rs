@@ -93,6 +93,15 @@ impl Range {
 
 /// Pod addresses of one node: at most one node CIDR per family, one address
 /// per family for each attachment.
+///
+/// Never hands out the network address of a node CIDR, nor the last address
+/// of an IPv4 one. The first address after the network address is handed
+/// out like any other: pods reach the node through a link-local gateway
+/// (169.254.1.1, and an IPv6 link-local) answered by proxy ARP/NDP, so no
+/// address of the node CIDR is set aside for a gateway. Addresses are handed
+/// out round-robin after the last one handed out, so a released address is
+/// reused only after every other free one; free addresses are kept as
+/// ranges, so a whole IPv6 /64 costs no more memory than a /24.
 #[derive(Debug, Clone)]
 pub struct PodAllocator {
     ranges: Vec<Range>,
