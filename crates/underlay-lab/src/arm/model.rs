@@ -97,6 +97,8 @@ pub struct RequestRecord {
     pub status: Option<u16>,
     /// The error code of a CloudError answer.
     pub error_code: Option<String>,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -388,6 +388,7 @@ async fn handle(
         if_none_match: header(&headers, "if-none-match"),
         status: None,
         error_code: None,
+        at: std::time::Instant::now(),
     };
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
