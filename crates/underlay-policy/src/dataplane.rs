@@ -220,8 +220,13 @@ impl Dataplane for CommandDataplane {
     }
 }
 
-/// Parses one line of `conntrack -L` (original direction only).
+/// Parses one line of `conntrack -L` (original direction only). Entries
+/// that carry no live connection are skipped: never answered (the next
+/// packet is NEW and meets the policy anyway), or TCP already closing.
 pub fn parse_conntrack_line(line: &str) -> Option<Flow> {
+    if line.contains("[UNREPLIED]") || line.contains(" TIME_WAIT ") || line.contains(" CLOSE ") {
+        return None;
+    }
     let mut words = line.split_whitespace();
     words.next()?;
     let protocol: u8 = words.next()?.parse().ok()?;
@@ -688,6 +693,8 @@ mod tests {
             .is_none()
         );
         assert!(parse_conntrack_line("").is_none());
+        assert!(parse_conntrack_line("tcp      6 119 SYN_SENT src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 [UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=80 dport=1 mark=0 use=1").is_none());
+        assert!(parse_conntrack_line("tcp      6 119 TIME_WAIT src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=1 [ASSURED] mark=0 use=1").is_none());
     }
 
     #[test]

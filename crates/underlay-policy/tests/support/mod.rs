@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod interp;
+pub mod lab;
 pub mod scenarios;
 
 use std::net::IpAddr;

@@ -1,0 +1,307 @@
+//! The real dataplane, as root, in network namespaces these tests create:
+//! iptables, ip6tables, ipset and conntrack inside a node namespace, real
+//! TCP, UDP and SCTP packets between nine pod namespaces, every scenario's
+//! truth table probed pair by pair; then restarts, external flushes and
+//! conntrack cleanup under live connections.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::lab::{Lab, root_or_skip, sh};
+use support::scenarios;
+use support::{Pid, Probe, load_world};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use underlay_policy::agent::{Options, PolicyAgent};
+use underlay_policy::metrics::Metrics;
+use underlay_policy::model::{Family, Peer, Policy, Protocol, Rule, Selector};
+use underlay_policy::{CommandDataplane, Config, Engine};
+
+fn engine(lab: &Lab) -> Engine<CommandDataplane> {
+    let mut e = Engine::new(
+        CommandDataplane::in_netns(&lab.node),
+        Config::default(),
+        Metrics::default(),
+    );
+    e.change(load_world);
+    e
+}
+
+fn pid(s: &str) -> Pid {
+    Pid::all().into_iter().find(|p| p.is(s)).unwrap()
+}
+
+fn tcp80(src: &str, dst: &str) -> Probe {
+    Probe {
+        src: pid(src),
+        dst: pid(dst),
+        protocol: Protocol::Tcp,
+        port: 80,
+        family: Family::V4,
+    }
+}
+
+async fn reaches(lab: &Lab, p: Probe) -> bool {
+    lab.probe_all(&[p], Duration::from_millis(500)).await[0]
+}
+
+/// x/a accepts ingress only from pods `b` of its namespace.
+fn only_b_to_a() -> Policy {
+    let mut p = Policy::new("x", "only-b", Selector::labels([("pod", "a")]));
+    p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([("pod", "b")]))])];
+    p
+}
+
+/// A long-lived TCP connection from one pod to another; each `echo` sends
+/// a byte and reports whether it came back in time.
+struct Conn {
+    tx: mpsc::Sender<oneshot::Sender<bool>>,
+}
+
+impl Conn {
+    async fn open(lab: &Lab, p: Probe) -> Conn {
+        let (tx, mut rx) = mpsc::channel::<oneshot::Sender<bool>>(4);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let dst = std::net::SocketAddr::new(p.dst.ip(p.family), p.port);
+        lab.handle(p.src).spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(dst).await.expect("connect");
+            let _ = ready_tx.send(());
+            while let Some(reply) = rx.recv().await {
+                let ok = tokio::time::timeout(Duration::from_millis(700), async {
+                    s.write_all(b"x").await?;
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).await
+                })
+                .await
+                .is_ok_and(|r| r.is_ok());
+                let _ = reply.send(ok);
+            }
+        });
+        ready_rx.await.expect("connection opened");
+        Conn { tx }
+    }
+
+    async fn echo(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(tx).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_holds_for_real_packets() {
+    if !root_or_skip("every_scenario_holds_for_real_packets") {
+        return;
+    }
+    let lab = Lab::new("scen").await;
+    let mut engine = engine(&lab);
+    let probes = Probe::all();
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    for s in scenarios::all() {
+        engine.change(|idx| scenarios::prepare(idx, &s));
+        let t = Instant::now();
+        let report = engine
+            .sync()
+            .unwrap_or_else(|e| panic!("{}: sync failed: {e}", s.name));
+        let synced = t.elapsed();
+        let bad = lab.check(&probes, &*s.expect).await;
+        eprintln!(
+            "{}: sync {synced:?} ({} conntrack entries removed), probes {:?}",
+            s.name,
+            report.conntrack_removed,
+            t.elapsed() - synced
+        );
+        if !bad.is_empty() {
+            failures.push(format!(
+                "{}: {} mismatches, e.g. {:?}",
+                s.name,
+                bad.len(),
+                &bad[..bad.len().min(6)]
+            ));
+        }
+    }
+    eprintln!(
+        "{} scenarios x {} probes in {:?}",
+        scenarios::all().len(),
+        probes.len(),
+        started.elapsed()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Logging scenario left its NFLOG rule behind only while it applied.
+    let saved = sh(&["ip", "netns", "exec", &lab.node, "iptables-save", "-t", "filter"]);
+    assert!(!saved.contains("NFLOG"), "logging rules outlived their scenario");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_packets_are_logged_when_the_namespace_asks() {
+    if !root_or_skip("denied_packets_are_logged_when_the_namespace_asks") {
+        return;
+    }
+    let lab = Lab::new("log").await;
+    let mut engine = engine(&lab);
+    engine.change(|idx| {
+        let mut ns = idx.namespace("x").unwrap().clone();
+        ns.log_denied = true;
+        idx.apply_namespace(ns);
+        idx.apply_policy(only_b_to_a());
+    });
+    engine.sync().unwrap();
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
+    let rules = sh(&["ip", "netns", "exec", &lab.node, "iptables", "-t", "filter", "-S", "UDL-I-udlxa", "-v"]);
+    let nflog = rules
+        .lines()
+        .find(|l| l.contains("NFLOG"))
+        .unwrap_or_else(|| panic!("no NFLOG rule: {rules}"));
+    // `-S -v` prints `-c PACKETS BYTES`: the denied SYN went through it.
+    let packets: u64 = nflog
+        .split_whitespace()
+        .skip_while(|w| *w != "-c")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(packets >= 1, "{nflog}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_traffic_adopts_the_rules_with_no_window() {
+    if !root_or_skip("a_restart_under_traffic_adopts_the_rules_with_no_window") {
+        return;
+    }
+    let lab = Lab::new("restart").await;
+    let mut first = engine(&lab);
+    first.change(|idx| idx.apply_policy(only_b_to_a()));
+    first.sync().unwrap();
+    let conn = Conn::open(&lab, tcp80("x/b", "x/a")).await;
+    assert!(conn.echo().await);
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
+
+    drop(first); // the agent stops: its rules stay in the kernel
+    assert!(conn.echo().await, "established flow dropped while no agent ran");
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await, "open while no agent ran");
+
+    let mut second = engine(&lab);
+    second.change(|idx| idx.apply_policy(only_b_to_a()));
+    let report = second.sync().unwrap();
+    assert!(report.wrote_nothing(), "restart rewrote rules: {report:?}");
+    assert!(conn.echo().await, "established flow dropped after restart");
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
+    assert!(reaches(&lab, tcp80("x/c", "y/a")).await);
+
+    // A restart that finds a changed policy applies only the difference.
+    second.change(|idx| {
+        let mut p = only_b_to_a();
+        p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([("pod", "c")]))])];
+        idx.apply_policy(p);
+    });
+    drop(second);
+    let mut third = engine(&lab);
+    third.change(|idx| {
+        let mut p = only_b_to_a();
+        p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([("pod", "c")]))])];
+        idx.apply_policy(p);
+    });
+    let report = third.sync().unwrap();
+    assert!(report.sets_created == 2 && report.sets_destroyed == 2, "{report:?}");
+    assert!(reaches(&lab, tcp80("x/c", "x/a")).await);
+    assert!(!reaches(&lab, tcp80("x/b", "x/a")).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_flush_is_repaired_by_the_periodic_check() {
+    if !root_or_skip("an_external_flush_is_repaired_by_the_periodic_check") {
+        return;
+    }
+    let lab = Lab::new("flush").await;
+    // Someone else's rule, which must survive our syncs and repairs.
+    sh(&["ip", "netns", "exec", &lab.node, "iptables", "-N", "OTHER"]);
+    sh(&["ip", "netns", "exec", &lab.node, "iptables", "-A", "FORWARD", "-j", "OTHER"]);
+    let metrics = Metrics::default();
+    let mut e = Engine::new(
+        CommandDataplane::in_netns(&lab.node),
+        Config::default(),
+        metrics.clone(),
+    );
+    e.change(load_world);
+    e.change(|idx| idx.apply_policy(only_b_to_a()));
+    let agent = PolicyAgent::new(
+        e,
+        None,
+        Options {
+            repair_interval: Duration::from_millis(300),
+            ..Options::default()
+        },
+    );
+    let tasks = agent.start();
+    agent.sync_now(false).await.unwrap();
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
+    // Periodic checks of an intact dataplane repair nothing.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(metrics.repairs.get(), 0);
+
+    for fam in ["iptables", "ip6tables"] {
+        sh(&["ip", "netns", "exec", &lab.node, fam, "-F"]);
+    }
+    sh(&["ip", "netns", "exec", &lab.node, "iptables", "-A", "FORWARD", "-j", "OTHER"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.repairs.get() == 0 {
+        assert!(Instant::now() < deadline, "the flush was never repaired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
+    let v6 = Probe {
+        family: Family::V6,
+        ..tcp80("y/a", "x/a")
+    };
+    assert!(!reaches(&lab, v6).await, "IPv6 not repaired");
+    let saved = sh(&["ip", "netns", "exec", &lab.node, "iptables-save", "-t", "filter"]);
+    assert_eq!(saved.matches("-A FORWARD -j OTHER").count(), 1, "{saved}");
+    assert_eq!(saved.matches("-j UDL-FORWARD").count(), 1, "{saved}");
+    for t in tasks {
+        t.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newly_denied_established_connections_are_cut() {
+    if !root_or_skip("newly_denied_established_connections_are_cut") {
+        return;
+    }
+    let lab = Lab::new("ct").await;
+    let mut e = engine(&lab);
+    e.sync().unwrap();
+    let conn = Conn::open(&lab, tcp80("y/a", "x/a")).await;
+    let v6conn = Conn::open(
+        &lab,
+        Probe {
+            family: Family::V6,
+            ..tcp80("y/a", "x/a")
+        },
+    )
+    .await;
+    let keep = Conn::open(&lab, tcp80("x/b", "x/a")).await;
+    assert!(conn.echo().await && v6conn.echo().await && keep.echo().await);
+
+    // Control: without cleanup, conntrack keeps the denied flow alive.
+    e.set_conntrack_cleanup(false);
+    e.change(|idx| idx.apply_policy(only_b_to_a()));
+    let report = e.sync().unwrap();
+    assert_eq!(report.conntrack_removed, 0);
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
+    assert!(conn.echo().await, "control: established flows pass without cleanup");
+
+    // With cleanup (the default), the change cuts it.
+    e.set_conntrack_cleanup(true);
+    e.change(|idx| {
+        let mut p = only_b_to_a();
+        p.name = "only-b-again".into();
+        idx.apply_policy(p);
+    });
+    let report = e.sync().unwrap();
+    assert!(report.conntrack_removed >= 2, "{report:?}");
+    assert!(!conn.echo().await, "denied connection still flows");
+    assert!(!v6conn.echo().await, "denied IPv6 connection still flows");
+    assert!(keep.echo().await, "an allowed connection was cut");
+}
