@@ -10,7 +10,7 @@
 //!   [`azure::RouteTable`] and to Nodes only through [`nodes::NodeSink`];
 //! - [`azure`]: the Azure port and its adapters (ARM, recording fake), the
 //!   cloud config and credentials;
-//! - [`kube`]: the Kubernetes adapters (node watcher, node writes, events,
+//! - [`k8s`]: the Kubernetes adapters (node watcher, node writes, events,
 //!   Lease leader election);
 //! - [`runtime`]: command-line arguments and wiring; [`http`]: metrics and
 //!   health endpoints.
@@ -18,8 +18,14 @@
 #![forbid(unsafe_code)]
 
 pub mod azure;
+pub mod cidrs;
+pub mod http;
+pub mod k8s;
 pub mod metrics;
 pub mod naming;
 pub mod nodes;
 pub mod plan;
 pub mod reconciler;
+pub mod runtime;
+
+pub use runtime::{Args, run};

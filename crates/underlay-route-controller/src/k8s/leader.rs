@@ -1,0 +1,220 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease. kube-runtime 5 has no
+//! lease helper, so this implements the protocol client-go's leaderelection
+//! uses: the holder renews `renewTime`; a candidate takes the lease over once
+//! it has seen the record unchanged for `leaseDurationSeconds` (measured on
+//! its own monotonic clock, so clock skew between machines does not matter);
+//! every write is a replace guarded by `resourceVersion`, so two candidates
+//! can never both win. A holder that cannot renew within the renew deadline
+//! stops acting before anyone else may take over.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// How the election runs.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    /// How long a lease stays valid without renewal.
+    pub lease_duration: Duration,
+    /// A holder that has not renewed for this long stops acting; must be
+    /// shorter than `lease_duration`.
+    pub renew_deadline: Duration,
+    /// How often to renew, and how often a candidate retries.
+    pub retry_period: Duration,
+}
+
+/// Why leading ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("lost the leader lease {namespace}/{name}; exiting so a standby takes over")]
+    Lost { namespace: String, name: String },
+}
+
+/// A Lease-based elector.
+pub struct LeaderElector {
+    api: Api<Lease>,
+    config: LeaderConfig,
+    /// The lease record as last seen and when it was first seen so.
+    observed: Mutex<Option<(String, Instant)>>,
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+impl LeaderElector {
+    pub fn new(client: kube::Client, config: LeaderConfig) -> LeaderElector {
+        LeaderElector {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+            observed: Mutex::new(None),
+        }
+    }
+
+    fn lease_secs(&self) -> i32 {
+        i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+
+    /// One attempt to acquire or renew. `Ok(true)`: this instance holds the lease.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let me = &self.config.identity;
+        let Some(lease) = self.api.get_opt(&self.config.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.config.name.clone()),
+                    namespace: Some(self.config.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(me.clone()),
+                    lease_duration_seconds: Some(self.lease_secs()),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_conflict(&e) => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let record = format!(
+            "{holder}|{:?}|{:?}",
+            spec.renew_time.as_ref().map(|t| t.0),
+            spec.lease_duration_seconds
+        );
+        let first_seen = {
+            let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+            match observed.as_ref() {
+                Some((r, at)) if *r == record => *at,
+                _ => {
+                    let at = Instant::now();
+                    *observed = Some((record, at));
+                    at
+                }
+            }
+        };
+        let duration = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(self.config.lease_duration, Duration::from_secs);
+        let expired = holder.is_empty() || first_seen.elapsed() >= duration;
+        if holder != *me && !expired {
+            return Ok(false);
+        }
+        let taking_over = holder != *me;
+        let next = Lease {
+            metadata: lease.metadata.clone(),
+            spec: Some(LeaseSpec {
+                holder_identity: Some(me.clone()),
+                lease_duration_seconds: Some(self.lease_secs()),
+                acquire_time: if taking_over {
+                    Some(now.clone())
+                } else {
+                    spec.acquire_time.clone()
+                },
+                renew_time: Some(now),
+                lease_transitions: Some(
+                    spec.lease_transitions.unwrap_or(0) + i32::from(taking_over),
+                ),
+                ..spec
+            }),
+        };
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &next)
+            .await
+        {
+            Ok(_) => {
+                if taking_over {
+                    info!(lease = %self.config.name, previous = %holder, "acquired leader lease");
+                }
+                Ok(true)
+            }
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the lease up (on shutdown) so a standby need not wait for it to
+    /// expire.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        let next = Lease {
+            metadata: lease.metadata.clone(),
+            spec: Some(LeaseSpec {
+                holder_identity: None,
+                lease_duration_seconds: Some(1),
+                ..spec
+            }),
+        };
+        self.api
+            .replace(&self.config.name, &PostParams::default(), &next)
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits to become leader, then runs `work` while renewing. Returns
+    /// `Ok` when `work` ends, `Err` as soon as leadership is lost (`work` is
+    /// dropped first, so it stops acting).
+    pub async fn run<F: Future<Output = ()>>(
+        &self,
+        work: F,
+        on_leader: impl Fn(bool),
+    ) -> Result<(), LeaderError> {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => warn!(%error, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.config.retry_period).await;
+        }
+        info!(identity = %self.config.identity, "leading");
+        on_leader(true);
+        let mut last_renew = Instant::now();
+        let work = std::pin::pin!(work);
+        let mut work = work;
+        let result = loop {
+            tokio::select! {
+                () = &mut work => break Ok(()),
+                () = tokio::time::sleep(self.config.retry_period) => {
+                    match self.try_acquire_or_renew().await {
+                        Ok(true) => last_renew = Instant::now(),
+                        Ok(false) => break Err(()),
+                        Err(error) => {
+                            warn!(%error, "cannot renew leader lease");
+                            if last_renew.elapsed() >= self.config.renew_deadline {
+                                break Err(());
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        on_leader(false);
+        result.map_err(|()| LeaderError::Lost {
+            namespace: self.config.namespace.clone(),
+            name: self.config.name.clone(),
+        })
+    }
+}

@@ -1,0 +1,366 @@
+//! Command-line arguments and the wiring of the parts into a running
+//! controller.
+
+use crate::azure::arm::{ArmRouteTable, ArmTableConfig};
+use crate::azure::config::CloudConfig;
+use crate::azure::credential::credential_for;
+use crate::cidrs::CidrAllocator;
+use crate::http::{Readiness, router, serve};
+use crate::k8s::leader::{LeaderConfig, LeaderElector};
+use crate::k8s::{KubeNodeSink, NodeController};
+use crate::metrics::Metrics;
+use crate::plan::Ownership;
+use crate::reconciler::{Reconciler, ReconcilerConfig, RouteInput};
+use anyhow::{Context, Result, bail};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+use underlay_ipam::Cidr;
+
+/// Parses `1500ms`, `2s`, `1m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}; use e.g. 500ms, 2s, 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The controller's command line; every flag is also read from
+/// `UNDERLAY_<FLAG>`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "underlay-route-controller",
+    version,
+    about = "Allocates node pod CIDRs and keeps the Azure route table holding one route per node"
+)]
+pub struct Args {
+    /// Cluster pod CIDR, one per address family (repeat or comma-separate for dual-stack).
+    #[arg(
+        long,
+        env = "UNDERLAY_CLUSTER_CIDR",
+        value_delimiter = ',',
+        default_value = "10.244.0.0/16"
+    )]
+    pub cluster_cidr: Vec<Cidr>,
+    /// Prefix length of each node's IPv4 pod CIDR.
+    #[arg(long, env = "UNDERLAY_NODE_CIDR_MASK_SIZE_IPV4", default_value_t = 24)]
+    pub node_cidr_mask_size_ipv4: u8,
+    /// Prefix length of each node's IPv6 pod CIDR.
+    #[arg(long, env = "UNDERLAY_NODE_CIDR_MASK_SIZE_IPV6", default_value_t = 64)]
+    pub node_cidr_mask_size_ipv6: u8,
+    /// Ranges inside the cluster CIDRs never handed to nodes (e.g. the service CIDR).
+    #[arg(long, env = "UNDERLAY_RESERVED_CIDR", value_delimiter = ',')]
+    pub reserved_cidr: Vec<Cidr>,
+    /// Allocate `spec.podCIDRs` to nodes (else only route the ones they have).
+    #[arg(long, env = "UNDERLAY_ALLOCATE_NODE_CIDRS", default_value_t = false)]
+    pub allocate_node_cidrs: bool,
+    /// The Azure cloud provider's azure.json.
+    #[arg(
+        long,
+        env = "UNDERLAY_CLOUD_CONFIG",
+        default_value = "/etc/kubernetes/azure.json"
+    )]
+    pub cloud_config: PathBuf,
+    /// Azure Resource Manager endpoint (default: the cloud config's cloud).
+    #[arg(long, env = "UNDERLAY_ARM_ENDPOINT")]
+    pub arm_endpoint: Option<String>,
+    /// Use the bearer token in this file (re-read when it changes) instead of Azure AD.
+    #[arg(long, env = "UNDERLAY_ARM_TOKEN_FILE")]
+    pub arm_token_file: Option<PathBuf>,
+    /// Bound on each Azure request.
+    #[arg(long, env = "UNDERLAY_ARM_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub arm_request_timeout: Duration,
+    /// Create the route table when it does not exist (else report and wait).
+    #[arg(long, env = "UNDERLAY_CREATE_ROUTE_TABLE", default_value_t = false)]
+    pub create_route_table: bool,
+    /// Most routes the table may hold, the controller's and others'.
+    #[arg(long, env = "UNDERLAY_ROUTE_LIMIT", default_value_t = 400)]
+    pub route_limit: usize,
+    /// Node changes seen within this interval go out in one route table write.
+    #[arg(long, env = "UNDERLAY_ROUTE_BATCH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub route_batch_interval: Duration,
+    /// Poll interval for Azure operations that send no Retry-After.
+    #[arg(long, env = "UNDERLAY_ARM_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub arm_poll_interval: Duration,
+    /// Kubeconfig file (default: in-cluster, then KUBECONFIG).
+    #[arg(long, env = "UNDERLAY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Run only while holding the leader Lease.
+    #[arg(long, env = "UNDERLAY_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease.
+    #[arg(
+        long,
+        env = "UNDERLAY_LEADER_ELECT_NAMESPACE",
+        default_value = "kube-system"
+    )]
+    pub leader_elect_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "UNDERLAY_LEADER_ELECT_NAME",
+        default_value = "underlay-route-controller"
+    )]
+    pub leader_elect_name: String,
+    /// This instance's identity in the Lease (default: hostname and pid).
+    #[arg(long, env = "UNDERLAY_LEADER_ELECT_IDENTITY")]
+    pub leader_elect_identity: Option<String>,
+    /// How long the Lease stays valid without renewal.
+    #[arg(long, env = "UNDERLAY_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// Stop acting when the Lease could not be renewed for this long.
+    #[arg(long, env = "UNDERLAY_LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often to renew or retry the Lease.
+    #[arg(long, env = "UNDERLAY_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub leader_elect_retry_period: Duration,
+    /// Where to serve /metrics.
+    #[arg(long, env = "UNDERLAY_METRICS_ADDR", default_value = "0.0.0.0:10290")]
+    pub metrics_addr: SocketAddr,
+    /// Where to serve /healthz and /readyz.
+    #[arg(long, env = "UNDERLAY_HEALTH_ADDR", default_value = "0.0.0.0:10291")]
+    pub health_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "UNDERLAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Installs the tracing subscriber (stderr, `RUST_LOG`, default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn kube_client(args: &Args) -> Result<kube::Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "cannot find the Kubernetes API: run in a cluster, set KUBECONFIG or pass --kubeconfig",
+        )?,
+    };
+    kube::Client::try_from(config).context("cannot build a Kubernetes client")
+}
+
+/// Runs the controller until SIGTERM/SIGINT or lost leadership.
+pub async fn run(args: Args) -> Result<()> {
+    let cloud = CloudConfig::load(&args.cloud_config)?;
+    let table = cloud.table()?;
+    let endpoint = match &args.arm_endpoint {
+        Some(e) => e.clone(),
+        None => cloud.endpoints()?.resource_manager,
+    };
+    let identity = cloud.identity(args.arm_token_file.as_deref())?;
+    let endpoints = match cloud.endpoints() {
+        Ok(e) => e,
+        Err(_) if args.arm_endpoint.is_some() => crate::azure::config::CloudEndpoints {
+            resource_manager: endpoint.clone(),
+            authority: "https://login.microsoftonline.com".to_string(),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    info!(
+        subscription = %table.subscription_id,
+        resource_group = %table.resource_group,
+        route_table = %table.name,
+        %endpoint,
+        ?identity,
+        "starting route controller"
+    );
+    let credential = credential_for(&identity, &endpoints).map_err(anyhow::Error::msg)?;
+    let metrics = Arc::new(Metrics::new());
+    let arm = ArmRouteTable::new(
+        ArmTableConfig {
+            endpoint,
+            subscription_id: table.subscription_id.clone(),
+            resource_group: table.resource_group.clone(),
+            table_name: table.name.clone(),
+            request_timeout: args.arm_request_timeout,
+        },
+        credential,
+        Some(metrics.clone()),
+    )?;
+    let alloc = if args.allocate_node_cidrs {
+        Some(CidrAllocator::new(
+            &args.cluster_cidr,
+            args.node_cidr_mask_size_ipv4,
+            args.node_cidr_mask_size_ipv6,
+            &args.reserved_cidr,
+        )?)
+    } else {
+        None
+    };
+    if args.cluster_cidr.is_empty() {
+        bail!("no --cluster-cidr given; give one per address family");
+    }
+    let client = kube_client(&args).await?;
+    let readiness = Arc::new(Readiness::default());
+    let app = router(metrics.clone(), readiness.clone());
+    let _metrics_server = serve(args.metrics_addr, app.clone())
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    let _health_server = if args.health_addr != args.metrics_addr {
+        Some(
+            serve(args.health_addr, app)
+                .await
+                .with_context(|| format!("cannot listen on --health-addr {}", args.health_addr))?,
+        )
+    } else {
+        None
+    };
+
+    let identity_name = args.leader_elect_identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".to_string());
+        format!("{host}_{}", std::process::id())
+    });
+    let sink = KubeNodeSink::new(client.clone(), Some(identity_name.clone()));
+    let reconciler_config = ReconcilerConfig {
+        batch_interval: args.route_batch_interval,
+        route_limit: args.route_limit,
+        create_missing_table: args.create_route_table,
+        location: table.location.clone(),
+        poll_interval: args.arm_poll_interval,
+        ..ReconcilerConfig::default()
+    };
+    let ownership = Ownership {
+        cluster_cidrs: args.cluster_cidr.clone(),
+    };
+    let work = {
+        let client = client.clone();
+        let metrics = metrics.clone();
+        async move {
+            let input = RouteInput::default();
+            let reconciler = Reconciler::new(
+                arm,
+                sink.clone(),
+                reconciler_config,
+                ownership,
+                Some(metrics.clone()),
+            );
+            let controller = NodeController::new(sink, input.clone(), alloc, Some(metrics));
+            tokio::join!(reconciler.run(input), controller.run(client));
+        }
+    };
+    readiness.set(true);
+    let shutdown = shutdown_signal();
+    if args.leader_elect {
+        let elector = LeaderElector::new(
+            client,
+            LeaderConfig {
+                namespace: args.leader_elect_namespace.clone(),
+                name: args.leader_elect_name.clone(),
+                identity: identity_name,
+                lease_duration: args.leader_elect_lease_duration,
+                renew_deadline: args.leader_elect_renew_deadline,
+                retry_period: args.leader_elect_retry_period,
+            },
+        );
+        let m = metrics.clone();
+        let outcome = tokio::select! {
+            r = elector.run(work, move |leading| m.set_leader(leading)) => r.map_err(anyhow::Error::from),
+            () = shutdown => Ok(()),
+        };
+        if let Err(error) = elector.release().await {
+            warn!(%error, "cannot release leader lease");
+        }
+        outcome
+    } else {
+        metrics.set_leader(true);
+        tokio::select! {
+            () = work => Ok(()),
+            () = shutdown => Ok(()),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn durations_parse_with_units() {
+        for (s, d) in [
+            ("2s", 2000),
+            ("500ms", 500),
+            ("1m", 60_000),
+            ("3", 3000),
+            ("1.5s", 1500),
+        ] {
+            assert_eq!(parse_duration(s).unwrap(), Duration::from_millis(d), "{s}");
+        }
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn flags_parse_with_defaults_and_dual_stack() {
+        let a = Args::try_parse_from([
+            "underlay-route-controller",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/56",
+            "--allocate-node-cidrs",
+            "--leader-elect=false",
+            "--route-batch-interval",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(a.cluster_cidr.len(), 2);
+        assert!(a.allocate_node_cidrs);
+        assert!(!a.leader_elect);
+        assert_eq!(a.route_batch_interval, Duration::from_millis(250));
+        assert_eq!(a.node_cidr_mask_size_ipv4, 24);
+        assert_eq!(a.route_limit, 400);
+        assert!(Args::try_parse_from(["x", "--cluster-cidr", "10.244.0.1/16"]).is_err());
+    }
+}
