@@ -15,7 +15,9 @@ const V6: &str = "fd00:10:244:7::/64";
 
 fn add(node: &Node, agent: &Agent, pod: &Netns, id: &str, version: &str) -> Value {
     let inv = Invocation::new("ADD", id, Some(&pod.path()));
-    cni(&node.ns, &inv, &conf(version, &agent.socket())).ok().json()
+    cni(&node.ns, &inv, &conf(version, &agent.socket()))
+        .ok()
+        .json()
 }
 
 #[test]
@@ -32,10 +34,19 @@ fn add_check_del_dual_stack_through_the_real_binary() {
 
     // The result: host side, pod side in the sandbox, one address per family.
     assert_eq!(result["cniVersion"], "1.1.0");
-    let host_if = result["interfaces"][0]["name"].as_str().unwrap().to_string();
-    assert!(host_if.starts_with("udl") && host_if.len() == 14, "{host_if}");
+    let host_if = result["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        host_if.starts_with("udl") && host_if.len() == 14,
+        "{host_if}"
+    );
     assert_eq!(result["interfaces"][1]["name"], "eth0");
-    assert_eq!(result["interfaces"][1]["sandbox"], pod.path().display().to_string());
+    assert_eq!(
+        result["interfaces"][1]["sandbox"],
+        pod.path().display().to_string()
+    );
     assert_eq!(result["interfaces"][1]["mtu"], 1500);
     let ips = result_ips(&result);
     assert_eq!(ips.len(), 2, "{result}");
@@ -50,25 +61,37 @@ fn add_check_del_dual_stack_through_the_real_binary() {
     assert!(addrs.contains(&format!("{}/32", ips[0])), "{addrs}");
     assert!(addrs.contains(&format!("{}/128", ips[1])), "{addrs}");
     let routes = pod.ip(&["route", "show"]);
-    assert!(routes.contains("default via 169.254.1.1 dev eth0"), "{routes}");
+    assert!(
+        routes.contains("default via 169.254.1.1 dev eth0"),
+        "{routes}"
+    );
     let routes6 = pod.ip(&["-6", "route", "show"]);
-    assert!(routes6.contains("default via fe80::1 dev eth0"), "{routes6}");
+    assert!(
+        routes6.contains("default via fe80::1 dev eth0"),
+        "{routes6}"
+    );
     let host_routes = node.ns.ip(&["route", "show", "dev", &host_if]);
     assert!(host_routes.contains(&ips[0]), "{host_routes}");
     let host_routes6 = node.ns.ip(&["-6", "route", "show", "dev", &host_if]);
     assert!(host_routes6.contains(&ips[1]), "{host_routes6}");
-    let proxy = node.ns.ip(&["-6", "neigh", "show", "proxy", "dev", &host_if]);
+    let proxy = node
+        .ns
+        .ip(&["-6", "neigh", "show", "proxy", "dev", &host_if]);
     assert!(proxy.contains("fe80::1"), "{proxy}");
     let link = node.ns.ip(&["-d", "link", "show", &host_if]);
     assert!(link.contains("alias c0ffee01"), "{link}");
-    let proxy_arp = node
-        .ns
-        .exec(&["cat", &format!("/proc/sys/net/ipv4/conf/{host_if}/proxy_arp")]);
+    let proxy_arp = node.ns.exec(&[
+        "cat",
+        &format!("/proc/sys/net/ipv4/conf/{host_if}/proxy_arp"),
+    ]);
     assert_eq!(String::from_utf8_lossy(&proxy_arp.stdout).trim(), "1");
 
     // The pod reaches its gateway and beyond (the node's uplink address).
     assert!(ping(&pod, "192.0.2.1"), "pod cannot reach the node");
-    assert!(ping(&pod, "2001:db8::1"), "pod cannot reach the node over IPv6");
+    assert!(
+        ping(&pod, "2001:db8::1"),
+        "pod cannot reach the node over IPv6"
+    );
 
     // CHECK with the ADD result passes; STATUS says ready.
     let mut check = c.clone();
@@ -91,7 +114,10 @@ fn add_check_del_dual_stack_through_the_real_binary() {
     assert_eq!(agent.status().unwrap().endpoints, 0);
     cni(&node.ns, &inv.with_command("DEL"), &c).ok();
     // CHECK now finds no attachment at the agent (code 3).
-    assert_eq!(cni(&node.ns, &inv.with_command("CHECK"), &check).error_code(), 3);
+    assert_eq!(
+        cni(&node.ns, &inv.with_command("CHECK"), &check).error_code(),
+        3
+    );
     // DEL after the sandbox is gone still succeeds.
     drop(pod);
     cni(&node.ns, &inv.with_command("DEL"), &c).ok();
@@ -109,8 +135,16 @@ fn results_are_shaped_for_each_requested_version() {
         let id = format!("ver{i}");
         let r = add(&node, &agent, &pod, &id, version);
         assert_eq!(r["cniVersion"], version);
-        assert_eq!(r["ips"][0].get("version").is_some(), version == "0.4.0", "{r}");
-        assert_eq!(r["interfaces"][1].get("mtu").is_some(), version == "1.1.0", "{r}");
+        assert_eq!(
+            r["ips"][0].get("version").is_some(),
+            version == "0.4.0",
+            "{r}"
+        );
+        assert_eq!(
+            r["interfaces"][1].get("mtu").is_some(),
+            version == "1.1.0",
+            "{r}"
+        );
         let inv = Invocation::new("DEL", &id, Some(&pod.path()));
         cni(&node.ns, &inv, &conf(version, &agent.socket())).ok();
     }
@@ -129,7 +163,9 @@ fn version_reports_the_supported_versions_without_an_agent() {
         ifname: String::new(),
         args: String::new(),
     };
-    let out = cni(&node.ns, &inv, &json!({"cniVersion": "1.1.0"})).ok().json();
+    let out = cni(&node.ns, &inv, &json!({"cniVersion": "1.1.0"}))
+        .ok()
+        .json();
     assert_eq!(out["cniVersion"], "1.1.0");
     assert_eq!(out["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
 }
@@ -137,7 +173,9 @@ fn version_reports_the_supported_versions_without_an_agent() {
 fn tcp_echo_server(pod: &Netns) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let path = pod.path();
-    let listener = in_netns(&path, || TcpListener::bind("[::]:8080").expect("bind in pod"));
+    let listener = in_netns(&path, || {
+        TcpListener::bind("[::]:8080").expect("bind in pod")
+    });
     std::thread::spawn(move || {
         for _ in 0..2 {
             if let Ok((mut s, peer)) = listener.accept() {
@@ -186,7 +224,9 @@ fn two_pods_on_a_node_reach_each_other_with_ping_and_tcp() {
     let v6: SocketAddr = format!("[{}]:8080", ipb[1]).parse().unwrap();
     assert_eq!(tcp_roundtrip(&a, v6), "hello");
     // No NAT on the way: b sees a's own addresses.
-    let peers: Vec<String> = (0..2).map(|_| seen.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+    let peers: Vec<String> = (0..2)
+        .map(|_| seen.recv_timeout(Duration::from_secs(5)).unwrap())
+        .collect();
     assert!(peers[0].ends_with(&ipa[0]), "{peers:?}");
     assert_eq!(peers[1], ipa[1]);
 }

@@ -94,7 +94,11 @@ impl Netns {
 
     pub fn sysctl(&self, path: &str, value: &str) {
         let out = self.exec(&["sh", "-c", &format!("echo {value} > /proc/sys/{path}")]);
-        assert!(out.status.success(), "sysctl {path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sysctl {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Names of the links in the namespace.
@@ -131,7 +135,15 @@ impl Node {
         let ns = Netns::new("node");
         let upstream = Netns::new("up");
         ns.ip(&[
-            "link", "add", "uplink", "type", "veth", "peer", "name", "downlink", "netns",
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "downlink",
+            "netns",
             &upstream.name,
         ]);
         ns.sysctl("net/ipv6/conf/uplink/accept_dad", "0");
@@ -160,36 +172,74 @@ impl Node {
 }
 
 fn target_dir_of_cni() -> PathBuf {
-    Path::new(cni_bin()).parent().expect("binary directory").to_path_buf()
+    Path::new(cni_bin())
+        .parent()
+        .expect("binary directory")
+        .to_path_buf()
 }
 
 pub fn cni_bin() -> &'static str {
     env!("CARGO_BIN_EXE_underlay-cni")
 }
 
-/// The agent binary, built next to the plugin on first use (cargo builds
-/// only this package's binaries for its tests).
+fn newest_source(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::UNIX_EPOCH;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(m);
+            }
+        }
+    }
+    newest
+}
+
+/// The agent binary, built next to the plugin when it is missing or older
+/// than its sources (cargo builds only this package's binaries for its
+/// tests).
 pub fn agent_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let dir = target_dir_of_cni();
+            let bin = dir.join("underlay-agent");
+            let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let sources = ["underlay-agent", "underlay-ipam", "underlay-proto"]
+                .iter()
+                .map(|c| newest_source(&crates.join(c)))
+                .max()
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let built = bin.metadata().and_then(|m| m.modified()).ok();
+            if built.is_some_and(|b| b >= sources) {
+                return bin;
+            }
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cmd.args(["build", "-q", "-p", "underlay-agent", "--bin", "underlay-agent"]);
+            cmd.args([
+                "build",
+                "-q",
+                "-p",
+                "underlay-agent",
+                "--bin",
+                "underlay-agent",
+            ]);
             if dir.ends_with("release") {
                 cmd.arg("--release");
             }
             cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
             let st = cmd.status().expect("run cargo build for the agent");
             assert!(st.success(), "building underlay-agent failed");
-            dir.join("underlay-agent")
+            bin
         })
         .clone()
 }
 
 /// A real agent process in standalone mode.
 pub struct Agent {
-    child: Option<Child>,
+    pub child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub cidrs: Vec<String>,
     pub extra: Vec<String>,
@@ -233,7 +283,13 @@ impl Agent {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
-            .args(["--metrics-addr", "off", "--health-addr", "off", "--policy=false"]);
+            .args([
+                "--metrics-addr",
+                "off",
+                "--health-addr",
+                "off",
+                "--policy=false",
+            ]);
         for c in &self.cidrs {
             cmd.arg("--pod-cidr").arg(c);
         }
@@ -254,7 +310,11 @@ impl Agent {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "agent not ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -324,7 +384,10 @@ impl Invocation {
     pub fn env(&self) -> Vec<(String, String)> {
         let mut v = vec![
             ("CNI_COMMAND".to_string(), self.command.clone()),
-            ("CNI_PATH".into(), format!("/usr/lib/cni:{}", target_dir_of_cni().display())),
+            (
+                "CNI_PATH".into(),
+                format!("/usr/lib/cni:{}", target_dir_of_cni().display()),
+            ),
         ];
         if !self.container_id.is_empty() {
             v.push(("CNI_CONTAINERID".into(), self.container_id.clone()));
@@ -370,8 +433,12 @@ pub struct PluginOutput {
 
 impl PluginOutput {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("plugin output is not JSON ({e}): {:?} {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "plugin output is not JSON ({e}): {:?} {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// The CNI error code (panics if the call succeeded).
@@ -381,7 +448,11 @@ impl PluginOutput {
     }
 
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "plugin failed: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "plugin failed: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -463,7 +534,12 @@ pub fn exec_chain(
         if let Some(prev) = &prev {
             conf["prevResult"] = prev.clone();
         }
-        let out = exec_plugin(node, &plugin_path(p["type"].as_str().unwrap_or("")), inv, &conf);
+        let out = exec_plugin(
+            node,
+            &plugin_path(p["type"].as_str().unwrap_or("")),
+            inv,
+            &conf,
+        );
         if out.code != 0 {
             return Err(out);
         }
@@ -487,7 +563,9 @@ pub fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + '
 
 /// Pings `addr` from inside `ns`; true when it answered.
 pub fn ping(ns: &Netns, addr: &str) -> bool {
-    ns.exec(&["ping", "-c", "1", "-W", "3", addr]).status.success()
+    ns.exec(&["ping", "-c", "1", "-W", "3", addr])
+        .status
+        .success()
 }
 
 /// The pod's IPv4 and IPv6 address from an ADD result.

@@ -1,0 +1,211 @@
+//! Many plugin processes at once against one agent: 50 concurrent ADDs then
+//! DELs with nothing leaked, GC, and the agent killed with SIGKILL in the
+//! middle of a storm and restarted.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use support::*;
+
+fn parallel<T: Send + 'static>(jobs: Vec<Box<dyn FnOnce() -> T + Send>>) -> Vec<T> {
+    let handles: Vec<_> = jobs.into_iter().map(std::thread::spawn).collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("worker"))
+        .collect()
+}
+
+#[test]
+fn fifty_concurrent_adds_then_dels_leave_nothing_behind() {
+    if skip_unless_root("fifty_concurrent_adds_then_dels_leave_nothing_behind") {
+        return;
+    }
+    let node = Arc::new(Node::new());
+    let agent = Arc::new(Agent::start(&["10.244.20.0/24", "fd00:20::/64"]));
+    let pods: Vec<Arc<Netns>> = (0..50).map(|_| Arc::new(Netns::new("p"))).collect();
+    let adds = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            let (node, agent, pod) = (node.clone(), agent.clone(), pod.clone());
+            Box::new(move || {
+                let inv = Invocation::new("ADD", &format!("storm{i:03}"), Some(&pod.path()));
+                cni(&node.ns, &inv, &conf("1.1.0", &agent.socket()))
+            }) as Box<dyn FnOnce() -> PluginOutput + Send>
+        })
+        .collect();
+    let results: Vec<Value> = parallel(adds).into_iter().map(|o| o.ok().json()).collect();
+    let mut seen = HashSet::new();
+    for r in &results {
+        for ip in result_ips(r) {
+            assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+        }
+    }
+    assert_eq!(seen.len(), 100);
+    assert_eq!(node.pod_links().len(), 50);
+    assert_eq!(agent.status().unwrap().endpoints, 50);
+
+    let dels = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            let (node, agent, pod) = (node.clone(), agent.clone(), pod.clone());
+            Box::new(move || {
+                let inv = Invocation::new("DEL", &format!("storm{i:03}"), Some(&pod.path()));
+                cni(&node.ns, &inv, &conf("1.1.0", &agent.socket()))
+            }) as Box<dyn FnOnce() -> PluginOutput + Send>
+        })
+        .collect();
+    for o in parallel(dels) {
+        o.ok();
+    }
+    assert!(node.pod_links().is_empty(), "{:?}", node.pod_links());
+    let st = agent.status().unwrap();
+    assert_eq!(st.endpoints, 0);
+    assert!(st.pools.iter().all(|p| p.allocated == 0), "{:?}", st.pools);
+    for pod in &pods {
+        assert_eq!(pod.links(), vec!["lo".to_string()], "{}", pod.name);
+    }
+    // Host routes to pods are gone too.
+    let routes = node.ns.ip(&["route", "show"]);
+    assert!(!routes.contains("10.244.20."), "{routes}");
+}
+
+#[test]
+fn agent_killed_mid_storm_restarts_without_losing_or_duplicating_addresses() {
+    if skip_unless_root("agent_killed_mid_storm_restarts_without_losing_or_duplicating_addresses") {
+        return;
+    }
+    let node = Arc::new(Node::new());
+    let mut agent = Agent::start(&["10.244.21.0/24"]);
+    let socket = agent.socket();
+    let pods: Vec<Arc<Netns>> = (0..30).map(|_| Arc::new(Netns::new("k"))).collect();
+    let jobs = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            let (node, pod, socket) = (node.clone(), pod.clone(), socket.clone());
+            Box::new(move || {
+                let inv = Invocation::new("ADD", &format!("kill{i:03}"), Some(&pod.path()));
+                (i, cni(&node.ns, &inv, &conf("1.1.0", &socket)))
+            }) as Box<dyn FnOnce() -> (usize, PluginOutput) + Send>
+        })
+        .collect();
+    let storm = std::thread::spawn(move || parallel(jobs));
+    // Kill the agent while ADDs are in flight.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    agent.kill9();
+    let first = storm.join().unwrap();
+    agent.spawn();
+    agent.wait_ready();
+
+    // As a runtime does: a failed ADD is followed by DEL, then retried.
+    let mut addresses: HashMap<usize, String> = HashMap::new();
+    let mut failed = 0;
+    for (i, out) in first {
+        let pod = &pods[i];
+        let inv = Invocation::new("ADD", &format!("kill{i:03}"), Some(&pod.path()));
+        let c = conf("1.1.0", &agent.socket());
+        let result = if out.code == 0 {
+            out.json()
+        } else {
+            failed += 1;
+            let code = out.error_code();
+            assert!(
+                matches!(code, 11 | 100 | 103),
+                "unexpected code {code}: {}",
+                out.stdout
+            );
+            cni(&node.ns, &inv.with_command("DEL"), &c).ok();
+            cni(&node.ns, &inv, &c).ok().json()
+        };
+        addresses.insert(i, result_ips(&result)[0].clone());
+    }
+    eprintln!("{failed} of 30 ADDs failed while the agent was down");
+    let unique: HashSet<&String> = addresses.values().collect();
+    assert_eq!(
+        unique.len(),
+        30,
+        "an address was handed out twice: {addresses:?}"
+    );
+    // Every pod still has the address its ADD reported, and the agent's
+    // record (after the restart) agrees: CHECK passes for every pod.
+    for (i, pod) in pods.iter().enumerate() {
+        let have = pod.ip(&["-4", "addr", "show", "dev", "eth0"]);
+        assert!(
+            have.contains(&format!("{}/32", addresses[&i])),
+            "pod {i}: {have}"
+        );
+    }
+    assert_eq!(agent.status().unwrap().endpoints, 30);
+
+    // Restart once more with everything settled: nothing changes.
+    agent.restart();
+    assert_eq!(agent.status().unwrap().endpoints, 30);
+    for (i, pod) in pods.iter().enumerate() {
+        let inv = Invocation::new("DEL", &format!("kill{i:03}"), Some(&pod.path()));
+        cni(&node.ns, &inv, &conf("1.1.0", &agent.socket())).ok();
+    }
+    assert_eq!(agent.status().unwrap().endpoints, 0);
+    assert!(node.pod_links().is_empty(), "{:?}", node.pod_links());
+}
+
+#[test]
+fn gc_releases_attachments_the_runtime_no_longer_knows() {
+    if skip_unless_root("gc_releases_attachments_the_runtime_no_longer_knows") {
+        return;
+    }
+    let node = Node::new();
+    let agent = Agent::start(&["10.244.22.0/24"]);
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("g")).collect();
+    for (i, pod) in pods.iter().enumerate() {
+        let inv = Invocation::new("ADD", &format!("gc{i}"), Some(&pod.path()));
+        cni(&node.ns, &inv, &conf("1.1.0", &agent.socket())).ok();
+    }
+    assert_eq!(node.pod_links().len(), 3);
+    let mut c = conf("1.1.0", &agent.socket());
+    c["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": "gc1", "ifname": "eth0"}]);
+    let gc = Invocation {
+        command: "GC".into(),
+        container_id: String::new(),
+        netns: None,
+        ifname: String::new(),
+        args: String::new(),
+    };
+    cni(&node.ns, &gc, &c).ok();
+    assert_eq!(agent.status().unwrap().endpoints, 1);
+    assert_eq!(node.pod_links().len(), 1, "{:?}", node.pod_links());
+    // GC needs cniVersion 1.1.0.
+    let mut old = c.clone();
+    old["cniVersion"] = "1.0.0".into();
+    assert_eq!(cni(&node.ns, &gc, &old).error_code(), 1);
+}
+
+#[test]
+fn a_new_sandbox_of_the_same_pod_takes_over_the_host_interface_name() {
+    if skip_unless_root("a_new_sandbox_of_the_same_pod_takes_over_the_host_interface_name") {
+        return;
+    }
+    let node = Node::new();
+    let agent = Agent::start(&["10.244.23.0/24"]);
+    let old = Netns::new("old");
+    let new = Netns::new("new");
+    let c = conf("1.1.0", &agent.socket());
+    let mut first = Invocation::new("ADD", "sandbox1", Some(&old.path()));
+    first.args = k8s_args("shop", "web-0", "sandbox1");
+    let mut second = Invocation::new("ADD", "sandbox2", Some(&new.path()));
+    second.args = k8s_args("shop", "web-0", "sandbox2");
+    let r1 = cni(&node.ns, &first, &c).ok().json();
+    let r2 = cni(&node.ns, &second, &c).ok().json();
+    assert_eq!(r1["interfaces"][0]["name"], r2["interfaces"][0]["name"]);
+    // The late DEL of the old sandbox must not remove the new one's link.
+    cni(&node.ns, &first.with_command("DEL"), &c).ok();
+    assert_eq!(node.pod_links().len(), 1);
+    let mut check = c.clone();
+    check["prevResult"] = r2;
+    cni(&node.ns, &second.with_command("CHECK"), &check).ok();
+    cni(&node.ns, &second.with_command("DEL"), &c).ok();
+    assert!(node.pod_links().is_empty());
+}
