@@ -19,6 +19,14 @@ pub enum Suite {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
     },
+    /// Pod-to-pod TCP throughput (iperf3) and request latency across two
+    /// lab nodes: native routing vs a VXLAN overlay, then 0 vs 1,000
+    /// NetworkPolicies (needs root).
+    Datapath {
+        /// Extra arguments (`--quick` for a short run).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -28,5 +36,23 @@ pub fn run(args: &Args) -> Result<()> {
                 .args(["bench", "-p", "underlay-ipam", "--bench", "allocator", "--"])
                 .args(rest),
         ),
+        Suite::Datapath { rest } => {
+            exec(cargo().args([
+                "build",
+                "-p",
+                "underlay-agent",
+                "-p",
+                "underlay-cni",
+                "-p",
+                "underlay-route-controller",
+            ]))?;
+            let bin = crate::util::root().join("target/debug");
+            exec(
+                cargo()
+                    .args(["bench", "-p", "underlay-lab", "--bench", "datapath", "--"])
+                    .args(rest)
+                    .env("UNDERLAY_LAB_BIN_DIR", bin),
+            )
+        }
     }
 }

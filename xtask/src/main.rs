@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod deploy;
 mod image;
+mod lab;
 mod setup;
 mod test;
 mod util;
@@ -54,16 +55,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build(args) => build::run(&args),
         Command::Image(args) => image::run(&args),
         Command::Deploy(args) => deploy::run(&args),
-        Command::Lab { .. } => {
-            eprintln!(
-                "cargo xtask lab: not available yet.\n\
-                 It will build the binaries, bring up a three-node Azure-like cluster of network \n\
-                 namespaces (embedded Kubernetes API server, Azure route-table service, route \n\
-                 controller, one agent per node, the CNI plugin run by a kubelet emulator), run the \n\
-                 demo (cross-node pod traffic, NetworkPolicy, node join/leave, restarts), print a \n\
-                 report and tear everything down."
-            );
-            std::process::exit(2);
-        }
+        Command::Lab { args } => lab::run(&args),
     }
 }

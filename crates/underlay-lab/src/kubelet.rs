@@ -406,11 +406,11 @@ impl Kubelets {
             .map(|ips| ips.iter().map(|i| i.ip.clone()).collect())
             .unwrap_or_default();
         let want: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
-        if phase != Some("Running") || reported != want {
-            if let Err(error) = self.report_running(&pod, &node, &ips).await {
-                tracing::warn!(pod = %key, %error, "kubelet failed to write pod status");
-                self.retry_later(&pod);
-            }
+        if (phase != Some("Running") || reported != want)
+            && let Err(error) = self.report_running(&pod, &node, &ips).await
+        {
+            tracing::warn!(pod = %key, %error, "kubelet failed to write pod status");
+            self.retry_later(&pod);
         }
     }
 

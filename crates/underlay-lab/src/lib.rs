@@ -3,9 +3,14 @@
 
 pub mod apiserver;
 pub mod arm;
+pub mod cli;
+pub mod cni;
+pub mod datapath;
+pub mod demo;
+pub mod kubelet;
+pub mod lab;
 pub mod netns;
 pub mod relay;
+pub mod scenario;
 pub mod traffic;
 pub mod vnet;
-pub mod cni;
-pub mod kubelet;

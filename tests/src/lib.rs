@@ -1,0 +1,141 @@
+//! Shared setup of the end-to-end tests: build the binaries the lab runs,
+//! start a lab in a temporary directory with namespaces unique to the test,
+//! and tear it down afterwards (also when the test fails).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+use underlay_lab::lab::{Lab, LabConfig};
+use underlay_lab::netns;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Builds the agent, the CNI plugin and the route controller once per test
+/// process and returns the directory they are in.
+pub fn binaries() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .current_dir(root())
+                .args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "underlay-agent",
+                    "-p",
+                    "underlay-cni",
+                    "-p",
+                    "underlay-route-controller",
+                ])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the underlay binaries failed");
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .map(|d| if d.is_absolute() { d } else { root().join(d) })
+                .unwrap_or_else(|| root().join("target"))
+                .join("debug")
+        })
+        .clone()
+}
+
+/// A lab for one test; [`TestLab::down`] removes it, and dropping it
+/// without `down` (a failed test) still removes its namespaces.
+pub struct TestLab {
+    pub lab: Option<Lab>,
+    prefix: String,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        self.lab.as_ref().expect("lab is up")
+    }
+}
+
+impl TestLab {
+    pub async fn down(mut self) {
+        if let Some(lab) = self.lab.take() {
+            lab.shutdown().await.expect("lab shuts down cleanly");
+        }
+        assert!(
+            netns::list(&format!("{}-", self.prefix)).is_empty(),
+            "the lab left namespaces behind"
+        );
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        // A panicking test never reached `down`: remove what we can without
+        // an async runtime. Child processes die with their handles.
+        drop(self.lab.take());
+        for name in netns::list(&format!("{}-", self.prefix)) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &name])
+                .status();
+        }
+    }
+}
+
+/// Starts a lab for `test`, or returns `None` (after printing a skip line)
+/// when not root and `UNDERLAY_REQUIRE_ROOT` is unset.
+pub async fn lab(test: &str, configure: impl FnOnce(&mut LabConfig)) -> Option<TestLab> {
+    if !netns::require_root(test) {
+        return None;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let bin = tokio::task::spawn_blocking(binaries)
+        .await
+        .expect("build task");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let prefix = netns::unique_prefix();
+    let mut config = LabConfig::new(&prefix, dir.path(), &bin);
+    configure(&mut config);
+    let progress = |m: &str| eprintln!("[{test}] {m}");
+    let lab = match Lab::start(config, &progress).await {
+        Ok(lab) => lab,
+        Err(e) => {
+            let logs = std::fs::read_dir(dir.path().join("logs"))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| {
+                            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                            format!(
+                                "--- {}\n{}",
+                                e.path().display(),
+                                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default();
+            for name in netns::list(&format!("{prefix}-")) {
+                let _ = netns::delete(&name).await;
+            }
+            panic!("the lab did not start: {e}\n{logs}");
+        }
+    };
+    Some(TestLab {
+        lab: Some(lab),
+        prefix,
+        _dir: dir,
+    })
+}
+
+/// How long convergence (routes, policy, conditions) may take in a test.
+pub const CONVERGE: Duration = Duration::from_secs(30);
