@@ -1,0 +1,500 @@
+//! The Kubernetes side against the lab's embedded API server, with the ARM
+//! service behind the real Azure adapter: allocation, routes, conditions,
+//! events, restart recovery and leader failover.
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use underlay_lab::apiserver::{ApiServer, Config as ApiConfig, Handle as ApiHandle};
+use underlay_lab::arm::{AppliedRoute, ArmConfig, ArmHandle, ArmServer, TableId};
+use underlay_route_controller::azure::arm::{ArmRouteTable, ArmTableConfig};
+use underlay_route_controller::azure::credential::TokenFileCredential;
+use underlay_route_controller::cidrs::CidrAllocator;
+use underlay_route_controller::k8s::leader::{LeaderConfig, LeaderElector};
+use underlay_route_controller::k8s::{KubeNodeSink, NodeController};
+use underlay_route_controller::plan::Ownership;
+use underlay_route_controller::reconciler::{Reconciler, ReconcilerConfig, RouteInput};
+
+fn table_id() -> TableId {
+    TableId::new("sub-1", "rg-net", "underlay-routes")
+}
+
+struct Cluster {
+    api: ApiHandle,
+    arm: ArmHandle,
+    client: kube::Client,
+    _dir: tempfile::TempDir,
+    token: std::path::PathBuf,
+}
+
+async fn cluster() -> Cluster {
+    let api = ApiServer::start(ApiConfig::default()).await.unwrap();
+    let client = api.client().unwrap();
+    let arm = ArmServer::start(ArmConfig::default()).await.unwrap();
+    arm.seed_table(&table_id(), "westeurope", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, arm.token()).unwrap();
+    Cluster {
+        api,
+        arm,
+        client,
+        _dir: dir,
+        token,
+    }
+}
+
+/// A running controller (allocation + routes) in this process.
+struct Controller {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn controller(c: &Cluster, cluster_cidr: &str) -> Controller {
+    let table = ArmRouteTable::new(
+        ArmTableConfig {
+            endpoint: c.arm.endpoint().to_string(),
+            subscription_id: "sub-1".into(),
+            resource_group: "rg-net".into(),
+            table_name: "underlay-routes".into(),
+            request_timeout: Duration::from_secs(5),
+        },
+        Arc::new(TokenFileCredential::new(&c.token)),
+        None,
+    )
+    .unwrap();
+    let cidr = cluster_cidr.parse().unwrap();
+    let alloc = CidrAllocator::new(&[cidr], 24, 64, &[]).unwrap();
+    let sink = KubeNodeSink::new(c.client.clone(), Some("test".into()));
+    let input = RouteInput::default();
+    let reconciler = Reconciler::new(
+        table,
+        sink.clone(),
+        ReconcilerConfig {
+            batch_interval: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(20),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            ..ReconcilerConfig::default()
+        },
+        Ownership {
+            cluster_cidrs: vec![cidr],
+        },
+        None,
+    );
+    let nodes = NodeController::new(sink, input.clone(), Some(alloc), None);
+    let client = c.client.clone();
+    let task = tokio::spawn(async move {
+        tokio::join!(reconciler.run(input), nodes.run(client));
+    });
+    Controller { task }
+}
+
+async fn add_node(client: &kube::Client, name: &str, ip: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {},
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    // What a kubelet reports: its address and its own conditions.
+    let status = json!({"status": {
+        "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "lastHeartbeatTime": "2026-01-01T00:00:00Z"}],
+    }});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
+        .await
+        .unwrap();
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pod_cidrs(client: &kube::Client) -> Vec<(String, Vec<String>)> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| {
+            (
+                n.metadata.name.clone().unwrap_or_default(),
+                n.spec.and_then(|s| s.pod_cidrs).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn condition(node: &Node, type_: &str) -> Option<(String, String)> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+}
+
+fn applied(arm: &ArmHandle) -> Vec<AppliedRoute> {
+    arm.routes_watch()
+        .borrow()
+        .get(&table_id())
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn new_nodes_get_cidrs_routes_and_their_condition() {
+    let c = cluster().await;
+    let _ctl = controller(&c, "10.244.0.0/16");
+    add_node(&c.client, "node-a", "10.0.0.11").await;
+    add_node(&c.client, "node-b", "10.0.0.12").await;
+
+    eventually("pod cidrs", || async {
+        pod_cidrs(&c.client)
+            .await
+            .iter()
+            .all(|(_, cs)| cs.len() == 1)
+    })
+    .await;
+    eventually("routes applied", || async { applied(&c.arm).len() == 2 }).await;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    eventually("conditions", || async {
+        let n = nodes.get("node-a").await.unwrap();
+        condition(&n, "NetworkUnavailable") == Some(("False".into(), "RouteCreated".into()))
+    })
+    .await;
+    let n = nodes.get("node-a").await.unwrap();
+    assert_eq!(
+        condition(&n, "Ready"),
+        Some(("True".into(), "KubeletReady".into())),
+        "the kubelet's conditions are kept"
+    );
+    let spec = n.spec.unwrap();
+    assert_eq!(
+        spec.pod_cidr.as_deref(),
+        spec.pod_cidrs
+            .as_ref()
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    );
+    let routes = applied(&c.arm);
+    let a = routes
+        .iter()
+        .find(|r| r.next_hop_ip.as_deref() == Some("10.0.0.11"))
+        .unwrap();
+    assert_eq!(
+        Some(&a.address_prefix),
+        spec.pod_cidrs.as_ref().unwrap().first()
+    );
+    assert_eq!(a.next_hop_type, "VirtualAppliance");
+
+    // Deleting a node removes its route.
+    nodes
+        .delete("node-b", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("route removed", || async { applied(&c.arm).len() == 1 }).await;
+}
+
+#[tokio::test]
+async fn a_restart_allocates_no_duplicate_cidr_and_rewrites_no_route() {
+    let c = cluster().await;
+    let first = controller(&c, "10.244.0.0/16");
+    for i in 1..=3 {
+        add_node(&c.client, &format!("n{i}"), &format!("10.0.0.{i}")).await;
+    }
+    eventually("three routes", || async { applied(&c.arm).len() == 3 }).await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let writes_before = c.arm.writes();
+
+    // A new instance with a fresh allocator sees the existing CIDRs first.
+    let _second = controller(&c, "10.244.0.0/16");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(c.arm.writes(), writes_before, "no route churn on restart");
+    add_node(&c.client, "n4", "10.0.0.4").await;
+    eventually("four routes", || async { applied(&c.arm).len() == 4 }).await;
+    let all: Vec<String> = pod_cidrs(&c.client)
+        .await
+        .into_iter()
+        .flat_map(|(_, cs)| cs)
+        .collect();
+    let unique: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 4);
+    assert_eq!(unique.len(), 4, "no duplicate CIDRs: {all:?}");
+    assert_eq!(
+        c.arm.writes(),
+        writes_before + 1,
+        "one write for the new node"
+    );
+}
+
+#[tokio::test]
+async fn exhaustion_is_an_event_and_a_leaving_node_makes_room() {
+    let c = cluster().await;
+    // A /23 holds two /24 node CIDRs.
+    let _ctl = controller(&c, "10.244.0.0/23");
+    for i in 1..=3 {
+        add_node(&c.client, &format!("n{i}"), &format!("10.0.0.{i}")).await;
+    }
+    eventually("two allocated", || async {
+        pod_cidrs(&c.client)
+            .await
+            .iter()
+            .filter(|(_, cs)| !cs.is_empty())
+            .count()
+            == 2
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(c.client.clone(), "default");
+    eventually("CIDRNotAvailable event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("CIDRNotAvailable")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+    })
+    .await;
+    let cidrs = pod_cidrs(&c.client).await;
+    let (starved, _) = cidrs.iter().find(|(_, cs)| cs.is_empty()).unwrap().clone();
+    let (leaving, _) = cidrs.iter().find(|(_, cs)| !cs.is_empty()).unwrap().clone();
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    nodes
+        .delete(&leaving, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the waiting node gets the freed cidr", || async {
+        pod_cidrs(&c.client)
+            .await
+            .iter()
+            .any(|(n, cs)| *n == starved && !cs.is_empty())
+    })
+    .await;
+}
+
+fn elector(client: &kube::Client, identity: &str) -> LeaderElector {
+    LeaderElector::new(
+        client.clone(),
+        LeaderConfig {
+            namespace: "kube-system".into(),
+            name: "underlay-route-controller".into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(2),
+            renew_deadline: Duration::from_millis(1500),
+            retry_period: Duration::from_millis(200),
+        },
+    )
+}
+
+#[tokio::test]
+async fn the_standby_takes_over_within_the_lease_duration_when_the_leader_dies() {
+    let c = cluster().await;
+    let a_leads = Arc::new(AtomicBool::new(false));
+    let b_leads = Arc::new(AtomicBool::new(false));
+    let (a, b) = (elector(&c.client, "a"), elector(&c.client, "b"));
+    let flag = a_leads.clone();
+    let task_a = tokio::spawn(async move {
+        let _ = a
+            .run(std::future::pending::<()>(), move |l| {
+                flag.store(l, Ordering::SeqCst)
+            })
+            .await;
+    });
+    eventually("a leads", || async { a_leads.load(Ordering::SeqCst) }).await;
+    let flag = b_leads.clone();
+    let task_b = tokio::spawn(async move {
+        let _ = b
+            .run(std::future::pending::<()>(), move |l| {
+                flag.store(l, Ordering::SeqCst)
+            })
+            .await;
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!b_leads.load(Ordering::SeqCst), "one leader while a renews");
+
+    // The leader dies without releasing.
+    task_a.abort();
+    let died = tokio::time::Instant::now();
+    eventually("b leads", || async { b_leads.load(Ordering::SeqCst) }).await;
+    let took = died.elapsed();
+    assert!(took <= Duration::from_secs(4), "took over after {took:?}");
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-system");
+    let lease = leases.get("underlay-route-controller").await.unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    task_b.abort();
+}
+
+#[tokio::test]
+async fn a_released_lease_is_taken_at_once_and_a_lost_lease_stops_the_work() {
+    let c = cluster().await;
+    let a = elector(&c.client, "a");
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    let b = elector(&c.client, "b");
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    a.release().await.unwrap();
+    assert!(
+        b.try_acquire_or_renew().await.unwrap(),
+        "no wait after a release"
+    );
+
+    // "a" leads again only after b's lease lapses; meanwhile if someone else
+    // takes the lease from a running leader, its work is dropped.
+    let stopped = Arc::new(AtomicBool::new(false));
+    let s = stopped.clone();
+    let work = async move {
+        let _guard = scopeguard(s);
+        std::future::pending::<()>().await;
+    };
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-system");
+    let run_b = b.run(work, |_| {});
+    let steal = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let patch = json!({"spec": {"holderIdentity": "intruder", "renewTime": "2030-01-01T00:00:00.000000Z"}});
+        leases
+            .patch(
+                "underlay-route-controller",
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    };
+    let (result, ()) = tokio::join!(run_b, steal);
+    assert!(result.is_err(), "leadership lost");
+    assert!(stopped.load(Ordering::SeqCst), "work dropped");
+}
+
+struct Guard(Arc<AtomicBool>);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+fn scopeguard(flag: Arc<AtomicBool>) -> Guard {
+    Guard(flag)
+}
+
+#[tokio::test]
+async fn the_binary_runs_against_the_lab() {
+    let c = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    c.api.write_kubeconfig(&kubeconfig).unwrap();
+    let cloud = dir.path().join("azure.json");
+    std::fs::write(
+        &cloud,
+        json!({"cloud": "AzurePublicCloud", "tenantId": "t", "subscriptionId": "sub-1",
+               "resourceGroup": "rg-net", "routeTableName": "underlay-routes",
+               "location": "westeurope", "aadClientSecret": "never-logged", "aadClientId": "x"})
+        .to_string(),
+    )
+    .unwrap();
+    let metrics_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_underlay-route-controller"))
+        .args([
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--allocate-node-cidrs",
+            "--route-batch-interval",
+            "100ms",
+            "--arm-poll-interval",
+            "20ms",
+            "--leader-elect-lease-duration",
+            "2s",
+            "--leader-elect-retry-period",
+            "200ms",
+            "--log-format",
+            "json",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cloud-config")
+        .arg(&cloud)
+        .arg("--arm-endpoint")
+        .arg(c.arm.endpoint())
+        .arg("--arm-token-file")
+        .arg(&c.token)
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .arg("--health-addr")
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    add_node(&c.client, "node-x", "10.0.0.21").await;
+    eventually("route applied by the binary", || async {
+        applied(&c.arm).len() == 1
+    })
+    .await;
+
+    let metrics = http_get(metrics_port, "/metrics").await;
+    assert!(
+        metrics.contains("underlay_route_controller_arm_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("underlay_route_controller_leader 1"),
+        "{metrics}"
+    );
+    assert!(http_get(metrics_port, "/readyz").await.contains("ok"));
+
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!logs.contains("never-logged"), "secret leaked into logs");
+    assert!(logs.contains("writing route table"), "{logs}");
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
