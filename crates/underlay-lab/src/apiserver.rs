@@ -1,8 +1,8 @@
 //! The embedded Kubernetes API server.
 //!
 //! A real HTTP server that kube-rs clients, `kubectl` and the tests talk to
-//! through an ordinary kubeconfig (plain HTTP on a loopback address with a
-//! bearer token), and that behaves like kube-apiserver for what underlay and
+//! through an ordinary kubeconfig (HTTPS on a loopback address with a CA made
+//! at start and a bearer token; plain HTTP on request), and that behaves like kube-apiserver for what underlay and
 //! its users do:
 //!
 //! - core/v1 Namespaces, Nodes, Pods (with `status` and `binding`), Events,
@@ -39,7 +39,9 @@
 //!   with `gracePeriodSeconds=0` (what a kubelet sends) removes them.
 //! - No authorization or admission webhooks: every authenticated request may
 //!   do everything.
-//! - Only JSON (and YAML request bodies); no protobuf or CBOR.
+//! - Responses are JSON only; request bodies are JSON, YAML, or protobuf for
+//!   the kinds kubectl's generators send that way (Namespace, ConfigMap,
+//!   Secret, ServiceAccount); no CBOR.
 //! - Lists never serve old versions: `resourceVersionMatch=Exact` with an
 //!   older version gets 410, a version newer than the store gets 504 at once
 //!   instead of waiting.
@@ -63,6 +65,7 @@ mod faults;
 mod meta;
 mod openapi;
 mod patch;
+mod protobuf;
 mod resources;
 mod schema;
 mod selector;
@@ -70,6 +73,7 @@ mod server;
 mod snapshot;
 mod store;
 mod table;
+mod tls;
 mod typed;
 mod validation;
 mod watch;
@@ -107,6 +111,8 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot make the server's tls certificate: {0}")]
+    Tls(String),
     #[error("cannot build a client for {url}: {reason}")]
     Client { url: String, reason: String },
 }
@@ -118,6 +124,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Config {
     /// Where to listen; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Serve HTTPS with a certificate authority made at start (the default;
+    /// kubectl sends bearer tokens only over TLS). Plain HTTP when false.
+    pub tls: bool,
     /// The bearer token clients must present; a random one when None.
     pub token: Option<String>,
     /// Also write the kubeconfig here once listening.
@@ -140,6 +149,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: true,
             token: None,
             kubeconfig_out: None,
             snapshot: None,
@@ -191,14 +201,23 @@ impl ApiServer {
         })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = server::router(state.clone());
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            });
-            if let Err(error) = served.await {
-                warn!(%error, "api server stopped with an error");
-            }
-        });
+        let tls = if config.tls {
+            Some(tls::generate().map_err(Error::Tls)?)
+        } else {
+            None
+        };
+        let ca = tls.as_ref().map(|t| (t.ca_pem.clone(), t.ca_der.clone()));
+        let task = match tls {
+            Some(tls) => tokio::spawn(tls::serve(listener, tls.acceptor, app, stop_rx)),
+            None => tokio::spawn(async move {
+                let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                });
+                if let Err(error) = served.await {
+                    warn!(%error, "api server stopped with an error");
+                }
+            }),
+        };
         let saver = config.snapshot.clone().map(|path| {
             let state = state.clone();
             let every = config.snapshot_interval;
@@ -216,6 +235,7 @@ impl ApiServer {
         });
         let handle = Handle {
             addr,
+            ca,
             token,
             state,
             stop: Some(stop_tx),
@@ -266,6 +286,8 @@ fn bootstrap(state: &ServerState) {
 #[derive(Debug)]
 pub struct Handle {
     addr: SocketAddr,
+    /// PEM and DER of the serving CA (None for plain HTTP).
+    ca: Option<(String, Vec<u8>)>,
     token: String,
     state: Arc<ServerState>,
     stop: Option<oneshot::Sender<()>>,
@@ -280,9 +302,15 @@ impl Handle {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `https://127.0.0.1:PORT` (or `http://` without TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// PEM of the certificate authority that signed the serving certificate.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca.as_ref().map(|(pem, _)| pem.as_str())
     }
 
     pub fn token(&self) -> &str {
@@ -292,10 +320,14 @@ impl Handle {
     /// The kubeconfig (YAML) for this server: cluster, user (bearer token) and
     /// context `underlay-lab`, default namespace `default`.
     pub fn kubeconfig(&self) -> String {
+        let mut cluster = json!({"server": self.url()});
+        if let Some((pem, _)) = &self.ca {
+            cluster["certificate-authority-data"] = json!(meta::base64_encode(pem.as_bytes()));
+        }
         let doc = json!({
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "underlay-lab", "cluster": {"server": self.url()}}],
+            "clusters": [{"name": "underlay-lab", "cluster": cluster}],
             "users": [{"name": "underlay-lab", "user": {"token": self.token}}],
             "contexts": [{"name": "underlay-lab", "context": {"cluster": "underlay-lab", "user": "underlay-lab", "namespace": "default"}}],
             "current-context": "underlay-lab",
@@ -332,6 +364,7 @@ impl Handle {
             .map_err(|e: http::uri::InvalidUri| err(e.to_string()))?;
         let mut config = kube::Config::new(url);
         config.default_namespace = "default".into();
+        config.root_cert = self.ca.as_ref().map(|(_, der)| vec![der.clone()]);
         config.auth_info =
             serde_json::from_value(json!({"token": self.token})).map_err(|e| err(e.to_string()))?;
         kube::Client::try_from(config).map_err(|e| err(e.to_string()))

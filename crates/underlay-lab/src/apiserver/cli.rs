@@ -29,6 +29,9 @@ pub struct Args {
     /// Bearer token clients must present (random when unset).
     #[arg(long, env = "UNDERLAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Serve plain HTTP instead of HTTPS (kubectl then sends no token and gets 401).
+    #[arg(long, env = "UNDERLAY_PLAIN_HTTP")]
+    pub plain_http: bool,
     /// Changes retained for watches that resume from an older resourceVersion.
     #[arg(long, env = "UNDERLAY_WATCH_HISTORY", default_value_t = 10_000)]
     pub watch_history: usize,
@@ -38,6 +41,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
         listen: args.listen,
+        tls: !args.plain_http,
         token: args.token,
         kubeconfig_out: Some(args.kubeconfig_out.clone()),
         snapshot: args.snapshot,

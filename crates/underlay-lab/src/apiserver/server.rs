@@ -376,7 +376,7 @@ fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
 
 fn decode(body: &[u8], content_type: &str) -> ApiResult<Value> {
     if content_type.contains("protobuf") {
-        return Err(ApiError::unsupported_media_type(content_type));
+        return super::protobuf::decode(body);
     }
     let v: Value = if content_type.contains("yaml") {
         serde_yaml::from_slice(body)
@@ -783,10 +783,13 @@ fn commit_update(
         Scope::Status => {
             let mut merged = (**old).clone();
             merged["status"] = new["status"].take();
-            if track {
-                merged["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
-            } else {
-                merged["metadata"]["managedFields"] = new["metadata"]["managedFields"].take();
+            if !track {
+                let mf = meta::metadata_mut(&mut new).remove("managedFields");
+                let m = meta::metadata_mut(&mut merged);
+                match mf {
+                    Some(mf) => m.insert("managedFields".into(), mf),
+                    None => m.remove("managedFields"),
+                };
             }
             merged
         }
@@ -1021,9 +1024,11 @@ fn apply_patch(
             status_on_create(rt, &mut obj);
             let (mut obj, _) = normalize(ctx, rt, obj)?;
             validation::default_and_validate(rt, &mut obj, None)?;
-            let mf = obj["metadata"]["managedFields"].take();
+            let mf = meta::metadata_mut(&mut obj).remove("managedFields");
             set_system_meta_on_create(rt, &mut obj);
-            obj["metadata"]["managedFields"] = mf;
+            if let Some(mf) = mf {
+                meta::metadata_mut(&mut obj).insert("managedFields".into(), mf);
+            }
             let stored = commit_create(ctx, rt, obj)?;
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, &convert::to_view(rt, &stored)),

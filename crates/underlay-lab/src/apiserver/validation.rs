@@ -243,8 +243,18 @@ fn network_policy(obj: &mut Value, causes: &mut Vec<Cause>) {
     }
     // Defaulting: ports default to TCP; policyTypes to Ingress, plus Egress when egress rules exist.
     for dir in ["ingress", "egress"] {
-        for rule in spec[dir].as_array_mut().into_iter().flatten() {
-            for port in rule["ports"].as_array_mut().into_iter().flatten() {
+        for rule in spec
+            .get_mut(dir)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            for port in rule
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(p) = port.as_object_mut()
                     && p.get("protocol").is_none_or(Value::is_null)
                 {
@@ -574,7 +584,12 @@ fn pod(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         let strip = |spec: &Value| {
             let mut s = spec.clone();
             for list in ["containers", "initContainers"] {
-                for c in s[list].as_array_mut().into_iter().flatten() {
+                for c in s
+                    .get_mut(list)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(c) = c.as_object_mut() {
                         c.remove("image");
                     }
@@ -739,7 +754,9 @@ fn secret(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             .entry("data")
             .or_insert_with(|| json!({}));
         for (k, v) in sd {
-            data[k] = json!(base64_encode(v.as_str().unwrap_or("").as_bytes()));
+            data[k] = json!(super::meta::base64_encode(
+                v.as_str().unwrap_or("").as_bytes()
+            ));
         }
     }
     if obj["type"].as_str().unwrap_or("").is_empty() {
@@ -756,32 +773,6 @@ fn secret(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     }
     data_keys(obj, "data", causes);
     immutable_data(obj, old, causes);
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
 }
 
 fn crd(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
