@@ -82,20 +82,28 @@ fn agent_killed_mid_storm_restarts_without_losing_or_duplicating_addresses() {
     let mut agent = Agent::start(&["10.244.21.0/24"]);
     let socket = agent.socket();
     let pods: Vec<Arc<Netns>> = (0..30).map(|_| Arc::new(Netns::new("k"))).collect();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let jobs = pods
         .iter()
         .enumerate()
         .map(|(i, pod)| {
-            let (node, pod, socket) = (node.clone(), pod.clone(), socket.clone());
+            let (node, pod, socket, done) =
+                (node.clone(), pod.clone(), socket.clone(), done.clone());
             Box::new(move || {
                 let inv = Invocation::new("ADD", &format!("kill{i:03}"), Some(&pod.path()));
-                (i, cni(&node.ns, &inv, &conf("1.1.0", &socket)))
+                let out = cni(&node.ns, &inv, &conf("1.1.0", &socket));
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (i, out)
             }) as Box<dyn FnOnce() -> (usize, PluginOutput) + Send>
         })
         .collect();
     let storm = std::thread::spawn(move || parallel(jobs));
-    // Kill the agent while ADDs are in flight.
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    // Kill the agent once some ADDs have finished and others are in flight.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 5 && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     agent.kill9();
     let first = storm.join().unwrap();
     agent.spawn();
@@ -124,6 +132,7 @@ fn agent_killed_mid_storm_restarts_without_losing_or_duplicating_addresses() {
         addresses.insert(i, result_ips(&result)[0].clone());
     }
     eprintln!("{failed} of 30 ADDs failed while the agent was down");
+    assert!(failed < 30, "the agent was killed before any ADD finished");
     let unique: HashSet<&String> = addresses.values().collect();
     assert_eq!(
         unique.len(),
