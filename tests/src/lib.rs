@@ -103,6 +103,13 @@ pub async fn lab(test: &str, configure: impl FnOnce(&mut LabConfig)) -> Option<T
     let dir = tempfile::tempdir().expect("temporary directory");
     let prefix = netns::unique_prefix();
     let mut config = LabConfig::new(&prefix, dir.path(), &bin);
+    // Extra agent flags for every lab of the run (e.g. `--policy=false` to
+    // run the routing tests against an agent built without policy).
+    if let Ok(extra) = std::env::var("UNDERLAY_E2E_AGENT_ARGS") {
+        config
+            .agent_args
+            .extend(extra.split_whitespace().map(str::to_owned));
+    }
     configure(&mut config);
     let progress = |m: &str| eprintln!("[{test}] {m}");
     let lab = match Lab::start(config, &progress).await {

@@ -252,7 +252,9 @@ impl Lab {
                 (None, client, addr)
             }
         };
-        state.api_url = format!("http://{api_addr}");
+        state.api_url = apiserver
+            .as_ref()
+            .map_or_else(|| format!("{api_addr}"), |h| h.url());
 
         progress("starting the Azure route-table service");
         let arm = ArmServer::start(ArmConfig {
@@ -298,7 +300,7 @@ impl Lab {
             .map_err(io("cannot read the lab kubeconfig"))?;
         std::fs::write(
             &node_kubeconfig,
-            rewrite_server(&kubeconfig_text, &format!("http://{NODE_API_ADDR}")),
+            rewrite_server(&kubeconfig_text, NODE_API_ADDR),
         )
         .map_err(io("cannot write the node kubeconfig"))?;
 
@@ -465,14 +467,24 @@ impl Lab {
         }
         args.extend([
             "--leader-elect".into(),
+            "--leader-elect-identity".into(),
+            format!("route-controller-{index}"),
+            // Short lease timings so that failover shows within seconds.
+            "--leader-elect-lease-duration".into(),
+            "4s".into(),
+            "--leader-elect-renew-deadline".into(),
+            "3s".into(),
+            "--leader-elect-retry-period".into(),
+            "500ms".into(),
             "--route-batch-interval".into(),
             format!("{}ms", self.config.route_batch_interval.as_millis()),
+            "--arm-poll-interval".into(),
+            "100ms".into(),
             "--metrics-addr".into(),
-            "off".into(),
+            "127.0.0.1:0".into(),
             "--health-addr".into(),
-            "off".into(),
+            "127.0.0.1:0".into(),
         ]);
-        let _ = index;
         args
     }
 
@@ -486,8 +498,6 @@ impl Lab {
             tokio::process::Command::new(self.config.bin_dir.join("underlay-route-controller"))
                 .args(self.route_controller_args(index))
                 .env("RUST_LOG", "info")
-                .env("POD_NAME", &name)
-                .env("UNDERLAY_LEASE_IDENTITY", &name)
                 .stdin(std::process::Stdio::null())
                 .stdout(log)
                 .stderr(err)
@@ -848,18 +858,22 @@ pub fn network_unavailable(node: &Node) -> Option<bool> {
         .map(|c| c.status == "True")
 }
 
-/// Replaces every `server:` of a kubeconfig (the relay stands in for it).
-pub fn rewrite_server(kubeconfig: &str, server: &str) -> String {
+/// Points every `server:` of a kubeconfig at `authority` (`host:port`),
+/// keeping its scheme: the relay stands in for the server, TLS passes
+/// through it unchanged.
+pub fn rewrite_server(kubeconfig: &str, authority: &str) -> String {
     kubeconfig
         .lines()
         .map(|line| {
             let trimmed = line.trim_start();
-            if let Some(rest) = trimmed.strip_prefix("server:") {
-                let _ = rest;
-                let indent = &line[..line.len() - trimmed.len()];
-                format!("{indent}server: {server}")
-            } else {
-                line.to_owned()
+            match trimmed.strip_prefix("server:") {
+                Some(url) => {
+                    let url = url.trim().trim_matches(['"', '\'']);
+                    let scheme = url.split_once("://").map_or("https", |(s, _)| s);
+                    let indent = &line[..line.len() - trimmed.len()];
+                    format!("{indent}server: {scheme}://{authority}")
+                }
+                None => line.to_owned(),
             }
         })
         .collect::<Vec<_>>()
@@ -961,10 +975,14 @@ mod tests {
 
     #[test]
     fn kubeconfig_servers_are_rewritten_keeping_indentation() {
-        let kc = "clusters:\n- cluster:\n    server: http://127.0.0.1:4321\n  name: lab\n";
+        let kc = "clusters:\n- cluster:\n    server: https://127.0.0.1:4321\n  name: lab\n";
         assert_eq!(
-            rewrite_server(kc, "http://127.0.0.1:6443"),
-            "clusters:\n- cluster:\n    server: http://127.0.0.1:6443\n  name: lab\n"
+            rewrite_server(kc, "127.0.0.1:6443"),
+            "clusters:\n- cluster:\n    server: https://127.0.0.1:6443\n  name: lab\n"
+        );
+        assert!(
+            rewrite_server("    server: \"http://[::1]:80\"", "127.0.0.1:6443")
+                .ends_with("server: http://127.0.0.1:6443\n")
         );
     }
 
