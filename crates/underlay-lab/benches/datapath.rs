@@ -18,6 +18,7 @@ fn main() {
         settings.iperf_seconds = 1;
         settings.requests = 500;
         settings.policies = 200;
+        settings.rounds = 1;
     }
     settings.bin_dir = std::env::var_os("UNDERLAY_LAB_BIN_DIR")
         .map(PathBuf::from)

@@ -33,6 +33,8 @@ pub struct Settings {
     pub iperf_seconds: u32,
     pub requests: usize,
     pub policies: usize,
+    /// Measurements per configuration (the median is reported).
+    pub rounds: usize,
     /// Where the underlay binaries are; `None` skips the policy part.
     pub bin_dir: Option<PathBuf>,
 }
@@ -43,6 +45,7 @@ impl Default for Settings {
             iperf_seconds: 3,
             requests: 2000,
             policies: 1000,
+            rounds: 3,
             bin_dir: None,
         }
     }
@@ -50,13 +53,30 @@ impl Default for Settings {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn iperf(client: &Path, server: &Path, target: IpAddr, seconds: u32) -> Result<f64, BoxError> {
-    let mut srv = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", server.display()))
-        .args(["--", "iperf3", "-s", "-1", "-p", "5201"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+/// An iperf3 server in a pod's namespace for the whole run; killed on drop.
+struct IperfServer(std::process::Child);
+
+impl IperfServer {
+    fn start(server: &Path) -> Result<Self, BoxError> {
+        Ok(Self(
+            std::process::Command::new("nsenter")
+                .arg(format!("--net={}", server.display()))
+                .args(["--", "iperf3", "-s", "-p", "5201"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        ))
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf(client: &Path, target: IpAddr, seconds: u32) -> Result<f64, BoxError> {
     // iperf3 has no readiness signal: retry the client until it connects.
     let start = Instant::now();
     let out = loop {
@@ -67,13 +87,11 @@ fn iperf(client: &Path, server: &Path, target: IpAddr, seconds: u32) -> Result<f
             .arg("-c")
             .arg(target.to_string())
             .output()?;
-        if out.status.success() || start.elapsed() > Duration::from_secs(5) {
+        if out.status.success() || start.elapsed() > Duration::from_secs(10) {
             break out;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
     };
-    let _ = srv.kill();
-    let _ = srv.wait();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -110,15 +128,9 @@ fn latency(client: &Path, target: SocketAddr, n: usize) -> Result<(f64, f64, f64
     Ok((pct(0.5), pct(0.99), mean))
 }
 
-fn measure(
-    name: &str,
-    client: &Path,
-    server: &Path,
-    ip: IpAddr,
-    settings: &Settings,
-) -> Result<Sample, BoxError> {
+fn measure(name: &str, client: &Path, ip: IpAddr, settings: &Settings) -> Result<Sample, BoxError> {
     eprintln!("datapath: measuring {name}");
-    let gbits = iperf(client, server, ip, settings.iperf_seconds)?;
+    let gbits = iperf(client, ip, settings.iperf_seconds)?;
     let (p50, p99, mean) = latency(client, SocketAddr::new(ip, 80), settings.requests)?;
     Ok(Sample {
         name: name.into(),
@@ -153,8 +165,9 @@ pub async fn native_vs_overlay(settings: &Settings) -> Result<Vec<Sample>, BoxEr
         }];
         let listeners = b.enter(move || traffic::open(&ports))??;
         let _servers = traffic::serve(listeners, "b")?;
+        let _iperf = IperfServer::start(&b.path())?;
 
-        v.apply_routes(vec![
+        let fabric = vec![
             FabricRoute {
                 name: "n1".into(),
                 prefix: "10.244.1.0/24".into(),
@@ -165,18 +178,40 @@ pub async fn native_vs_overlay(settings: &Settings) -> Result<Vec<Sample>, BoxEr
                 prefix: "10.244.2.0/24".into(),
                 next_hop: n2.ipv4.into(),
             },
-        ])
-        .await?;
-        let native = measure(
-            "native routing",
-            &a.path(),
-            &b.path(),
-            ip_b.into(),
-            settings,
-        )?;
-
-        // Overlay: the fabric forgets the pod CIDRs; only VXLAN between the
-        // node addresses can carry pod traffic now.
+        ];
+        // The overlay's devices exist throughout; switching modes swaps the
+        // routes only: fabric routes (native) or routes via vxlan0 (overlay).
+        let pairs = [
+            (&n1, [(&n2, "10.244.2.0/24")]),
+            (&n2, [(&n1, "10.244.1.0/24")]),
+        ];
+        for (node, peers) in &pairs {
+            let lines: Vec<String> = overlay::lines(node, peers)
+                .into_iter()
+                .filter(|l| !l.starts_with("route "))
+                .collect();
+            Netns::existing(&node.netns).ip_batch(&lines).await?;
+            for args in overlay::fdb_commands(peers) {
+                let mut full = vec!["-n", node.netns.as_str()];
+                full.extend(args.iter().map(String::as_str));
+                netns::run("bridge", &full).await?;
+            }
+        }
+        let overlay_routes = |on: bool| {
+            let pairs = pairs.clone();
+            async move {
+                for (node, peers) in &pairs {
+                    let lines: Vec<String> = overlay::lines(node, peers)
+                        .into_iter()
+                        .filter(|l| l.starts_with("route "))
+                        .map(|l| if on { l } else { format!("route del {}", l.split_whitespace().nth(2).unwrap_or_default()) })
+                        .collect();
+                    let _ = Netns::existing(&node.netns).ip_batch(&lines).await;
+                }
+            }
+        };
+        // Neither mode's routes: pods must not connect, or the comparison
+        // would measure something else.
         v.apply_routes(Vec::new()).await?;
         let target: SocketAddr = (ip_b, 80).into();
         let path = a.path();
@@ -184,19 +219,20 @@ pub async fn native_vs_overlay(settings: &Settings) -> Result<Vec<Sample>, BoxEr
             traffic::probe(target, Protocol::Tcp, Duration::from_millis(500))
         })?;
         if cut.connected() {
-            return Err(
-                "pods still connect without fabric routes; the overlay measurement would be wrong"
-                    .into(),
-            );
+            return Err("pods connect with neither fabric nor overlay routes; the measurement would be wrong".into());
         }
-        Netns::existing(&n1.netns)
-            .ip_batch(&overlay::lines(&n1, &[(&n2, "10.244.2.0/24")]))
-            .await?;
-        Netns::existing(&n2.netns)
-            .ip_batch(&overlay::lines(&n2, &[(&n1, "10.244.1.0/24")]))
-            .await?;
-        let vxlan = measure("VXLAN overlay", &a.path(), &b.path(), ip_b.into(), settings)?;
-        Ok::<_, BoxError>(vec![native, vxlan])
+        // Alternate the modes so that load from elsewhere on the machine
+        // falls on both alike; report the median of each.
+        let (mut native, mut vxlan) = (Vec::new(), Vec::new());
+        for _ in 0..settings.rounds.max(1) {
+            overlay_routes(false).await;
+            v.apply_routes(fabric.clone()).await?;
+            native.push(measure("native routing", &a.path(), ip_b.into(), settings)?);
+            v.apply_routes(Vec::new()).await?;
+            overlay_routes(true).await;
+            vxlan.push(measure("VXLAN overlay", &a.path(), ip_b.into(), settings)?);
+        }
+        Ok::<_, BoxError>(vec![median(native), median(vxlan)])
     }
     .await;
     v.destroy().await?;
@@ -248,7 +284,8 @@ async fn policies_on(lab: &Lab, settings: &Settings) -> Result<Vec<Sample>, BoxE
     if !o.matched {
         return Err(format!("x/a cannot reach y/b: {}", o.outcome).into());
     }
-    let zero = measure("underlay, 0 policies", &pa, &pb, ip, settings)?;
+    let _iperf = IperfServer::start(&pb)?;
+    let zero = measure("underlay, 0 policies", &pa, ip, settings)?;
     // Many policies select the server: each allows a different source range
     // and port, so the destination's rules grow with the policy count; one
     // more allows the client, whose traffic must still flow.
@@ -299,11 +336,25 @@ async fn policies_on(lab: &Lab, settings: &Settings) -> Result<Vec<Sample>, BoxE
     let many = measure(
         &format!("underlay, {} policies", settings.policies),
         &pa,
-        &pb,
         ip,
         settings,
     )?;
     Ok(vec![zero, many])
+}
+
+/// The median of each figure over repeated samples.
+fn median(samples: Vec<Sample>) -> Sample {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Sample {
+        name: samples[0].name.clone(),
+        gbits: mid(samples.iter().map(|s| s.gbits).collect()),
+        p50_us: mid(samples.iter().map(|s| s.p50_us).collect()),
+        p99_us: mid(samples.iter().map(|s| s.p99_us).collect()),
+        mean_us: mid(samples.iter().map(|s| s.mean_us).collect()),
+    }
 }
 
 /// The report: each sample as a ratio to the first (the reference).

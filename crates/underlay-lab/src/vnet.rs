@@ -430,16 +430,32 @@ pub mod overlay {
                 mac(peer.index)
             ));
             lines.push(format!(
-                "fdb append {} dev {DEV} dst {}",
-                mac(peer.index),
-                peer.ipv4
-            ));
-            lines.push(format!(
                 "route replace {pod_cidr} via {} dev {DEV} onlink",
                 vtep(peer.index)
             ));
         }
         lines
+    }
+
+    /// `bridge` arguments, one command per peer, for the static forwarding
+    /// entries (the VTEP of each peer's MAC).
+    pub fn fdb_commands(peers: &[(&NodeNet, &str)]) -> Vec<Vec<String>> {
+        peers
+            .iter()
+            .map(|(peer, _)| {
+                [
+                    "fdb",
+                    "append",
+                    &mac(peer.index),
+                    "dev",
+                    DEV,
+                    "dst",
+                    &peer.ipv4.to_string(),
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            })
+            .collect()
     }
 
     /// Lines that remove the overlay from a node.
