@@ -198,7 +198,6 @@ pub async fn native_vs_overlay(settings: &Settings) -> Result<Vec<Sample>, BoxEr
             }
         }
         let overlay_routes = |on: bool| {
-            let pairs = pairs.clone();
             async move {
                 for (node, peers) in &pairs {
                     let lines: Vec<String> = overlay::lines(node, peers)
