@@ -22,6 +22,10 @@ pub fn binaries() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            // Prebuilt binaries (e.g. from a release build) skip the build.
+            if let Some(dir) = std::env::var_os("UNDERLAY_E2E_BIN_DIR") {
+                return PathBuf::from(dir);
+            }
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = std::process::Command::new(cargo)
                 .current_dir(root())
