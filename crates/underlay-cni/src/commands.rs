@@ -460,3 +460,208 @@ pub fn require_version(command: crate::env::Command, version: Version) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::fake::{Call, FakeDataplane};
+    use std::sync::Mutex;
+
+    /// A recording agent with scripted answers.
+    #[derive(Default)]
+    struct FakeAgent {
+        calls: Mutex<Vec<String>>,
+        attach_error: Option<CniError>,
+        status: Option<v1::StatusResponse>,
+    }
+
+    impl Agent for FakeAgent {
+        async fn attach(&self, _r: v1::AttachRequest) -> Result<v1::AttachResponse> {
+            self.calls.lock().unwrap().push("attach".into());
+            if let Some(e) = &self.attach_error {
+                return Err(e.clone());
+            }
+            Ok(v1::AttachResponse {
+                ips: vec![v1::IpConfig {
+                    family: 1,
+                    address: "10.244.0.5/32".into(),
+                    gateway: "169.254.1.1".into(),
+                }],
+                routes: vec![v1::Route {
+                    destination: "0.0.0.0/0".into(),
+                    gateway: "169.254.1.1".into(),
+                }],
+                mtu: 1450,
+                host_interface: String::new(),
+                policy_programmed: true,
+            })
+        }
+        async fn detach(&self, _r: v1::DetachRequest) -> Result<v1::DetachResponse> {
+            self.calls.lock().unwrap().push("detach".into());
+            Ok(v1::DetachResponse::default())
+        }
+        async fn check(&self, _r: v1::CheckRequest) -> Result<v1::CheckResponse> {
+            Ok(v1::CheckResponse::default())
+        }
+        async fn gc(&self, _r: v1::GcRequest) -> Result<v1::GcResponse> {
+            Ok(v1::GcResponse::default())
+        }
+        async fn status(&self) -> Result<v1::StatusResponse> {
+            self.status
+                .clone()
+                .ok_or_else(|| CniError::new(code::TRY_AGAIN_LATER, "down"))
+        }
+    }
+
+    fn env() -> CniEnv {
+        crate::env::parse(|k| {
+            Some(
+                match k {
+                    "CNI_COMMAND" => "ADD",
+                    "CNI_CONTAINERID" => "c1",
+                    "CNI_NETNS" => "/run/netns/p",
+                    "CNI_IFNAME" => "eth0",
+                    "CNI_PATH" => "/opt/cni/bin",
+                    "CNI_ARGS" => "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web",
+                    _ => return None,
+                }
+                .to_string(),
+            )
+        })
+        .unwrap()
+    }
+
+    fn conf() -> NetConf {
+        crate::config::parse(br#"{"cniVersion":"1.1.0","name":"underlay","type":"underlay-cni"}"#)
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn add_uses_the_agents_answer_and_mtu() {
+        let agent = FakeAgent::default();
+        let dp = FakeDataplane::default();
+        let r = add(&env(), &conf(), &agent, &dp).await.unwrap();
+        assert_eq!(r["ips"][0]["address"], "10.244.0.5/32");
+        let Some(Call::Setup(link)) = dp.calls().into_iter().nth(1) else {
+            panic!("{:?}", dp.calls())
+        };
+        assert_eq!(link.mtu, 1450);
+        assert_eq!(
+            link.host_ifname,
+            names::host_interface("ns", "web", "c1", "eth0")
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_setup_rolls_back_the_kernel_and_the_agent() {
+        let agent = FakeAgent::default();
+        let dp = FakeDataplane {
+            fail_setup: true,
+            ..Default::default()
+        };
+        let err = add(&env(), &conf(), &agent, &dp).await.unwrap_err();
+        assert_eq!(
+            err.code,
+            code::CHECK_FAILED,
+            "the injected failure is a mismatch"
+        );
+        assert!(
+            matches!(dp.calls().last(), Some(Call::Teardown(..))),
+            "{:?}",
+            dp.calls()
+        );
+        assert_eq!(*agent.calls.lock().unwrap(), ["attach", "detach"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_existing_interface_is_refused_before_the_agent_is_asked() {
+        let agent = FakeAgent::default();
+        let dp = FakeDataplane {
+            existing: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            add(&env(), &conf(), &agent, &dp).await.unwrap_err().code,
+            code::INTERFACE_EXISTS
+        );
+        assert!(agent.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn agent_failures_keep_their_codes_and_touch_nothing() {
+        for (status, expect) in [
+            (
+                tonic::Status::failed_precondition("iptables-restore failed"),
+                code::POLICY_FAILED,
+            ),
+            (
+                tonic::Status::unavailable("policies not synced"),
+                code::TRY_AGAIN_LATER,
+            ),
+            (
+                tonic::Status::resource_exhausted("full"),
+                code::POOL_EXHAUSTED,
+            ),
+        ] {
+            let agent = FakeAgent {
+                attach_error: Some(crate::agent::status_to_cni("Attach", &status)),
+                ..Default::default()
+            };
+            let dp = FakeDataplane::default();
+            let err = add(&env(), &conf(), &agent, &dp).await.unwrap_err();
+            assert_eq!(err.code, expect, "{status:?}");
+            assert!(!dp.calls().iter().any(|c| matches!(c, Call::Setup(_))));
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn status_distinguishes_not_available_from_limbo() {
+        let down = FakeAgent::default();
+        assert_eq!(status(&down).await.unwrap_err().code, code::NOT_AVAILABLE);
+        let waiting = FakeAgent {
+            status: Some(v1::StatusResponse {
+                ready: false,
+                reason: "waiting for pod cidrs".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            status(&waiting).await.unwrap_err().code,
+            code::NOT_AVAILABLE
+        );
+        let limbo = FakeAgent {
+            status: Some(v1::StatusResponse {
+                ready: false,
+                reason: "policy dataplane failing".into(),
+                policy: Some(v1::PolicyStatus {
+                    last_error: "iptables-restore: exit 1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            status(&limbo).await.unwrap_err().code,
+            code::NOT_AVAILABLE_LIMBO
+        );
+        let ready = FakeAgent {
+            status: Some(v1::StatusResponse {
+                ready: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        status(&ready).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn del_tears_down_before_releasing() {
+        let agent = FakeAgent::default();
+        let dp = FakeDataplane::default();
+        del(&env(), &agent, &dp).await.unwrap();
+        assert!(matches!(dp.calls()[0], Call::Teardown(..)));
+        assert_eq!(*agent.calls.lock().unwrap(), ["detach"]);
+    }
+}
