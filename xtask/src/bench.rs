@@ -27,10 +27,15 @@ pub enum Suite {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
     },
+    /// CNI ADD+DEL latency (p50/p99), one at a time and 8 at a time:
+    /// underlay (plugin + agent) against the reference ptp + host-local
+    /// plugins in the same run, as ratios (needs root).
+    Cni,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     match &args.suite {
+        Suite::Cni => exec(cargo().args(["bench", "-p", "underlay-cni", "--bench", "cni"])),
         Suite::Ipam { rest } => exec(
             cargo()
                 .args(["bench", "-p", "underlay-ipam", "--bench", "allocator", "--"])
