@@ -382,7 +382,17 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
                 next.as_ref().ok(),
                 routed.is_ok()
             );
+            let hop = lab
+                .vnet()
+                .node(&joined)
+                .map(|n| std::net::IpAddr::V4(n.ipv4));
             lab.remove_node(&joined).await?;
+            // Leave the route table as the report will show it.
+            let _ = lab
+                .wait_for("the joined node's route to go", CONVERGE, || async {
+                    (!lab.vnet().routes().iter().any(|r| Some(r.next_hop) == hop)).then_some(())
+                })
+                .await;
         }
         Err(e) => {
             ok = false;
