@@ -87,7 +87,7 @@ fn iperf(client: &Path, target: IpAddr, seconds: u32) -> Result<f64, BoxError> {
             .arg("-c")
             .arg(target.to_string())
             .output()?;
-        if out.status.success() || start.elapsed() > Duration::from_secs(10) {
+        if out.status.success() || start.elapsed() > Duration::from_secs(30) {
             break out;
         }
         std::thread::sleep(Duration::from_millis(200));
