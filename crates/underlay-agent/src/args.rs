@@ -75,6 +75,8 @@ pub struct Args {
     /// Enforce Kubernetes NetworkPolicy; `false` leaves every pod open.
     #[arg(long, env = "UNDERLAY_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
     pub policy: bool,
+    #[command(flatten)]
+    pub policy_args: underlay_policy::PolicyArgs,
     /// Pod interface MTU when the CNI configuration sets none.
     #[arg(long, env = "UNDERLAY_MTU", default_value_t = 1500)]
     pub mtu: u32,

@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod hook;
 pub mod metrics;
 pub mod node;
+pub mod policy_hook;
 pub mod store;
 
 pub use args::Args;

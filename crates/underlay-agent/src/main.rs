@@ -13,9 +13,10 @@ fn make_hook(ctx: &HookContext) -> anyhow::Result<Arc<dyn EndpointHook>> {
     if !ctx.args.policy {
         return Ok(Arc::new(NoPolicy));
     }
-    anyhow::bail!(
-        "this build of underlay-agent has no policy engine; run it with --policy=false (UNDERLAY_POLICY=false) to serve pods without network policy"
-    )
+    Ok(underlay_agent::policy_hook::PolicyHook::start(
+        ctx.client.clone(),
+        &ctx.args.policy_args,
+    ))
 }
 
 #[tokio::main]

@@ -1,0 +1,84 @@
+//! The endpoint hook backed by the policy engine (`underlay-policy`): the
+//! thin adapter between the agent's endpoints and the engine's runtime.
+//! Everything that decides lives in the engine crate.
+
+use crate::hook::{EndpointHook, EndpointInfo, HookError};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+use underlay_policy::agent::{AttachError, PolicyAgent};
+use underlay_policy::metrics::Metrics;
+use underlay_policy::model::{Endpoint, PodKey};
+use underlay_policy::{CommandDataplane, Engine, PolicyArgs};
+
+pub struct PolicyHook {
+    agent: Arc<PolicyAgent<CommandDataplane>>,
+    metrics: Metrics,
+}
+
+impl PolicyHook {
+    /// Starts the engine's watchers, sync loop and repair timer. Must be
+    /// called inside the tokio runtime. Without a client no policy exists
+    /// and every endpoint is open.
+    pub fn start(client: Option<kube::Client>, args: &PolicyArgs) -> Arc<PolicyHook> {
+        let metrics = Metrics::default();
+        let mut engine = Engine::new(args.dataplane(), args.config(), metrics.clone());
+        engine.set_conntrack_cleanup(args.policy_conntrack_cleanup);
+        let agent = PolicyAgent::new(engine, client, args.options());
+        // The tasks run for the life of the process.
+        drop(agent.start());
+        Arc::new(PolicyHook { agent, metrics })
+    }
+
+    /// The engine's metrics, for the agent's registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+fn endpoint(ep: &EndpointInfo) -> Endpoint {
+    Endpoint {
+        pod: PodKey::new(&ep.namespace, &ep.pod_name),
+        interface: ep.host_interface.clone(),
+        ips: ep.ips.clone(),
+    }
+}
+
+impl EndpointHook for PolicyHook {
+    fn attached<'a>(&'a self, ep: &'a EndpointInfo) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async move {
+            self.agent.attach(endpoint(ep)).await.map_err(|e| match e {
+                AttachError::Unavailable(m) => HookError::Unavailable(m),
+                AttachError::Failed(m) => HookError::Failed(m),
+            })
+        })
+    }
+
+    fn detached<'a>(&'a self, ep: &'a EndpointInfo) -> BoxFuture<'a, ()> {
+        Box::pin(async move { self.agent.detach(&ep.host_interface).await })
+    }
+
+    fn restored<'a>(&'a self, eps: &'a [EndpointInfo]) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async move {
+            self.agent
+                .restore(eps.iter().map(endpoint).collect())
+                .await
+                .map_err(|e| HookError::Unavailable(e.to_string()))
+        })
+    }
+
+    fn status(&self) -> Option<underlay_proto::v1::PolicyStatus> {
+        let s = self.agent.status();
+        Some(underlay_proto::v1::PolicyStatus {
+            policies: s.policies,
+            endpoints: s.endpoints,
+            rules: s.rules,
+            ipset_members: s.ipset_members,
+            last_sync_unix_ms: s
+                .last_sync
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64),
+            last_error: s.last_error.unwrap_or_default(),
+        })
+    }
+}

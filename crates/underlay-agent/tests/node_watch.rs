@@ -1,0 +1,182 @@
+//! The agent binary against the lab's embedded Kubernetes API server over
+//! real HTTPS: it waits for its Node's podCIDRs (Status and /readyz say
+//! why), then serves Attach from them; metrics and health over HTTP; the
+//! socket is private.
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use underlay_lab::apiserver::{ApiServer, Config};
+use underlay_proto::v1::{self, agent_client::AgentClient};
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
+}
+
+async fn client(socket: &Path) -> AgentClient<tonic::transport::Channel> {
+    let socket = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://agent")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the agent");
+    AgentClient::new(channel)
+}
+
+async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_attach_once_its_node_has_pod_cidrs() {
+    let api = ApiServer::start(Config::default())
+        .await
+        .expect("start the API server");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let nodes: Api<Node> = Api::all(api.client().unwrap());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-1"}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+
+    let socket: PathBuf = dir.path().join("sub/dir/agent.sock");
+    let (metrics_port, health_port) = (free_port(), free_port());
+    let _agent = Killed(
+        Command::new(env!("CARGO_BIN_EXE_underlay-agent"))
+            .args([
+                "--node-name",
+                "worker-1",
+                "--policy=false",
+                "--log-format",
+                "json",
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg("--health-addr")
+            .arg(format!("127.0.0.1:{health_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent"),
+    );
+    wait_for("the socket", async || socket.exists()).await;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut c = client(&socket).await;
+
+    // Not ready while the Node has no podCIDRs, and says so.
+    let st = c.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert!(!st.ready);
+    assert!(st.reason.contains("worker-1"), "{}", st.reason);
+    wait_for("/healthz", async || {
+        http_get(health_port, "/healthz").0 == 200
+    })
+    .await;
+    assert_eq!(http_get(health_port, "/readyz").0, 503);
+    let attach = v1::AttachRequest {
+        key: Some(v1::AttachmentKey {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        }),
+        host_interface: "udl00000000001".into(),
+        ..Default::default()
+    };
+    let err = c.attach(attach.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+
+    // The route controller's patch arrives: the agent becomes ready.
+    nodes
+        .patch(
+            "worker-1",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"podCIDR": "10.244.5.0/24",
+                "podCIDRs": ["10.244.5.0/24", "fd00:10:244:5::/64"]}})),
+        )
+        .await
+        .unwrap();
+    wait_for("ready", async || {
+        c.status(v1::StatusRequest {})
+            .await
+            .map(|s| s.into_inner().ready)
+            .unwrap_or(false)
+    })
+    .await;
+    let got = c.attach(attach).await.unwrap().into_inner();
+    assert_eq!(got.ips.len(), 2);
+    assert!(got.ips[0].address.starts_with("10.244.5."), "{got:?}");
+    assert!(got.ips[1].address.starts_with("fd00:10:244:5::"), "{got:?}");
+    assert_eq!(got.routes[0].gateway, "169.254.1.1");
+
+    assert_eq!(http_get(health_port, "/readyz").0, 200);
+    let (code, metrics) = http_get(metrics_port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("underlay_agent_allocations_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("underlay_agent_pool_capacity_addresses{family=\"Ipv4\"} 254"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("underlay_agent_rpc_errors_total{rpc=\"Attach\",code=\"Unavailable\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("underlay_agent_rpc_duration_seconds_count{rpc=\"Attach\"} 2"),
+        "{metrics}"
+    );
+    let st = c.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.node_name, "worker-1");
+    assert_eq!(st.pools.len(), 2);
+    assert_eq!(st.pools[0].allocated, 1);
+}
