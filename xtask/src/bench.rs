@@ -31,10 +31,26 @@ pub enum Suite {
     /// underlay (plugin + agent) against the reference ptp + host-local
     /// plugins in the same run, as ratios (needs root).
     Cni,
+    /// Route table convergence and ARM write count: 400 nodes join, then 50
+    /// leave and 50 join, against the lab's ARM service with scaled-down
+    /// Azure latency; underlay against per-route PUTs and a fixed 30 s batch
+    /// + 30 s settle, as ratios.
+    Routes,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     match &args.suite {
+        // The routes suite waits on (scaled) Azure latency, not on CPU, so
+        // the quick-to-build dev profile measures the same thing.
+        Suite::Routes => exec(cargo().args([
+            "bench",
+            "-p",
+            "underlay-route-controller",
+            "--bench",
+            "routes",
+            "--profile",
+            "dev",
+        ])),
         Suite::Cni => exec(cargo().args(["bench", "-p", "underlay-cni", "--bench", "cni"])),
         Suite::Ipam { rest } => exec(
             cargo()
