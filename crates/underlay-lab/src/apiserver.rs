@@ -352,8 +352,8 @@ impl Handle {
         self.kubeconfig_path.as_deref()
     }
 
-    /// A kube-rs client for this server.
-    pub fn client(&self) -> Result<kube::Client> {
+    /// A kube-rs configuration for this server (URL, CA, token).
+    pub fn kube_config(&self) -> Result<kube::Config> {
         let err = |reason: String| Error::Client {
             url: self.url(),
             reason,
@@ -367,7 +367,15 @@ impl Handle {
         config.root_cert = self.ca.as_ref().map(|(_, der)| vec![der.clone()]);
         config.auth_info =
             serde_json::from_value(json!({"token": self.token})).map_err(|e| err(e.to_string()))?;
-        kube::Client::try_from(config).map_err(|e| err(e.to_string()))
+        Ok(config)
+    }
+
+    /// A kube-rs client for this server.
+    pub fn client(&self) -> Result<kube::Client> {
+        kube::Client::try_from(self.kube_config()?).map_err(|e| Error::Client {
+            url: self.url(),
+            reason: e.to_string(),
+        })
     }
 
     /// Fault injection for this server.

@@ -453,13 +453,15 @@ async fn pod_bound_to_a_node_is_deleted_gracefully() {
 #[tokio::test]
 async fn wrong_or_missing_token_is_401() {
     let (h, _client) = start().await;
-    let mut config = kube::Config::new(h.url().parse().unwrap());
+    let mut config = h.kube_config().unwrap();
     config.auth_info = serde_json::from_value(json!({"token": "wrong"})).unwrap();
     let bad = Client::try_from(config).unwrap();
     let nodes: Api<Node> = Api::all(bad);
     let (code, reason) = api_status(nodes.list(&ListParams::default()).await.unwrap_err());
     assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
-    let anonymous = Client::try_from(kube::Config::new(h.url().parse().unwrap())).unwrap();
+    let mut config = h.kube_config().unwrap();
+    config.auth_info = Default::default();
+    let anonymous = Client::try_from(config).unwrap();
     let nodes: Api<Node> = Api::all(anonymous);
     assert_eq!(
         api_status(nodes.list(&ListParams::default()).await.unwrap_err()).0,

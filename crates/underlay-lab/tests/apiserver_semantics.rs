@@ -1,0 +1,551 @@
+//! The embedded API server's write semantics through kube-rs: every patch
+//! type on Nodes and Pods, status subresources, server-side apply, networking
+//! defaulting and validation, custom resources, events, faults and snapshots.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Event as CoreEvent;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::events::v1::Event as EventV1;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use underlay_lab::apiserver::{ApiServer, Config, Failure, Handle, Match};
+
+async fn start() -> (Handle, Client) {
+    let handle = ApiServer::start(Config::default())
+        .await
+        .expect("server starts");
+    let client = handle.client().expect("client");
+    (handle, client)
+}
+
+fn code(err: kube::Error) -> u16 {
+    match err {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// A JSON patch (kube's own `Patch::Json` uses another json-patch major).
+async fn json_patch(
+    client: &Client,
+    path: &str,
+    ops: serde_json::Value,
+) -> Result<serde_json::Value, kube::Error> {
+    let req = http::Request::patch(path)
+        .header("content-type", "application/json-patch+json")
+        .body(serde_json::to_vec(&ops).unwrap())
+        .unwrap();
+    client.request::<serde_json::Value>(req).await
+}
+
+async fn node(nodes: &Api<Node>, name: &str) -> Node {
+    let n: Node = serde_json::from_value(json!({"metadata": {"name": name}, "status": {"conditions": [
+        {"type": "Ready", "status": "True"}, {"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated"}]}}))
+    .unwrap();
+    nodes.create(&PostParams::default(), &n).await.unwrap()
+}
+
+async fn pod(pods: &Api<Pod>, name: &str) -> Pod {
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1"}], "nodeName": "n1"}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap()
+}
+
+#[tokio::test]
+async fn node_patches_of_every_type() {
+    let (_h, client) = start().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    node(&nodes, "n1").await;
+    let pp = PatchParams::default();
+    // Strategic merge on status merges conditions by type (the route controller's patch).
+    let smp = Patch::Strategic(
+        json!({"status": {"conditions": [{"type": "NetworkUnavailable", "status": "False", "reason": "RouteCreated"}]}}),
+    );
+    let n = nodes.patch_status("n1", &pp, &smp).await.unwrap();
+    let conds = n.status.unwrap().conditions.unwrap();
+    assert_eq!(conds.len(), 2);
+    assert_eq!(
+        conds
+            .iter()
+            .find(|c| c.type_ == "NetworkUnavailable")
+            .unwrap()
+            .status,
+        "False"
+    );
+    // Merge patch on spec sets the podCIDRs once.
+    let n = nodes
+        .patch(
+            "n1",
+            &pp,
+            &Patch::Merge(
+                json!({"spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n.spec.unwrap().pod_cidrs.unwrap(), vec!["10.244.1.0/24"]);
+    // ... and never again.
+    let err = nodes
+        .patch(
+            "n1",
+            &pp,
+            &Patch::Merge(
+                json!({"spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422);
+            assert!(
+                s.message
+                    .contains("node updates may not change podCIDR except from \"\" to valid"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // JSON patch, with a failing test op.
+    let n = json_patch(
+        &client,
+        "/api/v1/nodes/n1",
+        json!([{"op": "add", "path": "/metadata/labels", "value": {"zone": "a"}}]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n["metadata"]["labels"]["zone"], "a");
+    let bad = json!([{"op": "test", "path": "/metadata/labels/zone", "value": "b"}]);
+    assert_eq!(
+        code(
+            json_patch(&client, "/api/v1/nodes/n1", bad)
+                .await
+                .unwrap_err()
+        ),
+        422
+    );
+    // Writes to the main resource ignore status, and the other way round.
+    let n = nodes
+        .patch(
+            "n1",
+            &pp,
+            &Patch::Merge(
+                json!({"status": {"conditions": []}, "metadata": {"labels": {"x": "1"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n.status.unwrap().conditions.unwrap().len(), 2);
+    let n = nodes
+        .patch_status(
+            "n1",
+            &pp,
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"y": "1"}}, "status": {"phase": "Running"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(!n.labels().contains_key("y"));
+    // A stale resourceVersion in a patch is a conflict.
+    let stale = Patch::Merge(json!({"metadata": {"resourceVersion": "1", "labels": {"z": "1"}}}));
+    assert_eq!(code(nodes.patch("n1", &pp, &stale).await.unwrap_err()), 409);
+}
+
+#[tokio::test]
+async fn pod_patches_and_status_ips() {
+    let (_h, client) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let p = pod(&pods, "p").await;
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Pending"));
+    let pp = PatchParams::default();
+    let p = pods
+        .patch_status(
+            "p",
+            &pp,
+            &Patch::Merge(json!({"status": {"podIP": "10.244.1.5", "phase": "Running"}})),
+        )
+        .await
+        .unwrap();
+    let st = p.status.unwrap();
+    assert_eq!(st.pod_ips.unwrap()[0].ip, "10.244.1.5");
+    let p = pods
+        .patch_status("p", &pp, &Patch::Strategic(json!({"status": {"podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00::5"}], "conditions": [{"type": "Ready", "status": "True"}]}})))
+        .await
+        .unwrap();
+    let st = p.status.unwrap();
+    assert_eq!(st.pod_ips.unwrap().len(), 2);
+    assert_eq!(st.conditions.unwrap().len(), 1);
+    let bad = Patch::Merge(
+        json!({"status": {"podIP": "", "podIPs": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]}}),
+    );
+    assert_eq!(
+        code(pods.patch_status("p", &pp, &bad).await.unwrap_err()),
+        422
+    );
+    // Labels may change; the spec may not (beyond images).
+    let p = pods
+        .patch(
+            "p",
+            &pp,
+            &Patch::Strategic(json!({"metadata": {"labels": {"app": "web"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.labels()["app"], "web");
+    let p = pods
+        .patch(
+            "p",
+            &pp,
+            &Patch::Strategic(
+                json!({"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        p.spec.unwrap().containers[0].image.as_deref(),
+        Some("busybox:2")
+    );
+    let jp = json!([{"op": "replace", "path": "/spec/nodeName", "value": "n2"}]);
+    assert_eq!(
+        code(
+            json_patch(&client, "/api/v1/namespaces/default/pods/p", jp)
+                .await
+                .unwrap_err()
+        ),
+        422
+    );
+    assert_eq!(
+        code(
+            pods.patch("missing", &pp, &Patch::Merge(json!({})))
+                .await
+                .unwrap_err()
+        ),
+        404
+    );
+}
+
+#[tokio::test]
+async fn server_side_apply_tracks_managers() {
+    let (_h, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cfg = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"mode": v}});
+    let a = cms
+        .patch("cfg", &PatchParams::apply("agent"), &Patch::Apply(cfg("x")))
+        .await
+        .unwrap();
+    let b = cms
+        .patch("cfg", &PatchParams::apply("agent"), &Patch::Apply(cfg("x")))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.resource_version(),
+        b.resource_version(),
+        "re-apply is a no-op"
+    );
+    let err = cms
+        .patch("cfg", &PatchParams::apply("other"), &Patch::Apply(cfg("y")))
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), 409);
+    let c = cms
+        .patch(
+            "cfg",
+            &PatchParams::apply("other").force(),
+            &Patch::Apply(cfg("y")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.data.unwrap()["mode"], "y");
+    let managers: Vec<String> = c
+        .metadata
+        .managed_fields
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, vec!["other"]);
+    // Dropping a field from the applied configuration removes it.
+    let two = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"mode": "y", "extra": "1"}});
+    cms.patch("cfg", &PatchParams::apply("other"), &Patch::Apply(two))
+        .await
+        .unwrap();
+    let d = cms
+        .patch("cfg", &PatchParams::apply("other"), &Patch::Apply(cfg("y")))
+        .await
+        .unwrap();
+    assert!(!d.data.unwrap().contains_key("extra"));
+    // Apply needs a field manager.
+    assert_eq!(
+        code(
+            cms.patch("cfg", &PatchParams::default(), &Patch::Apply(cfg("y")))
+                .await
+                .unwrap_err()
+        ),
+        400
+    );
+}
+
+#[tokio::test]
+async fn network_policy_defaulting_and_validation() {
+    let (_h, client) = start().await;
+    let nps: Api<NetworkPolicy> = Api::namespaced(client, "default");
+    let np = |name: &str, spec: serde_json::Value| -> NetworkPolicy {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let created = nps
+        .create(&PostParams::default(), &np("egress", json!({"podSelector": {}, "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 443}]}]})))
+        .await
+        .unwrap();
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.policy_types.unwrap(), vec!["Ingress", "Egress"]);
+    assert_eq!(
+        spec.egress.unwrap()[0].ports.as_ref().unwrap()[1]
+            .protocol
+            .as_deref(),
+        Some("TCP")
+    );
+    assert_eq!(created.metadata.generation, Some(1));
+    let bad = np(
+        "bad",
+        json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}),
+    );
+    match nps.create(&PostParams::default(), &bad).await.unwrap_err() {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+            assert!(
+                s.message.contains("spec.ingress[0].from[0].ipBlock.cidr"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad = np(
+        "bad",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "protocol": "ICMP"}]}]}),
+    );
+    assert_eq!(
+        code(nps.create(&PostParams::default(), &bad).await.unwrap_err()),
+        422
+    );
+    // A spec change bumps the generation.
+    let p = nps
+        .patch(
+            "egress",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"egress": []}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.metadata.generation, Some(2));
+}
+
+#[tokio::test]
+async fn unknown_fields_follow_field_validation() {
+    let (h, _client) = start().await;
+    let body = serde_json::to_vec(
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "u"}, "bogus": 1}),
+    )
+    .unwrap();
+    let client = h.client().unwrap();
+    let req = |q: &str| {
+        http::Request::post(format!("/api/v1/namespaces/default/configmaps{q}"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .unwrap()
+    };
+    let err = client
+        .request::<ConfigMap>(req("?fieldValidation=Strict"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), 400);
+    let cm = client.request::<ConfigMap>(req("")).await.unwrap();
+    assert_eq!(cm.name_any(), "u");
+}
+
+#[tokio::test]
+async fn custom_resources_are_served_after_their_crd() {
+    let (_h, client) = start().await;
+    let crds: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::erase::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(&()));
+    let crd: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "adminnetworkpolicies.policy.networking.k8s.io"},
+        "spec": {"group": "policy.networking.k8s.io", "scope": "Cluster",
+            "names": {"plural": "adminnetworkpolicies", "kind": "AdminNetworkPolicy", "shortNames": ["anp"]},
+            "versions": [{"name": "v1alpha1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "required": ["priority"], "properties": {
+                        "priority": {"type": "integer", "minimum": 0, "maximum": 1000},
+                        "subject": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}}))
+    .unwrap();
+    let made = crds.create(&PostParams::default(), &crd).await.unwrap();
+    assert_eq!(made.data["status"]["conditions"][1]["type"], "Established");
+    let ar = ApiResource {
+        group: "policy.networking.k8s.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "policy.networking.k8s.io/v1alpha1".into(),
+        kind: "AdminNetworkPolicy".into(),
+        plural: "adminnetworkpolicies".into(),
+    };
+    let anps: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let anp: DynamicObject = serde_json::from_value(json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+        "metadata": {"name": "deny"}, "spec": {"priority": 10, "subject": {"namespaces": {}}, "junk": true}, "status": {"x": 1}})).unwrap();
+    let made = anps.create(&PostParams::default(), &anp).await.unwrap();
+    assert!(
+        made.data["spec"].get("junk").is_none(),
+        "unknown fields are pruned"
+    );
+    assert!(
+        made.data.get("status").is_none(),
+        "status is set through the subresource only"
+    );
+    let bad: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+        "metadata": {"name": "bad"}, "spec": {"priority": 5000}}),
+    )
+    .unwrap();
+    assert_eq!(
+        code(anps.create(&PostParams::default(), &bad).await.unwrap_err()),
+        422
+    );
+    assert_eq!(
+        anps.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    // Deleting the CRD removes its objects and its API.
+    crds.delete(
+        "adminnetworkpolicies.policy.networking.k8s.io",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        code(anps.list(&ListParams::default()).await.unwrap_err()),
+        404
+    );
+}
+
+#[tokio::test]
+async fn events_are_one_set_in_two_apis() {
+    let (_h, client) = start().await;
+    let v1: Api<EventV1> = Api::namespaced(client.clone(), "default");
+    let ev: EventV1 = serde_json::from_value(json!({"metadata": {"name": "e1"}, "eventTime": "2025-01-01T00:00:00.000000Z",
+        "regarding": {"kind": "Node", "name": "n1"}, "note": "route created", "reason": "RouteCreated", "type": "Normal",
+        "action": "Create", "reportingController": "underlay", "reportingInstance": "x"})).unwrap();
+    v1.create(&PostParams::default(), &ev).await.unwrap();
+    let core: Api<CoreEvent> = Api::namespaced(client, "default");
+    let got = core.get("e1").await.unwrap();
+    assert_eq!(got.message.as_deref(), Some("route created"));
+    assert_eq!(got.involved_object.name.as_deref(), Some("n1"));
+}
+
+#[tokio::test]
+async fn injected_failures_and_delays() {
+    let (h, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    // Without retries the client sees the 429 and its Retry-After.
+    let mut config = h.kube_config().unwrap();
+    config.default_retry = false;
+    let raw: Api<ConfigMap> = Api::namespaced(Client::try_from(config).unwrap(), "default");
+    h.faults().fail_next(
+        1,
+        Failure::TooManyRequests {
+            retry_after_seconds: 1,
+        },
+        Match::any(),
+    );
+    match raw.list(&ListParams::default()).await.unwrap_err() {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (429, "TooManyRequests"));
+            assert_eq!(s.details.unwrap().retry_after_seconds, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    // kube-rs' default client waits as told and succeeds.
+    h.faults().fail_next(
+        1,
+        Failure::TooManyRequests {
+            retry_after_seconds: 1,
+        },
+        Match::any(),
+    );
+    let t = Instant::now();
+    cms.list(&ListParams::default()).await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "the retry honoured Retry-After"
+    );
+    h.faults().fail_next(
+        1,
+        Failure::Internal,
+        Match {
+            method: Some(http::Method::GET),
+            path_contains: Some("/configmaps".into()),
+        },
+    );
+    assert_eq!(
+        code(cms.list(&ListParams::default()).await.unwrap_err()),
+        500
+    );
+    cms.list(&ListParams::default()).await.unwrap();
+    assert_eq!(h.faults().injected(), 3);
+    h.faults().delay(Some(Duration::from_millis(300)));
+    let t = Instant::now();
+    cms.list(&ListParams::default()).await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "responses are delayed"
+    );
+    h.faults().clear();
+}
+
+#[tokio::test]
+async fn snapshot_restores_objects_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let config = Config {
+        snapshot: Some(path.clone()),
+        ..Config::default()
+    };
+    let h = ApiServer::start(config.clone()).await.unwrap();
+    let nodes: Api<Node> = Api::all(h.client().unwrap());
+    let made = node(&nodes, "kept").await;
+    let rv = h.resource_version();
+    h.shutdown().await.unwrap();
+    let h = ApiServer::start(config).await.unwrap();
+    let nodes: Api<Node> = Api::all(h.client().unwrap());
+    let again = nodes.get("kept").await.unwrap();
+    assert_eq!(again.uid(), made.uid());
+    assert!(h.resource_version() >= rv);
+    let newer = node(&nodes, "new").await;
+    assert!(newer.resource_version().unwrap().parse::<u64>().unwrap() > rv);
+}
+
+#[tokio::test]
+async fn plain_http_serves_kube_rs_clients() {
+    let h = ApiServer::start(Config {
+        tls: false,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    assert!(h.url().starts_with("http://"));
+    let nodes: Api<Node> = Api::all(h.client().unwrap());
+    assert!(
+        nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(h.kubeconfig().contains(&h.url()));
+}
