@@ -274,10 +274,16 @@ async fn down_dir(dir: &Path) -> Result<()> {
         // After a crash the supervisor's children may still run: kill the
         // ones recorded, checking their command line names this lab (a
         // recycled pid must not be hit).
+        let mut killed = Vec::new();
         for p in &state.processes {
             if alive(p.pid) && cmdline(p.pid).contains(&marker) {
                 kill(p.pid, nix::sys::signal::Signal::SIGKILL);
+                killed.push(p.pid);
             }
+        }
+        let start = Instant::now();
+        while killed.iter().any(|p| alive(*p)) && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for n in &state.nodes {
             netns::delete(&n.netns).await?;
