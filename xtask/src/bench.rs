@@ -27,19 +27,30 @@ pub enum Suite {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
     },
-    /// CNI ADD+DEL latency (p50/p99), one at a time and 8 at a time:
-    /// underlay (plugin + agent) against the reference ptp + host-local
-    /// plugins in the same run, as ratios (needs root).
-    Cni,
+    /// Policy engine on a 100-pod node in a 10,000-pod, 1,000-namespace,
+    /// 2,000-policy cluster, in a network namespace it creates (needs
+    /// root): first programming and one policy / label / pod change
+    /// (p50/p99), against restoring the full ruleset from scratch.
+    Policy {
+        /// Extra arguments (`--pods N --namespaces N --policies N --local N
+        /// --iterations N`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
     /// Route table convergence and ARM write count: 400 nodes join, then 50
     /// leave and 50 join, against the lab's ARM service with scaled-down
     /// Azure latency; underlay against per-route PUTs and a fixed 30 s batch
     /// + 30 s settle, as ratios.
     Routes,
+    /// CNI ADD+DEL latency (p50/p99), one at a time and 8 at a time:
+    /// underlay (plugin + agent) against the reference ptp + host-local
+    /// plugins in the same run, as ratios (needs root).
+    Cni,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     match &args.suite {
+        Suite::Cni => exec(cargo().args(["bench", "-p", "underlay-cni", "--bench", "cni"])),
         // The routes suite waits on (scaled) Azure latency, not on CPU, so
         // the quick-to-build dev profile measures the same thing.
         Suite::Routes => exec(cargo().args([
@@ -51,10 +62,14 @@ pub fn run(args: &Args) -> Result<()> {
             "--profile",
             "dev",
         ])),
-        Suite::Cni => exec(cargo().args(["bench", "-p", "underlay-cni", "--bench", "cni"])),
         Suite::Ipam { rest } => exec(
             cargo()
                 .args(["bench", "-p", "underlay-ipam", "--bench", "allocator", "--"])
+                .args(rest),
+        ),
+        Suite::Policy { rest } => exec(
+            cargo()
+                .args(["bench", "-p", "underlay-policy", "--bench", "policy", "--"])
                 .args(rest),
         ),
         Suite::Datapath { rest } => {

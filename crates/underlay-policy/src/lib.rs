@@ -13,11 +13,13 @@
 //! - [`agent`]: the async runtime around the engine: kube watchers, attach
 //!   and detach of endpoints, periodic repair.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`args`]: the command-line flags the agent binary flattens in.
 //!
 //! This crate is a library used by the agent binary; it never depends on it.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod args;
 pub mod compile;
 pub mod convert;
 pub mod dataplane;
@@ -27,6 +29,7 @@ pub mod index;
 pub mod metrics;
 pub mod model;
 
+pub use args::PolicyArgs;
 pub use compile::Config;
 pub use dataplane::{CommandDataplane, Dataplane, FakeDataplane};
 pub use engine::{Engine, Status, SyncReport};

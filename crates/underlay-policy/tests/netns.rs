@@ -48,7 +48,9 @@ async fn reaches(lab: &Lab, p: Probe) -> bool {
 /// x/a accepts ingress only from pods `b` of its namespace.
 fn only_b_to_a() -> Policy {
     let mut p = Policy::new("x", "only-b", Selector::labels([("pod", "a")]));
-    p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([("pod", "b")]))])];
+    p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([(
+        "pod", "b",
+    )]))])];
     p
 }
 
@@ -131,8 +133,19 @@ async fn every_scenario_holds_for_real_packets() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Logging scenario left its NFLOG rule behind only while it applied.
-    let saved = sh(&["ip", "netns", "exec", &lab.node, "iptables-save", "-t", "filter"]);
-    assert!(!saved.contains("NFLOG"), "logging rules outlived their scenario");
+    let saved = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node,
+        "iptables-save",
+        "-t",
+        "filter",
+    ]);
+    assert!(
+        !saved.contains("NFLOG"),
+        "logging rules outlived their scenario"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +163,18 @@ async fn denied_packets_are_logged_when_the_namespace_asks() {
     });
     engine.sync().unwrap();
     assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
-    let rules = sh(&["ip", "netns", "exec", &lab.node, "iptables", "-t", "filter", "-S", "UDL-I-udlxa", "-v"]);
+    let rules = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node,
+        "iptables",
+        "-t",
+        "filter",
+        "-S",
+        "UDL-I-udlxa",
+        "-v",
+    ]);
     let nflog = rules
         .lines()
         .find(|l| l.contains("NFLOG"))
@@ -179,8 +203,14 @@ async fn a_restart_under_traffic_adopts_the_rules_with_no_window() {
     assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
 
     drop(first); // the agent stops: its rules stay in the kernel
-    assert!(conn.echo().await, "established flow dropped while no agent ran");
-    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await, "open while no agent ran");
+    assert!(
+        conn.echo().await,
+        "established flow dropped while no agent ran"
+    );
+    assert!(
+        !reaches(&lab, tcp80("y/a", "x/a")).await,
+        "open while no agent ran"
+    );
 
     let mut second = engine(&lab);
     second.change(|idx| idx.apply_policy(only_b_to_a()));
@@ -193,18 +223,25 @@ async fn a_restart_under_traffic_adopts_the_rules_with_no_window() {
     // A restart that finds a changed policy applies only the difference.
     second.change(|idx| {
         let mut p = only_b_to_a();
-        p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([("pod", "c")]))])];
+        p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([(
+            "pod", "c",
+        )]))])];
         idx.apply_policy(p);
     });
     drop(second);
     let mut third = engine(&lab);
     third.change(|idx| {
         let mut p = only_b_to_a();
-        p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([("pod", "c")]))])];
+        p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([(
+            "pod", "c",
+        )]))])];
         idx.apply_policy(p);
     });
     let report = third.sync().unwrap();
-    assert!(report.sets_created == 2 && report.sets_destroyed == 2, "{report:?}");
+    assert!(
+        report.sets_created == 2 && report.sets_destroyed == 2,
+        "{report:?}"
+    );
     assert!(reaches(&lab, tcp80("x/c", "x/a")).await);
     assert!(!reaches(&lab, tcp80("x/b", "x/a")).await);
 }
@@ -217,7 +254,9 @@ async fn an_external_flush_is_repaired_by_the_periodic_check() {
     let lab = Lab::new("flush").await;
     // Someone else's rule, which must survive our syncs and repairs.
     sh(&["ip", "netns", "exec", &lab.node, "iptables", "-N", "OTHER"]);
-    sh(&["ip", "netns", "exec", &lab.node, "iptables", "-A", "FORWARD", "-j", "OTHER"]);
+    sh(&[
+        "ip", "netns", "exec", &lab.node, "iptables", "-A", "FORWARD", "-j", "OTHER",
+    ]);
     let metrics = Metrics::default();
     let mut e = Engine::new(
         CommandDataplane::in_netns(&lab.node),
@@ -244,7 +283,9 @@ async fn an_external_flush_is_repaired_by_the_periodic_check() {
     for fam in ["iptables", "ip6tables"] {
         sh(&["ip", "netns", "exec", &lab.node, fam, "-F"]);
     }
-    sh(&["ip", "netns", "exec", &lab.node, "iptables", "-A", "FORWARD", "-j", "OTHER"]);
+    sh(&[
+        "ip", "netns", "exec", &lab.node, "iptables", "-A", "FORWARD", "-j", "OTHER",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while metrics.repairs.get() == 0 {
         assert!(Instant::now() < deadline, "the flush was never repaired");
@@ -256,7 +297,15 @@ async fn an_external_flush_is_repaired_by_the_periodic_check() {
         ..tcp80("y/a", "x/a")
     };
     assert!(!reaches(&lab, v6).await, "IPv6 not repaired");
-    let saved = sh(&["ip", "netns", "exec", &lab.node, "iptables-save", "-t", "filter"]);
+    let saved = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node,
+        "iptables-save",
+        "-t",
+        "filter",
+    ]);
     assert_eq!(saved.matches("-A FORWARD -j OTHER").count(), 1, "{saved}");
     assert_eq!(saved.matches("-j UDL-FORWARD").count(), 1, "{saved}");
     for t in tasks {
@@ -290,7 +339,10 @@ async fn newly_denied_established_connections_are_cut() {
     let report = e.sync().unwrap();
     assert_eq!(report.conntrack_removed, 0);
     assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
-    assert!(conn.echo().await, "control: established flows pass without cleanup");
+    assert!(
+        conn.echo().await,
+        "control: established flows pass without cleanup"
+    );
 
     // With cleanup (the default), the change cuts it.
     e.set_conntrack_cleanup(true);

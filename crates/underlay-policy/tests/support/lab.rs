@@ -13,8 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use underlay_policy::model::{Family, Protocol};
@@ -105,7 +105,11 @@ impl Drop for Lab {
 /// socket its tasks create lives in that namespace.
 fn spawn_in_netns(
     netns: &str,
-) -> (Handle, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+) -> (
+    Handle,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
     let path = format!("/run/netns/{netns}");
     let (htx, hrx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -151,7 +155,15 @@ impl Lab {
             ("net.netfilter.nf_conntrack_tcp_timeout_syn_sent", "2"),
             ("net.netfilter.nf_conntrack_sctp_timeout_cookie_wait", "2"),
         ] {
-            sh(&["ip", "netns", "exec", &node, "sysctl", "-qw", &format!("{k}={v}")]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &node,
+                "sysctl",
+                "-qw",
+                &format!("{k}={v}"),
+            ]);
         }
         let mut node_script = String::from("link set lo up\n");
         for p in Pid::all() {
@@ -205,7 +217,10 @@ impl Lab {
         let mut tasks = Vec::new();
         for p in probes {
             let p = *p;
-            tasks.push(self.handle(p.src).spawn(async move { probe(p, timeout).await }));
+            tasks.push(
+                self.handle(p.src)
+                    .spawn(async move { probe(p, timeout).await }),
+            );
         }
         let mut out = Vec::new();
         for t in tasks {
@@ -244,7 +259,9 @@ async fn serve() -> std::io::Result<()> {
         let tcp = TcpListener::bind(("::", port)).await?;
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = tcp.accept().await else { return };
+                let Ok((mut s, _)) = tcp.accept().await else {
+                    return;
+                };
                 tokio::spawn(async move {
                     // Echo until the peer closes: long-lived flows use it.
                     let mut buf = [0u8; 512];
@@ -265,7 +282,9 @@ async fn serve() -> std::io::Result<()> {
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             loop {
-                let Ok((n, from)) = udp.recv_from(&mut buf).await else { return };
+                let Ok((n, from)) = udp.recv_from(&mut buf).await else {
+                    return;
+                };
                 let _ = udp.send_to(&buf[..n], from).await;
             }
         });
@@ -275,9 +294,13 @@ async fn serve() -> std::io::Result<()> {
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             loop {
-                let Ok((n, Some(from))) = recv_raw(&sock, &mut buf).await else { continue };
+                let Ok((n, Some(from))) = recv_raw(&sock, &mut buf).await else {
+                    continue;
+                };
                 let payload = strip_ipv4_header(domain, &buf[..n]);
-                let Some(init) = parse_sctp(payload) else { continue };
+                let Some(init) = parse_sctp(payload) else {
+                    continue;
+                };
                 if init.chunk != 1 || !PORTS.contains(&init.dport) {
                     continue;
                 }
@@ -300,14 +323,16 @@ fn raw_sctp(domain: Domain) -> std::io::Result<AsyncFd<Socket>> {
     AsyncFd::new(s)
 }
 
-async fn recv_raw(sock: &AsyncFd<Socket>, buf: &mut [u8]) -> std::io::Result<(usize, Option<IpAddr>)> {
+async fn recv_raw(
+    sock: &AsyncFd<Socket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<IpAddr>)> {
     use nix::sys::socket::{SockaddrStorage, recvfrom};
     use std::os::fd::AsRawFd;
     loop {
         let mut guard = sock.readable().await?;
         let r = guard.try_io(|s| {
-            recvfrom::<SockaddrStorage>(s.get_ref().as_raw_fd(), buf)
-                .map_err(std::io::Error::from)
+            recvfrom::<SockaddrStorage>(s.get_ref().as_raw_fd(), buf).map_err(std::io::Error::from)
         });
         match r {
             Ok(Ok((n, from))) => {
@@ -413,7 +438,9 @@ pub async fn probe(p: Probe, timeout: Duration) -> bool {
                     Family::V4 => "0.0.0.0:0".parse().unwrap(),
                     Family::V6 => "[::]:0".parse().unwrap(),
                 };
-                let Ok(s) = UdpSocket::bind(bind).await else { return false };
+                let Ok(s) = UdpSocket::bind(bind).await else {
+                    return false;
+                };
                 if s.send_to(b"probe", dst).await.is_err() {
                     return false;
                 }
@@ -423,12 +450,20 @@ pub async fn probe(p: Probe, timeout: Duration) -> bool {
             Protocol::Sctp => sctp_probe(p.dst.ip(p.family), p.port).await,
         }
     };
-    tokio::time::timeout(timeout, attempt).await.unwrap_or(false)
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(false)
 }
 
 async fn sctp_probe(dst: IpAddr, port: u16) -> bool {
-    let domain = if dst.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-    let Ok(sock) = raw_sctp(domain) else { return false };
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let Ok(sock) = raw_sctp(domain) else {
+        return false;
+    };
     let sport = SCTP_PORT.fetch_add(1, Ordering::Relaxed) % 30000 + 20000;
     let tag = 0x1000_0000 | u32::from(sport) << 8 | u32::from(port & 0xff);
     let init = sctp_packet(sport, port, 0, 1, tag);
@@ -441,7 +476,9 @@ async fn sctp_probe(dst: IpAddr, port: u16) -> bool {
     }
     let mut buf = [0u8; 2048];
     loop {
-        let Ok((n, _)) = recv_raw(&sock, &mut buf).await else { return false };
+        let Ok((n, _)) = recv_raw(&sock, &mut buf).await else {
+            return false;
+        };
         let payload = strip_ipv4_header(domain, &buf[..n]);
         if let Some(r) = parse_sctp(payload)
             && r.chunk == 2

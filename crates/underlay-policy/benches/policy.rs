@@ -1,0 +1,355 @@
+//! `cargo xtask bench policy`: the engine on a node with 100 local pods in
+//! a cluster of 10,000 pods, 1,000 namespaces and 2,000 policies, against
+//! the real iptables/ipset tools in a network namespace this benchmark
+//! creates. Reports time to first full programming and the p50/p99 of one
+//! policy change, one pod label change and one new pod, each as a ratio to
+//! the floor: restoring the same full ruleset from scratch into an empty
+//! namespace, measured in the same run.
+//!
+//! Flags: `--pods N --namespaces N --policies N --local N --iterations N`.
+#![allow(clippy::print_stdout)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+use underlay_policy::dataplane::{Call, Dataplane, FakeDataplane};
+use underlay_policy::index::Index;
+use underlay_policy::metrics::Metrics;
+use underlay_policy::model::{
+    Endpoint, Expression, Namespace, Peer, Pod, PodKey, Policy, PolicyTypes, PortMatch, Protocol,
+    Rule, Selector,
+};
+use underlay_policy::{CommandDataplane, Config, Engine};
+
+struct Scale {
+    pods: usize,
+    namespaces: usize,
+    policies: usize,
+    local: usize,
+    iterations: usize,
+}
+
+fn parse_args() -> Scale {
+    let mut s = Scale {
+        pods: 10_000,
+        namespaces: 1_000,
+        policies: 2_000,
+        local: 100,
+        iterations: 50,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).and_then(|v| v.parse::<usize>().ok());
+        let slot = match args[i].as_str() {
+            "--pods" => Some(&mut s.pods),
+            "--namespaces" => Some(&mut s.namespaces),
+            "--policies" => Some(&mut s.policies),
+            "--local" => Some(&mut s.local),
+            "--iterations" => Some(&mut s.iterations),
+            _ => None, // cargo passes `--bench`
+        };
+        if let (Some(slot), Some(v)) = (slot, value) {
+            *slot = v;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    s
+}
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("udlbench-{}-{tag}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "could not create network namespace {name}; run as root");
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ns_name(i: usize) -> String {
+    format!("ns-{i}")
+}
+
+fn ip_of(i: usize) -> String {
+    format!("10.{}.{}.{}", 100 + i / 62500, (i / 250) % 250, i % 250 + 1)
+}
+
+fn pod(i: usize, scale: &Scale, label: &str) -> Pod {
+    let ns = i % scale.namespaces;
+    Pod::new(&ns_name(ns), &format!("pod-{i}"))
+        .label("app", &format!("app-{}", (i / scale.namespaces) % 5))
+        .label("tier", label)
+        .ip(&ip_of(i))
+        .port("http", Protocol::Tcp, 8080 + (i % 3) as u16)
+}
+
+/// Two policies per namespace until the count is reached: a default deny
+/// of ingress, and an allow from frontends of the same team on numeric and
+/// named ports, with an egress rule to an address block.
+fn policy(k: usize, scale: &Scale) -> Policy {
+    let ns = k % scale.namespaces;
+    if k < scale.namespaces {
+        return Policy::new(&ns_name(ns), "default-deny", Selector::everything());
+    }
+    let mut p = Policy::new(
+        &ns_name(ns),
+        &format!("allow-{k}"),
+        Selector::labels([("app", "app-0")]),
+    );
+    p.types = PolicyTypes {
+        ingress: true,
+        egress: true,
+    };
+    p.ingress = vec![
+        Rule::from(vec![
+            Peer::both(
+                Selector::labels([("team", &format!("t{}", ns % 20))]),
+                Selector::default().with(Expression::In("tier".into(), vec!["frontend".into()])),
+            ),
+            Peer::pods(Selector::labels([("tier", "backend")])),
+        ])
+        .ports(vec![
+            PortMatch::tcp(443),
+            PortMatch::named(Protocol::Tcp, "http"),
+        ]),
+    ];
+    p.egress = vec![
+        Rule::from(vec![Peer::block("10.0.0.0/8", &["10.200.0.0/16"])])
+            .ports(vec![PortMatch::range(Protocol::Tcp, 8000, 8100)]),
+        Rule::from(vec![Peer::namespaces(Selector::labels([(
+            "team",
+            &format!("t{}", ns % 20),
+        )]))]),
+    ];
+    p
+}
+
+fn build(index: &mut Index, scale: &Scale) {
+    for n in 0..scale.namespaces {
+        index.apply_namespace(Namespace::new(&ns_name(n)).label("team", &format!("t{}", n % 20)));
+    }
+    for i in 0..scale.pods {
+        let tier = if i % 3 == 0 { "frontend" } else { "backend" };
+        index.apply_pod(pod(i, scale, tier));
+    }
+    for k in 0..scale.policies {
+        index.apply_policy(policy(k, scale));
+    }
+    // Local pods: the first pod of the first `local` namespaces, so every
+    // local pod is selected by its namespace's policies.
+    for i in 0..scale.local {
+        index.apply_endpoint(Endpoint {
+            pod: PodKey::new(ns_name(i % scale.namespaces), format!("pod-{i}")),
+            interface: format!("udlb{i}"),
+            ips: vec![ip_of(i).parse().unwrap()],
+        });
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let scale = parse_args();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "bench policy: needs root to create a network namespace; run `sudo -E cargo xtask bench policy`"
+        );
+        std::process::exit(2);
+    }
+    println!(
+        "policy bench: {} pods, {} namespaces, {} policies, {} local pods, {} iterations",
+        scale.pods, scale.namespaces, scale.policies, scale.local, scale.iterations
+    );
+
+    // The full ruleset, captured by the recording fake.
+    let rss_before = rss_kib();
+    let fake = FakeDataplane::new();
+    let mut capture = Engine::new(fake.clone(), Config::default(), Metrics::default());
+    let t = Instant::now();
+    capture.change(|i| build(&mut *i, &scale));
+    let index_time = t.elapsed();
+    capture.sync().expect("compile into the fake");
+    let status = capture.status();
+    let scripts: Vec<Call> = fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::RestoreFilter(..) | Call::RestoreSets(_)))
+        .cloned()
+        .collect();
+    drop(capture);
+
+    // Floor: the same full ruleset restored from scratch in an empty netns.
+    let mut floor = Vec::new();
+    for round in 0..3 {
+        let ns = Netns::new(&format!("floor{round}"));
+        let mut dp = CommandDataplane::in_netns(&ns.0);
+        let t = Instant::now();
+        for c in &scripts {
+            match c {
+                Call::RestoreSets(s) => dp.restore_sets(s).expect("floor ipset restore"),
+                Call::RestoreFilter(f, s) => {
+                    dp.restore_filter(*f, s).expect("floor iptables-restore")
+                }
+                _ => {}
+            }
+        }
+        floor.push(t.elapsed());
+    }
+    let floor = percentile(&mut floor, 0.5);
+
+    // The engine against the real tools.
+    let ns = Netns::new("engine");
+    let metrics = Metrics::default();
+    let mut engine = Engine::new(
+        CommandDataplane::in_netns(&ns.0),
+        Config::default(),
+        metrics,
+    );
+    engine.change(|i| build(&mut *i, &scale));
+    let t = Instant::now();
+    engine.sync().expect("first full programming");
+    let first = t.elapsed();
+    let rss_after = rss_kib();
+    engine.set_conntrack_cleanup(false);
+
+    let mut policy_change = Vec::new();
+    let target = scale.namespaces; // the first allow policy
+    for n in 0..scale.iterations {
+        let mut p = policy(target, &scale);
+        p.ingress[0].ports[0] = PortMatch::tcp(1000 + n as u16);
+        let t = Instant::now();
+        engine.change(|i| i.apply_policy(p));
+        let r = engine.sync().expect("policy change");
+        policy_change.push(t.elapsed());
+        assert!(r.chains_written >= 1);
+    }
+
+    let mut label_change = Vec::new();
+    for n in 0..scale.iterations {
+        // A remote pod of a team-selected namespace flips frontend/backend.
+        let i = scale.local + 20 * (n % (scale.pods / 20 - 10)) + 3;
+        let tier = if n % 2 == 0 { "frontend" } else { "backend" };
+        let p = pod(i, &scale, tier);
+        let t = Instant::now();
+        engine.change(|idx| idx.apply_pod(p));
+        engine.sync().expect("label change");
+        label_change.push(t.elapsed());
+    }
+
+    let mut new_pod = Vec::new();
+    for n in 0..scale.iterations {
+        let i = scale.pods + n;
+        let p = pod(i, &scale, "backend");
+        let ep = Endpoint {
+            pod: p.key.clone(),
+            interface: format!("udln{n}"),
+            ips: p.ips.clone(),
+        };
+        let t = Instant::now();
+        engine.change(|idx| {
+            idx.apply_pod(p);
+            idx.apply_endpoint(ep);
+        });
+        engine.sync().expect("new pod");
+        new_pod.push(t.elapsed());
+    }
+
+    let mut with_conntrack = Vec::new();
+    engine.set_conntrack_cleanup(true);
+    for n in 0..scale.iterations.min(20) {
+        let mut p = policy(target, &scale);
+        p.ingress[0].ports[0] = PortMatch::tcp(2000 + n as u16);
+        let t = Instant::now();
+        engine.change(|i| i.apply_policy(p));
+        engine.sync().expect("policy change");
+        with_conntrack.push(t.elapsed());
+    }
+
+    println!();
+    println!(
+        "index build (pure, {} objects): {:.1} ms",
+        scale.pods + scale.namespaces + scale.policies,
+        ms(index_time)
+    );
+    println!(
+        "ruleset: {} rules (both families), {} ipset members, {} restore scripts, {} policies and {} endpoints active",
+        status.rules,
+        status.ipset_members,
+        scripts.len(),
+        status.policies,
+        status.endpoints
+    );
+    println!(
+        "resident memory: {} MiB (+{} MiB for the index and ruleset)",
+        rss_after / 1024,
+        rss_after.saturating_sub(rss_before) / 1024
+    );
+    println!();
+    println!(
+        "{:<44} {:>10} {:>10} {:>12}",
+        "", "p50 ms", "p99 ms", "p50 / floor"
+    );
+    println!(
+        "{:<44} {:>10.2} {:>10} {:>12}",
+        "floor: full ruleset restored from scratch",
+        ms(floor),
+        "",
+        "1.00"
+    );
+    println!(
+        "{:<44} {:>10.2} {:>10} {:>12.2}",
+        "first full programming",
+        ms(first),
+        "",
+        first.as_secs_f64() / floor.as_secs_f64()
+    );
+    for (name, v) in [
+        ("one policy change", &mut policy_change),
+        ("one pod label change", &mut label_change),
+        ("one new local pod", &mut new_pod),
+        ("one policy change + conntrack check", &mut with_conntrack),
+    ] {
+        let p50 = percentile(v, 0.5);
+        let p99 = percentile(v, 0.99);
+        println!(
+            "{:<44} {:>10.2} {:>10.2} {:>12.3}",
+            name,
+            ms(p50),
+            ms(p99),
+            p50.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! The policy flags of the agent's command line (flattened into its
+//! `Args`); each also reads `UNDERLAY_<FLAG>` from the environment.
+
+use crate::agent::Options;
+use crate::compile::Config;
+use crate::dataplane::CommandDataplane;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct PolicyArgs {
+    /// Log packets that policy drops, in every namespace, to this NFLOG
+    /// group (otherwise only namespaces annotated
+    /// `policy.underlay.dev/log-denied: "true"` are logged).
+    #[arg(long, env = "UNDERLAY_POLICY_LOG_DENIED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub policy_log_denied: bool,
+    /// NFLOG group of logged denied packets.
+    #[arg(long, env = "UNDERLAY_POLICY_NFLOG_GROUP", default_value_t = 100)]
+    pub policy_nflog_group: u16,
+    /// Rate limit of logged denied packets (iptables `limit` syntax).
+    #[arg(long, env = "UNDERLAY_POLICY_LOG_RATE", default_value = "10/second")]
+    pub policy_log_rate: String,
+    /// Seconds between checks that repair our chains and sets if someone
+    /// changed them.
+    #[arg(long, env = "UNDERLAY_POLICY_REPAIR_INTERVAL", default_value_t = 30)]
+    pub policy_repair_interval: u64,
+    /// Host-side interface prefix of pod veths (the CNI plugin's).
+    #[arg(long, env = "UNDERLAY_POLICY_INTERFACE_PREFIX", default_value = "udl")]
+    pub policy_interface_prefix: String,
+    /// Packet mark bit used while evaluating policy (cleared afterwards);
+    /// pick one no other component on the node uses.
+    #[arg(long, env = "UNDERLAY_POLICY_MARK", default_value = "0x100000", value_parser = parse_mark)]
+    pub policy_mark: u32,
+    /// iptables command prefix: `iptables` (the system's choice),
+    /// `iptables-legacy` or `iptables-nft`; `-save`/`-restore` are appended
+    /// and the IPv6 variant is derived.
+    #[arg(long, env = "UNDERLAY_POLICY_IPTABLES", default_value = "iptables")]
+    pub policy_iptables: String,
+    /// Delete conntrack entries of connections a policy change denies.
+    #[arg(long, env = "UNDERLAY_POLICY_CONNTRACK_CLEANUP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub policy_conntrack_cleanup: bool,
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let v = match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|_| format!("{s:?} is not a number; write a single bit such as 0x100000"))?;
+    if v.count_ones() != 1 {
+        return Err(format!("{s:?} must be a single bit, such as 0x100000"));
+    }
+    Ok(v)
+}
+
+impl PolicyArgs {
+    pub fn config(&self) -> Config {
+        Config {
+            interface_prefix: self.policy_interface_prefix.clone(),
+            mark: self.policy_mark,
+            log_all: self.policy_log_denied,
+            nflog_group: self.policy_nflog_group,
+            log_rate: self.policy_log_rate.clone(),
+        }
+    }
+
+    pub fn options(&self) -> Options {
+        Options {
+            repair_interval: Duration::from_secs(self.policy_repair_interval.max(1)),
+            ..Options::default()
+        }
+    }
+
+    pub fn dataplane(&self) -> CommandDataplane {
+        let v6 = match self.policy_iptables.strip_prefix("iptables") {
+            Some(rest) => format!("ip6tables{rest}"),
+            None => format!("{}6", self.policy_iptables),
+        };
+        CommandDataplane {
+            iptables: [self.policy_iptables.clone(), v6],
+            ..CommandDataplane::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    }
+
+    #[test]
+    fn flags_default_and_validate() {
+        let c = Cli::try_parse_from(["x"]).unwrap().policy;
+        assert_eq!(c.config(), Config::default());
+        assert_eq!(
+            c.dataplane().iptables,
+            ["iptables".to_string(), "ip6tables".to_string()]
+        );
+        let c = Cli::try_parse_from([
+            "x",
+            "--policy-iptables",
+            "iptables-legacy",
+            "--policy-mark",
+            "0x4",
+        ])
+        .unwrap()
+        .policy;
+        assert_eq!(c.dataplane().iptables[1], "ip6tables-legacy");
+        assert_eq!(c.policy_mark, 4);
+        assert!(Cli::try_parse_from(["x", "--policy-mark", "0x3"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--policy-mark", "zz"]).is_err());
+    }
+}
