@@ -183,27 +183,38 @@ pub async fn delete_one(client: &Client, obj: &Value) -> Result<Outcome> {
 }
 
 /// The rollout state of one workload (None for kinds without a rollout).
+/// The object is read through discovery like everything applied, and only
+/// its metadata, spec and status are interpreted, so the same rules hold for
+/// any group serving the kind.
 pub async fn progress(client: &Client, obj: &Value) -> Result<Option<(String, rollout::Progress)>> {
     let kind = obj["kind"].as_str().unwrap_or_default();
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
-    let name = name(obj)?;
+    if kind != "Deployment" && kind != "DaemonSet" {
+        return Ok(None);
+    }
     let what = render::describe(obj);
-    let p = match kind {
-        "Deployment" => {
-            let d = Api::<Deployment>::namespaced(client.clone(), ns)
-                .get(name)
-                .await
-                .with_context(|| format!("read {what}"))?;
-            rollout::deployment(&d)
-        }
-        "DaemonSet" => {
-            let ds = Api::<DaemonSet>::namespaced(client.clone(), ns)
-                .get(name)
-                .await
-                .with_context(|| format!("read {what}"))?;
-            rollout::daemon_set(&ds)
-        }
-        _ => return Ok(None),
+    let (api, _) = api_for(client, obj).await?;
+    let live = api
+        .get(name(obj)?)
+        .await
+        .with_context(|| format!("read {what}"))?;
+    let metadata = live.metadata.clone();
+    let part = |key: &str| live.data.get(key).cloned().unwrap_or(Value::Null);
+    let p = if kind == "Deployment" {
+        rollout::deployment(&Deployment {
+            metadata,
+            spec: serde_json::from_value(part("spec"))
+                .with_context(|| format!("{what} has a malformed spec"))?,
+            status: serde_json::from_value(part("status"))
+                .with_context(|| format!("{what} has a malformed status"))?,
+        })
+    } else {
+        rollout::daemon_set(&DaemonSet {
+            metadata,
+            spec: serde_json::from_value(part("spec"))
+                .with_context(|| format!("{what} has a malformed spec"))?,
+            status: serde_json::from_value(part("status"))
+                .with_context(|| format!("{what} has a malformed status"))?,
+        })
     };
     Ok(Some((what, p)))
 }

@@ -1,0 +1,453 @@
+//! The container images, end to end: `cargo xtask image` builds them (static
+//! binaries included) twice with identical digests; skopeo and umoci read the
+//! OCI layouts and docker archives; every binary runs from the unpacked root
+//! filesystem and prints the version and commit; the agent image's iptables
+//! (both backends), ipset and conntrack work in a network namespace made for
+//! the test, and its entrypoint picks the backend that holds kubelet's hint.
+//!
+//! Needs root (chroot, network namespaces, device nodes in the unpacked
+//! root). Every network namespace is an anonymous one made by `unshare
+//! --net` for one command, so it disappears with that command.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Skips (returns false) when not root, unless UNDERLAY_REQUIRE_ROOT is set.
+fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("UNDERLAY_REQUIRE_ROOT").is_some() {
+        panic!("{test} needs root and UNDERLAY_REQUIRE_ROOT is set");
+    }
+    eprintln!("skipping {test}: needs root (chroot, network namespaces)");
+    false
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn head_commit() -> String {
+    stdout(&run(Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(root())))
+    .trim()
+    .to_string()
+}
+
+fn xtask(args: &[&str]) -> Output {
+    run(Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .current_dir(root()))
+}
+
+fn build_images(out: &Path) -> Value {
+    xtask(&[
+        "image",
+        "--profile",
+        "debug",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    serde_json::from_slice(&std::fs::read(out.join("images.json")).unwrap()).unwrap()
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("underlay-images-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn digests(summary: &Value) -> Vec<(String, String, String)> {
+    summary["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["manifestDigest"].as_str().unwrap().to_string(),
+                i["configDigest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Unpacks an image with umoci and gives its root filesystem a /dev/null,
+/// as a container runtime would.
+fn unpack(layout: &Path, name: &str, tag: &str, into: &Path) -> PathBuf {
+    let bundle = into.join(format!("bundle-{name}"));
+    run(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{tag}", layout.join(name).display()))
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("dev")).unwrap();
+    run(Command::new("mknod")
+        .arg(rootfs.join("dev/null"))
+        .args(["c", "1", "3"]));
+    rootfs
+}
+
+/// Runs a command inside the root filesystem, in a fresh network namespace.
+fn in_image(rootfs: &Path, env: &[(&str, &str)], argv: &[&str]) -> Output {
+    let mut cmd = Command::new("unshare");
+    cmd.arg("--net")
+        .arg("chroot")
+        .arg(rootfs)
+        .args(argv)
+        .env_clear();
+    cmd.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok_in_image(rootfs: &Path, env: &[(&str, &str)], argv: &[&str]) -> String {
+    let out = in_image(rootfs, env, argv);
+    assert!(
+        out.status.success(),
+        "{argv:?} in the image failed with {}:\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn images_are_reproducible_readable_and_their_binaries_and_tools_run() {
+    if !root_or_skip("images_are_reproducible_readable_and_their_binaries_and_tools_run") {
+        return;
+    }
+    let tmp = TempDir::new("e2e");
+    let (a, b) = (tmp.0.join("a"), tmp.0.join("b"));
+    // The images are stamped with HEAD: a commit landing between the two
+    // builds changes them legitimately, so such a pair is built again.
+    let (first, second) = (0..3)
+        .find_map(|_| {
+            let before = head_commit();
+            let first = build_images(&a);
+            let second = build_images(&b);
+            (head_commit() == before).then_some((first, second))
+        })
+        .expect("HEAD kept moving during three pairs of builds");
+    assert_eq!(
+        digests(&first),
+        digests(&second),
+        "two builds gave different digests"
+    );
+    let tag = first["version"].as_str().unwrap().to_string();
+    for name in ["underlay-route-controller", "underlay-agent"] {
+        let archive = format!("{name}-{tag}.docker.tar");
+        assert!(
+            std::fs::read(a.join(&archive)).unwrap() == std::fs::read(b.join(&archive)).unwrap(),
+            "{archive} differs between two builds"
+        );
+    }
+    let commit = head_commit();
+    assert_eq!(first["revision"], commit.as_str());
+
+    // skopeo reads both forms and sees the labels and the user.
+    for name in ["underlay-route-controller", "underlay-agent"] {
+        let oci = format!("oci:{}:{tag}", a.join(name).display());
+        let inspect: Value =
+            serde_json::from_slice(&run(Command::new("skopeo").args(["inspect", &oci])).stdout)
+                .unwrap();
+        let labels = &inspect["Labels"];
+        assert_eq!(
+            labels["org.opencontainers.image.revision"],
+            commit.as_str(),
+            "{name}"
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.version"],
+            tag.as_str(),
+            "{name}"
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.source"], "https://github.com/underlay-net/underlay",
+            "{name}"
+        );
+        assert!(
+            labels["org.opencontainers.image.licenses"]
+                .as_str()
+                .unwrap()
+                .contains("Apache-2.0")
+        );
+        assert_eq!(inspect["Architecture"], "amd64");
+        let docker = format!(
+            "docker-archive:{}",
+            a.join(format!("{name}-{tag}.docker.tar")).display()
+        );
+        let from_archive: Value =
+            serde_json::from_slice(&run(Command::new("skopeo").args(["inspect", &docker])).stdout)
+                .unwrap();
+        assert_eq!(
+            from_archive["Labels"], inspect["Labels"],
+            "{name}: the archive has other labels"
+        );
+    }
+    let config: Value = serde_json::from_slice(
+        &run(Command::new("skopeo").args([
+            "inspect",
+            "--config",
+            &format!(
+                "oci:{}:{tag}",
+                a.join("underlay-route-controller").display()
+            ),
+        ]))
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(config["config"]["User"], "65532:65532");
+    let agent_licences = {
+        let oci = format!("oci:{}:{tag}", a.join("underlay-agent").display());
+        let inspect: Value =
+            serde_json::from_slice(&run(Command::new("skopeo").args(["inspect", &oci])).stdout)
+                .unwrap();
+        inspect["Labels"]["org.opencontainers.image.licenses"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(agent_licences.contains("GPL-2.0"), "{agent_licences}");
+
+    // The route controller image: the binary and the user files, no shell.
+    let rc = unpack(&a, "underlay-route-controller", &tag, &tmp.0);
+    assert!(
+        !rc.join("bin/sh").exists(),
+        "the route controller image must have no shell"
+    );
+    assert!(
+        std::fs::read_to_string(rc.join("etc/passwd"))
+            .unwrap()
+            .contains(":65532:65532:")
+    );
+    let version = ok_in_image(
+        &rc,
+        &[],
+        &["/usr/local/bin/underlay-route-controller", "--version"],
+    );
+    assert!(
+        version.contains(&tag) && version.contains(&commit[..12]),
+        "{version}"
+    );
+
+    // The agent image: both binaries report the version and commit.
+    let agent = unpack(&a, "underlay-agent", &tag, &tmp.0);
+    for bin in ["underlay-agent", "underlay-cni"] {
+        let version = ok_in_image(
+            &agent,
+            &[],
+            &[&format!("/usr/local/bin/{bin}"), "--version"],
+        );
+        assert!(
+            version.contains(&tag) && version.contains(&commit[..12]),
+            "{bin}: {version}"
+        );
+    }
+    // Licences of the Debian packages are in the image.
+    for pkg in ["iptables", "ipset", "conntrack", "libc6", "dash"] {
+        assert!(
+            agent
+                .join(format!("usr/share/doc/{pkg}/copyright"))
+                .exists(),
+            "no copyright file for {pkg}"
+        );
+    }
+    // The dataplane tools work, in a namespace of their own.
+    for argv in [
+        &["iptables-nft", "-S"][..],
+        &["ip6tables-nft", "-S"],
+        &["iptables-legacy", "-S"],
+        &["ip6tables-legacy", "-S"],
+        &["iptables-nft-restore", "--version"],
+        &["iptables-legacy-save", "--version"],
+    ] {
+        let out = ok_in_image(&agent, &[], argv);
+        assert!(
+            out.contains("-P INPUT ACCEPT") || out.contains("v1.8"),
+            "{argv:?}: {out}"
+        );
+    }
+    let sets = ok_in_image(
+        &agent,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "ipset create t hash:ip && ipset add t 10.0.0.1 && ipset list t",
+        ],
+    );
+    assert!(sets.contains("10.0.0.1"), "{sets}");
+    let ct = ok_in_image(&agent, &[], &["conntrack", "--version"]);
+    assert!(ct.contains("conntrack v"), "{ct}");
+
+    // The entrypoint picks the backend: kubelet's hint chain wins, then the
+    // backend with more rules, then nft; a configured mode wins over all.
+    let mode = |env: &[(&str, &str)], setup: &str| -> String {
+        let script = format!(
+            "{setup} exec /usr/local/bin/underlay-entrypoint /bin/sh -c 'echo $UNDERLAY_IPTABLES_MODE; iptables -V'"
+        );
+        let out = ok_in_image(&agent, env, &["/bin/sh", "-c", &script]);
+        out.lines().next().unwrap_or("").to_string() + "|" + &out
+    };
+    let check = |env: &[(&str, &str)], setup: &str, want: &str| {
+        let got = mode(env, setup);
+        assert!(
+            got.starts_with(&format!("{want}|")),
+            "{setup:?} {env:?}: {got}"
+        );
+        assert!(
+            got.contains(&format!(
+                "({})",
+                if want == "nft" { "nf_tables" } else { "legacy" }
+            )),
+            "{got}"
+        );
+    };
+    check(&[], "", "nft");
+    check(
+        &[],
+        "iptables-legacy -t mangle -N KUBE-IPTABLES-HINT;",
+        "legacy",
+    );
+    check(
+        &[],
+        "iptables-legacy -t mangle -N KUBE-IPTABLES-HINT; iptables-nft -t mangle -N KUBE-IPTABLES-HINT;",
+        "nft",
+    );
+    check(&[], "iptables-legacy -A INPUT -j ACCEPT;", "legacy");
+    check(&[("UNDERLAY_IPTABLES_MODE", "legacy")], "", "legacy");
+    let bad = in_image(
+        &agent,
+        &[("UNDERLAY_IPTABLES_MODE", "fast")],
+        &["/usr/local/bin/underlay-entrypoint", "true"],
+    );
+    assert_eq!(
+        bad.status.code(),
+        Some(64),
+        "an unknown mode must be refused"
+    );
+}
+
+/// The keys of a ConfigMap in deploy/base.
+fn config_map_keys(name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(
+        root()
+            .join("deploy/base")
+            .join(format!("{}.yaml", name.trim_start_matches("underlay-"))),
+    )
+    .unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] == "ConfigMap" && v["metadata"]["name"] == name {
+            return v["data"].as_object().unwrap().keys().cloned().collect();
+        }
+    }
+    panic!("no ConfigMap {name}");
+}
+
+/// Every setting in a ConfigMap must be a flag's environment variable of the
+/// binary that reads it (clap prints `[env: NAME=...]` in --help).
+fn check_settings(binary: &str, config_map: &str, not_flags: &[&str]) {
+    xtask(&["build"]);
+    let path = root()
+        .join("target/x86_64-unknown-linux-gnu/debug")
+        .join(binary);
+    let help = stdout(&run(Command::new(&path).arg("--help")));
+    for key in config_map_keys(config_map) {
+        if key == "RUST_LOG" || not_flags.contains(&key.as_str()) {
+            continue;
+        }
+        assert!(
+            help.contains(&format!("[env: {key}=")),
+            "{config_map} sets {key}, which is no flag of {binary}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn agent_settings_are_agent_flags() {
+    // UNDERLAY_IPTABLES_MODE is read by the image's entrypoint.
+    check_settings(
+        "underlay-agent",
+        "underlay-agent",
+        &["UNDERLAY_IPTABLES_MODE"],
+    );
+}
+
+#[test]
+fn route_controller_settings_are_route_controller_flags() {
+    check_settings(
+        "underlay-route-controller",
+        "underlay-route-controller",
+        &[],
+    );
+}
+
+#[test]
+fn cni_install_accepts_the_flags_the_init_container_passes() {
+    xtask(&["build"]);
+    let path = root().join("target/x86_64-unknown-linux-gnu/debug/underlay-cni");
+    let help = stdout(&run(Command::new(&path).args(["install", "--help"])));
+    for flag in ["--bin-dir", "--conf-dir"] {
+        assert!(
+            help.contains(flag),
+            "underlay-cni install has no {flag}:\n{help}"
+        );
+    }
+}
