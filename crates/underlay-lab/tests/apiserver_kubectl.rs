@@ -1,0 +1,400 @@
+//! The embedded API server through `kubectl`, run as a subprocess with the
+//! kubeconfig the server writes: get, create, apply (client- and server-side),
+//! label, patch, delete and get -w. Skips (with a note) when kubectl is absent.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use underlay_lab::apiserver::{ApiServer, Config, Handle};
+
+fn kubectl_present() -> bool {
+    Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Run kubectl with `args` (and optional stdin); return (success, stdout, stderr).
+async fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new("kubectl");
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().unwrap())
+        .args(args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let Some(input) = stdin {
+        use tokio::io::AsyncWriteExt;
+        let mut s = child.stdin.take().unwrap();
+        s.write_all(input.as_bytes()).await.unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kubectl finishes")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn ok(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let (success, out, err) = kubectl(kc, args, stdin).await;
+    assert!(success, "kubectl {args:?} failed: {err}");
+    out
+}
+
+async fn start(dir: &Path) -> Handle {
+    let path = dir.join("kubeconfig");
+    ApiServer::start(Config {
+        kubeconfig_out: Some(path),
+        ..Config::default()
+    })
+    .await
+    .unwrap()
+}
+
+const POLICY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/8}}]
+    ports: [{port: PORT}]
+";
+
+#[tokio::test]
+async fn kubectl_create_apply_label_patch_delete() {
+    if !kubectl_present() {
+        eprintln!("skipping: kubectl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path()).await;
+    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    let out = ok(&kc, &["get", "namespaces"], None).await;
+    assert!(
+        out.contains("kube-system") && out.contains("Active"),
+        "{out}"
+    );
+
+    ok(&kc, &["create", "namespace", "demo"], None).await;
+    ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "create",
+            "configmap",
+            "c1",
+            "--from-literal=a=b",
+        ],
+        None,
+    )
+    .await;
+    ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            "--from-literal=p=q",
+        ],
+        None,
+    )
+    .await;
+    let out = ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "get",
+            "secret",
+            "s1",
+            "-o",
+            "jsonpath={.data.p}",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out, "cQ==");
+
+    // Client-side apply: create, then update by strategic merge patch.
+    ok(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&POLICY.replace("PORT", "80")),
+    )
+    .await;
+    let out = ok(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&POLICY.replace("PORT", "443")),
+    )
+    .await;
+    assert!(out.contains("configured"), "{out}");
+    let out = ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "get",
+            "netpol",
+            "web",
+            "-o",
+            "jsonpath={.spec.ingress[0].ports[0].port} {.spec.policyTypes}",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out, "443 [\"Ingress\"]");
+    // Re-applying the same manifest writes nothing.
+    let rv = [
+        "-n",
+        "demo",
+        "get",
+        "netpol",
+        "web",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ];
+    let before = ok(&kc, &rv, None).await;
+    ok(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&POLICY.replace("PORT", "443")),
+    )
+    .await;
+    assert_eq!(ok(&kc, &rv, None).await, before);
+
+    // Invalid objects are refused with the server's message.
+    let (success, _, err) = kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(
+            &POLICY
+                .replace("PORT", "443")
+                .replace("10.0.0.0/8", "10.0.0.0/33"),
+        ),
+    )
+    .await;
+    assert!(!success && err.contains("ipBlock.cidr"), "{err}");
+
+    ok(
+        &kc,
+        &["-n", "demo", "label", "configmap", "c1", "tier=front"],
+        None,
+    )
+    .await;
+    let out = ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "get",
+            "configmaps",
+            "-l",
+            "tier=front",
+            "-o",
+            "name",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.trim(), "configmap/c1");
+    ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "configmap",
+            "c1",
+            "-p",
+            r#"{"data":{"s":"1"}}"#,
+        ],
+        None,
+    )
+    .await;
+    ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "configmap",
+            "c1",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"m":"2"}}"#,
+        ],
+        None,
+    )
+    .await;
+    ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "configmap",
+            "c1",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/data/j","value":"3"}]"#,
+        ],
+        None,
+    )
+    .await;
+    let out = ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "get",
+            "configmap",
+            "c1",
+            "-o",
+            "jsonpath={.data}",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out, r#"{"a":"b","j":"3","m":"2","s":"1"}"#);
+
+    // Server-side apply with a conflict between managers.
+    let node = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1, labels: {role: ROLE}}\nspec: {podCIDR: 10.244.1.0/24}\n";
+    ok(
+        &kc,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&node.replace("ROLE", "worker")),
+    )
+    .await;
+    let (success, _, err) = kubectl(
+        &kc,
+        &["apply", "--server-side", "--field-manager=other", "-f", "-"],
+        Some(&node.replace("ROLE", "infra")),
+    )
+    .await;
+    assert!(!success && err.contains("conflict"), "{err}");
+    ok(
+        &kc,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=other",
+            "-f",
+            "-",
+        ],
+        Some(&node.replace("ROLE", "infra")),
+    )
+    .await;
+    let out = ok(
+        &kc,
+        &[
+            "get",
+            "node",
+            "node-1",
+            "-o",
+            "jsonpath={.metadata.labels.role} {.spec.podCIDRs}",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out, "infra [\"10.244.1.0/24\"]");
+    let (success, _, err) = kubectl(
+        &kc,
+        &[
+            "patch",
+            "node",
+            "node-1",
+            "-p",
+            r#"{"spec":{"podCIDR":"10.244.9.0/24","podCIDRs":["10.244.9.0/24"]}}"#,
+        ],
+        None,
+    )
+    .await;
+    assert!(!success && err.contains("may not change podCIDR"), "{err}");
+    let out = ok(
+        &kc,
+        &[
+            "patch",
+            "node",
+            "node-1",
+            "--subresource=status",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ],
+        None,
+    )
+    .await;
+    assert!(out.contains("patched"), "{out}");
+
+    ok(&kc, &["-n", "demo", "delete", "configmap", "c1"], None).await;
+    let (success, _, err) = kubectl(&kc, &["-n", "demo", "get", "configmap", "c1"], None).await;
+    assert!(!success && err.contains("NotFound"), "{err}");
+    ok(&kc, &["delete", "namespace", "demo"], None).await;
+    let out = ok(&kc, &["get", "namespaces", "-o", "name"], None).await;
+    assert!(!out.contains("demo"), "{out}");
+}
+
+#[tokio::test]
+async fn kubectl_get_watch_sees_changes() {
+    if !kubectl_present() {
+        eprintln!("skipping: kubectl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path()).await;
+    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    let mut watch = tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .args([
+            "get",
+            "configmaps",
+            "-w",
+            "-o",
+            "name",
+            "--request-timeout=0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    // Keep creating until the watch has started and reports the object.
+    let mut n = 0;
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            n += 1;
+            ok(&kc, &["create", "configmap", &format!("w{n}")], None).await;
+            if let Ok(Ok(Some(line))) =
+                tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await
+            {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("kubectl get -w reports a configmap");
+    assert!(seen.starts_with("configmap/w"), "{seen}");
+    watch.kill().await.unwrap();
+}
