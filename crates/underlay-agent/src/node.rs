@@ -17,7 +17,7 @@ pub enum NodeError {
         node: String,
         value: String,
         #[source]
-        source: underlay_ipam::Error,
+        source: Box<underlay_ipam::Error>,
     },
 }
 
@@ -38,7 +38,7 @@ pub fn pod_cidrs(node: &Node) -> Result<Option<Vec<Cidr>>, NodeError> {
             value.parse::<Cidr>().map_err(|source| NodeError::BadCidr {
                 node: name.clone(),
                 value,
-                source,
+                source: Box::new(source),
             })
         })
         .collect::<Result<Vec<_>, _>>()

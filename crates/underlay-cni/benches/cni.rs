@@ -8,6 +8,8 @@
 //! (which records the endpoint durably with fsync) and sets up proxy
 //! ARP/NDP and sysctls.
 
+#![allow(clippy::print_stdout)] // the report is this program's output
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -28,9 +30,17 @@ fn add_del(t: &Target, pod: &Netns, id: &str) -> Duration {
     let inv = Invocation::new("ADD", id, Some(&pod.path()));
     let start = Instant::now();
     let out = exec_plugin(&t.node.ns, &t.binary, &inv, &t.conf);
-    assert_eq!(out.code, 0, "{} ADD failed: {} {}", t.name, out.stdout, out.stderr);
+    assert_eq!(
+        out.code, 0,
+        "{} ADD failed: {} {}",
+        t.name, out.stdout, out.stderr
+    );
     let out = exec_plugin(&t.node.ns, &t.binary, &inv.with_command("DEL"), &t.conf);
-    assert_eq!(out.code, 0, "{} DEL failed: {} {}", t.name, out.stdout, out.stderr);
+    assert_eq!(
+        out.code, 0,
+        "{} DEL failed: {} {}",
+        t.name, out.stdout, out.stderr
+    );
     start.elapsed()
 }
 
@@ -39,7 +49,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn measure(t: &Arc<Target>, pods: &Arc<Vec<Netns>>, parallel: usize, rounds: usize) -> (Duration, Duration) {
+fn measure(
+    t: &Arc<Target>,
+    pods: &Arc<Vec<Netns>>,
+    parallel: usize,
+    rounds: usize,
+) -> (Duration, Duration) {
     let mut all: Vec<Duration> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..parallel)
             .map(|w| {
@@ -51,7 +66,10 @@ fn measure(t: &Arc<Target>, pods: &Arc<Vec<Netns>>, parallel: usize, rounds: usi
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|h| h.join().expect("worker")).collect()
+        workers
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
     });
     all.sort();
     (percentile(&all, 0.5), percentile(&all, 0.99))
@@ -100,8 +118,10 @@ fn main() {
         measure(t, &pods, 1, 3);
     }
     println!("ADD+DEL latency, {rounds} rounds per worker (ms)");
-    println!("{:<16} {:>9} {:>9} {:>9} {:>9}", "", "seq p50", "seq p99", "8x p50", "8x p99");
-    let mut rows = Vec::new();
+    println!(
+        "{:<16} {:>9} {:>9} {:>9} {:>9}",
+        "", "seq p50", "seq p99", "8x p50", "8x p99"
+    );
     // Interleave the two so drift on a shared machine hits both alike.
     let (mut us, mut rs) = (Vec::new(), Vec::new());
     for (parallel, r) in [(1, rounds), (8, rounds / 2)] {
@@ -117,7 +137,6 @@ fn main() {
             ms(v[1].0),
             ms(v[1].1)
         );
-        rows.push(v.clone());
     }
     println!(
         "{:<16} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
