@@ -269,12 +269,10 @@ fn check_conditions(
             _ => return Err(CloudError::precondition()),
         }
     }
-    if let Some(want) = if_none_match {
-        if let Some(etag) = current
-            && (want == "*" || want == etag)
-        {
-            return Err(CloudError::precondition());
-        }
+    if let (Some(want), Some(etag)) = (if_none_match, current)
+        && (want == "*" || want == etag)
+    {
+        return Err(CloudError::precondition());
     }
     Ok(())
 }
