@@ -60,7 +60,7 @@ fn text(b: &[u8]) -> Option<Value> {
 
 fn map_entry(b: &[u8], bytes_value: bool) -> Option<(String, Value)> {
     let mut key = String::new();
-    let mut value = if bytes_value { json!("") } else { json!("") };
+    let mut value = json!("");
     for (n, f) in fields(b)? {
         match (n, f) {
             (1, Field::Bytes(k)) => key = std::str::from_utf8(k).ok()?.to_string(),

@@ -69,6 +69,9 @@ pub struct Change {
     pub line: OnceLock<Bytes>,
 }
 
+/// Retained changes after a version, and the receiver of all later ones.
+pub type Subscription = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 /// The mutable state behind the store's lock.
 #[derive(Debug)]
 pub struct Inner {
@@ -207,10 +210,7 @@ impl Inner {
 
     /// Subscribe to future changes and return the retained changes after `rv`;
     /// `None` when `rv` is older than the retained history.
-    pub fn watch_from(
-        &self,
-        rv: u64,
-    ) -> Option<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>)> {
+    pub fn watch_from(&self, rv: u64) -> Option<Subscription> {
         if rv < self.complete_after {
             return None;
         }

@@ -148,7 +148,7 @@ fn validate_metadata(rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
             match v.as_str() {
                 Some(s) => {
                     if let Err(why) = label_value(s) {
-                        causes.push(Cause::invalid(format!("metadata.labels"), s, &why));
+                        causes.push(Cause::invalid("metadata.labels", s, &why));
                     }
                 }
                 None => causes.push(Cause::invalid(
@@ -452,13 +452,7 @@ fn node(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             None => causes.push(Cause::invalid(format!("spec.podCIDRs[{i}]"), c, CIDR_MSG)),
         }
     }
-    if cidrs.len() > 2 {
-        causes.push(Cause::invalid(
-            "spec.podCIDRs",
-            cidrs.join(","),
-            "may specify no more than one CIDR for each IP family",
-        ));
-    } else if families.len() == 2 && families[0] == families[1] {
+    if cidrs.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
         causes.push(Cause::invalid(
             "spec.podCIDRs",
             cidrs.join(","),
@@ -727,7 +721,7 @@ fn immutable_data(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         && old["immutable"].as_bool() == Some(true)
     {
         for field in ["data", "binaryData", "stringData"] {
-            if old[field] != obj[field] && !(field == "stringData") {
+            if old[field] != obj[field] && field != "stringData" {
                 causes.push(Cause::forbidden(
                     field,
                     "field is immutable when `immutable` is set",
@@ -888,13 +882,12 @@ pub fn default_and_validate(
             immutable_data(obj, old, &mut causes);
         }
         Some(Builtin::Crd) => crd(obj, old, &mut causes),
-        Some(Builtin::CoreEvent) | Some(Builtin::EventsV1) => {
+        Some(Builtin::CoreEvent) | Some(Builtin::EventsV1)
             if obj["involvedObject"]
                 .as_object()
-                .is_none_or(|o| o.is_empty())
-            {
-                causes.push(Cause::required("involvedObject"));
-            }
+                .is_none_or(|o| o.is_empty()) =>
+        {
+            causes.push(Cause::required("involvedObject"));
         }
         _ => {}
     }
