@@ -32,8 +32,12 @@ fn dependencies_of(manifest: &str) -> Vec<String> {
                 || (line.starts_with("[target.") && line.ends_with(".dependencies]"));
             continue;
         }
-        if in_deps && !line.is_empty() && !line.starts_with('#') {
-            if let Some((key, _)) = line.split_once('=') {
+        if in_deps
+            && !line.is_empty()
+            && !line.starts_with('#')
+            && let Some((key, _)) = line.split_once('=')
+        {
+            {
                 // `name.workspace = true` and `name = { .. }` both name `name`.
                 let key = key.trim().split('.').next().unwrap_or_default();
                 deps.push(key.trim_matches('"').to_string());
