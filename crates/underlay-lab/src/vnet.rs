@@ -263,6 +263,12 @@ impl Vnet {
             ])
             .await?;
         self.router.ip_batch(&node_router_lines(&node)).await?;
+        // Azure's fabric answers ARP at once; Linux delays proxy answers by
+        // up to 0.8 s unless told otherwise (only per interface in a new
+        // namespace: it has no `neigh/default`).
+        self.router
+            .sysctl(&[&format!("net.ipv4.neigh.{}.proxy_delay=0", node.router_if)])
+            .await?;
         netns.ip_batch(&node_lines(&node)).await?;
         self.nodes
             .lock()
@@ -278,7 +284,13 @@ impl Vnet {
         let _guard = self.change.lock().await;
         let removed = self.nodes.lock().expect("vnet nodes lock").remove(name);
         if let Some((node, netns)) = removed {
-            // Deleting the namespace deletes the veth pair with it.
+            // Delete the veth pair explicitly: the kernel tears a deleted
+            // namespace down asynchronously, and a node re-added at once
+            // must find its router interface name free.
+            let _ = self
+                .router
+                .ip_batch(&[format!("link del {}", node.router_if)])
+                .await;
             if let Some(ns) = netns {
                 ns.delete().await?;
             }
@@ -478,8 +490,13 @@ pub async fn plug_pod(node: &Netns, pod: &Netns, host_if: &str, ip: Ipv4Addr) ->
         format!("route add {ip}/32 dev {host_if} scope link"),
     ])
     .await?;
-    node.sysctl(&[&format!("net.ipv4.conf.{host_if}.proxy_arp=1")])
-        .await?;
+    // Answer the pod's ARP for the gateway at once (no proxy delay), as
+    // CNI plugins that use a link-local gateway do.
+    node.sysctl(&[
+        &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
+        &format!("net.ipv4.neigh.{host_if}.proxy_delay=0"),
+    ])
+    .await?;
     pod.ip_batch(&[
         "link set eth0 up".to_owned(),
         format!("addr add {ip}/32 dev eth0"),
