@@ -131,16 +131,20 @@ fn unpack(layout: &Path, name: &str, tag: &str, into: &Path) -> PathBuf {
         .arg(&bundle));
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir_all(rootfs.join("dev")).unwrap();
+    std::fs::create_dir_all(rootfs.join("proc")).unwrap();
     run(Command::new("mknod")
         .arg(rootfs.join("dev/null"))
         .args(["c", "1", "3"]));
     rootfs
 }
 
-/// Runs a command inside the root filesystem, in a fresh network namespace.
+/// Runs a command inside the root filesystem, in fresh network, mount and
+/// PID namespaces with `/proc` mounted as a container runtime does
+/// (`iptables-legacy-save` finds its tables through `/proc/net`).
 fn in_image(rootfs: &Path, env: &[(&str, &str)], argv: &[&str]) -> Output {
     let mut cmd = Command::new("unshare");
-    cmd.arg("--net")
+    cmd.args(["--net", "--mount", "--pid", "--fork"])
+        .arg(format!("--mount-proc={}", rootfs.join("proc").display()))
         .arg("chroot")
         .arg(rootfs)
         .args(argv)

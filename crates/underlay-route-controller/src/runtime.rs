@@ -45,12 +45,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// What `--version` prints: `cargo xtask build` embeds the version and git
+/// commit (`0.1.0 (git 0123456789ab)`); a plain `cargo build` shows the crate
+/// version alone.
+pub const VERSION: &str = match option_env!("UNDERLAY_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// The controller's command line; every flag is also read from
 /// `UNDERLAY_<FLAG>`.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "underlay-route-controller",
-    version,
+    version = VERSION,
     about = "Allocates node pod CIDRs and keeps the Azure route table holding one route per node"
 )]
 pub struct Args {

@@ -210,10 +210,15 @@ mod tests {
             "ghcr.io/x/underlay-agent:0.1.0"
         );
         assert_eq!(spec["containers"][1]["image"], "busybox");
+        // The registry and tag of `--image-registry`/the version win over
+        // the kustomization's newName/newTag.
         let images = Images {
             registry: Some("127.0.0.1:5000/lab/".into()),
             tag: Some("0.2.0".into()),
         };
+        let mut obj = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "a", "image": "underlay-agent"}],
+        }}}});
         set_images(&mut obj, &overrides, &images);
         assert_eq!(
             obj["spec"]["template"]["spec"]["containers"][0]["image"],
