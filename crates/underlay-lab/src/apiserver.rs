@@ -62,6 +62,7 @@ mod convert;
 mod discovery;
 mod error;
 mod faults;
+mod kinds;
 mod meta;
 mod openapi;
 mod patch;
@@ -252,9 +253,22 @@ impl ApiServer {
     }
 }
 
-/// The namespaces every cluster starts with.
+/// The namespaces and PriorityClasses every cluster starts with.
 fn bootstrap(state: &ServerState) {
     let mut inner = state.store.lock();
+    for mut pc in resources::system_priority_classes() {
+        let k = ObjKey::new(
+            "priorityclasses.scheduling.k8s.io",
+            "",
+            meta::meta_str(&pc, "name"),
+        );
+        if inner.get(&k).is_none() {
+            let m = meta::metadata_mut(&mut pc);
+            m.insert("uid".into(), json!(meta::new_uid()));
+            m.insert("creationTimestamp".into(), json!(meta::now()));
+            inner.put(k, pc);
+        }
+    }
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let k = ObjKey::new("namespaces", "", ns);
         if inner.get(&k).is_some() {

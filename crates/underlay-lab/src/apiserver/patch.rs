@@ -28,7 +28,19 @@ pub fn list_strategy(kind: &str, path: &str) -> ListStrategy {
         "metadata.ownerReferences" => return Map("uid"),
         _ => {}
     }
+    // A workload's pod template merges as a Pod does.
+    if matches!(
+        kind,
+        "Deployment" | "DaemonSet" | "ReplicaSet" | "StatefulSet" | "Job"
+    ) && let Some(rest) = path.strip_prefix("spec.template.")
+    {
+        return list_strategy("Pod", rest);
+    }
     match kind {
+        "Deployment" | "DaemonSet" | "PodDisruptionBudget" => match path {
+            "status.conditions" => Map("type"),
+            _ => Atomic,
+        },
         "Pod" => {
             let container_path = [
                 "spec.containers.",

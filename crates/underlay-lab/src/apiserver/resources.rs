@@ -22,6 +22,14 @@ pub enum Builtin {
     /// `events.k8s.io/v1` Events: a second view of the core/v1 Events.
     EventsV1,
     Crd,
+    Deployment,
+    DaemonSet,
+    ClusterRole,
+    ClusterRoleBinding,
+    Role,
+    RoleBinding,
+    PodDisruptionBudget,
+    PriorityClass,
 }
 
 /// One served resource (one group/version/plural).
@@ -209,9 +217,97 @@ pub fn builtins() -> Vec<ResourceType> {
             true,
             Crd,
         ),
+        builtin(
+            "apps",
+            "v1",
+            "Deployment",
+            "deployments",
+            true,
+            &["deploy"],
+            true,
+            true,
+            Deployment,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "DaemonSet",
+            "daemonsets",
+            true,
+            &["ds"],
+            true,
+            true,
+            DaemonSet,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+            &[],
+            false,
+            false,
+            ClusterRole,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+            &[],
+            false,
+            false,
+            ClusterRoleBinding,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            true,
+            &[],
+            false,
+            false,
+            Role,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+            &[],
+            false,
+            false,
+            RoleBinding,
+        ),
+        builtin(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+            &["pdb"],
+            true,
+            true,
+            PodDisruptionBudget,
+        ),
+        builtin(
+            "scheduling.k8s.io",
+            "v1",
+            "PriorityClass",
+            "priorityclasses",
+            false,
+            &["pc"],
+            false,
+            false,
+            PriorityClass,
+        ),
     ];
     for rt in &mut all {
-        if rt.builtin == Some(Pod) {
+        if matches!(rt.builtin, Some(Pod | Deployment | DaemonSet)) {
             rt.categories = vec!["all".into()];
         }
         if rt.builtin == Some(NetworkPolicy) {
@@ -222,6 +318,40 @@ pub fn builtins() -> Vec<ResourceType> {
         }
     }
     all
+}
+
+/// The PriorityClasses every cluster has (kube-apiserver creates them at
+/// start and refuses to delete them): name, value, description.
+pub const SYSTEM_PRIORITY_CLASSES: &[(&str, i64, &str)] = &[
+    (
+        "system-node-critical",
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+    (
+        "system-cluster-critical",
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    ),
+];
+
+/// The stored form of the system PriorityClasses (without uid, timestamps
+/// and resourceVersion, which the store's writer adds).
+pub fn system_priority_classes() -> Vec<Value> {
+    SYSTEM_PRIORITY_CLASSES
+        .iter()
+        .map(|(name, value, description)| {
+            serde_json::json!({
+                "apiVersion": "scheduling.k8s.io/v1",
+                "kind": "PriorityClass",
+                "metadata": {"name": name},
+                "value": value,
+                "globalDefault": false,
+                "description": description,
+                "preemptionPolicy": "PreemptLowerPriority",
+            })
+        })
+        .collect()
 }
 
 /// The set of served resource types; grows and shrinks with CRDs.

@@ -603,6 +603,11 @@ fn status_on_create(rt: &ResourceType, obj: &mut Value) {
     match rt.builtin {
         Some(Builtin::Pod) => obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"}),
         Some(Builtin::Namespace) => obj["status"] = json!({"phase": "Active"}),
+        // Their controllers write status; a new object starts with the zero
+        // status whatever the client sent.
+        Some(Builtin::Deployment | Builtin::DaemonSet | Builtin::PodDisruptionBudget) => {
+            obj["status"] = json!({})
+        }
         None if rt.status => {
             if let Some(m) = obj.as_object_mut() {
                 m.remove("status");
@@ -689,7 +694,9 @@ fn commit_create(ctx: &Ctx, rt: &ResourceType, obj: Value) -> ApiResult<Arc<Valu
     if rt.namespaced {
         admit_namespace(&inner, &ns, rt, &name)?;
     }
+    let mut obj = obj;
     if rt.builtin == Some(Builtin::Pod) {
+        admit_priority(&inner, &name, &mut obj)?;
         let sa = obj["spec"]["serviceAccountName"]
             .as_str()
             .unwrap_or("default");
@@ -714,6 +721,29 @@ fn commit_create(ctx: &Ctx, rt: &ResourceType, obj: Value) -> ApiResult<Arc<Valu
     after_write(&ctx.st, &mut inner, rt, &stored);
     Ok(stored)
 }
+
+/// The Priority admission plugin: a pod naming a PriorityClass gets its
+/// value and preemption policy; a pod naming a missing one is refused.
+fn admit_priority(inner: &Inner, name: &str, pod: &mut Value) -> ApiResult<()> {
+    let class = pod["spec"]["priorityClassName"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    if class.is_empty() {
+        return Ok(());
+    }
+    let Some(pc) = inner.get(&ObjKey::new(PRIORITY_CLASSES, "", &class)) else {
+        return Err(ApiError::forbidden(format!(
+            "pods \"{name}\" is forbidden: no PriorityClass with name {class} was found"
+        )));
+    };
+    pod["spec"]["priority"] = pc["value"].clone();
+    pod["spec"]["preemptionPolicy"] = pc["preemptionPolicy"].clone();
+    Ok(())
+}
+
+/// The storage key of PriorityClasses.
+const PRIORITY_CLASSES: &str = "priorityclasses.scheduling.k8s.io";
 
 fn admit_namespace(inner: &Inner, ns: &str, rt: &ResourceType, name: &str) -> ApiResult<()> {
     match inner.get(&ObjKey::new("namespaces", "", ns)) {
@@ -1128,6 +1158,7 @@ fn delete_options(ctx: &Ctx, body: &[u8]) -> ApiResult<DeleteOptions> {
 
 fn delete(ctx: &Ctx, rt: &ResourceType, ns: &str, name: &str, body: &[u8]) -> ApiResult<Response> {
     let opts = delete_options(ctx, body)?;
+    refuse_system_delete(rt, name)?;
     let k = key(rt, ns, name);
     let mut inner = ctx.st.store.lock();
     let old = inner
@@ -1163,6 +1194,21 @@ fn delete(ctx: &Ctx, rt: &ResourceType, ns: &str, name: &str, body: &[u8]) -> Ap
     let out = delete_locked(ctx, &mut inner, rt, &k, &old, &opts);
     drop(inner);
     Ok(json_response(StatusCode::OK, &convert::to_view(rt, &out)))
+}
+
+/// The system PriorityClasses cannot be deleted, as in kube-apiserver.
+fn refuse_system_delete(rt: &ResourceType, name: &str) -> ApiResult<()> {
+    if rt.builtin == Some(Builtin::PriorityClass)
+        && super::resources::SYSTEM_PRIORITY_CLASSES
+            .iter()
+            .any(|(n, _, _)| *n == name)
+    {
+        return Err(ApiError::forbidden(format!(
+            "{} \"{name}\" is forbidden: this is a system priority class and cannot be deleted",
+            rt.group_resource()
+        )));
+    }
+    Ok(())
 }
 
 /// Delete one object: graceful for pods bound to a node, deferred while
@@ -1271,7 +1317,9 @@ fn delete_collection(ctx: &Ctx, rt: &ResourceType, ns: &str, body: &[u8]) -> Api
     let mut inner = ctx.st.store.lock();
     let targets: Vec<(ObjKey, Arc<Value>)> = inner
         .range(&rt.storage, namespace)
-        .filter(|(_, o)| labels.matches(o) && fields.matches(o))
+        .filter(|(k, o)| {
+            labels.matches(o) && fields.matches(o) && refuse_system_delete(rt, &k.name).is_ok()
+        })
         .map(|(k, o)| (k.clone(), o.clone()))
         .collect();
     let mut items = Vec::new();

@@ -42,6 +42,37 @@ fn columns(rt: &ResourceType) -> Vec<Value> {
         Some(Builtin::Lease) => {
             cols.extend([col("Holder", "string", "", 0), col("Age", "string", "", 0)])
         }
+        Some(Builtin::Deployment) => cols.extend([
+            col("Ready", "string", "", 0),
+            col("Up-to-date", "string", "", 0),
+            col("Available", "string", "", 0),
+            col("Age", "string", "", 0),
+        ]),
+        Some(Builtin::DaemonSet) => cols.extend([
+            col("Desired", "integer", "", 0),
+            col("Current", "integer", "", 0),
+            col("Ready", "integer", "", 0),
+            col("Up-to-date", "integer", "", 0),
+            col("Available", "integer", "", 0),
+            col("Node Selector", "string", "", 0),
+            col("Age", "string", "", 0),
+        ]),
+        Some(Builtin::PodDisruptionBudget) => cols.extend([
+            col("Min Available", "string", "", 0),
+            col("Max Unavailable", "string", "", 0),
+            col("Allowed Disruptions", "integer", "", 0),
+            col("Age", "string", "", 0),
+        ]),
+        Some(Builtin::PriorityClass) => cols.extend([
+            col("Value", "integer", "", 0),
+            col("Global-Default", "boolean", "", 0),
+            col("Age", "string", "", 0),
+            col("PreemptionPolicy", "string", "", 0),
+        ]),
+        Some(Builtin::RoleBinding) | Some(Builtin::ClusterRoleBinding) => {
+            cols.extend([col("Role", "string", "", 0), col("Age", "string", "", 0)])
+        }
+        Some(Builtin::ClusterRole) => cols.push(col("Created At", "date", "", 0)),
         _ => cols.push(col("Age", "string", "", 0)),
     }
     cols
@@ -178,6 +209,76 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             json!(o["spec"]["holderIdentity"].as_str().unwrap_or("")),
             age,
         ],
+        Some(Builtin::Deployment) => {
+            let st = &o["status"];
+            let n = |k: &str| st[k].as_i64().unwrap_or(0);
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    n("readyReplicas"),
+                    o["spec"]["replicas"].as_i64().unwrap_or(0)
+                )),
+                json!(n("updatedReplicas")),
+                json!(n("availableReplicas")),
+                age,
+            ]
+        }
+        Some(Builtin::DaemonSet) => {
+            let st = &o["status"];
+            let n = |k: &str| json!(st[k].as_i64().unwrap_or(0));
+            let selector: Vec<String> = o["spec"]["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            vec![
+                name,
+                n("desiredNumberScheduled"),
+                n("currentNumberScheduled"),
+                n("numberReady"),
+                n("updatedNumberScheduled"),
+                n("numberAvailable"),
+                json!(if selector.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    selector.join(",")
+                }),
+                age,
+            ]
+        }
+        Some(Builtin::PodDisruptionBudget) => {
+            let bound = |k: &str| match &o["spec"][k] {
+                Value::Null => "N/A".to_string(),
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            vec![
+                name,
+                json!(bound("minAvailable")),
+                json!(bound("maxUnavailable")),
+                json!(o["status"]["disruptionsAllowed"].as_i64().unwrap_or(0)),
+                age,
+            ]
+        }
+        Some(Builtin::PriorityClass) => vec![
+            name,
+            o["value"].clone(),
+            json!(o["globalDefault"].as_bool().unwrap_or(false)),
+            age,
+            json!(o["preemptionPolicy"].as_str().unwrap_or("")),
+        ],
+        Some(Builtin::RoleBinding) | Some(Builtin::ClusterRoleBinding) => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                o["roleRef"]["kind"].as_str().unwrap_or(""),
+                o["roleRef"]["name"].as_str().unwrap_or("")
+            )),
+            age,
+        ],
+        Some(Builtin::ClusterRole) => vec![name, json!(meta::meta_str(o, "creationTimestamp"))],
         _ => vec![name, age],
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use k8s_openapi::api::{coordination, core, networking};
+use k8s_openapi::api::{apps, coordination, core, networking, policy, rbac, scheduling};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 
 use super::error::{ApiError, ApiResult, Cause};
@@ -37,6 +37,14 @@ pub fn normalize(
         Builtin::NetworkPolicy => round_trip::<networking::v1::NetworkPolicy>(value),
         Builtin::Lease => round_trip::<coordination::v1::Lease>(value),
         Builtin::Crd => round_trip::<apiext::CustomResourceDefinition>(value),
+        Builtin::Deployment => round_trip::<apps::v1::Deployment>(value),
+        Builtin::DaemonSet => round_trip::<apps::v1::DaemonSet>(value),
+        Builtin::ClusterRole => round_trip::<rbac::v1::ClusterRole>(value),
+        Builtin::ClusterRoleBinding => round_trip::<rbac::v1::ClusterRoleBinding>(value),
+        Builtin::Role => round_trip::<rbac::v1::Role>(value),
+        Builtin::RoleBinding => round_trip::<rbac::v1::RoleBinding>(value),
+        Builtin::PodDisruptionBudget => round_trip::<policy::v1::PodDisruptionBudget>(value),
+        Builtin::PriorityClass => round_trip::<scheduling::v1::PriorityClass>(value),
     };
     let out = out.map_err(|e| decode_error(rt, &input, &e))?;
     let mut unknown = Vec::new();

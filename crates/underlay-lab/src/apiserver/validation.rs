@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, ApiResult, Cause};
+use super::kinds;
 use super::resources::{Builtin, ResourceType};
 
 const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
@@ -177,7 +178,7 @@ fn validate_metadata(rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-fn validate_selector(sel: &Value, path: &str, causes: &mut Vec<Cause>) {
+pub(super) fn validate_selector(sel: &Value, path: &str, causes: &mut Vec<Cause>) {
     if let Some(labels) = sel["matchLabels"].as_object() {
         for (k, v) in labels {
             if let Err(why) = qualified_name(k) {
@@ -536,14 +537,12 @@ fn ips_consistent(status: &mut Value, single: &str, plural: &str, causes: &mut V
     }
 }
 
-fn pod(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-    if old.is_none() {
-        pod_defaults(obj);
-    }
-    let spec = &obj["spec"];
+/// The checks of a pod spec at `path` (a Pod's `spec`, a template's
+/// `spec.template.spec`): containers present, named uniquely, with images.
+pub(super) fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     let containers = spec["containers"].as_array().cloned().unwrap_or_default();
     if containers.is_empty() {
-        causes.push(Cause::required("spec.containers"));
+        causes.push(Cause::required(format!("{path}.containers")));
     }
     let mut names = std::collections::BTreeSet::new();
     for (list, items) in [
@@ -559,17 +558,28 @@ fn pod(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         for (i, c) in items.iter().enumerate() {
             let name = c["name"].as_str().unwrap_or("");
             if name.is_empty() {
-                causes.push(Cause::required(format!("spec.{list}[{i}].name")));
+                causes.push(Cause::required(format!("{path}.{list}[{i}].name")));
             } else if let Err(why) = dns1123_label(name) {
-                causes.push(Cause::invalid(format!("spec.{list}[{i}].name"), name, &why));
+                causes.push(Cause::invalid(
+                    format!("{path}.{list}[{i}].name"),
+                    name,
+                    &why,
+                ));
             } else if !names.insert(name.to_string()) {
-                causes.push(Cause::duplicate(format!("spec.{list}[{i}].name"), name));
+                causes.push(Cause::duplicate(format!("{path}.{list}[{i}].name"), name));
             }
             if c["image"].as_str().unwrap_or("").is_empty() && list == "containers" {
-                causes.push(Cause::required(format!("spec.{list}[{i}].image")));
+                causes.push(Cause::required(format!("{path}.{list}[{i}].image")));
             }
         }
     }
+}
+
+fn pod(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    if old.is_none() {
+        pod_defaults(obj);
+    }
+    validate_pod_spec(&obj["spec"], "spec", causes);
     if let Some(status) = obj.get_mut("status").filter(|s| s.is_object()) {
         ips_consistent(status, "podIP", "podIPs", causes);
         ips_consistent(status, "hostIP", "hostIPs", causes);
@@ -605,27 +615,49 @@ fn pod(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     }
 }
 
-fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
+pub(super) fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
     if map.get(key).is_none_or(Value::is_null) {
         map.insert(key.to_string(), value);
     }
 }
 
+/// What kube-apiserver's admission adds to a new Pod (not to pod templates):
+/// the service account, the priority and the not-ready/unreachable
+/// tolerations; then the scheme defaults every pod spec gets.
 fn pod_defaults(obj: &mut Value) {
     let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
+    pod_spec_defaults(spec);
+    set_default(spec, "priority", json!(0));
+    set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    set_default(spec, "serviceAccountName", json!("default"));
+    let sa = spec["serviceAccountName"].clone();
+    set_default(spec, "serviceAccount", sa);
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    if let Some(t) = tolerations.as_array_mut() {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            if !t.iter().any(|x| x["key"] == key) {
+                t.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+}
+
+/// The scheme defaults of a pod spec, in a Pod or a workload's template.
+pub(super) fn pod_spec_defaults(spec: &mut Map<String, Value>) {
     set_default(spec, "restartPolicy", json!("Always"));
     set_default(spec, "terminationGracePeriodSeconds", json!(30));
     set_default(spec, "dnsPolicy", json!("ClusterFirst"));
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "schedulerName", json!("default-scheduler"));
     set_default(spec, "enableServiceLinks", json!(true));
-    set_default(spec, "priority", json!(0));
-    set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
-    set_default(spec, "serviceAccountName", json!("default"));
-    let sa = spec["serviceAccountName"].clone();
-    set_default(spec, "serviceAccount", sa);
+    if let Some(sa) = spec.get("serviceAccountName").cloned() {
+        set_default(spec, "serviceAccount", sa);
+    }
     for list in ["containers", "initContainers"] {
         for c in spec
             .get_mut(list)
@@ -662,17 +694,34 @@ fn pod_defaults(obj: &mut Value) {
                     set_default(p, "protocol", json!("TCP"));
                 }
             }
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                let Some(probe) = c.get_mut(probe).and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                set_default(probe, "timeoutSeconds", json!(1));
+                set_default(probe, "periodSeconds", json!(10));
+                set_default(probe, "successThreshold", json!(1));
+                set_default(probe, "failureThreshold", json!(3));
+                if let Some(get) = probe.get_mut("httpGet").and_then(Value::as_object_mut) {
+                    set_default(get, "path", json!("/"));
+                    set_default(get, "scheme", json!("HTTP"));
+                }
+            }
         }
     }
-    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
-    if let Some(t) = tolerations.as_array_mut() {
-        for key in [
-            "node.kubernetes.io/not-ready",
-            "node.kubernetes.io/unreachable",
-        ] {
-            if !t.iter().any(|x| x["key"] == key) {
-                t.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+    for v in spec
+        .get_mut("volumes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        for source in ["secret", "configMap"] {
+            if let Some(src) = v.get_mut(source).and_then(Value::as_object_mut) {
+                set_default(src, "defaultMode", json!(420));
             }
+        }
+        if let Some(hp) = v.get_mut("hostPath").and_then(Value::as_object_mut) {
+            set_default(hp, "type", json!(""));
         }
     }
 }
@@ -882,6 +931,14 @@ pub fn default_and_validate(
             immutable_data(obj, old, &mut causes);
         }
         Some(Builtin::Crd) => crd(obj, old, &mut causes),
+        Some(Builtin::Deployment) => kinds::workload("Deployment", obj, old, &mut causes),
+        Some(Builtin::DaemonSet) => kinds::workload("DaemonSet", obj, old, &mut causes),
+        Some(Builtin::ClusterRole) => kinds::role(true, obj, &mut causes),
+        Some(Builtin::Role) => kinds::role(false, obj, &mut causes),
+        Some(Builtin::ClusterRoleBinding) => kinds::binding(true, obj, old, &mut causes),
+        Some(Builtin::RoleBinding) => kinds::binding(false, obj, old, &mut causes),
+        Some(Builtin::PodDisruptionBudget) => kinds::disruption_budget(obj, &mut causes),
+        Some(Builtin::PriorityClass) => kinds::priority_class(obj, old, &mut causes),
         Some(Builtin::CoreEvent) | Some(Builtin::EventsV1)
             if obj["involvedObject"]
                 .as_object()
