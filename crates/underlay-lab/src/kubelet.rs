@@ -10,20 +10,35 @@
 //! When a pod is deleted it stops the servers, runs CNI DEL, removes the
 //! namespace and confirms the deletion (grace period 0), as a kubelet must
 //! for a bound pod to disappear.
+//!
+//! Each node also has the kubelet's and the runtime's periodic loops: the
+//! runtime's network status is the CNI `STATUS` of the conflist (CNI 1.1, as
+//! containerd asks it), and while it fails the node is `Ready=False` with the
+//! message kubelet writes (`NetworkReady=false reason:NetworkPluginNotReady`)
+//! and no pod sandbox is created on it: such pods wait and start as soon as
+//! `STATUS` succeeds. The node's Lease in `kube-node-lease` is renewed and
+//! its `Ready` condition posted with a fresh `lastHeartbeatTime`, each on
+//! its own period ([`Timings`]).
 
 use crate::cni;
 use crate::netns::{self, Netns};
 use crate::traffic::{self, PortSpec, Protocol};
 use crate::vnet::NodeNet;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+/// The namespace kubelets keep their node Leases in.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// The Lease duration kubelet writes (`nodeLeaseDurationSeconds`).
+pub const NODE_LEASE_DURATION_SECS: i32 = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,6 +58,71 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct NodeRuntime {
     pub net: NodeNet,
     pub cni: cni::Runtime,
+}
+
+/// How often the kubelet's and the runtime's periodic work runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timings {
+    /// How often the runtime's network status (CNI `STATUS`) is asked;
+    /// kubelet polls the runtime every 5 s.
+    pub runtime_status: Duration,
+    /// How often the node's Lease is renewed (kubelet: every 10 s, a
+    /// quarter of its 40 s duration).
+    pub lease_renew: Duration,
+    /// How often the node's `Ready` condition is posted with a new
+    /// `lastHeartbeatTime` (kubelet's `nodeStatusUpdateFrequency`, 10 s).
+    /// A change of readiness is posted at once.
+    pub node_status: Duration,
+    /// How long a failed pod sync waits before it is retried.
+    pub retry: Duration,
+    /// How often CNI GC runs on every node.
+    pub gc: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            runtime_status: Duration::from_secs(5),
+            lease_renew: Duration::from_secs(10),
+            node_status: Duration::from_secs(10),
+            retry: Duration::from_secs(1),
+            gc: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A registered node: its runtime, its network readiness and the pods
+/// that wait for it.
+struct NodeState {
+    runtime: Arc<NodeRuntime>,
+    /// Why the runtime's network is not ready (`None`: ready), from the
+    /// last CNI `STATUS`.
+    network_error: Option<String>,
+    /// When `Ready` last changed, for `lastTransitionTime`.
+    ready_since: String,
+    /// Pods bound here that wait for the network: uid -> (namespace, name).
+    waiting: BTreeMap<String, (String, String)>,
+    /// The node's periodic loop.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What the node's `Ready` condition says: kubelet's reason and message.
+pub fn ready_condition(network_error: Option<&str>) -> (&'static str, &'static str, String) {
+    match network_error {
+        None => (
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status".to_owned(),
+        ),
+        Some(error) => (
+            "False",
+            "KubeletNotReady",
+            format!(
+                "container runtime network not ready: NetworkReady=false \
+                 reason:NetworkPluginNotReady message:Network plugin returns error: {error}"
+            ),
+        ),
+    }
 }
 
 /// A running pod sandbox.
@@ -69,7 +149,9 @@ pub struct PodInfo {
 pub struct Kubelets {
     client: kube::Client,
     netns_prefix: String,
-    nodes: Mutex<BTreeMap<String, Arc<NodeRuntime>>>,
+    timings: Timings,
+    me: Weak<Kubelets>,
+    nodes: Mutex<BTreeMap<String, NodeState>>,
     sandboxes: Mutex<BTreeMap<String, Sandbox>>,
     locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     retry: tokio::sync::mpsc::UnboundedSender<(String, String)>,
@@ -83,6 +165,21 @@ pub fn now_rfc3339() -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     rfc3339(secs)
+}
+
+/// RFC 3339 UTC timestamp of now with microseconds (a Kubernetes
+/// `MicroTime`, as in a Lease's `renewTime`).
+pub fn now_rfc3339_micro() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339_micro(now.as_secs(), now.subsec_micros())
+}
+
+fn rfc3339_micro(secs: u64, micros: u32) -> String {
+    let mut s = rfc3339(secs);
+    s.pop();
+    format!("{s}.{micros:06}Z")
 }
 
 fn rfc3339(secs: u64) -> String {
@@ -149,11 +246,18 @@ pub fn declared_ports(pod: &Pod) -> Vec<PortSpec> {
 }
 
 impl Kubelets {
+    /// A kubelet emulator with kubelet's default periods.
     pub fn new(client: kube::Client, netns_prefix: &str) -> Arc<Self> {
+        Self::with_timings(client, netns_prefix, Timings::default())
+    }
+
+    pub fn with_timings(client: kube::Client, netns_prefix: &str, timings: Timings) -> Arc<Self> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             client,
             netns_prefix: netns_prefix.to_owned(),
+            timings,
+            me: me.clone(),
             nodes: Mutex::default(),
             sandboxes: Mutex::default(),
             locks: Mutex::default(),
@@ -162,13 +266,18 @@ impl Kubelets {
         })
     }
 
-    /// Registers the Node object (InternalIPs, Ready, NetworkUnavailable
-    /// True) and starts running pods bound to it. A Node that already exists
-    /// keeps its conditions, as when a kubelet restarts.
+    /// Registers the Node object (InternalIPs, `Ready` from the runtime's
+    /// network status, `NetworkUnavailable=True`), starts the node's
+    /// periodic loop (runtime status, Lease, node status) and starts running
+    /// pods bound to it. A Node that already exists keeps its other
+    /// conditions, as when a kubelet restarts.
     pub async fn add_node(&self, node: NodeRuntime) -> Result<()> {
         let name = node.net.name.clone();
+        let runtime = Arc::new(node);
+        // Ask the runtime first, so that the node's first Ready is the truth.
+        let network_error = network_error(&runtime).await;
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let mut addresses: Vec<serde_json::Value> = node
+        let mut addresses: Vec<serde_json::Value> = runtime
             .net
             .addresses()
             .iter()
@@ -191,13 +300,11 @@ impl Kubelets {
             Err(kube::Error::Api(e)) if e.code == 409 => false,
             Err(e) => return Err(e.into()),
         };
+        let now = now_rfc3339();
         if created {
-            let now = now_rfc3339();
             let status = json!({"status": {
                 "addresses": addresses,
                 "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "KubeletReady",
-                     "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now},
                     {"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated",
                      "message": "Node created without a route", "lastHeartbeatTime": now, "lastTransitionTime": now}
                 ],
@@ -210,12 +317,178 @@ impl Kubelets {
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
                 .await?;
         }
-        tracing::info!(node = %name, created, "kubelet registered node");
+        let ready = network_error.is_none();
+        let task = tokio::spawn(node_loop(
+            self.me.clone(),
+            name.clone(),
+            self.timings.clone(),
+        ));
+        let old = self.nodes.lock().expect("kubelet nodes lock").insert(
+            name.clone(),
+            NodeState {
+                runtime,
+                network_error,
+                ready_since: now,
+                waiting: BTreeMap::new(),
+                task: Some(task),
+            },
+        );
+        if let Some(task) = old.and_then(|o| o.task) {
+            task.abort();
+        }
+        self.post_node_status(&name).await?;
+        tracing::info!(node = %name, created, ready, "kubelet registered node");
+        Ok(())
+    }
+
+    /// Whether the runtime's network on `node` is ready (`Ok`) or why not
+    /// (`Err`), as of the last CNI `STATUS`; `None` for an unknown node.
+    pub fn network_status(&self, node: &str) -> Option<Result<(), String>> {
         self.nodes
             .lock()
             .expect("kubelet nodes lock")
-            .insert(name, Arc::new(node));
+            .get(node)
+            .map(|n| n.network_error.clone().map_or(Ok(()), Err))
+    }
+
+    /// The pods (`namespace/name`) bound to `node` that wait for its
+    /// network before their sandbox is created.
+    pub fn waiting_pods(&self, node: &str) -> Vec<String> {
+        self.nodes
+            .lock()
+            .expect("kubelet nodes lock")
+            .get(node)
+            .map(|n| {
+                n.waiting
+                    .values()
+                    .map(|(ns, name)| format!("{ns}/{name}"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asks the runtime of `node` for its network status (CNI `STATUS`) and
+    /// records it; a change is posted to the Node at once, and when the
+    /// network becomes ready the pods waiting for it are started.
+    pub async fn check_runtime(&self, node: &str) {
+        let Some(runtime) = self.runtime(node) else {
+            return;
+        };
+        let error = network_error(&runtime).await;
+        let released = {
+            let mut nodes = self.nodes.lock().expect("kubelet nodes lock");
+            let Some(state) = nodes.get_mut(node) else {
+                return;
+            };
+            if state.network_error == error {
+                return;
+            }
+            if state.network_error.is_none() != error.is_none() {
+                state.ready_since = now_rfc3339();
+            }
+            state.network_error = error.clone();
+            if error.is_none() {
+                std::mem::take(&mut state.waiting)
+            } else {
+                BTreeMap::new()
+            }
+        };
+        match &error {
+            None => tracing::info!(%node, waiting = released.len(), "runtime network ready"),
+            Some(error) => tracing::warn!(%node, %error, "runtime network not ready"),
+        }
+        if let Err(error) = self.post_node_status(node).await {
+            tracing::warn!(%node, %error, "kubelet failed to post node status");
+        }
+        for (ns, name) in released.into_values() {
+            self.resync(ns, name, Duration::ZERO);
+        }
+    }
+
+    /// Posts the node's `Ready` condition with a new `lastHeartbeatTime`
+    /// (a strategic merge by condition type: the route controller's
+    /// `NetworkUnavailable` is left alone).
+    pub async fn post_node_status(&self, node: &str) -> Result<()> {
+        let Some((error, since)) = self
+            .nodes
+            .lock()
+            .expect("kubelet nodes lock")
+            .get(node)
+            .map(|n| (n.network_error.clone(), n.ready_since.clone()))
+        else {
+            return Ok(());
+        };
+        let (status, reason, message) = ready_condition(error.as_deref());
+        let patch = json!({"status": {"conditions": [{
+            "type": "Ready", "status": status, "reason": reason, "message": message,
+            "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": since}]}});
+        Api::<Node>::all(self.client.clone())
+            .patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
+            .await?;
         Ok(())
+    }
+
+    /// Renews the node's Lease in `kube-node-lease` (creates it, owned by
+    /// the Node, the first time).
+    pub async fn renew_lease(&self, node: &str) -> Result<()> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), NODE_LEASE_NAMESPACE);
+        let spec = json!({"holderIdentity": node,
+            "leaseDurationSeconds": NODE_LEASE_DURATION_SECS,
+            "renewTime": now_rfc3339_micro()});
+        match api
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": spec})),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let owner = Api::<Node>::all(self.client.clone())
+            .get_opt(node)
+            .await?
+            .and_then(|n| n.metadata.uid)
+            .map(|uid| vec![json!({"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid})])
+            .unwrap_or_default();
+        let lease: Lease = serde_json::from_value(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": node, "namespace": NODE_LEASE_NAMESPACE, "ownerReferences": owner},
+            "spec": spec}))
+        .map_err(|e| Error::Pod {
+            pod: node.to_owned(),
+            reason: format!("invalid lease: {e}"),
+        })?;
+        match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(()),
+            // Another writer created it between our calls: renewed next time.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn runtime(&self, node: &str) -> Option<Arc<NodeRuntime>> {
+        self.nodes
+            .lock()
+            .expect("kubelet nodes lock")
+            .get(node)
+            .map(|n| n.runtime.clone())
+    }
+
+    /// Syncs pod `ns/name` again after `delay`, from a fresh copy.
+    fn resync(&self, ns: String, name: String, delay: Duration) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let api: Api<Pod> = Api::namespaced(me.client.clone(), &ns);
+            if let Ok(Some(pod)) = api.get_opt(&name).await {
+                me.reconcile(pod).await;
+            }
+        });
     }
 
     /// Stops every pod of the node (CNI DEL included) and deletes the Node
@@ -232,7 +505,17 @@ impl Kubelets {
         for uid in uids {
             self.teardown(&uid).await;
         }
-        self.nodes.lock().expect("kubelet nodes lock").remove(name);
+        let state = self.nodes.lock().expect("kubelet nodes lock").remove(name);
+        if let Some(task) = state.and_then(|s| s.task) {
+            task.abort();
+        }
+        // The garbage collector deletes the Lease with its owner, the Node.
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), NODE_LEASE_NAMESPACE);
+        match leases.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
         let nodes: Api<Node> = Api::all(self.client.clone());
         match nodes.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -284,21 +567,15 @@ impl Kubelets {
     }
 
     /// Watches every pod and keeps sandboxes in line with them until the
-    /// task is aborted. Failed sandbox creations are retried every second.
+    /// task is aborted. Failed sandbox creations are retried after
+    /// [`Timings::retry`].
     pub async fn run(self: Arc<Self>) {
         let retry_rx = self.retry_rx.lock().expect("kubelet retry lock").take();
         if let Some(mut rx) = retry_rx {
             let me = self.clone();
             tokio::spawn(async move {
                 while let Some((ns, name)) = rx.recv().await {
-                    let me = me.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        let api: Api<Pod> = Api::namespaced(me.client.clone(), &ns);
-                        if let Ok(Some(pod)) = api.get_opt(&name).await {
-                            me.reconcile(pod).await;
-                        }
-                    });
+                    me.resync(ns, name, me.timings.retry);
                 }
             });
         }
@@ -306,7 +583,7 @@ impl Kubelets {
             let me = self.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    tokio::time::sleep(me.timings.gc).await;
                     me.gc().await;
                 }
             })
@@ -387,6 +664,17 @@ impl Kubelets {
             .expect("kubelet sandboxes lock")
             .get(&uid)
             .map(|s| s.ips.clone());
+        if existing.is_none()
+            && let Some((error, first)) = self.wait_for_network(&node, &pod, &uid)
+        {
+            // Kubelet syncs no pod that needs the pod network while the
+            // runtime's network is not ready; the pod starts when it is.
+            if first {
+                tracing::info!(pod = %key, %node, %error, "pod waits for the runtime network");
+                self.record_network_not_ready(&pod, &node, &error).await;
+            }
+            return;
+        }
         let ips = match existing {
             Some(ips) => ips,
             None => match self.start_sandbox(&pod, &uid, &node).await {
@@ -411,6 +699,53 @@ impl Kubelets {
         {
             tracing::warn!(pod = %key, %error, "kubelet failed to write pod status");
             self.retry_later(&pod);
+        }
+    }
+
+    /// `Some((why, first time))` when the network of `node` is not ready:
+    /// the pod is then recorded as waiting for it (under the same lock the
+    /// status check releases waiting pods with, so none is missed).
+    fn wait_for_network(&self, node: &str, pod: &Pod, uid: &str) -> Option<(String, bool)> {
+        let mut nodes = self.nodes.lock().expect("kubelet nodes lock");
+        let state = nodes.get_mut(node)?;
+        let error = state.network_error.clone()?;
+        let first = state
+            .waiting
+            .insert(
+                uid.to_owned(),
+                (
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                    pod.metadata.name.clone().unwrap_or_default(),
+                ),
+            )
+            .is_none();
+        Some((error, first))
+    }
+
+    /// The `NetworkNotReady` warning event kubelet records on such a pod.
+    async fn record_network_not_ready(&self, pod: &Pod, node: &str, error: &str) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let now = now_rfc3339();
+        let (_, _, message) = ready_condition(Some(error));
+        let event = json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": format!("{name}."), "namespace": ns},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns,
+                               "uid": pod.metadata.uid},
+            "reason": "NetworkNotReady", "message": format!("network is not ready: {message}"),
+            "type": "Warning", "source": {"component": "kubelet", "host": node},
+            "reportingComponent": "kubelet", "reportingInstance": node,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1});
+        let created = match serde_json::from_value::<Event>(event) {
+            Ok(event) => Api::<Event>::namespaced(self.client.clone(), &ns)
+                .create(&PostParams::default(), &event)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = created {
+            tracing::debug!(pod = %pod_key(pod), %error, "kubelet failed to record an event");
         }
     }
 
@@ -482,16 +817,10 @@ impl Kubelets {
     }
 
     async fn start_sandbox(&self, pod: &Pod, uid: &str, node: &str) -> Result<Vec<IpAddr>> {
-        let runtime = self
-            .nodes
-            .lock()
-            .expect("kubelet nodes lock")
-            .get(node)
-            .cloned()
-            .ok_or_else(|| Error::Pod {
-                pod: pod_key(pod),
-                reason: format!("node {node} left"),
-            })?;
+        let runtime = self.runtime(node).ok_or_else(|| Error::Pod {
+            pod: pod_key(pod),
+            reason: format!("node {node} left"),
+        })?;
         let key = pod_key(pod);
         let netns = Netns::create(&format!(
             "{}-p{}",
@@ -551,6 +880,9 @@ impl Kubelets {
 
     /// Stops a sandbox: servers, CNI DEL, namespace.
     async fn teardown(&self, uid: &str) {
+        for state in self.nodes.lock().expect("kubelet nodes lock").values_mut() {
+            state.waiting.remove(uid);
+        }
         let sandbox = self
             .sandboxes
             .lock()
@@ -559,12 +891,7 @@ impl Kubelets {
         let Some(sandbox) = sandbox else {
             return;
         };
-        let runtime = self
-            .nodes
-            .lock()
-            .expect("kubelet nodes lock")
-            .get(&sandbox.node)
-            .cloned();
+        let runtime = self.runtime(&sandbox.node);
         drop(sandbox._servers);
         if let Some(rt) = runtime
             && let Err(error) = rt.cni.del(&sandbox.attachment).await
@@ -603,7 +930,14 @@ impl Kubelets {
             .lock()
             .expect("kubelet nodes lock")
             .get(node)
-            .map(|n| n.net.addresses().iter().map(IpAddr::to_string).collect())
+            .map(|n| {
+                n.runtime
+                    .net
+                    .addresses()
+                    .iter()
+                    .map(IpAddr::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
         let now = now_rfc3339();
         let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
@@ -667,7 +1001,7 @@ impl Kubelets {
             .lock()
             .expect("kubelet nodes lock")
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.runtime.clone()))
             .collect();
         for (name, rt) in nodes {
             let valid: Vec<cni::Attachment> = self
@@ -684,8 +1018,13 @@ impl Kubelets {
         }
     }
 
-    /// Stops every sandbox (lab shutdown).
+    /// Stops every node loop and every sandbox (lab shutdown).
     pub async fn shutdown(&self) {
+        for state in self.nodes.lock().expect("kubelet nodes lock").values_mut() {
+            if let Some(task) = state.task.take() {
+                task.abort();
+            }
+        }
         let uids: Vec<String> = self
             .sandboxes
             .lock()
@@ -699,6 +1038,56 @@ impl Kubelets {
     }
 }
 
+/// The runtime's network status: why it is not ready, or `None`.
+async fn network_error(runtime: &NodeRuntime) -> Option<String> {
+    runtime.cni.status().await.err().map(|e| e.to_string())
+}
+
+/// A node's periodic work, until the node is removed or the emulator is
+/// dropped: runtime status, Lease renewal, node status heartbeat.
+async fn node_loop(me: Weak<Kubelets>, node: String, timings: Timings) {
+    use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
+    // add_node has just asked the runtime and posted the status; the Lease
+    // is created at once.
+    let mut status = interval_at(
+        Instant::now() + timings.runtime_status,
+        timings.runtime_status,
+    );
+    let mut lease = interval(timings.lease_renew);
+    let mut heartbeat = interval_at(Instant::now() + timings.node_status, timings.node_status);
+    for t in [&mut status, &mut lease, &mut heartbeat] {
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    }
+    enum Work {
+        Status,
+        Lease,
+        Heartbeat,
+    }
+    loop {
+        let work = tokio::select! {
+            _ = status.tick() => Work::Status,
+            _ = lease.tick() => Work::Lease,
+            _ = heartbeat.tick() => Work::Heartbeat,
+        };
+        let Some(me) = me.upgrade() else {
+            return;
+        };
+        match work {
+            Work::Status => me.check_runtime(&node).await,
+            Work::Lease => {
+                if let Err(error) = me.renew_lease(&node).await {
+                    tracing::warn!(%node, %error, "kubelet failed to renew the node lease");
+                }
+            }
+            Work::Heartbeat => {
+                if let Err(error) = me.post_node_status(&node).await {
+                    tracing::warn!(%node, %error, "kubelet failed to post node status");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -708,6 +1097,34 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn micro_timestamps_carry_six_fraction_digits() {
+        assert_eq!(rfc3339_micro(0, 5), "1970-01-01T00:00:00.000005Z");
+        assert_eq!(
+            rfc3339_micro(1_798_761_599, 999_999),
+            "2026-12-31T23:59:59.999999Z"
+        );
+    }
+
+    #[test]
+    fn ready_conditions_say_what_kubelet_says() {
+        assert_eq!(
+            ready_condition(None),
+            (
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status".to_owned()
+            )
+        );
+        let (status, reason, message) = ready_condition(Some("agent down"));
+        assert_eq!((status, reason), ("False", "KubeletNotReady"));
+        assert_eq!(
+            message,
+            "container runtime network not ready: NetworkReady=false \
+             reason:NetworkPluginNotReady message:Network plugin returns error: agent down"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use crate::apiserver;
 use crate::arm::{AppliedRoute, ArmConfig, ArmHandle, ArmServer, TableId};
 use crate::cni;
-use crate::kubelet::{Kubelets, NodeRuntime, PodInfo};
+use crate::kubelet::{self, Kubelets, NodeRuntime, PodInfo};
 use crate::netns::{self, Netns};
 use crate::relay::{self, Relay};
 use crate::traffic::{self, Outcome, Protocol};
@@ -100,6 +100,8 @@ pub struct LabConfig {
     pub route_batch_interval: Duration,
     /// Extra arguments for every agent (e.g. `--policy=false`).
     pub agent_args: Vec<String>,
+    /// The kubelet emulator's periods.
+    pub kubelet: kubelet::Timings,
 }
 
 impl LabConfig {
@@ -118,6 +120,14 @@ impl LabConfig {
             arm_operation_delay: Duration::from_millis(50),
             route_batch_interval: Duration::from_millis(200),
             agent_args: Vec::new(),
+            kubelet: kubelet::Timings {
+                // Kubelet asks the runtime every 5 s; the lab asks every
+                // second so that a node is Ready, and its waiting pods
+                // start, soon after its agent is (like its short leader
+                // election timings). Lease and heartbeat keep kubelet's.
+                runtime_status: Duration::from_secs(1),
+                ..Default::default()
+            },
         }
     }
 
@@ -304,7 +314,8 @@ impl Lab {
         )
         .map_err(io("cannot write the node kubeconfig"))?;
 
-        let kubelets = Kubelets::new(client.clone(), &config.prefix);
+        let kubelets =
+            Kubelets::with_timings(client.clone(), &config.prefix, config.kubelet.clone());
         let mut tasks: Vec<tokio::task::JoinHandle<()>> = follow.into();
         tasks.push(tokio::spawn(kubelets.clone().run()));
 
@@ -347,6 +358,7 @@ impl Lab {
             .filter(|_| config.route_controllers > 0)
         {
             lab.wait_agent_ready(&node, Duration::from_secs(60)).await?;
+            lab.wait_node_ready(&node, Duration::from_secs(30)).await?;
         }
         {
             let mut st = lab.state.lock().expect("lab state lock");
@@ -383,6 +395,11 @@ impl Lab {
 
     pub fn pods(&self) -> Vec<PodInfo> {
         self.kubelets.pods()
+    }
+
+    /// The kubelet emulator of every node.
+    pub fn kubelets(&self) -> &Kubelets {
+        &self.kubelets
     }
 
     /// Writes the state file with the current pods, nodes and routes.
@@ -676,6 +693,16 @@ impl Lab {
         }
     }
 
+    /// Waits until the node is `Ready` (its runtime's network status, CNI
+    /// STATUS, succeeds): pods bound to it start from then on.
+    pub async fn wait_node_ready(&self, node: &str, timeout: Duration) -> Result<()> {
+        self.wait_for(&format!("{node} Ready"), timeout, || async {
+            let n = self.node_object(node).await.ok().flatten()?;
+            (node_ready(&n) == Some(true)).then_some(())
+        })
+        .await
+    }
+
     /// Removes a node: its pods, kubelet registration, agent, relay and
     /// namespace.
     pub async fn remove_node(&self, node: &str) -> Result<()> {
@@ -855,6 +882,17 @@ pub fn network_unavailable(node: &Node) -> Option<bool> {
         .as_ref()?
         .iter()
         .find(|c| c.type_ == "NetworkUnavailable")
+        .map(|c| c.status == "True")
+}
+
+/// The node's `Ready` condition: `Some(true)` when True.
+pub fn node_ready(node: &Node) -> Option<bool> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
         .map(|c| c.status == "True")
 }
 
