@@ -7,6 +7,7 @@
 //! (boxed futures) so the binary can choose the implementation at run time.
 
 use futures::future::BoxFuture;
+use prometheus_client::registry::Registry;
 use std::net::IpAddr;
 use underlay_ipam::AttachmentKey;
 
@@ -47,6 +48,10 @@ pub trait EndpointHook: Send + Sync + 'static {
     fn restored<'a>(&'a self, eps: &'a [EndpointInfo]) -> BoxFuture<'a, Result<(), HookError>>;
     /// A summary for Status; `None` when there is no policy engine.
     fn status(&self) -> Option<underlay_proto::v1::PolicyStatus>;
+    /// Adds the hook's own metrics to the agent's registry (served on
+    /// `/metrics`); called once, before the agent serves. Hooks without
+    /// metrics keep the default, which adds nothing.
+    fn register_metrics(&self, _registry: &mut Registry) {}
 }
 
 /// Policy enforcement disabled (`--policy=false`): every endpoint is open.

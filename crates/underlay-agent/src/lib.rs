@@ -207,7 +207,9 @@ pub async fn run_until(
     };
     let hook = make_hook(&ctx).context("start the policy engine")?;
 
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    hook.register_metrics(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
     let store = store::Store::open(&args.state_dir)?;
     let endpoints = Endpoints::open(store, hook, metrics.clone(), args.mtu)?;
     tracing::info!(node = %node, recorded = endpoints.endpoints().len(), state_dir = %args.state_dir.display(), "endpoint store open");

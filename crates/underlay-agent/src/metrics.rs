@@ -56,7 +56,10 @@ fn rpc_histogram() -> Histogram {
 
 /// Every metric the agent exports.
 pub struct Metrics {
-    pub registry: Registry,
+    /// The root registry `/metrics` encodes: the agent's own metrics sit
+    /// under `underlay_agent_*`; other parts (the policy engine) add theirs
+    /// with their own prefix through [`Metrics::registry_mut`].
+    registry: Registry,
     pub allocations: Counter,
     pub releases: Counter,
     pub endpoints: Gauge,
@@ -75,7 +78,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("underlay_agent");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("underlay_agent");
         let allocations = Counter::default();
         let releases = Counter::default();
         let endpoints = Gauge::default();
@@ -113,7 +117,7 @@ impl Metrics {
         );
         registry.register("ready", "1 when the agent can serve Attach", ready.clone());
         Self {
-            registry,
+            registry: root,
             allocations,
             releases,
             endpoints,
@@ -123,6 +127,12 @@ impl Metrics {
             rpc_errors,
             ready,
         }
+    }
+
+    /// The root registry, for metrics of other parts registered before the
+    /// agent starts serving (they keep their own prefix).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// The text exposition format.

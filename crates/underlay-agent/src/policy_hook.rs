@@ -4,6 +4,7 @@
 
 use crate::hook::{EndpointHook, EndpointInfo, HookError};
 use futures::future::BoxFuture;
+use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 use underlay_policy::agent::{AttachError, PolicyAgent};
@@ -30,7 +31,8 @@ impl PolicyHook {
         Arc::new(PolicyHook { agent, metrics })
     }
 
-    /// The engine's metrics, for the agent's registry.
+    /// The engine's metrics (also registered through
+    /// [`EndpointHook::register_metrics`]).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -65,6 +67,10 @@ impl EndpointHook for PolicyHook {
                 .await
                 .map_err(|e| HookError::Unavailable(e.to_string()))
         })
+    }
+
+    fn register_metrics(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
     }
 
     fn status(&self) -> Option<underlay_proto::v1::PolicyStatus> {

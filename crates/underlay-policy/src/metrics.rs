@@ -27,9 +27,13 @@ pub struct Metrics {
     pub repairs: Counter,
 }
 
+/// The tools whose calls are counted, each exported from the start (at 0)
+/// so rates and alerts see the series before the first failure.
+pub const TOOLS: [&str; 3] = ["iptables-restore", "ip6tables-restore", "ipset"];
+
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
+        let m = Metrics {
             policies: Gauge::default(),
             endpoints: Gauge::default(),
             rules: Gauge::default(),
@@ -40,7 +44,13 @@ impl Default for Metrics {
             restore_failures: MetricFamily::default(),
             conntrack_removed: Counter::default(),
             repairs: Counter::default(),
+        };
+        for tool in TOOLS {
+            let label = ToolLabel { tool: tool.into() };
+            drop(m.restore_calls.get_or_create(&label));
+            drop(m.restore_failures.get_or_create(&label));
         }
+        m
     }
 }
 
@@ -98,5 +108,33 @@ impl Metrics {
             "Syncs that found the node's rules or sets differing from what was programmed",
             self.repairs.clone(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exported_under_the_policy_prefix() {
+        let m = Metrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "underlay_policy_policies 0",
+            "underlay_policy_endpoints 0",
+            "underlay_policy_rules 0",
+            "underlay_policy_ipset_members 0",
+            "underlay_policy_apply_seconds_count 0",
+            "underlay_policy_change_to_dataplane_seconds_count 0",
+            "underlay_policy_restore_calls_total{tool=\"iptables-restore\"} 0",
+            "underlay_policy_restore_failures_total{tool=\"ipset\"} 0",
+            "underlay_policy_conntrack_removed_total 0",
+            "underlay_policy_repairs_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
     }
 }

@@ -1,0 +1,281 @@
+//! The agent binary with policy enforcement on, as root, inside a network
+//! namespace this test creates (its iptables and ipsets are that
+//! namespace's), talking to the lab's embedded API server through a relay:
+//! after Attach programs a pod's policy, `Status` over gRPC reports the
+//! policy state and `/metrics` over HTTP carries every policy metric with
+//! values that match; a policy deleted through the API reaches the
+//! dataplane and both again.
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use underlay_lab::apiserver::{ApiServer, Config};
+use underlay_lab::netns::{self, Netns};
+use underlay_proto::v1::{self, agent_client::AgentClient};
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Port of `/metrics` inside the test's namespace (nothing else listens
+/// there).
+const METRICS_PORT: u16 = 9962;
+
+fn scrape(ns: &Netns) -> String {
+    ns.enter(|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .expect("enter the namespace")
+    .unwrap_or_default()
+}
+
+/// The value of one sample (`name` or `name{labels}`) in the text format.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn client(socket: &Path) -> AgentClient<tonic::transport::Channel> {
+    let socket = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://agent")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the agent");
+    AgentClient::new(channel)
+}
+
+async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let obj: K = serde_json::from_value(value).expect("object json");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
+}
+
+async fn running_pod(client: &kube::Client, name: &str, ip: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "x");
+    create(
+        &pods,
+        json!({"metadata": {"name": name, "labels": {"pod": name}},
+               "spec": {"nodeName": "worker-1",
+                        "containers": [{"name": "c", "image": "busybox:1",
+                                        "ports": [{"name": "web", "containerPort": 80}]}]}}),
+    )
+    .await;
+    pods.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+    )
+    .await
+    .expect("pod status");
+}
+
+fn iptables_save(ns: &Netns) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "iptables-save", "-t", "filter"])
+        .output()
+        .expect("run iptables-save");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_report_the_programmed_policy() {
+    if !netns::require_root("status_and_metrics_report_the_programmed_policy") {
+        return;
+    }
+    let api = ApiServer::start(Config::default())
+        .await
+        .expect("start the API server");
+    let kube = api.client().unwrap();
+    let nodes: Api<Node> = Api::all(kube.clone());
+    create(
+        &nodes,
+        json!({"metadata": {"name": "worker-1"},
+               "spec": {"podCIDR": "10.244.5.0/24", "podCIDRs": ["10.244.5.0/24"]}}),
+    )
+    .await;
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    create(
+        &namespaces,
+        json!({"metadata": {"name": "x", "labels": {"ns": "x"}}}),
+    )
+    .await;
+    running_pod(&kube, "a", "10.244.5.2").await;
+    running_pod(&kube, "b", "10.244.5.3").await;
+    running_pod(&kube, "c", "10.244.5.4").await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(kube.clone(), "x");
+    create(
+        &policies,
+        json!({"metadata": {"name": "only-b"},
+               "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}],
+                                     "ports": [{"port": "web"}]}]}}),
+    )
+    .await;
+
+    // The agent runs in its own namespace: its rules and sets are that
+    // namespace's, and it reaches the API server through a relay there.
+    let ns = Netns::create(&format!("{}pa", netns::unique_prefix()))
+        .await
+        .expect("create the namespace");
+    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
+        .expect("relay");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
+    )
+    .unwrap();
+    let socket: PathBuf = dir.path().join("agent.sock");
+    let _agent = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(env!("CARGO_BIN_EXE_underlay-agent"))
+            .args(["--node-name", "worker-1", "--policy=true"])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{METRICS_PORT}"))
+            .args(["--health-addr", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent"),
+    );
+    wait_for("the socket", async || socket.exists()).await;
+    let mut c = client(&socket).await;
+    wait_for("ready", async || {
+        c.status(v1::StatusRequest {})
+            .await
+            .map(|s| s.into_inner().ready)
+            .unwrap_or(false)
+    })
+    .await;
+
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let got = c
+        .attach(v1::AttachRequest {
+            key: Some(v1::AttachmentKey {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+            }),
+            pod: Some(v1::PodRef {
+                namespace: "x".into(),
+                name: "a".into(),
+                ..Default::default()
+            }),
+            host_interface: "udlpolicya01".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("attach x/a")
+        .into_inner();
+    assert!(got.policy_programmed);
+    let saved = iptables_save(&ns);
+    assert!(saved.contains("-i udlpolicya01"), "{saved}");
+
+    // Status over gRPC: the policy state a CLI shows.
+    let st = c.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert!(st.ready, "{}", st.reason);
+    let p = st.policy.expect("policy status");
+    assert_eq!((p.policies, p.endpoints), (1, 1), "{p:?}");
+    assert!(p.rules > 0, "{p:?}");
+    // Peer set {x/b}, named-port set {x/a,tcp:80}.
+    assert!(p.ipset_members >= 2, "{p:?}");
+    let last = p.last_sync_unix_ms.expect("last sync time");
+    assert!(last >= before, "last sync {last} before attach {before}");
+    assert_eq!(p.last_error, "");
+
+    // /metrics carries every policy family beside the agent's own.
+    let text = scrape(&ns);
+    let value =
+        |name: &str| sample(&text, name).unwrap_or_else(|| panic!("no sample {name} in\n{text}"));
+    assert_eq!(value("underlay_agent_allocations_total"), 1.0);
+    assert_eq!(value("underlay_policy_policies"), 1.0);
+    assert_eq!(value("underlay_policy_endpoints"), 1.0);
+    assert_eq!(value("underlay_policy_rules"), p.rules as f64);
+    assert_eq!(
+        value("underlay_policy_ipset_members"),
+        p.ipset_members as f64
+    );
+    assert!(value("underlay_policy_apply_seconds_count") >= 1.0);
+    assert!(value("underlay_policy_apply_seconds_sum") > 0.0);
+    let changes = value("underlay_policy_change_to_dataplane_seconds_count");
+    assert!(changes >= 1.0);
+    assert!(value("underlay_policy_restore_calls_total{tool=\"iptables-restore\"}") >= 1.0);
+    assert!(value("underlay_policy_restore_calls_total{tool=\"ip6tables-restore\"}") >= 1.0);
+    assert!(value("underlay_policy_restore_calls_total{tool=\"ipset\"}") >= 1.0);
+    for tool in ["iptables-restore", "ip6tables-restore", "ipset"] {
+        let name = format!("underlay_policy_restore_failures_total{{tool=\"{tool}\"}}");
+        assert_eq!(value(&name), 0.0);
+    }
+    assert_eq!(value("underlay_policy_conntrack_removed_total"), 0.0);
+    assert_eq!(value("underlay_policy_repairs_total"), 0.0);
+
+    // A change through the API reaches the dataplane, Status and metrics.
+    policies
+        .delete("only-b", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the deleted policy to leave the dataplane", async || {
+        let st = c.status(v1::StatusRequest {}).await.unwrap().into_inner();
+        st.policy.is_some_and(|p| p.policies == 0)
+    })
+    .await;
+    let text = scrape(&ns);
+    assert_eq!(
+        sample(&text, "underlay_policy_policies"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "underlay_policy_endpoints"),
+        Some(1.0),
+        "{text}"
+    );
+    let after = sample(&text, "underlay_policy_change_to_dataplane_seconds_count").unwrap();
+    assert!(after > changes, "{after} <= {changes}");
+    drop(relay);
+}
