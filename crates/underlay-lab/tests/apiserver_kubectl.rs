@@ -398,3 +398,98 @@ async fn kubectl_get_watch_sees_changes() {
     assert!(seen.starts_with("configmap/w"), "{seen}");
     watch.kill().await.unwrap();
 }
+
+const WORKLOADS: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      priorityClassName: system-cluster-critical
+      containers: [{name: web, image: web:IMAGE}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: kube-system}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: agent, image: agent:1}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: reader}
+rules:
+- apiGroups: [\"\"]
+  resources: [pods]
+  verbs: [get, list, watch]
+";
+
+#[tokio::test]
+async fn kubectl_applies_and_lists_workloads_and_roles() {
+    if !kubectl_present() {
+        eprintln!("skipping: kubectl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path()).await;
+    let kc = dir.path().join("kubeconfig");
+    let out = ok(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&WORKLOADS.replace("IMAGE", "1")),
+    )
+    .await;
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    assert!(out.contains("daemonset.apps/agent created"), "{out}");
+    assert!(
+        out.contains("clusterrole.rbac.authorization.k8s.io/reader created"),
+        "{out}"
+    );
+    // A client-side re-apply with a new image is a strategic merge patch
+    // of the template.
+    let out = ok(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&WORKLOADS.replace("IMAGE", "2")),
+    )
+    .await;
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(out.contains("daemonset.apps/agent unchanged"), "{out}");
+    let image = ok(
+        &kc,
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.generation} {.spec.template.spec.containers[*].image}",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(image, "2 web:2");
+
+    let out = ok(&kc, &["get", "deploy,ds,clusterrole", "-A"], None).await;
+    for want in [
+        "deployment.apps/web",
+        "daemonset.apps/agent",
+        "clusterrole.rbac.authorization.k8s.io/reader",
+        "READY",
+        "UP-TO-DATE",
+        "NODE SELECTOR",
+    ] {
+        assert!(out.contains(want), "{want} missing from:\n{out}");
+    }
+    let out = ok(&kc, &["get", "priorityclasses"], None).await;
+    assert!(
+        out.contains("system-node-critical") && out.contains("2000001000"),
+        "{out}"
+    );
+    drop(h);
+}

@@ -549,3 +549,296 @@ async fn plain_http_serves_kube_rs_clients() {
     );
     assert!(h.kubeconfig().contains(&h.url()));
 }
+
+fn deployment(name: &str, image: &str) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": image}]}},
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn deployments_default_bump_generation_and_keep_status_apart() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (_h, client) = start().await;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let d = api
+        .create(&PostParams::default(), &deployment("web", "web:1"))
+        .await
+        .unwrap();
+    let spec = d.spec.clone().unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(spec.revision_history_limit, Some(10));
+    assert_eq!(d.metadata.generation, Some(1));
+    assert_eq!(
+        d.status.clone().unwrap().observed_generation,
+        None,
+        "a new deployment has the zero status"
+    );
+
+    // A label change is not a spec change; an image change is.
+    let labelled = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(labelled.metadata.generation, Some(1));
+    let changed = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "web:2"}]}}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.metadata.generation, Some(2));
+    let containers = changed.spec.unwrap().template.spec.unwrap().containers;
+    assert_eq!(containers.len(), 1, "containers merge by name");
+    assert_eq!(containers[0].image.as_deref(), Some("web:2"));
+
+    // Status goes through /status only, and moves neither generation nor
+    // the controller's observedGeneration by itself.
+    let ignored = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ignored.status.unwrap().replicas, None);
+    let status = api
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"observedGeneration": 2, "replicas": 1}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.metadata.generation, Some(2));
+    assert_eq!(status.status.unwrap().observed_generation, Some(2));
+    let again = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.metadata.generation, Some(3));
+    assert_eq!(again.status.unwrap().observed_generation, Some(2));
+
+    // The selector is fixed and must select the template.
+    let err = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"selector": {"matchLabels": {"app": "other"}}}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), 422);
+    let mut bad = deployment("bad", "web:1");
+    bad.spec.as_mut().unwrap().selector =
+        serde_json::from_value(json!({"matchLabels": {"app": "nope"}})).unwrap();
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    assert_eq!(code(err), 422);
+}
+
+#[tokio::test]
+async fn server_side_apply_of_a_workload_is_idempotent() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let (_h, client) = start().await;
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    let ds = json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {
+                "priorityClassName": "system-node-critical",
+                "containers": [{"name": "a", "image": "agent:1", "ports": [{"containerPort": 9650}]}],
+            }},
+        },
+    });
+    let params = PatchParams::apply("test").force();
+    let first = api
+        .patch("agent", &params, &Patch::Apply(&ds))
+        .await
+        .unwrap();
+    assert_eq!(first.status.as_ref().unwrap().number_ready, 0);
+    let second = api
+        .patch("agent", &params, &Patch::Apply(&ds))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.metadata.resource_version,
+        second.metadata.resource_version
+    );
+    let fields = serde_json::to_string(&second.metadata.managed_fields).unwrap();
+    assert!(fields.contains(r#"k:{\"name\":\"a\"}"#), "{fields}");
+    let mut upgraded = ds.clone();
+    upgraded["spec"]["template"]["spec"]["containers"][0]["image"] = json!("agent:2");
+    let third = api
+        .patch("agent", &params, &Patch::Apply(&upgraded))
+        .await
+        .unwrap();
+    assert_eq!(third.metadata.generation, Some(2));
+}
+
+#[tokio::test]
+async fn rbac_budgets_and_priority_classes() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let (_h, client) = start().await;
+
+    // The system priority classes exist and cannot be deleted.
+    let classes: Api<PriorityClass> = Api::all(client.clone());
+    let node_critical = classes.get("system-node-critical").await.unwrap();
+    assert_eq!(node_critical.value, 2_000_001_000);
+    assert_eq!(
+        code(
+            classes
+                .delete("system-node-critical", &Default::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    let reserved: PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": "system-mine"}, "value": 5})).unwrap();
+    assert_eq!(
+        code(
+            classes
+                .create(&PostParams::default(), &reserved)
+                .await
+                .unwrap_err()
+        ),
+        422
+    );
+
+    // A pod gets its class's priority; an unknown class is refused.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": "critical"},
+        "spec": {"priorityClassName": "system-node-critical", "containers": [{"name": "c", "image": "i:1"}]}}))
+    .unwrap();
+    let p = pods.create(&PostParams::default(), &p).await.unwrap();
+    assert_eq!(p.spec.unwrap().priority, Some(2_000_001_000));
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": "unknown"},
+        "spec": {"priorityClassName": "nope", "containers": [{"name": "c", "image": "i:1"}]}}))
+    .unwrap();
+    assert_eq!(
+        code(pods.create(&PostParams::default(), &p).await.unwrap_err()),
+        403
+    );
+
+    // RBAC: rules need verbs; roleRef is defaulted and fixed.
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let bad: ClusterRole = serde_json::from_value(json!({"metadata": {"name": "r"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"]}]}))
+    .unwrap();
+    assert_eq!(
+        code(
+            roles
+                .create(&PostParams::default(), &bad)
+                .await
+                .unwrap_err()
+        ),
+        422
+    );
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let b = bindings
+        .patch(
+            "b",
+            &PatchParams::apply("test"),
+            &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "b"}, "roleRef": {"kind": "ClusterRole", "name": "r", "apiGroup": "rbac.authorization.k8s.io"},
+                "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "default"}]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.subjects.unwrap()[0].api_group.as_deref(), Some(""));
+    let err = bindings
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"roleRef": {"name": "other"}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), 422);
+    let rb: Api<RoleBinding> = Api::namespaced(client.clone(), "default");
+    let role_binding: RoleBinding = serde_json::from_value(json!({"metadata": {"name": "rb"},
+        "roleRef": {"kind": "Role", "name": "r", "apiGroup": "rbac.authorization.k8s.io"}}))
+    .unwrap();
+    rb.create(&PostParams::default(), &role_binding)
+        .await
+        .unwrap();
+
+    // Budgets take one bound and have a status of their own.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    let both: PodDisruptionBudget = serde_json::from_value(json!({"metadata": {"name": "p"},
+        "spec": {"minAvailable": 1, "maxUnavailable": 1}}))
+    .unwrap();
+    assert_eq!(
+        code(
+            pdbs.create(&PostParams::default(), &both)
+                .await
+                .unwrap_err()
+        ),
+        422
+    );
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({"metadata": {"name": "p"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}))
+    .unwrap();
+    let pdb = pdbs.create(&PostParams::default(), &pdb).await.unwrap();
+    assert_eq!(pdb.status.unwrap().disruptions_allowed, 0);
+    let pdb = pdbs
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"disruptionsAllowed": 1, "currentHealthy": 2, "desiredHealthy": 1, "expectedPods": 2}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pdb.status.unwrap().disruptions_allowed, 1);
+}
+
+#[tokio::test]
+async fn discovery_lists_the_deployment_groups() {
+    let (_h, client) = start().await;
+    let discovery = kube::Discovery::new(client).run().await.unwrap();
+    let mut found = Vec::new();
+    for group in discovery.groups() {
+        for (ar, caps) in group.recommended_resources() {
+            found.push((
+                ar.group.clone(),
+                ar.plural.clone(),
+                caps.scope == kube::discovery::Scope::Namespaced,
+            ));
+        }
+    }
+    for (group, plural, namespaced) in [
+        ("apps", "deployments", true),
+        ("apps", "daemonsets", true),
+        ("rbac.authorization.k8s.io", "clusterroles", false),
+        ("rbac.authorization.k8s.io", "clusterrolebindings", false),
+        ("rbac.authorization.k8s.io", "roles", true),
+        ("rbac.authorization.k8s.io", "rolebindings", true),
+        ("policy", "poddisruptionbudgets", true),
+        ("scheduling.k8s.io", "priorityclasses", false),
+    ] {
+        assert!(
+            found.contains(&(group.to_string(), plural.to_string(), namespaced)),
+            "{group}/{plural}: {found:?}"
+        );
+    }
+}

@@ -548,6 +548,27 @@ fn check_type(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
     Ok(())
 }
 
+/// What every write of a whole object to a named URL checks first: the
+/// object's apiVersion, kind, name and namespace are the URL's (each filled
+/// in when absent; the name only when `unnamed_ok`, as for apply).
+fn check_identity(
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    obj: &mut Value,
+    unnamed_ok: bool,
+) -> ApiResult<()> {
+    check_type(rt, obj)?;
+    let body_name = meta::meta_str(obj, "name");
+    if body_name != name && !(unnamed_ok && body_name.is_empty()) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    meta::metadata_mut(obj).insert("name".into(), json!(name));
+    check_namespace(rt, ns, obj)
+}
+
 fn check_namespace(rt: &ResourceType, ns: &str, obj: &mut Value) -> ApiResult<()> {
     let m = meta::metadata_mut(obj);
     if rt.namespaced {
@@ -898,16 +919,8 @@ fn update(
     mut obj: Value,
     sub: Option<&str>,
 ) -> ApiResult<Response> {
-    check_type(rt, &mut obj)?;
-    let mut obj = convert::to_storage(rt, obj);
-    check_namespace(rt, ns, &mut obj)?;
-    let body_name = meta::meta_str(&obj, "name");
-    if body_name != name {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({body_name}) does not match the name on the URL ({name})"
-        )));
-    }
-    let (obj, warnings) = normalize(ctx, rt, obj)?;
+    check_identity(rt, ns, name, &mut obj, false)?;
+    let (obj, warnings) = normalize(ctx, rt, convert::to_storage(rt, obj))?;
     let k = key(rt, ns, name);
     let mut inner = ctx.st.store.lock();
     let Some(current) = inner.get(&k).cloned() else {
@@ -979,13 +992,7 @@ fn patch_object(
         "application/merge-patch+json" => patch::merge_patch(&mut doc, body)?,
         _ => patch::strategic_merge_patch(&mut doc, body, &rt.kind)?,
     }
-    check_type(rt, &mut doc)?;
-    if meta::meta_str(&doc, "name") != name {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({}) does not match the name on the URL ({name})",
-            meta::meta_str(&doc, "name")
-        )));
-    }
+    check_identity(rt, ns, name, &mut doc, false)?;
     let doc = convert::to_storage(rt, doc);
     let (doc, warnings) = normalize(ctx, rt, doc)?;
     let stored = commit_update(ctx, &mut inner, rt, &k, &old, doc, sub, true)?;
@@ -1027,15 +1034,7 @@ fn apply_patch(
             )));
         }
     }
-    check_type(rt, &mut applied)?;
-    let body_name = meta::meta_str(&applied, "name");
-    if !body_name.is_empty() && body_name != name {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({body_name}) does not match the name on the URL ({name})"
-        )));
-    }
-    meta::metadata_mut(&mut applied).insert("name".into(), json!(name));
-    check_namespace(rt, ns, &mut applied)?;
+    check_identity(rt, ns, name, &mut applied, true)?;
     // Check field types before merging; unknown fields are handled as for any write.
     let (applied_storage, warnings) = normalize(ctx, rt, convert::to_storage(rt, applied.clone()))?;
     let _ = applied_storage;

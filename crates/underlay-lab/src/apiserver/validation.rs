@@ -321,13 +321,7 @@ fn validate_np_port(port: &Value, path: &str, causes: &mut Vec<Cause>) {
         Value::Null => {}
         Value::Number(n) => {
             let v = n.as_i64().unwrap_or(0);
-            if !(1..=65535).contains(&v) {
-                causes.push(Cause::invalid(
-                    format!("{path}.port"),
-                    v,
-                    "must be between 1 and 65535, inclusive",
-                ));
-            }
+            port_number(&format!("{path}.port"), v, causes);
             numeric = Some(v);
         }
         Value::String(s) => {
@@ -360,13 +354,43 @@ fn validate_np_port(port: &Value, path: &str, causes: &mut Vec<Cause>) {
             )),
             _ => {}
         }
-        if !(1..=65535).contains(&end) {
-            causes.push(Cause::invalid(
-                format!("{path}.endPort"),
-                end,
-                "must be between 1 and 65535, inclusive",
-            ));
-        }
+        port_number(&format!("{path}.endPort"), end, causes);
+    }
+}
+
+fn port_number(path: &str, port: i64, causes: &mut Vec<Cause>) {
+    if !(1..=65535).contains(&port) {
+        causes.push(Cause::invalid(
+            path,
+            port,
+            "must be between 1 and 65535, inclusive",
+        ));
+    }
+}
+
+/// Parses a CIDR field, reporting it when it is not one.
+fn cidr_field(path: String, s: &str, causes: &mut Vec<Cause>) -> Option<(IpAddr, u8)> {
+    let cidr = parse_cidr(s);
+    if cidr.is_none() {
+        causes.push(Cause::invalid(path, s, CIDR_MSG));
+    }
+    cidr
+}
+
+/// A dual-stack list (podCIDRs, podIPs): at most one entry per IP family.
+fn one_per_family(
+    path: String,
+    values: &[String],
+    ipv4: &[bool],
+    what: &str,
+    causes: &mut Vec<Cause>,
+) {
+    if values.len() > 2 || (ipv4.len() == 2 && ipv4[0] == ipv4[1]) {
+        causes.push(Cause::invalid(
+            path,
+            values.join(","),
+            &format!("may specify no more than one {what} for each IP family"),
+        ));
     }
 }
 
@@ -382,25 +406,19 @@ fn validate_np_peer(peer: &Value, path: &str, causes: &mut Vec<Cause>) {
     if !block.is_null() {
         count += 1;
         let cidr_str = block["cidr"].as_str().unwrap_or("");
-        let cidr = parse_cidr(cidr_str);
-        if cidr_str.is_empty() {
+        let cidr = if cidr_str.is_empty() {
             causes.push(Cause::required(format!("{path}.ipBlock.cidr")));
-        } else if cidr.is_none() {
-            causes.push(Cause::invalid(
-                format!("{path}.ipBlock.cidr"),
-                cidr_str,
-                CIDR_MSG,
-            ));
-        }
+            None
+        } else {
+            cidr_field(format!("{path}.ipBlock.cidr"), cidr_str, causes)
+        };
         for (k, except) in block["except"].as_array().into_iter().flatten().enumerate() {
             let e = except.as_str().unwrap_or("");
             let p = format!("{path}.ipBlock.except[{k}]");
-            match (parse_cidr(e), cidr) {
-                (None, _) => causes.push(Cause::invalid(p, e, CIDR_MSG)),
-                (Some(inner), Some(outer)) if !cidr_strictly_within(inner, outer) => {
-                    causes.push(Cause::invalid(p, e, "must be a strict subset of `cidr`"))
-                }
-                _ => {}
+            if let (Some(inner), Some(outer)) = (cidr_field(p.clone(), e, causes), cidr)
+                && !cidr_strictly_within(inner, outer)
+            {
+                causes.push(Cause::invalid(p, e, "must be a strict subset of `cidr`"));
             }
         }
     }
@@ -448,18 +466,11 @@ fn node(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         .collect();
     let mut families = Vec::new();
     for (i, c) in cidrs.iter().enumerate() {
-        match parse_cidr(c) {
-            Some((ip, _)) => families.push(ip.is_ipv4()),
-            None => causes.push(Cause::invalid(format!("spec.podCIDRs[{i}]"), c, CIDR_MSG)),
+        if let Some((ip, _)) = cidr_field(format!("spec.podCIDRs[{i}]"), c, causes) {
+            families.push(ip.is_ipv4());
         }
     }
-    if cidrs.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
-        causes.push(Cause::invalid(
-            "spec.podCIDRs",
-            cidrs.join(","),
-            "may specify no more than one CIDR for each IP family",
-        ));
-    }
+    one_per_family("spec.podCIDRs".into(), &cidrs, &families, "CIDR", causes);
     for (i, taint) in spec["taints"].as_array().into_iter().flatten().enumerate() {
         let effect = taint["effect"].as_str().unwrap_or("");
         if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
@@ -528,13 +539,7 @@ fn ips_consistent(status: &mut Value, single: &str, plural: &str, causes: &mut V
             )),
         }
     }
-    if many.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
-        causes.push(Cause::invalid(
-            format!("status.{plural}"),
-            many.join(","),
-            "may specify no more than one IP for each IP family",
-        ));
-    }
+    one_per_family(format!("status.{plural}"), &many, &families, "IP", causes);
 }
 
 /// The checks of a pod spec at `path` (a Pod's `spec`, a template's
