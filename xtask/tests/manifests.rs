@@ -494,3 +494,267 @@ fn the_agent_runs_on_every_node_with_only_the_capabilities_it_needs() {
     );
     assert_eq!(agent_mounts["/run/xtables.lock"], "/run/xtables.lock");
 }
+
+/// Each image's entrypoint (as `cargo xtask image` writes it): the route
+/// controller's is the binary itself; the agent's is a script that picks the
+/// iptables backend (reading `UNDERLAY_IPTABLES_MODE`) and runs its arguments.
+const ENTRYPOINTS: &[(&str, &[&str])] = &[
+    (
+        "underlay-route-controller",
+        &["/usr/local/bin/underlay-route-controller"],
+    ),
+    ("underlay-agent", &["/usr/local/bin/underlay-entrypoint"]),
+];
+
+/// Variables read by something other than the binary's argument parser:
+/// the agent image's entrypoint, and the log filter of every binary.
+const NOT_FLAGS: &[&str] = &["UNDERLAY_IPTABLES_MODE", "RUST_LOG"];
+
+/// What the kubelet would run for one container: its argv (entrypoint or
+/// `command`, then `args`) and its environment, with ConfigMap references
+/// resolved from the base and downward-API fields given plausible values.
+fn container_invocation(
+    pod_meta: (&str, &str),
+    container: &k8s_openapi::api::core::v1::Container,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let image = container.image.as_deref().unwrap();
+    let image = image.rsplit('/').next().unwrap().split(':').next().unwrap();
+    let mut argv: Vec<String> = match &container.command {
+        Some(command) => command.clone(),
+        None => ENTRYPOINTS
+            .iter()
+            .find(|(i, _)| *i == image)
+            .unwrap_or_else(|| panic!("no entrypoint known for the image {image}"))
+            .1
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    argv.extend(container.args.clone().unwrap_or_default());
+    let mut env = Vec::new();
+    for from in container.env_from.iter().flatten() {
+        let name = &from
+            .config_map_ref
+            .as_ref()
+            .expect("env from ConfigMaps only")
+            .name;
+        for (k, v) in config_map(name) {
+            env.push((k, v));
+        }
+    }
+    for e in container.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) => {
+                if let Some(field) = &from.field_ref {
+                    match field.field_path.as_str() {
+                        "metadata.name" => pod_meta.0.to_string(),
+                        "metadata.namespace" => pod_meta.1.to_string(),
+                        "spec.nodeName" => "node-0".to_string(),
+                        other => panic!("{}: downward API field {other} not modelled", e.name),
+                    }
+                } else if let Some(key) = &from.config_map_key_ref {
+                    config_map(&key.name)
+                        .get(&key.key)
+                        .unwrap_or_else(|| panic!("{}: no key {} in {}", e.name, key.key, key.name))
+                        .clone()
+                } else {
+                    panic!("{}: only fieldRef and configMapKeyRef are modelled", e.name)
+                }
+            }
+            (None, None) => String::new(),
+        };
+        // A later entry overrides an earlier one, as in the kubelet.
+        env.retain(|(k, _)| *k != e.name);
+        env.push((e.name.clone(), value));
+    }
+    (argv, env)
+}
+
+/// The argv clap would see if every variable of `env` that the command reads
+/// were given as its flag instead; fails on a variable no argument reads.
+fn flags_from_env(cmd: &clap::Command, env: &[(String, String)]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (name, value) in env {
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name.as_str()))
+        else {
+            if NOT_FLAGS.contains(&name.as_str()) {
+                continue;
+            }
+            return Err(format!("{name} is read by no flag of {}", cmd.get_name()));
+        };
+        let long = arg.get_long().expect("env flags have a long form");
+        if arg.get_action().takes_values() {
+            out.push(format!("--{long}={value}"));
+        } else {
+            // A flag without a value reads its variable as a bool literal.
+            match value.as_str() {
+                "true" => out.push(format!("--{long}")),
+                "false" => {}
+                other => return Err(format!("{name}={other} is not true or false")),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses one container's invocation with the binary's own parser.
+fn parse_invocation(argv: &[String], env: &[(String, String)]) -> Result<String, String> {
+    use clap::{CommandFactory, Parser};
+    let mut argv = argv.to_vec();
+    // The agent image's entrypoint runs its arguments.
+    if argv[0].ends_with("/underlay-entrypoint") {
+        argv.remove(0);
+    }
+    let program = argv[0].rsplit('/').next().unwrap().to_string();
+    match program.as_str() {
+        "underlay-route-controller" => {
+            let cmd = underlay_route_controller::runtime::Args::command();
+            let mut full = argv.clone();
+            full.extend(flags_from_env(&cmd, env)?);
+            underlay_route_controller::runtime::Args::try_parse_from(&full)
+                .map_err(|e| format!("{full:?}: {e}"))?;
+        }
+        "underlay-agent" => {
+            let mut full = argv.clone();
+            full.extend(flags_from_env(&underlay_agent::Args::command(), env)?);
+            underlay_agent::Args::try_parse_from(&full).map_err(|e| format!("{full:?}: {e}"))?;
+        }
+        "underlay-cni" => {
+            let sub = argv.get(1).cloned().unwrap_or_default();
+            let cmd = underlay_cni::Cli::command();
+            let sub_cmd = cmd
+                .find_subcommand(&sub)
+                .ok_or_else(|| format!("underlay-cni has no subcommand {sub:?}"))?
+                .clone();
+            let mut full = argv.clone();
+            full.extend(flags_from_env(&sub_cmd, env)?);
+            underlay_cni::Cli::try_parse_from(&full).map_err(|e| format!("{full:?}: {e}"))?;
+        }
+        other => return Err(format!("{other} is not an underlay binary")),
+    }
+    Ok(program)
+}
+
+/// The pod templates of the base's workloads: (workload, pod name, namespace, spec).
+fn pod_templates() -> Vec<(String, String, String, PodSpec)> {
+    let mut out = Vec::new();
+    for obj in objects() {
+        let kind = obj["kind"].as_str().unwrap_or("");
+        if kind != "Deployment" && kind != "DaemonSet" {
+            continue;
+        }
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        let ns = obj["metadata"]["namespace"].as_str().unwrap().to_string();
+        let spec: PodSpec =
+            serde_json::from_value(obj["spec"]["template"]["spec"].clone()).unwrap();
+        out.push((format!("{kind} {name}"), format!("{name}-0"), ns, spec));
+    }
+    out
+}
+
+#[test]
+fn every_setting_the_manifests_pass_is_accepted_by_the_binary_that_reads_it() {
+    let mut parsed = Vec::new();
+    for (workload, pod, ns, spec) in pod_templates() {
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+        {
+            let (argv, env) = container_invocation((&pod, &ns), c);
+            match parse_invocation(&argv, &env) {
+                Ok(program) => parsed.push(program),
+                Err(e) => panic!("{workload} container {}: {e}", c.name),
+            }
+        }
+    }
+    parsed.sort();
+    assert_eq!(
+        parsed,
+        [
+            "underlay-agent",
+            "underlay-cni",
+            "underlay-route-controller"
+        ]
+    );
+}
+
+#[test]
+fn the_settings_check_rejects_what_the_binaries_would() {
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let env = |e: &[(&str, &str)]| {
+        e.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let rc = argv(&["/usr/local/bin/underlay-route-controller"]);
+    assert!(
+        parse_invocation(
+            &rc,
+            &env(&[("UNDERLAY_CLUSTER_CIDR", "10.244.0.0/16,fd00::/56")])
+        )
+        .is_ok()
+    );
+    for bad in [
+        ("UNDERLAY_CLUSTER_CIDR", "10.244.0.0/16 fd00::/56"),
+        ("UNDERLAY_LEADER_ELECT", "yes please"),
+        ("UNDERLAY_ROUTE_BATCH_INTERVAL", "soon"),
+        ("UNDERLAY_NO_SUCH_SETTING", "1"),
+        ("POD_NAMESPACE", "underlay-system"),
+    ] {
+        assert!(
+            parse_invocation(&rc, &env(&[bad])).is_err(),
+            "{bad:?} was accepted"
+        );
+    }
+    let agent = argv(&["/usr/local/bin/underlay-entrypoint", "underlay-agent"]);
+    assert!(
+        parse_invocation(
+            &agent,
+            &env(&[("UNDERLAY_IPTABLES_MODE", "auto"), ("NODE_NAME", "n")])
+        )
+        .is_ok()
+    );
+    assert!(parse_invocation(&agent, &env(&[("UNDERLAY_METRICS_ADDR", "9650")])).is_err());
+    let cni = argv(&["/usr/local/bin/underlay-cni", "install", "--bin-dir=/x"]);
+    assert!(parse_invocation(&cni, &[]).is_ok());
+    let cni = argv(&[
+        "/usr/local/bin/underlay-cni",
+        "install",
+        "--bin-directory=/x",
+    ]);
+    assert!(parse_invocation(&cni, &[]).is_err());
+}
+
+#[test]
+fn the_route_controller_takes_the_lease_its_role_allows() {
+    use clap::{CommandFactory, Parser};
+    use underlay_route_controller::runtime::Args;
+    let (_, pod, ns, spec) = pod_templates()
+        .into_iter()
+        .find(|(w, ..)| w == "Deployment underlay-route-controller")
+        .unwrap();
+    let (mut argv, env) = container_invocation((&pod, &ns), &spec.containers[0]);
+    argv.extend(flags_from_env(&Args::command(), &env).unwrap());
+    let args = Args::try_parse_from(&argv).unwrap();
+    assert!(args.leader_elect);
+    assert_eq!(args.leader_elect_identity.as_deref(), Some(pod.as_str()));
+    let role: Role = typed("Role", "underlay-route-controller-leader-election");
+    assert_eq!(
+        role.metadata.namespace.as_deref(),
+        Some(args.leader_elect_namespace.as_str())
+    );
+    let names: Vec<String> = role
+        .rules
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.resource_names.unwrap_or_default())
+        .collect();
+    assert_eq!(names, [args.leader_elect_name.clone()]);
+    assert_eq!(args.cluster_cidr.len(), 1);
+    assert!(args.allocate_node_cidrs);
+}
