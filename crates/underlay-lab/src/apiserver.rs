@@ -11,7 +11,12 @@
 //!   (a second view of the core Events, as in kube-apiserver);
 //!   apiextensions.k8s.io/v1 CustomResourceDefinitions, whose custom
 //!   resources are then served generically (schema pruning, defaulting and
-//!   validation, status subresource).
+//!   validation, status subresource); and what deploying underlay needs:
+//!   apps/v1 Deployments and DaemonSets (with `status`),
+//!   rbac.authorization.k8s.io/v1 ClusterRoles, ClusterRoleBindings, Roles
+//!   and RoleBindings, policy/v1 PodDisruptionBudgets (with `status`) and
+//!   scheduling.k8s.io/v1 PriorityClasses, with `system-node-critical` and
+//!   `system-cluster-critical` built in (see `kinds.rs`).
 //! - discovery, OpenAPI v3 documents (enough for `kubectl apply`'s field
 //!   validation check), server-side printing (Tables) for `kubectl get`.
 //! - uid, creationTimestamp, generation, one cluster-wide monotonic
@@ -38,7 +43,9 @@
 //!   cluster: they get a `deletionTimestamp` and stay until a second delete
 //!   with `gracePeriodSeconds=0` (what a kubelet sends) removes them.
 //! - No authorization or admission webhooks: every authenticated request may
-//!   do everything.
+//!   do everything (RBAC objects are stored and validated, not enforced).
+//! - No controllers for workloads: Deployments and DaemonSets keep the status
+//!   a client writes through `/status`; no ReplicaSets or Pods are made.
 //! - Responses are JSON only; request bodies are JSON, YAML, or protobuf for
 //!   the kinds kubectl's generators send that way (Namespace, ConfigMap,
 //!   Secret, ServiceAccount); no CBOR.
