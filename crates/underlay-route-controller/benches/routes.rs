@@ -13,13 +13,18 @@
 
 #![allow(clippy::print_stdout)]
 
+// The ARM-service fixture the integration tests use.
+#[allow(dead_code)]
+#[path = "../tests/support/arm.rs"]
+mod fixture;
+
+use fixture::{ArmFixture, table_id};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use underlay_ipam::Cidr;
-use underlay_lab::arm::{AppliedRoute, ArmConfig, ArmHandle, ArmServer, TableId};
-use underlay_route_controller::azure::arm::{ArmRouteTable, ArmTableConfig};
-use underlay_route_controller::azure::credential::TokenFileCredential;
+use underlay_lab::arm::{AppliedRoute, ArmConfig, ArmHandle};
+use underlay_route_controller::azure::arm::ArmRouteTable;
 use underlay_route_controller::azure::{
     OperationState, PendingWrite, Precondition, RouteTable, TableWrite,
 };
@@ -53,49 +58,21 @@ fn node(i: usize) -> NodeRoutes {
     }
 }
 
-fn table_id() -> TableId {
-    TableId::new("sub-1", "rg-net", "underlay-routes")
-}
-
-struct Env {
-    arm: ArmHandle,
-    table: Arc<ArmRouteTable>,
-    _dir: tempfile::TempDir,
-}
+type Env = ArmFixture;
 
 async fn env() -> Env {
-    let arm = ArmServer::start(ArmConfig {
-        // ~100 ms per ARM request, ~5 s per asynchronous write.
-        request_latency: scaled(Duration::from_millis(100)),
-        operation_delay: scaled(Duration::from_secs(5)),
-        route_limit: LIMIT,
-        ..ArmConfig::default()
-    })
+    ArmFixture::start(
+        ArmConfig {
+            // ~100 ms per ARM request, ~5 s per asynchronous write.
+            request_latency: scaled(Duration::from_millis(100)),
+            operation_delay: scaled(Duration::from_secs(5)),
+            route_limit: LIMIT,
+            ..ArmConfig::default()
+        },
+        Some(&[]),
+        Duration::from_secs(30),
+    )
     .await
-    .unwrap();
-    arm.seed_table(&table_id(), "westeurope", &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, arm.token()).unwrap();
-    let table = Arc::new(
-        ArmRouteTable::new(
-            ArmTableConfig {
-                endpoint: arm.endpoint().to_string(),
-                subscription_id: "sub-1".into(),
-                resource_group: "rg-net".into(),
-                table_name: "underlay-routes".into(),
-                request_timeout: Duration::from_secs(30),
-            },
-            Arc::new(TokenFileCredential::new(&token)),
-            None,
-        )
-        .unwrap(),
-    );
-    Env {
-        arm,
-        table,
-        _dir: dir,
-    }
 }
 
 fn expected(nodes: &[NodeRoutes]) -> Vec<AppliedRoute> {

@@ -10,19 +10,52 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 
-/// Readiness as the runtime reports it.
+/// Readiness: the node cache has synced and, while this instance leads, the
+/// first full pass of CIDR allocation and route reconciliation is done. A
+/// standby is ready once its cache has synced, so a rollout can proceed
+/// while it waits for the lease.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    ready: AtomicBool,
+    caches_synced: AtomicBool,
+    leading: AtomicBool,
+    leader_synced: AtomicBool,
 }
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// The node informer has listed every Node once.
+    pub fn set_caches_synced(&self, synced: bool) {
+        self.caches_synced.store(synced, Ordering::SeqCst);
+    }
+
+    /// This instance gained or lost the lease; a new term starts unsynced.
+    pub fn set_leading(&self, leading: bool) {
+        self.leader_synced.store(false, Ordering::SeqCst);
+        self.leading.store(leading, Ordering::SeqCst);
+    }
+
+    /// The leader's first full pass (CIDRs allocated, routes reconciled) is done.
+    pub fn set_leader_synced(&self, synced: bool) {
+        self.leader_synced.store(synced, Ordering::SeqCst);
+    }
+
+    /// Why the instance is not ready, or `None` when it is.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if !self.caches_synced.load(Ordering::SeqCst) {
+            Some(
+                "not ready: the node cache has not synced; check the controller can reach the Kubernetes API",
+            )
+        } else if self.leading.load(Ordering::SeqCst) && !self.leader_synced.load(Ordering::SeqCst)
+        {
+            Some(
+                "not ready: the first route table sync has not completed; check the controller can reach Azure",
+            )
+        } else {
+            None
+        }
     }
 
     pub fn get(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.not_ready().is_none()
     }
 }
 
@@ -52,10 +85,9 @@ async fn metrics_handler(State(s): State<AppState>) -> ([(&'static str, &'static
 }
 
 async fn ready_handler(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.readiness.get() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    match s.readiness.not_ready() {
+        None => (StatusCode::OK, "ok"),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -70,4 +102,24 @@ pub async fn serve(
             tracing::warn!(%error, "http server stopped");
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_the_cache_and_for_a_leader_the_first_sync() {
+        let r = Readiness::default();
+        assert!(!r.get(), "nothing synced");
+        r.set_caches_synced(true);
+        assert!(r.get(), "a synced standby is ready");
+        r.set_leading(true);
+        assert!(!r.get(), "a new leader waits for its first sync");
+        r.set_leader_synced(true);
+        assert!(r.get());
+        r.set_leading(false);
+        r.set_leading(true);
+        assert!(!r.get(), "every term starts unsynced");
+    }
 }

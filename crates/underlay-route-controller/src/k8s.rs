@@ -1,8 +1,10 @@
 //! The Kubernetes side: the node watcher that feeds CIDR allocation and the
 //! reconciler ([`NodeController`], a plain state machine fed with watcher
-//! events so it is tested without an API server), the [`NodeSink`] over the
-//! API ([`KubeNodeSink`]), and Lease leader election ([`leader`]).
+//! events so it is tested without an API server), the node informer those
+//! events come from ([`feed`]), the [`NodeSink`] over the API
+//! ([`KubeNodeSink`]), and Lease leader election ([`leader`]).
 
+pub mod feed;
 pub mod leader;
 
 use crate::cidrs::{Allocation, CidrAllocator};
@@ -11,10 +13,8 @@ use crate::nodes::{NodeEvent, NodeSink, RouteCondition, SinkError};
 use crate::plan::NodeRoutes;
 use crate::reconciler::RouteInput;
 use async_trait::async_trait;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use underlay_ipam::Cidr;
 
@@ -186,6 +187,10 @@ pub struct NodeController<S> {
     /// (node, raw cidr) already reported as unusable, so a node's every
     /// update does not repeat the event.
     reported: HashSet<(String, String)>,
+    /// After each complete list has been applied (CIDRs occupied and
+    /// allocated): the route input's generation at that point.
+    listed: watch::Sender<Option<u64>>,
+    retry_interval: Duration,
 }
 
 impl<S: NodeSink> NodeController<S> {
@@ -204,7 +209,24 @@ impl<S: NodeSink> NodeController<S> {
             buffer: Vec::new(),
             known: BTreeMap::new(),
             reported: HashSet::new(),
+            listed: watch::channel(None).0,
+            retry_interval: Duration::from_secs(10),
         }
+    }
+
+    /// How often nodes waiting for a CIDR (exhaustion, a failed write) are
+    /// retried; default 10 s.
+    pub fn with_retry_interval(mut self, every: Duration) -> Self {
+        self.retry_interval = every;
+        self
+    }
+
+    /// `Some(generation)` once a complete list of Nodes has been applied:
+    /// existing CIDRs occupied, missing ones allocated and written (or
+    /// queued for retry), the route input updated to `generation`. A route
+    /// pass covering that generation completes the first full sync.
+    pub fn listed(&self) -> watch::Receiver<Option<u64>> {
+        self.listed.subscribe()
     }
 
     pub fn allocator(&self) -> Option<&CidrAllocator> {
@@ -286,6 +308,8 @@ impl<S: NodeSink> NodeController<S> {
         for name in need {
             self.assign(&name).await;
         }
+        let generation = self.input.generation();
+        self.listed.send_replace(Some(generation));
     }
 
     async fn occupy(&mut self, node: &Node) {
@@ -356,18 +380,15 @@ impl<S: NodeSink> NodeController<S> {
         }
     }
 
-    /// Watches Nodes forever, applying events; retries waiting nodes
-    /// periodically.
-    pub async fn run(mut self, client: kube::Client) {
-        let api: Api<Node> = Api::all(client);
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
-        futures::pin_mut!(stream);
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
+    /// Applies events from the node informer (see [`feed::NodeFeed`]) until
+    /// it stops; retries waiting nodes periodically.
+    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<watcher::Event<Node>>) {
+        let mut tick = tokio::time::interval(self.retry_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                item = stream.next() => match item {
-                    Some(Ok(event)) => self.apply(event).await,
-                    Some(Err(error)) => warn!(%error, "node watch failed; retrying"),
+                event = events.recv() => match event {
+                    Some(event) => self.apply(event).await,
                     None => return,
                 },
                 _ = tick.tick() => self.retry_waiting().await,

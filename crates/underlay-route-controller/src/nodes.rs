@@ -86,6 +86,7 @@ pub enum Recorded {
 pub struct RecordingSink {
     log: Arc<Mutex<Vec<Recorded>>>,
     fail_pod_cidrs: Arc<Mutex<usize>>,
+    fail_conditions: Arc<Mutex<usize>>,
 }
 
 impl RecordingSink {
@@ -115,6 +116,14 @@ impl RecordingSink {
     pub fn fail_pod_cidrs(&self, n: usize) {
         *self
             .fail_pod_cidrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = n;
+    }
+
+    /// The next `n` condition writes fail.
+    pub fn fail_conditions(&self, n: usize) {
+        *self
+            .fail_conditions
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = n;
     }
@@ -149,6 +158,19 @@ impl NodeSink for RecordingSink {
         node: &str,
         condition: &RouteCondition,
     ) -> Result<(), SinkError> {
+        {
+            let mut fail = self
+                .fail_conditions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(SinkError {
+                    node: node.to_string(),
+                    message: "injected failure".to_string(),
+                });
+            }
+        }
         self.push(Recorded::Condition(node.to_string(), condition.clone()));
         Ok(())
     }

@@ -170,6 +170,10 @@ struct NodeEntry {
 struct Desired {
     nodes: BTreeMap<String, NodeEntry>,
     generation: u64,
+    /// No pass may run yet: the first complete list of nodes has not
+    /// arrived, and a pass on a partial node set would delete the routes of
+    /// the nodes not seen yet.
+    awaiting_list: bool,
 }
 
 /// The reconciler's input: the nodes as last seen. Cloning shares it.
@@ -180,6 +184,15 @@ pub struct RouteInput {
 }
 
 impl RouteInput {
+    /// An input the reconciler acts on only after [`RouteInput::replace_all`]
+    /// has delivered a complete node set (what the node controller does after
+    /// each list). [`RouteInput::default`] is usable at once.
+    pub fn until_listed() -> RouteInput {
+        let input = RouteInput::default();
+        input.lock().awaiting_list = true;
+        input
+    }
+
     fn lock(&self) -> MutexGuard<'_, Desired> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -226,12 +239,21 @@ impl RouteInput {
             self.upsert(n);
         }
         // A relist also re-checks the table even when nothing changed here.
-        self.lock().generation += 1;
+        {
+            let mut d = self.lock();
+            d.generation += 1;
+            d.awaiting_list = false;
+        }
         self.notify.notify_one();
     }
 
     pub fn generation(&self) -> u64 {
         self.lock().generation
+    }
+
+    /// Whether the reconciler may act: see [`RouteInput::until_listed`].
+    pub fn listed(&self) -> bool {
+        !self.lock().awaiting_list
     }
 
     fn snapshot(&self) -> (u64, Vec<NodeEntry>) {
@@ -313,8 +335,9 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
         let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let mut covered: Option<u64> = None;
         loop {
-            // Wait for work: a change since the last successful pass.
-            while covered == Some(input.generation()) {
+            // Wait for work: a change since the last successful pass, once
+            // the node set is complete.
+            while covered == Some(input.generation()) || !input.listed() {
                 input.notify.notified().await;
             }
             // The batch window: whatever else changes meanwhile rides along.
@@ -322,15 +345,26 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
             let (generation, nodes) = input.snapshot();
             match self.sync(&nodes).await {
                 Ok(report) => {
-                    backoff.reset();
-                    covered = Some(generation);
-                    self.report_success(&nodes, &report, &mut reported).await;
+                    let all_written = self.report_success(&nodes, &report, &mut reported).await;
                     self.status.send_modify(|s| {
                         s.synced += 1;
                         s.generation = generation;
                         s.failures = 0;
                         s.writes += u64::from(report.wrote);
                     });
+                    if all_written {
+                        backoff.reset();
+                        covered = Some(generation);
+                    } else {
+                        // A node condition could not be written (409, 5xx):
+                        // without another pass nothing would retry it, since
+                        // the input has not changed. The pass re-reads the
+                        // table, finds nothing to write, and writes only the
+                        // conditions still missing.
+                        let delay = backoff.next_delay();
+                        warn!(retry_in = ?delay, "node conditions not all written; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
                 }
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -479,12 +513,13 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
         }
     }
 
+    /// Sets the conditions the pass decided; `false` when some write failed.
     async fn report_success(
         &self,
         nodes: &[NodeEntry],
         report: &SyncReport,
         reported: &mut HashMap<String, Reported>,
-    ) {
+    ) -> bool {
         let routed = report.plan.routed_nodes();
         let mut left: BTreeMap<&str, Vec<&LeftOut>> = BTreeMap::new();
         for (node, why) in &report.plan.left_out {
@@ -530,10 +565,11 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
                 };
             updates.push((name.to_string(), next, event));
         }
-        self.apply_updates(updates, reported).await;
+        let all_written = self.apply_updates(updates, reported).await;
         let present: std::collections::HashSet<&str> =
             nodes.iter().map(|n| n.routes.name.as_str()).collect();
         reported.retain(|n, _| present.contains(n.as_str()));
+        all_written
     }
 
     async fn report_failure(
@@ -569,14 +605,16 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
             let event = NodeEvent::warning(name, "FailedToCreateRoute", message.clone());
             updates.push((name.to_string(), next, Some(event)));
         }
-        self.apply_updates(updates, reported).await;
+        // A failed pass is retried anyway; the conditions go with it.
+        let _ = self.apply_updates(updates, reported).await;
     }
 
+    /// Writes the conditions; `false` when some write failed.
     async fn apply_updates(
         &self,
         updates: Vec<(String, Reported, Option<NodeEvent>)>,
         reported: &mut HashMap<String, Reported>,
-    ) {
+    ) -> bool {
         // Node writes are independent; a few at a time keeps a 400-node
         // batch from taking 400 round trips.
         let results: Vec<(String, Reported, bool)> = futures::stream::iter(updates)
@@ -596,6 +634,7 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
             .buffer_unordered(16)
             .collect()
             .await;
+        let all_written = results.iter().all(|(_, _, ok)| *ok);
         for (name, next, ok) in results {
             if ok {
                 if next.condition == RouteCondition::Created {
@@ -607,6 +646,7 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
                 reported.remove(&name);
             }
         }
+        all_written
     }
 }
 

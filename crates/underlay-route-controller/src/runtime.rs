@@ -6,16 +6,18 @@ use crate::azure::config::CloudConfig;
 use crate::azure::credential::credential_for;
 use crate::cidrs::CidrAllocator;
 use crate::http::{Readiness, router, serve};
+use crate::k8s::feed::NodeFeed;
 use crate::k8s::leader::{LeaderConfig, LeaderElector};
 use crate::k8s::{KubeNodeSink, NodeController};
 use crate::metrics::Metrics;
 use crate::plan::Ownership;
-use crate::reconciler::{Reconciler, ReconcilerConfig, RouteInput};
+use crate::reconciler::{Reconciler, ReconcilerConfig, RouteInput, Status};
 use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tracing::{info, warn};
 use underlay_ipam::Cidr;
 
@@ -79,6 +81,10 @@ pub struct Args {
     /// Ranges inside the cluster CIDRs never handed to nodes (e.g. the service CIDR).
     #[arg(long, env = "UNDERLAY_RESERVED_CIDR", value_delimiter = ',')]
     pub reserved_cidr: Vec<Cidr>,
+    /// How often nodes still waiting for a pod CIDR (pool exhausted, a
+    /// failed write) are retried.
+    #[arg(long, env = "UNDERLAY_NODE_CIDR_RETRY_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub node_cidr_retry_interval: Duration,
     /// Allocate `spec.podCIDRs` to nodes (else only route the ones they have).
     #[arg(long, env = "UNDERLAY_ALLOCATE_NODE_CIDRS", default_value_t = false)]
     pub allocate_node_cidrs: bool,
@@ -255,6 +261,21 @@ pub async fn run(args: Args) -> Result<()> {
             .unwrap_or_else(|_| "unknown".to_string());
         format!("{host}_{}", std::process::id())
     });
+
+    // The node informer runs on every instance: a standby's synced cache
+    // makes it ready, and hands a new leader the nodes without a relist.
+    let feed = NodeFeed::new();
+    let _feed_task = AbortOnDrop(tokio::spawn(feed.clone().run(client.clone())));
+    let _synced_task = {
+        let mut synced = feed.synced();
+        let readiness = readiness.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            if synced.wait_for(|s| *s).await.is_ok() {
+                readiness.set_caches_synced(true);
+            }
+        }))
+    };
+
     let sink = KubeNodeSink::new(client.clone(), Some(identity_name.clone()));
     let reconciler_config = ReconcilerConfig {
         batch_interval: args.route_batch_interval,
@@ -267,11 +288,13 @@ pub async fn run(args: Args) -> Result<()> {
     let ownership = Ownership {
         cluster_cidrs: args.cluster_cidr.clone(),
     };
+    let node_cidr_retry_interval = args.node_cidr_retry_interval;
     let work = {
-        let client = client.clone();
         let metrics = metrics.clone();
+        let readiness = readiness.clone();
+        let feed = feed.clone();
         async move {
-            let input = RouteInput::default();
+            let input = RouteInput::until_listed();
             let reconciler = Reconciler::new(
                 arm,
                 sink.clone(),
@@ -279,11 +302,17 @@ pub async fn run(args: Args) -> Result<()> {
                 ownership,
                 Some(metrics.clone()),
             );
-            let controller = NodeController::new(sink, input.clone(), alloc, Some(metrics));
-            tokio::join!(reconciler.run(input), controller.run(client));
+            let status = reconciler.status();
+            let controller = NodeController::new(sink, input.clone(), alloc, Some(metrics))
+                .with_retry_interval(node_cidr_retry_interval);
+            let listed = controller.listed();
+            tokio::join!(
+                reconciler.run(input),
+                controller.run(feed.subscribe()),
+                first_sync(listed, status, readiness),
+            );
         }
     };
-    readiness.set(true);
     let shutdown = shutdown_signal();
     if args.leader_elect {
         let elector = LeaderElector::new(
@@ -298,8 +327,13 @@ pub async fn run(args: Args) -> Result<()> {
             },
         );
         let m = metrics.clone();
+        let r = readiness.clone();
+        let on_leader = move |leading| {
+            m.set_leader(leading);
+            r.set_leading(leading);
+        };
         let outcome = tokio::select! {
-            r = elector.run(work, move |leading| m.set_leader(leading)) => r.map_err(anyhow::Error::from),
+            r = elector.run(work, on_leader) => r.map_err(anyhow::Error::from),
             () = shutdown => Ok(()),
         };
         if let Err(error) = elector.release().await {
@@ -308,10 +342,41 @@ pub async fn run(args: Args) -> Result<()> {
         outcome
     } else {
         metrics.set_leader(true);
+        readiness.set_leading(true);
         tokio::select! {
             () = work => Ok(()),
             () = shutdown => Ok(()),
         }
+    }
+}
+
+/// Marks the leader ready once the first complete node list has been
+/// applied and a route pass covering it has succeeded.
+pub async fn first_sync(
+    mut listed: watch::Receiver<Option<u64>>,
+    mut status: watch::Receiver<Status>,
+    readiness: Arc<Readiness>,
+) {
+    let generation = match listed.wait_for(Option::is_some).await {
+        Ok(g) => g.unwrap_or_default(),
+        Err(_) => return,
+    };
+    if status
+        .wait_for(|s| s.synced > 0 && s.generation >= generation)
+        .await
+        .is_ok()
+    {
+        info!(generation, "first full sync done");
+        readiness.set_leader_synced(true);
+    }
+}
+
+/// Aborts a background task when the owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

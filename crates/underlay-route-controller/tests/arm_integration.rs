@@ -1,13 +1,12 @@
 //! The ARM adapter and the reconciler against the lab's ARM route-table
 //! service over real HTTP, with every fault the service can inject.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
-use underlay_lab::arm::{
-    AppliedRoute, ArmConfig, ArmHandle, ArmServer, Fault, FaultTarget, RequestKind, TableId,
-};
-use underlay_route_controller::azure::arm::{ArmRouteTable, ArmTableConfig};
-use underlay_route_controller::azure::credential::TokenFileCredential;
+use support::arm::{ArmFixture, table_id};
+use underlay_lab::arm::{AppliedRoute, ArmConfig, Fault, FaultTarget, RequestKind};
+use underlay_route_controller::azure::arm::ArmRouteTable;
 use underlay_route_controller::azure::{
     ArmError, OperationState, Precondition, RouteTable, TableRoute, TableWrite,
 };
@@ -15,54 +14,22 @@ use underlay_route_controller::nodes::{RecordingSink, RouteCondition};
 use underlay_route_controller::plan::{NodeRoutes, Ownership};
 use underlay_route_controller::reconciler::{Reconciler, ReconcilerConfig, RouteInput};
 
-fn table_id() -> TableId {
-    TableId::new("sub-1", "rg-net", "underlay-routes")
+type Env = ArmFixture;
+
+fn firewall() -> AppliedRoute {
+    AppliedRoute {
+        name: "to-firewall".into(),
+        address_prefix: "0.0.0.0/0".into(),
+        next_hop_type: "VirtualAppliance".into(),
+        next_hop_ip: Some("10.0.0.4".into()),
+    }
 }
 
-struct Env {
-    arm: ArmHandle,
-    table: Arc<ArmRouteTable>,
-    _dir: tempfile::TempDir,
-    token_path: std::path::PathBuf,
-}
-
+/// The service with (`seed`) or without the table; the table holds a
+/// user's default route to a firewall the controller must never touch.
 async fn env(config: ArmConfig, seed: bool) -> Env {
-    let arm = ArmServer::start(config).await.unwrap();
-    if seed {
-        arm.seed_table(
-            &table_id(),
-            "westeurope",
-            &[AppliedRoute {
-                name: "to-firewall".into(),
-                address_prefix: "0.0.0.0/0".into(),
-                next_hop_type: "VirtualAppliance".into(),
-                next_hop_ip: Some("10.0.0.4".into()),
-            }],
-        );
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let token_path = dir.path().join("token");
-    std::fs::write(&token_path, arm.token()).unwrap();
-    let table = Arc::new(
-        ArmRouteTable::new(
-            ArmTableConfig {
-                endpoint: arm.endpoint().to_string(),
-                subscription_id: "sub-1".into(),
-                resource_group: "rg-net".into(),
-                table_name: "underlay-routes".into(),
-                request_timeout: Duration::from_secs(2),
-            },
-            Arc::new(TokenFileCredential::new(&token_path)),
-            None,
-        )
-        .unwrap(),
-    );
-    Env {
-        arm,
-        table,
-        _dir: dir,
-        token_path,
-    }
+    let routes = [firewall()];
+    ArmFixture::start(config, seed.then_some(&routes[..]), Duration::from_secs(2)).await
 }
 
 fn our_route(node: &str, cidr: &str, hop: &str) -> TableRoute {
@@ -292,12 +259,7 @@ async fn converge(e: &Env, input: &RouteInput, expect: &[TableRoute]) {
             next_hop_ip: r.next_hop_ip.clone(),
         })
         .collect();
-    want.push(AppliedRoute {
-        name: "to-firewall".into(),
-        address_prefix: "0.0.0.0/0".into(),
-        next_hop_type: "VirtualAppliance".into(),
-        next_hop_ip: Some("10.0.0.4".into()),
-    });
+    want.push(firewall());
     want.sort();
     let _ = input;
     tokio::time::timeout(

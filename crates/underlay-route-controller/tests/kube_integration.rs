@@ -2,51 +2,38 @@
 //! service behind the real Azure adapter: allocation, routes, conditions,
 //! events, restart recovery and leader failover.
 
+mod support;
+
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use support::arm::ArmFixture;
+use support::kube::{Binary, add_node, condition, eventually, pod_cidrs};
 use underlay_lab::apiserver::{ApiServer, Config as ApiConfig, Handle as ApiHandle};
-use underlay_lab::arm::{AppliedRoute, ArmConfig, ArmHandle, ArmServer, TableId};
-use underlay_route_controller::azure::arm::{ArmRouteTable, ArmTableConfig};
-use underlay_route_controller::azure::credential::TokenFileCredential;
+use underlay_lab::arm::{AppliedRoute, ArmConfig};
 use underlay_route_controller::cidrs::CidrAllocator;
+use underlay_route_controller::k8s::feed::NodeFeed;
 use underlay_route_controller::k8s::leader::{LeaderConfig, LeaderElector};
 use underlay_route_controller::k8s::{KubeNodeSink, NodeController};
 use underlay_route_controller::plan::Ownership;
 use underlay_route_controller::reconciler::{Reconciler, ReconcilerConfig, RouteInput};
 
-fn table_id() -> TableId {
-    TableId::new("sub-1", "rg-net", "underlay-routes")
-}
-
 struct Cluster {
     api: ApiHandle,
-    arm: ArmHandle,
+    arm: ArmFixture,
     client: kube::Client,
-    _dir: tempfile::TempDir,
-    token: std::path::PathBuf,
 }
 
 async fn cluster() -> Cluster {
     let api = ApiServer::start(ApiConfig::default()).await.unwrap();
     let client = api.client().unwrap();
-    let arm = ArmServer::start(ArmConfig::default()).await.unwrap();
-    arm.seed_table(&table_id(), "westeurope", &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, arm.token()).unwrap();
-    Cluster {
-        api,
-        arm,
-        client,
-        _dir: dir,
-        token,
-    }
+    let arm = ArmFixture::start(ArmConfig::default(), Some(&[]), Duration::from_secs(5)).await;
+    Cluster { api, arm, client }
 }
 
 /// A running controller (allocation + routes) in this process.
@@ -61,22 +48,11 @@ impl Drop for Controller {
 }
 
 fn controller(c: &Cluster, cluster_cidr: &str) -> Controller {
-    let table = ArmRouteTable::new(
-        ArmTableConfig {
-            endpoint: c.arm.endpoint().to_string(),
-            subscription_id: "sub-1".into(),
-            resource_group: "rg-net".into(),
-            table_name: "underlay-routes".into(),
-            request_timeout: Duration::from_secs(5),
-        },
-        Arc::new(TokenFileCredential::new(&c.token)),
-        None,
-    )
-    .unwrap();
+    let table = c.arm.table.clone();
     let cidr = cluster_cidr.parse().unwrap();
     let alloc = CidrAllocator::new(&[cidr], 24, 64, &[]).unwrap();
     let sink = KubeNodeSink::new(c.client.clone(), Some("test".into()));
-    let input = RouteInput::default();
+    let input = RouteInput::until_listed();
     let reconciler = Reconciler::new(
         table,
         sink.clone(),
@@ -92,83 +68,19 @@ fn controller(c: &Cluster, cluster_cidr: &str) -> Controller {
         },
         None,
     );
-    let nodes = NodeController::new(sink, input.clone(), Some(alloc), None);
+    let nodes = NodeController::new(sink, input.clone(), Some(alloc), None)
+        .with_retry_interval(Duration::from_millis(200));
+    let feed = NodeFeed::new();
+    let events = feed.subscribe();
     let client = c.client.clone();
     let task = tokio::spawn(async move {
-        tokio::join!(reconciler.run(input), nodes.run(client));
+        tokio::join!(reconciler.run(input), nodes.run(events), feed.run(client));
     });
     Controller { task }
 }
 
-async fn add_node(client: &kube::Client, name: &str, ip: &str) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name},
-        "spec": {},
-    }))
-    .unwrap();
-    nodes.create(&PostParams::default(), &node).await.unwrap();
-    // What a kubelet reports: its address and its own conditions.
-    let status = json!({"status": {
-        "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready",
-                        "lastTransitionTime": "2026-01-01T00:00:00Z", "lastHeartbeatTime": "2026-01-01T00:00:00Z"}],
-    }});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
-        .await
-        .unwrap();
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn pod_cidrs(client: &kube::Client) -> Vec<(String, Vec<String>)> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|n| {
-            (
-                n.metadata.name.clone().unwrap_or_default(),
-                n.spec.and_then(|s| s.pod_cidrs).unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-fn condition(node: &Node, type_: &str) -> Option<(String, String)> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
-}
-
-fn applied(arm: &ArmHandle) -> Vec<AppliedRoute> {
-    arm.routes_watch()
-        .borrow()
-        .get(&table_id())
-        .cloned()
-        .unwrap_or_default()
+fn applied(c: &Cluster) -> Vec<AppliedRoute> {
+    c.arm.applied()
 }
 
 #[tokio::test]
@@ -185,7 +97,7 @@ async fn new_nodes_get_cidrs_routes_and_their_condition() {
             .all(|(_, cs)| cs.len() == 1)
     })
     .await;
-    eventually("routes applied", || async { applied(&c.arm).len() == 2 }).await;
+    eventually("routes applied", || async { applied(&c).len() == 2 }).await;
     let nodes: Api<Node> = Api::all(c.client.clone());
     eventually("conditions", || async {
         let n = nodes.get("node-a").await.unwrap();
@@ -206,7 +118,7 @@ async fn new_nodes_get_cidrs_routes_and_their_condition() {
             .and_then(|v| v.first())
             .map(String::as_str)
     );
-    let routes = applied(&c.arm);
+    let routes = applied(&c);
     let a = routes
         .iter()
         .find(|r| r.next_hop_ip.as_deref() == Some("10.0.0.11"))
@@ -222,7 +134,7 @@ async fn new_nodes_get_cidrs_routes_and_their_condition() {
         .delete("node-b", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("route removed", || async { applied(&c.arm).len() == 1 }).await;
+    eventually("route removed", || async { applied(&c).len() == 1 }).await;
 }
 
 #[tokio::test]
@@ -232,17 +144,21 @@ async fn a_restart_allocates_no_duplicate_cidr_and_rewrites_no_route() {
     for i in 1..=3 {
         add_node(&c.client, &format!("n{i}"), &format!("10.0.0.{i}")).await;
     }
-    eventually("three routes", || async { applied(&c.arm).len() == 3 }).await;
+    eventually("three routes", || async { applied(&c).len() == 3 }).await;
     drop(first);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let writes_before = c.arm.writes();
+    let writes_before = c.arm.arm.writes();
 
     // A new instance with a fresh allocator sees the existing CIDRs first.
     let _second = controller(&c, "10.244.0.0/16");
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(c.arm.writes(), writes_before, "no route churn on restart");
+    assert_eq!(
+        c.arm.arm.writes(),
+        writes_before,
+        "no route churn on restart"
+    );
     add_node(&c.client, "n4", "10.0.0.4").await;
-    eventually("four routes", || async { applied(&c.arm).len() == 4 }).await;
+    eventually("four routes", || async { applied(&c).len() == 4 }).await;
     let all: Vec<String> = pod_cidrs(&c.client)
         .await
         .into_iter()
@@ -252,7 +168,7 @@ async fn a_restart_allocates_no_duplicate_cidr_and_rewrites_no_route() {
     assert_eq!(all.len(), 4);
     assert_eq!(unique.len(), 4, "no duplicate CIDRs: {all:?}");
     assert_eq!(
-        c.arm.writes(),
+        c.arm.arm.writes(),
         writes_before + 1,
         "one write for the new node"
     );
@@ -417,58 +333,14 @@ async fn the_binary_runs_against_the_lab() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     c.api.write_kubeconfig(&kubeconfig).unwrap();
-    let cloud = dir.path().join("azure.json");
-    std::fs::write(
-        &cloud,
-        json!({"cloud": "AzurePublicCloud", "tenantId": "t", "subscriptionId": "sub-1",
-               "resourceGroup": "rg-net", "routeTableName": "underlay-routes",
-               "location": "westeurope", "aadClientSecret": "never-logged", "aadClientId": "x"})
-        .to_string(),
-    )
-    .unwrap();
-    let metrics_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_underlay-route-controller"))
-        .args([
-            "--cluster-cidr",
-            "10.244.0.0/16",
-            "--allocate-node-cidrs",
-            "--route-batch-interval",
-            "100ms",
-            "--arm-poll-interval",
-            "20ms",
-            "--leader-elect-lease-duration",
-            "2s",
-            "--leader-elect-retry-period",
-            "200ms",
-            "--log-format",
-            "json",
-        ])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--cloud-config")
-        .arg(&cloud)
-        .arg("--arm-endpoint")
-        .arg(c.arm.endpoint())
-        .arg("--arm-token-file")
-        .arg(&c.token)
-        .arg("--metrics-addr")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .arg("--health-addr")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let bin = Binary::spawn(&kubeconfig, &c.arm, &[]);
     add_node(&c.client, "node-x", "10.0.0.21").await;
     eventually("route applied by the binary", || async {
-        applied(&c.arm).len() == 1
+        applied(&c).len() == 1
     })
     .await;
 
-    let metrics = http_get(metrics_port, "/metrics").await;
+    let metrics = bin.metrics().await;
     assert!(
         metrics.contains("underlay_route_controller_arm_requests_total"),
         "{metrics}"
@@ -477,24 +349,12 @@ async fn the_binary_runs_against_the_lab() {
         metrics.contains("underlay_route_controller_leader 1"),
         "{metrics}"
     );
-    assert!(http_get(metrics_port, "/readyz").await.contains("ok"));
+    eventually("ready", || async {
+        bin.readyz().await == (200, "ok".into())
+    })
+    .await;
 
-    child.start_kill().unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let logs = String::from_utf8_lossy(&out.stderr);
+    let logs = bin.kill().await;
     assert!(!logs.contains("never-logged"), "secret leaked into logs");
     assert!(logs.contains("writing route table"), "{logs}");
-}
-
-async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }

@@ -414,3 +414,61 @@ async fn a_table_left_failed_is_rewritten() {
     h.settled().await;
     assert_eq!(fake.puts().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_condition_write_is_retried_without_another_table_write() {
+    let fake = FakeRouteTable::with_routes(vec![firewall()]);
+    let mut h = start(fake.clone(), config());
+    h.sink.fail_conditions(2);
+    h.input.upsert(node("a", &["10.244.1.0/24"], &["10.0.0.1"]));
+    h.settled().await;
+    assert_eq!(h.sink.condition("a"), None, "the first write failed");
+    // Nothing changes in the input, yet the condition lands after backoff.
+    let start = Instant::now();
+    while h.sink.condition("a") != Some(RouteCondition::Created) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(start.elapsed() < Duration::from_secs(60), "never retried");
+    }
+    let puts = fake
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Put(_)))
+        .count();
+    assert_eq!(puts, 1, "retries re-read the table but write it once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_input_awaiting_its_first_list_holds_every_pass() {
+    let fake =
+        FakeRouteTable::with_routes(vec![firewall(), route("a", "10.244.1.0/24", "10.0.0.1")]);
+    let sink = RecordingSink::default();
+    let input = RouteInput::until_listed();
+    let r = Reconciler::new(fake.clone(), sink, config(), ownership(), None);
+    let mut status = r.status();
+    let task = tokio::spawn(r.run(input.clone()));
+    // A node seen on its own (e.g. a watch event before the list ends) must
+    // not make a pass that would drop node a's route.
+    input.upsert(node("b", &["10.244.2.0/24"], &["10.0.0.2"]));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    assert!(!input.listed());
+    input.replace_all(vec![
+        node("a", &["10.244.1.0/24"], &["10.0.0.1"]),
+        node("b", &["10.244.2.0/24"], &["10.0.0.2"]),
+    ]);
+    let generation = input.generation();
+    status
+        .wait_for(|s| s.synced > 0 && s.generation >= generation)
+        .await
+        .unwrap();
+    let mut routes = fake.routes();
+    routes.sort();
+    let mut want = vec![
+        firewall(),
+        route("a", "10.244.1.0/24", "10.0.0.1"),
+        route("b", "10.244.2.0/24", "10.0.0.2"),
+    ];
+    want.sort();
+    assert_eq!(routes, want);
+    task.abort();
+}

@@ -19,6 +19,9 @@ pub enum Failure {
     TooManyRequests { retry_after_seconds: u64 },
     /// `500 InternalError`.
     Internal,
+    /// `409 Conflict` ("the object has been modified"), what a write racing
+    /// another writer gets.
+    Conflict,
 }
 
 /// Which requests a failure applies to.
@@ -135,6 +138,14 @@ impl Faults {
                 retry_after_seconds,
             }) => Err(ApiError::too_many_requests(retry_after_seconds)),
             Some(Failure::Internal) => Err(ApiError::internal("injected failure")),
+            Some(Failure::Conflict) => Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {path}: the object has been modified; \
+                     please apply your changes to the latest version and try again"
+                ),
+            )),
         }
     }
 }
