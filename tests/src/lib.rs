@@ -16,8 +16,21 @@ pub fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_absolute() { d } else { root().join(d) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
 /// Builds the agent, the CNI plugin and the route controller once per test
-/// process and returns the directory they are in.
+/// run and returns the directory they are in.
+///
+/// nextest runs every test in its own process, so a per-process guard
+/// would run cargo once per test, each time queueing behind any other
+/// build on the target directory. Instead the first test of a run builds
+/// under a file lock and leaves a stamp named after the run
+/// (`NEXTEST_RUN_ID`); the others wait on the lock and find the stamp.
 pub fn binaries() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -26,6 +39,19 @@ pub fn binaries() -> PathBuf {
             if let Some(dir) = std::env::var_os("UNDERLAY_E2E_BIN_DIR") {
                 return PathBuf::from(dir);
             }
+            let target = target_dir();
+            let out = target.join("debug");
+            std::fs::create_dir_all(&target).expect("the target directory can be created");
+            let lock = std::fs::File::create(target.join("underlay-e2e-build.lock"))
+                .expect("the build lock file can be created");
+            lock.lock().expect("the build lock can be taken");
+            let stamp = std::env::var("NEXTEST_RUN_ID")
+                .ok()
+                .map(|id| target.join(format!("underlay-e2e-build-{id}.stamp")));
+            if stamp.as_ref().is_some_and(|s| s.is_file()) {
+                return out;
+            }
+            let start = std::time::Instant::now();
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = std::process::Command::new(cargo)
                 .current_dir(root())
@@ -42,11 +68,23 @@ pub fn binaries() -> PathBuf {
                 .status()
                 .expect("cargo runs");
             assert!(status.success(), "building the underlay binaries failed");
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .map(|d| if d.is_absolute() { d } else { root().join(d) })
-                .unwrap_or_else(|| root().join("target"))
-                .join("debug")
+            eprintln!(
+                "built the underlay binaries in {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
+            if let Some(stamp) = stamp {
+                // Stamps of earlier runs are of no use any more.
+                if let Ok(dir) = std::fs::read_dir(&target) {
+                    for e in dir.flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if name.starts_with("underlay-e2e-build-") && name.ends_with(".stamp") {
+                            let _ = std::fs::remove_file(e.path());
+                        }
+                    }
+                }
+                let _ = std::fs::write(&stamp, b"");
+            }
+            out
         })
         .clone()
 }
@@ -115,7 +153,8 @@ pub async fn lab(test: &str, configure: impl FnOnce(&mut LabConfig)) -> Option<T
             .extend(extra.split_whitespace().map(str::to_owned));
     }
     configure(&mut config);
-    let progress = |m: &str| eprintln!("[{test}] {m}");
+    let t0 = std::time::Instant::now();
+    let progress = move |m: &str| eprintln!("[{test} {:6.1}s] {m}", t0.elapsed().as_secs_f64());
     let lab = match Lab::start(config, &progress).await {
         Ok(lab) => lab,
         Err(e) => {

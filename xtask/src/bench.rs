@@ -21,8 +21,13 @@ pub enum Suite {
     },
     /// Pod-to-pod TCP throughput (iperf3) and request latency across two
     /// lab nodes: native routing vs a VXLAN overlay, then 0 vs 1,000
-    /// NetworkPolicies (needs root).
+    /// NetworkPolicies (needs root). The underlay binaries are built and
+    /// run in the release profile.
     Datapath {
+        /// Build and run the underlay binaries in the dev profile instead
+        /// (quicker to build; the policy figures are then not representative).
+        #[arg(long)]
+        dev: bool,
         /// Extra arguments (`--quick` for a short run).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
@@ -72,9 +77,16 @@ pub fn run(args: &Args) -> Result<()> {
                 .args(["bench", "-p", "underlay-policy", "--bench", "policy", "--"])
                 .args(rest),
         ),
-        Suite::Datapath { rest } => {
+        Suite::Datapath { dev, rest } => {
+            let (profile, dir) = if *dev {
+                ("dev", "debug")
+            } else {
+                ("release", "release")
+            };
             exec(cargo().args([
                 "build",
+                "--profile",
+                profile,
                 "-p",
                 "underlay-agent",
                 "-p",
@@ -82,7 +94,7 @@ pub fn run(args: &Args) -> Result<()> {
                 "-p",
                 "underlay-route-controller",
             ]))?;
-            let bin = crate::util::root().join("target/debug");
+            let bin = crate::util::root().join("target").join(dir);
             exec(
                 cargo()
                     .args(["bench", "-p", "underlay-lab", "--bench", "datapath", "--"])

@@ -26,6 +26,20 @@ fn main() {
             let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug");
             d.join("underlay-agent").is_file().then_some(d)
         });
+    // Say which build of the binaries the policy figures come from: a dev
+    // build programs policy far slower than the release build users run.
+    let built = settings.bin_dir.as_ref().map_or_else(
+        || "not found".to_owned(),
+        |d| {
+            let profile = match d.file_name().and_then(|f| f.to_str()) {
+                Some("release") => "release profile",
+                Some("debug") => "dev profile, not representative",
+                _ => "unknown profile",
+            };
+            format!("{} ({profile})", d.display())
+        },
+    );
+    emit(&format!("underlay binaries: {built}\n"));
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async {
         match datapath::native_vs_overlay(&settings).await {

@@ -1,6 +1,7 @@
 //! The lab's command line: `up` (daemonizes a supervisor that keeps the lab
-//! running), `down`, `status`, `exec`, `probe`, and `demo` (up → demo →
-//! report → down in one process). The binary only parses and dispatches.
+//! running), `down`, `status`, `exec`, `probe`, `node add|remove` (asks the
+//! supervisor over its control socket), and `demo` (up → demo → report →
+//! down in one process). The binary only parses and dispatches.
 
 use crate::demo;
 use crate::lab::{Lab, LabConfig, LabState};
@@ -77,6 +78,55 @@ pub struct ProbeArgs {
     #[arg(long, env = "UNDERLAY_LAB_TIMEOUT_MS", default_value_t = 1000)]
     pub timeout_ms: u64,
 }
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub action: NodeAction,
+    /// How long to wait for the node to join or leave (s).
+    #[arg(
+        long,
+        env = "UNDERLAY_LAB_NODE_TIMEOUT",
+        default_value_t = 120,
+        global = true
+    )]
+    pub timeout_secs: u64,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum NodeAction {
+    /// A node joins: namespace, agent, kubelet; returns once it is Ready and
+    /// its route is in the fabric.
+    Add { name: String },
+    /// A node leaves: its pods, agent and namespace go; returns once its
+    /// route is out of the fabric.
+    Remove { name: String },
+}
+
+/// A request on the supervisor's control socket (one JSON line).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum ControlRequest {
+    AddNode { node: String, timeout_secs: u64 },
+    RemoveNode { node: String, timeout_secs: u64 },
+}
+
+/// The supervisor's answer (one JSON line).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ControlResponse {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Where a running lab's supervisor listens for `node add|remove`.
+pub fn control_socket(dir: &Path) -> PathBuf {
+    dir.join("control.sock")
+}
+
+/// The longest request line the supervisor reads.
+const MAX_REQUEST: u64 = 4096;
 
 fn abs(path: &Path) -> PathBuf {
     if path.is_absolute() {
@@ -213,20 +263,151 @@ pub async fn up(args: UpArgs) -> Result<()> {
 
 /// The hidden `supervise` command: runs the lab until SIGTERM or SIGINT.
 pub async fn supervise(args: UpArgs) -> Result<()> {
+    use futures::StreamExt;
     require_root()?;
+    let sock = control_socket(&abs(&args.common.dir));
+    let _ = std::fs::remove_file(&sock);
     let lab = Lab::start(config(&args)?, &progress).await?;
+    let control = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("cannot listen on {}", sock.display()))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Requests run side by side with the signal handling: `lab down` during
+    // a long join still stops the lab (the join is dropped, shutdown
+    // removes what it made).
+    let mut requests = futures::stream::FuturesUnordered::new();
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => { let _ = lab.save_state(); }
+            accepted = control.accept() => match accepted {
+                Ok((stream, _)) => requests.push(serve_control(&lab, stream)),
+                Err(error) => tracing::warn!(%error, "lab control socket accept failed"),
+            },
+            Some(()) = requests.next(), if !requests.is_empty() => {}
         }
     }
+    drop(requests);
+    let _ = std::fs::remove_file(&sock);
     progress("stopping");
     lab.shutdown().await?;
     progress("stopped");
+    Ok(())
+}
+
+/// Answers one control request.
+async fn serve_control(lab: &Lab, stream: tokio::net::UnixStream) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let read = BufReader::new(read.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await;
+    let response = match read {
+        Err(e) => ControlResponse {
+            ok: false,
+            message: format!("cannot read the request: {e}"),
+        },
+        Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
+            Err(e) => ControlResponse {
+                ok: false,
+                message: format!("invalid request ({e}); use `underlay-lab node add|remove NAME`"),
+            },
+            Ok(request) => handle_control(lab, request).await,
+        },
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = write.write_all(&out).await;
+}
+
+async fn handle_control(lab: &Lab, request: ControlRequest) -> ControlResponse {
+    let result = match &request {
+        ControlRequest::AddNode { node, timeout_secs } => {
+            progress(&format!("node {node} joins"));
+            lab.join_node(node, Duration::from_secs(*timeout_secs))
+                .await
+                .map(|net| {
+                    format!(
+                        "node {node} joined: {} in {}, Ready, routed",
+                        net.ipv4, net.netns
+                    )
+                })
+        }
+        ControlRequest::RemoveNode { node, timeout_secs } => {
+            progress(&format!("node {node} leaves"));
+            lab.leave_node(node, Duration::from_secs(*timeout_secs))
+                .await
+                .map(|()| format!("node {node} left; its route is gone"))
+        }
+    };
+    match result {
+        Ok(message) => {
+            progress(&message);
+            ControlResponse { ok: true, message }
+        }
+        Err(e) => {
+            tracing::warn!(request = ?request, error = %e, "lab control request failed");
+            ControlResponse {
+                ok: false,
+                message: e.to_string(),
+            }
+        }
+    }
+}
+
+/// `lab node add|remove NAME`: asks the running lab's supervisor.
+pub async fn node(args: NodeArgs) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    require_root()?;
+    let dir = abs(&args.common.dir);
+    let st = LabState::load(&dir.join("state.json"))?;
+    if !st.supervisor_pid.is_some_and(alive) || !st.ready {
+        bail!(
+            "no lab is running in {}; start one with `cargo xtask lab up`",
+            dir.display()
+        );
+    }
+    let timeout_secs = args.timeout_secs;
+    let request = match args.action {
+        NodeAction::Add { name } => {
+            crate::lab::validate_node_name(&name)?;
+            ControlRequest::AddNode {
+                node: name,
+                timeout_secs,
+            }
+        }
+        NodeAction::Remove { name } => ControlRequest::RemoveNode {
+            node: name,
+            timeout_secs,
+        },
+    };
+    let sock = control_socket(&dir);
+    let mut stream = tokio::net::UnixStream::connect(&sock)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the lab supervisor at {}; is the lab up (`cargo xtask lab status`)?",
+                sock.display()
+            )
+        })?;
+    let mut line = serde_json::to_vec(&request)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    let mut answer = String::new();
+    // The supervisor gives up after the timeout of one of its waits (a join
+    // has four); allow it time to say so.
+    let wait = Duration::from_secs(timeout_secs.saturating_mul(4).saturating_add(30));
+    tokio::time::timeout(wait, BufReader::new(stream).read_line(&mut answer))
+        .await
+        .context("the lab supervisor did not answer; see supervisor.log in the lab directory")??;
+    let response: ControlResponse = serde_json::from_str(&answer)
+        .with_context(|| format!("the lab supervisor answered {answer:?}"))?;
+    if !response.ok {
+        bail!("{}", response.message);
+    }
+    writeln!(std::io::stdout(), "{}", response.message)?;
     Ok(())
 }
 
@@ -462,4 +643,33 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         let _ = std::fs::copy(e.path(), to.join(e.file_name()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_requests_are_one_json_object_with_an_op() {
+        let add = ControlRequest::AddNode {
+            node: "node-9".into(),
+            timeout_secs: 60,
+        };
+        let text = serde_json::to_string(&add).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"add-node","node":"node-9","timeout_secs":60}"#
+        );
+        assert_eq!(serde_json::from_str::<ControlRequest>(&text).unwrap(), add);
+        for bad in [
+            r#"{"op":"reboot","node":"n"}"#,
+            r#"{"node":"n"}"#,
+            "not json",
+        ] {
+            assert!(
+                serde_json::from_str::<ControlRequest>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }

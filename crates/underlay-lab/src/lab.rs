@@ -342,9 +342,12 @@ impl Lab {
             progress(&format!("starting route controller replica {}", i + 1));
             lab.start_route_controller(i).await?;
         }
-        for i in 0..config.nodes {
-            progress(&format!("adding node {}/{}", i + 1, config.nodes));
-            lab.add_node().await?;
+        // Nodes join concurrently, as VMs of a scale set boot together; their
+        // agents then wait for pod CIDRs side by side.
+        progress(&format!("adding {} nodes", config.nodes));
+        let joins: Vec<_> = (0..config.nodes).map(|_| lab.add_node()).collect();
+        for joined in futures::future::join_all(joins).await {
+            joined?;
         }
         // Agents are ready once their node has a pod CIDR, which only the
         // route controller hands out.
@@ -693,6 +696,54 @@ impl Lab {
         }
     }
 
+    /// A node named `name` joins the running lab and is waited for as the
+    /// demo's join step does: agent ready, node Ready, `NetworkUnavailable`
+    /// cleared and its route applied by the fabric.
+    pub async fn join_node(&self, name: &str, timeout: Duration) -> Result<NodeNet> {
+        validate_node_name(name)?;
+        if self.vnet.node(name).is_some() {
+            return Err(Error::Usage(format!(
+                "node {name} is already in the lab; pick another name"
+            )));
+        }
+        let net = self.add_named_node(name).await?;
+        self.wait_network_available(name, timeout).await?;
+        self.wait_agent_ready(name, timeout).await?;
+        self.wait_node_ready(name, timeout).await?;
+        let hop = IpAddr::V4(net.ipv4);
+        self.wait_for(
+            &format!("the route of {name} in the fabric"),
+            timeout,
+            || async {
+                self.vnet
+                    .routes()
+                    .iter()
+                    .any(|r| r.next_hop == hop)
+                    .then_some(())
+            },
+        )
+        .await?;
+        self.save_state()?;
+        Ok(net)
+    }
+
+    /// Node `name` leaves the running lab (as in the demo's leave step), and
+    /// its route is waited out of the fabric.
+    pub async fn leave_node(&self, name: &str, timeout: Duration) -> Result<()> {
+        let net = self.vnet.node(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "no node {name} in the lab; see `cargo xtask lab status`"
+            ))
+        })?;
+        self.remove_node(name).await?;
+        let hop = IpAddr::V4(net.ipv4);
+        self.wait_for(&format!("the route of {name} to go"), timeout, || async {
+            (!self.vnet.routes().iter().any(|r| r.next_hop == hop)).then_some(())
+        })
+        .await?;
+        self.save_state()
+    }
+
     /// Waits until the node is `Ready` (its runtime's network status, CNI
     /// STATUS, succeeds): pods bound to it start from then on.
     pub async fn wait_node_ready(&self, node: &str, timeout: Duration) -> Result<()> {
@@ -885,6 +936,26 @@ pub fn network_unavailable(node: &Node) -> Option<bool> {
         .map(|c| c.status == "True")
 }
 
+/// A node name the lab accepts: a DNS-1123 label (it names the Node object)
+/// of at most 40 characters.
+pub fn validate_node_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "invalid node name {name:?}: use lowercase letters, digits and '-' \
+             (at most 40, starting and ending with a letter or digit)"
+        )))
+    }
+}
+
 /// The node's `Ready` condition: `Some(true)` when True.
 pub fn node_ready(node: &Node) -> Option<bool> {
     node.status
@@ -1009,6 +1080,17 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].next_hop, "10.0.0.4".parse::<IpAddr>().unwrap());
         assert_eq!(got[1].next_hop, "0.0.0.0".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn node_names_must_be_dns_labels() {
+        for good in ["node-4", "a", "n1x"] {
+            assert!(validate_node_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Node", "-a", "a-", "a_b", "a.b", &"x".repeat(41)] {
+            let err = validate_node_name(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid node name"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@ enum Command {
     Exec(underlay_lab::cli::ExecArgs),
     /// Probe HOST PORT from a pod; exit 0 connected, 1 refused or timed out, 2 error.
     Probe(underlay_lab::cli::ProbeArgs),
+    /// Add or remove a node of the running lab (`up`): node add|remove NAME.
+    Node(underlay_lab::cli::NodeArgs),
     /// Up, run the demo, print the report, down; exit 1 if any expectation fails.
     Demo(underlay_lab::cli::UpArgs),
     /// Keep a lab running in the foreground (what `up` starts in the background).
@@ -63,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Status(args) => underlay_lab::cli::status(args).await,
         Command::Exec(args) => std::process::exit(underlay_lab::cli::exec(args).await?),
         Command::Probe(args) => std::process::exit(underlay_lab::cli::probe(args).await),
+        Command::Node(args) => underlay_lab::cli::node(args).await,
         Command::Demo(args) => {
             if !underlay_lab::cli::demo(args).await? {
                 std::process::exit(1);
