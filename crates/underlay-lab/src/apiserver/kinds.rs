@@ -326,7 +326,7 @@ pub fn binding(cluster: bool, obj: &mut Value, old: Option<&Value>, causes: &mut
         }
         match kind {
             "ServiceAccount" => {
-                if s["apiGroup"].as_str().unwrap_or("") != "" {
+                if !s["apiGroup"].as_str().unwrap_or("").is_empty() {
                     causes.push(Cause::unsupported(
                         format!("{p}.apiGroup"),
                         &s["apiGroup"],
