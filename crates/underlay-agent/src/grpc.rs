@@ -262,3 +262,72 @@ impl Agent for AgentService {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hook::fake::RecordingHook;
+    use crate::store::Store;
+
+    fn service(dir: &std::path::Path, hook: Arc<RecordingHook>) -> AgentService {
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(dir).unwrap();
+        let endpoints = Endpoints::open(store, hook, metrics.clone(), 1500).unwrap();
+        endpoints
+            .set_pools(&["10.244.1.0/24".parse().unwrap()])
+            .unwrap();
+        endpoints.mark_ready();
+        AgentService {
+            endpoints,
+            metrics,
+            node_name: "n1".into(),
+        }
+    }
+
+    async fn status(svc: &AgentService) -> v1::StatusResponse {
+        svc.status(Request::new(v1::StatusRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    #[tokio::test]
+    async fn status_carries_the_policy_state_and_its_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(RecordingHook::default());
+        let svc = service(dir.path(), hook.clone());
+
+        // No policy engine: nothing to report, ready.
+        let st = status(&svc).await;
+        assert!(st.ready && st.policy.is_none(), "{st:?}");
+
+        let healthy = v1::PolicyStatus {
+            policies: 3,
+            endpoints: 2,
+            rules: 40,
+            ipset_members: 7,
+            last_sync_unix_ms: Some(1_700_000_000_000),
+            last_error: String::new(),
+        };
+        *hook.policy_status.lock().unwrap() = Some(healthy.clone());
+        let st = status(&svc).await;
+        assert!(st.ready, "{st:?}");
+        assert_eq!(st.policy, Some(healthy.clone()));
+
+        // A failing dataplane makes the agent not ready, and says why.
+        let failing = v1::PolicyStatus {
+            last_error: "writing iptables rules failed: exit 4".into(),
+            ..healthy
+        };
+        *hook.policy_status.lock().unwrap() = Some(failing.clone());
+        let st = status(&svc).await;
+        assert!(!st.ready);
+        assert!(
+            st.reason.contains("policy dataplane is failing")
+                && st.reason.contains("writing iptables rules failed"),
+            "{}",
+            st.reason
+        );
+        assert_eq!(st.policy, Some(failing));
+    }
+}

@@ -90,6 +90,8 @@ pub mod fake {
         pub calls: Mutex<Vec<Call>>,
         /// The error `attached` returns, if any.
         pub fail_attach: Mutex<Option<HookError>>,
+        /// What `status` reports (`None`: no policy engine).
+        pub policy_status: Mutex<Option<underlay_proto::v1::PolicyStatus>>,
     }
 
     impl RecordingHook {
@@ -118,7 +120,7 @@ pub mod fake {
             Box::pin(async { Ok(()) })
         }
         fn status(&self) -> Option<underlay_proto::v1::PolicyStatus> {
-            None
+            self.policy_status.lock().ok().and_then(|s| s.clone())
         }
     }
 }

@@ -9,13 +9,15 @@
 use crate::convert;
 use crate::dataplane::Dataplane;
 use crate::engine::{Engine, Status};
-use crate::model::{Endpoint, Pod, PodKey};
+use crate::index::Index;
+use crate::model::{Endpoint, Namespace, Pod, PodKey, Policy};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify, watch};
@@ -104,9 +106,15 @@ impl<D: Dataplane> PolicyAgent<D> {
     pub fn start(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         if let Some(client) = &self.client {
-            tasks.push(tokio::spawn(watch_namespaces(self.clone(), client.clone())));
-            tasks.push(tokio::spawn(watch_pods(self.clone(), client.clone())));
-            tasks.push(tokio::spawn(watch_policies(self.clone(), client.clone())));
+            tasks.push(tokio::spawn(watch::<Namespaces, D>(
+                self.clone(),
+                client.clone(),
+            )));
+            tasks.push(tokio::spawn(watch::<Pods, D>(self.clone(), client.clone())));
+            tasks.push(tokio::spawn(watch::<Policies, D>(
+                self.clone(),
+                client.clone(),
+            )));
         }
         let me = self.clone();
         tasks.push(tokio::spawn(async move { me.sync_loop().await }));
@@ -259,150 +267,171 @@ impl<D: Dataplane> PolicyAgent<D> {
     }
 }
 
-async fn watch_namespaces<D: Dataplane>(agent: Arc<PolicyAgent<D>>, client: Client) {
-    let api: Api<core::Namespace> = Api::all(client);
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut buffer = Vec::new();
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(Event::Init) => buffer.clear(),
-            Ok(Event::InitApply(o)) => match convert::namespace(&o) {
-                Ok(n) => buffer.push(n),
-                Err(e) => warn!(error = %e, "ignoring namespace"),
-            },
-            Ok(Event::InitDone) => {
-                let all = std::mem::take(&mut buffer);
-                info!(count = all.len(), "namespaces listed");
-                agent
-                    .engine
-                    .lock()
-                    .await
-                    .change(|i| i.replace_namespaces(all));
-                agent.mark_listed(0);
-                agent.kick();
-            }
-            Ok(Event::Apply(o)) => match convert::namespace(&o) {
-                Ok(n) => {
-                    agent.engine.lock().await.change(|i| i.apply_namespace(n));
-                    agent.kick();
-                }
-                Err(e) => warn!(error = %e, "ignoring namespace"),
-            },
-            Ok(Event::Delete(o)) => {
-                if let Some(name) = o.metadata.name {
-                    agent
-                        .engine
-                        .lock()
-                        .await
-                        .change(|i| i.delete_namespace(&name));
-                    agent.kick();
-                }
-            }
-            Err(e) => warn!(error = %e, "namespace watch failed; keeping the last known policy"),
-        }
-    }
-    error!("namespace watch ended");
+/// One kind of Kubernetes object the agent watches, and how it feeds the
+/// index. A single generic [`watch`] loop serves every kind; a kind only
+/// says how to convert, apply, delete and replace its objects.
+trait Kind: Send + Sync + 'static {
+    type Object: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static;
+    type Domain: Send;
+    /// For logs.
+    const NAME: &'static str;
+    /// Which entry of [`PolicyAgent::listed`] its first full list sets.
+    const SLOT: usize;
+    fn convert(o: &Self::Object) -> convert::Result<Self::Domain>;
+    fn apply(index: &mut Index, d: Self::Domain);
+    fn delete(index: &mut Index, o: &Self::Object);
+    fn replace(index: &mut Index, all: Vec<Self::Domain>);
+    /// The version the index holds, kept when a relisted object cannot be
+    /// understood: an unreadable policy must not disappear (that would open
+    /// its pods), nor a pod or namespace change which policies apply.
+    fn previous(index: &Index, o: &Self::Object) -> Option<Self::Domain>;
 }
 
-async fn watch_pods<D: Dataplane>(agent: Arc<PolicyAgent<D>>, client: Client) {
-    let api: Api<core::Pod> = Api::all(client);
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut buffer = Vec::new();
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(Event::Init) => buffer.clear(),
-            Ok(Event::InitApply(o)) => match convert::pod(&o) {
-                Ok(p) => buffer.push(p),
-                Err(e) => warn!(error = %e, "ignoring pod"),
-            },
-            Ok(Event::InitDone) => {
-                let all = std::mem::take(&mut buffer);
-                info!(count = all.len(), "pods listed");
-                agent.engine.lock().await.change(|i| i.replace_pods(all));
-                agent.mark_listed(1);
-                agent.kick();
-            }
-            Ok(Event::Apply(o)) => match convert::pod(&o) {
-                Ok(p) => {
-                    agent.engine.lock().await.change(|i| i.apply_pod(p));
-                    agent.kick();
-                }
-                Err(e) => warn!(error = %e, "ignoring pod"),
-            },
-            Ok(Event::Delete(o)) => {
-                if let Ok(key) = convert::pod_key(&o) {
-                    agent.engine.lock().await.change(|i| i.delete_pod(&key));
-                    agent.kick();
-                }
-            }
-            Err(e) => warn!(error = %e, "pod watch failed; keeping the last known policy"),
+struct Namespaces;
+struct Pods;
+struct Policies;
+
+impl Kind for Namespaces {
+    type Object = core::Namespace;
+    type Domain = Namespace;
+    const NAME: &'static str = "namespace";
+    const SLOT: usize = 0;
+    fn convert(o: &core::Namespace) -> convert::Result<Namespace> {
+        convert::namespace(o)
+    }
+    fn apply(index: &mut Index, d: Namespace) {
+        index.apply_namespace(d)
+    }
+    fn delete(index: &mut Index, o: &core::Namespace) {
+        if let Some(name) = &o.metadata.name {
+            index.delete_namespace(name)
         }
     }
-    error!("pod watch ended");
+    fn replace(index: &mut Index, all: Vec<Namespace>) {
+        index.replace_namespaces(all)
+    }
+    fn previous(index: &Index, o: &core::Namespace) -> Option<Namespace> {
+        index.namespace(o.metadata.name.as_deref()?).cloned()
+    }
 }
 
-async fn watch_policies<D: Dataplane>(agent: Arc<PolicyAgent<D>>, client: Client) {
-    let api: Api<net::NetworkPolicy> = Api::all(client);
+impl Kind for Pods {
+    type Object = core::Pod;
+    type Domain = Pod;
+    const NAME: &'static str = "pod";
+    const SLOT: usize = 1;
+    fn convert(o: &core::Pod) -> convert::Result<Pod> {
+        convert::pod(o)
+    }
+    fn apply(index: &mut Index, d: Pod) {
+        index.apply_pod(d)
+    }
+    fn delete(index: &mut Index, o: &core::Pod) {
+        if let Ok(key) = convert::pod_key(o) {
+            index.delete_pod(&key)
+        }
+    }
+    fn replace(index: &mut Index, all: Vec<Pod>) {
+        index.replace_pods(all)
+    }
+    fn previous(index: &Index, o: &core::Pod) -> Option<Pod> {
+        index.pod(&convert::pod_key(o).ok()?).cloned()
+    }
+}
+
+fn policy_key(o: &net::NetworkPolicy) -> Option<PodKey> {
+    Some(PodKey::new(
+        o.metadata.namespace.as_deref()?,
+        o.metadata.name.as_deref()?,
+    ))
+}
+
+impl Kind for Policies {
+    type Object = net::NetworkPolicy;
+    type Domain = Policy;
+    const NAME: &'static str = "networkpolicy";
+    const SLOT: usize = 2;
+    fn convert(o: &net::NetworkPolicy) -> convert::Result<Policy> {
+        convert::policy(o)
+    }
+    fn apply(index: &mut Index, d: Policy) {
+        index.apply_policy(d)
+    }
+    fn delete(index: &mut Index, o: &net::NetworkPolicy) {
+        if let Some(key) = policy_key(o) {
+            index.delete_policy(&key)
+        }
+    }
+    fn replace(index: &mut Index, all: Vec<Policy>) {
+        index.replace_policies(all)
+    }
+    fn previous(index: &Index, o: &net::NetworkPolicy) -> Option<Policy> {
+        index.policy(&policy_key(o)?).map(|p| p.as_ref().clone())
+    }
+}
+
+fn not_understood<K: Kind>(error: &convert::Error) {
+    error!(kind = K::NAME, %error, "object not understood; keeping its last understood version");
+}
+
+/// Watches one kind and feeds the index: the first full list (and every
+/// relist after a broken watch) replaces the kind's objects, events apply
+/// and delete one object each. Errors never empty the index.
+async fn watch<K: Kind, D: Dataplane>(agent: Arc<PolicyAgent<D>>, client: Client) {
+    let api: Api<K::Object> = Api::all(client);
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     let mut buffer = Vec::new();
-    let mut broken = Vec::new();
+    let mut unreadable = Vec::new();
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(Event::Init) => {
                 buffer.clear();
-                broken.clear();
+                unreadable.clear();
             }
-            Ok(Event::InitApply(o)) => match convert::policy(&o) {
-                Ok(p) => buffer.push(p),
+            Ok(Event::InitApply(o)) => match K::convert(&o) {
+                Ok(d) => buffer.push(d),
                 Err(e) => {
-                    error!(error = %e, "networkpolicy not understood; keeping its previous version");
-                    if let (Some(ns), Some(name)) = (o.metadata.namespace, o.metadata.name) {
-                        broken.push(PodKey::new(ns, name));
-                    }
+                    not_understood::<K>(&e);
+                    unreadable.push(o);
                 }
             },
             Ok(Event::InitDone) => {
                 let mut all = std::mem::take(&mut buffer);
-                info!(count = all.len(), "networkpolicies listed");
+                info!(kind = K::NAME, count = all.len(), "objects listed");
                 let mut engine = agent.engine.lock().await;
-                // A policy we cannot read keeps its previous version rather
-                // than disappearing (which would open its pods).
-                for key in broken.drain(..) {
-                    if let Some(p) = engine.index().policy(&key) {
-                        all.push(p.as_ref().clone());
-                    }
-                }
-                engine.change(|i| i.replace_policies(all));
+                all.extend(
+                    unreadable
+                        .drain(..)
+                        .filter_map(|o| K::previous(engine.index(), &o)),
+                );
+                engine.change(|i| K::replace(i, all));
                 drop(engine);
-                agent.mark_listed(2);
+                agent.mark_listed(K::SLOT);
                 agent.kick();
             }
-            Ok(Event::Apply(o)) => match convert::policy(&o) {
-                Ok(p) => {
-                    agent.engine.lock().await.change(|i| i.apply_policy(p));
+            Ok(Event::Apply(o)) => match K::convert(&o) {
+                Ok(d) => {
+                    agent.engine.lock().await.change(|i| K::apply(i, d));
                     agent.kick();
                 }
-                Err(e) => {
-                    error!(error = %e, "networkpolicy not understood; keeping its previous version")
-                }
+                Err(e) => not_understood::<K>(&e),
             },
             Ok(Event::Delete(o)) => {
-                if let (Some(ns), Some(name)) = (o.metadata.namespace, o.metadata.name) {
-                    let key = PodKey::new(ns, name);
-                    agent.engine.lock().await.change(|i| i.delete_policy(&key));
-                    agent.kick();
-                }
+                agent.engine.lock().await.change(|i| K::delete(i, &o));
+                agent.kick();
             }
             Err(e) => {
-                warn!(error = %e, "networkpolicy watch failed; keeping the last known policy")
+                warn!(kind = K::NAME, error = %e, "watch failed; keeping the last known policy")
             }
         }
     }
-    error!("networkpolicy watch ended");
+    error!(kind = K::NAME, "watch ended");
 }

@@ -45,8 +45,9 @@ pub trait Dataplane: Send + 'static {
     fn restore_sets(&mut self, script: &str) -> Result<()>;
     /// The conntrack table of one family.
     fn list_flows(&mut self, family: Family) -> Result<Vec<Flow>>;
-    /// Deletes one connection; false when it was already gone.
-    fn delete_flow(&mut self, flow: &Flow) -> Result<bool>;
+    /// Deletes these connections in one batch; returns how many entries
+    /// were deleted (flows that ended meanwhile are not counted).
+    fn delete_flows(&mut self, flows: &[Flow]) -> Result<usize>;
     /// The node's own addresses (their flows to pods are always allowed).
     fn host_addresses(&mut self) -> Result<Vec<IpAddr>>;
 }
@@ -179,32 +180,23 @@ impl Dataplane for CommandDataplane {
         Ok(out.lines().filter_map(parse_conntrack_line).collect())
     }
 
-    fn delete_flow(&mut self, flow: &Flow) -> Result<bool> {
+    fn delete_flows(&mut self, flows: &[Flow]) -> Result<usize> {
+        if flows.is_empty() {
+            return Ok(0);
+        }
         let prog = self.conntrack.clone();
-        let fam = match Family::of(&flow.src) {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        };
-        let proto = flow.protocol.to_string();
-        let (src, dst) = (flow.src.to_string(), flow.dst.to_string());
-        let (sport, dport) = (flow.sport.to_string(), flow.dport.to_string());
-        let mut args = vec!["-D", "-f", fam, "-p", &proto, "-s", &src, "-d", &dst];
-        if matches!(flow.protocol, 6 | 17 | 132) {
-            args.extend(["--sport", &sport, "--dport", &dport]);
+        // One process for the whole batch: `-R -` runs one command per
+        // line; a line that matches nothing (the flow ended meanwhile) is
+        // skipped, and each deleted entry is printed.
+        let (ok, out, err) = self.run(&prog, &["-R", "-"], Some(&delete_script(flows)))?;
+        if !ok {
+            return Err(DataplaneError::Failed {
+                program: prog,
+                status: "non-zero exit".into(),
+                stderr: err,
+            });
         }
-        // conntrack exits 1 when nothing matched: the flow ended meanwhile.
-        let (ok, _out, err) = self.run(&prog, &args, None)?;
-        if ok {
-            return Ok(true);
-        }
-        if err.contains("0 flow entries") {
-            return Ok(false);
-        }
-        Err(DataplaneError::Failed {
-            program: prog,
-            status: "non-zero exit".into(),
-            stderr: err,
-        })
+        Ok(out.lines().filter(|l| l.contains("src=")).count())
     }
 
     fn host_addresses(&mut self) -> Result<Vec<IpAddr>> {
@@ -218,6 +210,28 @@ impl Dataplane for CommandDataplane {
             })
             .collect())
     }
+}
+
+/// The `conntrack -R` batch that deletes `flows`: one `-D` command a line,
+/// matching the original direction's addresses (and ports, for protocols
+/// that have them).
+pub fn delete_script(flows: &[Flow]) -> String {
+    let mut script = String::new();
+    for f in flows {
+        let fam = match Family::of(&f.src) {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        };
+        script.push_str(&format!(
+            "-D -f {fam} -p {} -s {} -d {}",
+            f.protocol, f.src, f.dst
+        ));
+        if matches!(f.protocol, 6 | 17 | 132) {
+            script.push_str(&format!(" --sport {} --dport {}", f.sport, f.dport));
+        }
+        script.push('\n');
+    }
+    script
 }
 
 /// Parses one line of `conntrack -L` (original direction only). Entries
@@ -260,7 +274,8 @@ pub enum Call {
     SaveSets,
     RestoreSets(String),
     ListFlows(Family),
-    DeleteFlow(Flow),
+    /// One batch deletion.
+    DeleteFlows(Vec<Flow>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -648,12 +663,12 @@ impl Dataplane for FakeDataplane {
             .collect())
     }
 
-    fn delete_flow(&mut self, flow: &Flow) -> Result<bool> {
+    fn delete_flows(&mut self, flows: &[Flow]) -> Result<usize> {
         let mut s = self.state();
-        s.calls.push(Call::DeleteFlow(*flow));
+        s.calls.push(Call::DeleteFlows(flows.to_vec()));
         let before = s.flows.len();
-        s.flows.retain(|f| f != flow);
-        Ok(s.flows.len() != before)
+        s.flows.retain(|f| !flows.contains(f));
+        Ok(before - s.flows.len())
     }
 
     fn host_addresses(&mut self) -> Result<Vec<IpAddr>> {
@@ -695,6 +710,29 @@ mod tests {
         assert!(parse_conntrack_line("").is_none());
         assert!(parse_conntrack_line("tcp      6 119 SYN_SENT src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 [UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=80 dport=1 mark=0 use=1").is_none());
         assert!(parse_conntrack_line("tcp      6 119 TIME_WAIT src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=1 [ASSURED] mark=0 use=1").is_none());
+    }
+
+    #[test]
+    fn conntrack_deletions_are_one_batch_script() {
+        let flow = |protocol, src: &str, dst: &str| Flow {
+            protocol,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport: 40000,
+            dport: 80,
+        };
+        let script = delete_script(&[
+            flow(6, "10.0.0.1", "10.0.0.2"),
+            flow(132, "fd00::1", "fd00::2"),
+            flow(1, "10.0.0.1", "10.0.0.2"),
+        ]);
+        assert_eq!(
+            script,
+            "-D -f ipv4 -p 6 -s 10.0.0.1 -d 10.0.0.2 --sport 40000 --dport 80\n\
+             -D -f ipv6 -p 132 -s fd00::1 -d fd00::2 --sport 40000 --dport 80\n\
+             -D -f ipv4 -p 1 -s 10.0.0.1 -d 10.0.0.2\n"
+        );
+        assert_eq!(delete_script(&[]), "");
     }
 
     #[test]

@@ -567,16 +567,16 @@ impl<D: Dataplane> Engine<D> {
                 .filter(|f| !host.contains(&f.src) && eval.involves_local(f) && !eval.allowed(f))
                 .collect()
         };
-        let mut removed = 0;
-        for flow in denied {
-            match self.dataplane.delete_flow(&flow) {
-                Ok(true) => removed += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(error = %e, src = %flow.src, dst = %flow.dst, "deleting a conntrack entry failed")
-                }
-            }
+        if denied.is_empty() {
+            return 0;
         }
+        let removed = match self.dataplane.delete_flows(&denied) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, flows = denied.len(), "deleting conntrack entries failed; those connections keep flowing until they end");
+                0
+            }
+        };
         if removed > 0 {
             info!(
                 removed,

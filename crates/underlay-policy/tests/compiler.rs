@@ -375,6 +375,17 @@ fn newly_denied_connections_lose_their_conntrack_entries() {
     let report = engine.sync().unwrap();
     assert_eq!(report.conntrack_removed, 2, "{report:?}");
     assert_eq!(fake.state().flows, vec![flow(xb, xa, 80), node]);
+    // Both denied flows went in one batch: one process, not one per flow.
+    let batches: Vec<Vec<Flow>> = fake
+        .state()
+        .calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::DeleteFlows(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches, vec![vec![flow(ya, xa, 80), flow(ya, xa, 81)]]);
 }
 
 #[test]
@@ -406,4 +417,63 @@ fn large_set_changes_are_swapped_in() {
         !st.sets.keys().any(|n| n.ends_with("-t")),
         "temporary set left behind"
     );
+}
+
+#[test]
+fn denied_packets_are_logged_per_namespace_or_everywhere_rate_limited() {
+    use underlay_policy::compile::endpoint_chain;
+    use underlay_policy::model::{Direction, Policy};
+    // (global flag, namespace x annotated) -> (x/a logs, y/a logs)
+    let cases = [
+        ((false, false), (false, false)),
+        ((false, true), (true, false)),
+        ((true, false), (true, true)),
+        ((true, true), (true, true)),
+    ];
+    for ((log_all, annotated), (want_x, want_y)) in cases {
+        let fake = FakeDataplane::new();
+        let config = Config {
+            log_all,
+            nflog_group: 7,
+            log_rate: "5/minute".into(),
+            ..Config::default()
+        };
+        let mut engine = Engine::new(fake.clone(), config, Metrics::default());
+        engine.change(load_world);
+        engine.change(|idx| {
+            let mut x = idx.namespace("x").unwrap().clone();
+            x.log_denied = annotated;
+            idx.apply_namespace(x);
+            // Deny all ingress to pods a of x and y.
+            idx.apply_policy(Policy::new("x", "deny", Selector::labels([("pod", "a")])));
+            idx.apply_policy(Policy::new("y", "deny", Selector::labels([("pod", "a")])));
+        });
+        engine.sync().unwrap();
+        let st = fake.state();
+        let rules = |iface: &str| {
+            st.tables[0]
+                .get(&endpoint_chain(iface, Direction::Ingress))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let logs = |iface: &str| {
+            let rules = rules(iface);
+            let log: Vec<&String> = rules.iter().filter(|r| r.contains("NFLOG")).collect();
+            if let Some(r) = log.first() {
+                assert!(
+                    r.contains("-m limit --limit 5/minute") && r.contains("--nflog-group 7"),
+                    "{r}"
+                );
+                // Logged just before the drop, after every allow.
+                let at = rules.iter().position(|x| x == *r).unwrap();
+                assert_eq!(rules.get(at + 1).map(String::as_str), Some("-j DROP"));
+            }
+            !log.is_empty()
+        };
+        let case = format!("log_all={log_all} annotated={annotated}");
+        assert_eq!(logs("udlxa"), want_x, "{case}: x/a {:?}", rules("udlxa"));
+        assert_eq!(logs("udlya"), want_y, "{case}: y/a {:?}", rules("udlya"));
+        // Pods no policy selects drop nothing, so they log nothing.
+        assert!(!logs("udlxb") && !logs("udlzc"), "{case}");
+    }
 }

@@ -319,7 +319,13 @@ async fn newly_denied_established_connections_are_cut() {
         return;
     }
     let lab = Lab::new("ct").await;
-    let mut e = engine(&lab);
+    let metrics = Metrics::default();
+    let mut e = Engine::new(
+        CommandDataplane::in_netns(&lab.node),
+        Config::default(),
+        metrics.clone(),
+    );
+    e.change(load_world);
     e.sync().unwrap();
     let conn = Conn::open(&lab, tcp80("y/a", "x/a")).await;
     let v6conn = Conn::open(
@@ -353,6 +359,10 @@ async fn newly_denied_established_connections_are_cut() {
     });
     let report = e.sync().unwrap();
     assert!(report.conntrack_removed >= 2, "{report:?}");
+    assert_eq!(
+        metrics.conntrack_removed.get(),
+        report.conntrack_removed as u64
+    );
     assert!(!conn.echo().await, "denied connection still flows");
     assert!(!v6conn.echo().await, "denied IPv6 connection still flows");
     assert!(keep.echo().await, "an allowed connection was cut");
