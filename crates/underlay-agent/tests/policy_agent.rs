@@ -4,7 +4,8 @@
 //! after Attach programs a pod's policy, `Status` over gRPC reports the
 //! policy state and `/metrics` over HTTP carries every policy metric with
 //! values that match; a policy deleted through the API reaches the
-//! dataplane and both again.
+//! dataplane and both again; a restarted agent adopts the rules the killed
+//! one left without writing anything.
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -52,6 +53,12 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 }
 
 async fn client(socket: &Path) -> AgentClient<tonic::transport::Channel> {
+    try_client(socket).await.expect("connect to the agent")
+}
+
+async fn try_client(
+    socket: &Path,
+) -> Result<AgentClient<tonic::transport::Channel>, tonic::transport::Error> {
     let socket = socket.to_path_buf();
     let channel = tonic::transport::Endpoint::from_static("http://agent")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -62,9 +69,8 @@ async fn client(socket: &Path) -> AgentClient<tonic::transport::Channel> {
                 ))
             }
         }))
-        .await
-        .expect("connect to the agent");
-    AgentClient::new(channel)
+        .await?;
+    Ok(AgentClient::new(channel))
 }
 
 async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
@@ -102,6 +108,29 @@ async fn running_pod(client: &kube::Client, name: &str, ip: &str) {
     )
     .await
     .expect("pod status");
+}
+
+/// The agent binary inside `ns`, with policy on.
+fn start_agent(ns: &Netns, kubeconfig: &Path, socket: &Path, dir: &Path) -> Killed {
+    Killed(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(env!("CARGO_BIN_EXE_underlay-agent"))
+            .args(["--node-name", "worker-1", "--policy=true"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{METRICS_PORT}"))
+            .args(["--health-addr", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent"),
+    )
 }
 
 fn iptables_save(ns: &Netns) -> String {
@@ -162,25 +191,7 @@ async fn status_and_metrics_report_the_programmed_policy() {
     )
     .unwrap();
     let socket: PathBuf = dir.path().join("agent.sock");
-    let _agent = Killed(
-        Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(env!("CARGO_BIN_EXE_underlay-agent"))
-            .args(["--node-name", "worker-1", "--policy=true"])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{METRICS_PORT}"))
-            .args(["--health-addr", "off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the agent"),
-    );
+    let mut agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
     wait_for("the socket", async || socket.exists()).await;
     let mut c = client(&socket).await;
     wait_for("ready", async || {
@@ -277,5 +288,41 @@ async fn status_and_metrics_report_the_programmed_policy() {
     );
     let after = sample(&text, "underlay_policy_change_to_dataplane_seconds_count").unwrap();
     assert!(after > changes, "{after} <= {changes}");
+
+    // A restarted agent adopts what the previous one programmed: its first
+    // sync reads the node, finds it right and writes nothing.
+    drop(c);
+    drop(agent);
+    let programmed = iptables_save(&ns);
+    assert!(programmed.contains("-i udlpolicya01"), "{programmed}");
+    agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
+    wait_for("the restarted agent to sync", async || {
+        let Ok(mut c) = try_client(&socket).await else {
+            return false;
+        };
+        c.status(v1::StatusRequest {}).await.is_ok_and(|s| {
+            let s = s.into_inner();
+            s.ready && s.policy.is_some_and(|p| p.last_sync_unix_ms.is_some())
+        })
+    })
+    .await;
+    let text = scrape(&ns);
+    assert_eq!(
+        sample(&text, "underlay_policy_endpoints"),
+        Some(1.0),
+        "{text}"
+    );
+    for tool in ["iptables-restore", "ip6tables-restore", "ipset"] {
+        let name = format!("underlay_policy_restore_calls_total{{tool=\"{tool}\"}}");
+        assert_eq!(sample(&text, &name), Some(0.0), "{name}: {text}");
+    }
+    assert_eq!(
+        iptables_save(&ns)
+            .lines()
+            .filter(|l| l.starts_with("-A"))
+            .count(),
+        programmed.lines().filter(|l| l.starts_with("-A")).count()
+    );
+    drop(agent);
     drop(relay);
 }
