@@ -745,9 +745,12 @@ impl Lab {
     }
 
     /// Waits until the node is `Ready` (its runtime's network status, CNI
-    /// STATUS, succeeds): pods bound to it start from then on.
+    /// STATUS, succeeds): pods bound to it start from then on. The runtime
+    /// is asked on every poll rather than at the kubelet's next period, so
+    /// that a lab waiting for a node it knows is ready does not idle.
     pub async fn wait_node_ready(&self, node: &str, timeout: Duration) -> Result<()> {
         self.wait_for(&format!("{node} Ready"), timeout, || async {
+            self.kubelets.check_runtime(node).await;
             let n = self.node_object(node).await.ok().flatten()?;
             (node_ready(&n) == Some(true)).then_some(())
         })
