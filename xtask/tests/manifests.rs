@@ -754,7 +754,7 @@ fn the_route_controller_takes_the_lease_its_role_allows() {
         .into_iter()
         .flat_map(|r| r.resource_names.unwrap_or_default())
         .collect();
-    assert_eq!(names, [args.leader_elect_name.clone()]);
+    assert_eq!(names, std::slice::from_ref(&args.leader_elect_name));
     assert_eq!(args.cluster_cidr.len(), 1);
     assert!(args.allocate_node_cidrs);
 }
