@@ -6,12 +6,18 @@
 //! the floor: restoring the same full ruleset from scratch into an empty
 //! namespace, measured in the same run.
 //!
-//! Flags: `--pods N --namespaces N --policies N --local N --iterations N`.
+//! Then the deletion of N conntrack entries of newly denied connections: one
+//! `conntrack -R` batch (what the engine does) against one `conntrack -D`
+//! process per entry (the reference), in the same run.
+//!
+//! Flags: `--pods N --namespaces N --policies N --local N --iterations N
+//! --conntrack N`.
 #![allow(clippy::print_stdout)]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 use underlay_policy::dataplane::{Call, Dataplane, FakeDataplane};
+use underlay_policy::eval::Flow;
 use underlay_policy::index::Index;
 use underlay_policy::metrics::Metrics;
 use underlay_policy::model::{
@@ -26,6 +32,7 @@ struct Scale {
     policies: usize,
     local: usize,
     iterations: usize,
+    conntrack: usize,
 }
 
 fn parse_args() -> Scale {
@@ -35,6 +42,7 @@ fn parse_args() -> Scale {
         policies: 2_000,
         local: 100,
         iterations: 50,
+        conntrack: 200,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -46,6 +54,7 @@ fn parse_args() -> Scale {
             "--policies" => Some(&mut s.policies),
             "--local" => Some(&mut s.local),
             "--iterations" => Some(&mut s.iterations),
+            "--conntrack" => Some(&mut s.conntrack),
             _ => None, // cargo passes `--bench`
         };
         if let (Some(slot), Some(v)) = (slot, value) {
@@ -352,4 +361,111 @@ fn main() {
             p50.as_secs_f64() / floor.as_secs_f64()
         );
     }
+    conntrack_deletion(scale.conntrack);
+}
+
+/// Established TCP entries `10.9.x.y:port -> 10.8.0.2:80`, inserted with
+/// one `conntrack -R` batch.
+fn insert_flows(ns: &Netns, flows: &[Flow]) {
+    let mut script = String::new();
+    for f in flows {
+        script.push_str(&format!(
+            "-I -p tcp -s {} -d {} --sport {} --dport {} --state ESTABLISHED -t 600 -u ASSURED\n",
+            f.src, f.dst, f.sport, f.dport
+        ));
+    }
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "conntrack", "-R", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run conntrack");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(script.as_bytes())
+            .expect("write to conntrack");
+    }
+    assert!(
+        child.wait().is_ok_and(|s| s.success()),
+        "conntrack -R failed"
+    );
+}
+
+fn conntrack_deletion(n: usize) {
+    if n == 0 {
+        return;
+    }
+    let flows: Vec<Flow> = (0..n)
+        .map(|i| Flow {
+            protocol: 6,
+            src: format!("10.9.{}.{}", i / 250, i % 250 + 1).parse().unwrap(),
+            dst: "10.8.0.2".parse().unwrap(),
+            sport: 10_000 + i as u16,
+            dport: 80,
+        })
+        .collect();
+    let ns = Netns::new("ct");
+    // Reference: one process per entry.
+    insert_flows(&ns, &flows);
+    let t = Instant::now();
+    let mut removed_each = 0;
+    for f in &flows {
+        let ok = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "conntrack",
+                "-D",
+                "-f",
+                "ipv4",
+                "-p",
+                "6",
+            ])
+            .args(["-s", &f.src.to_string(), "-d", &f.dst.to_string()])
+            .args([
+                "--sport",
+                &f.sport.to_string(),
+                "--dport",
+                &f.dport.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        removed_each += usize::from(ok);
+    }
+    let each = t.elapsed();
+    // The engine's way: one batch.
+    insert_flows(&ns, &flows);
+    let mut dp = CommandDataplane::in_netns(&ns.0);
+    let t = Instant::now();
+    let removed_batch = dp.delete_flows(&flows).expect("batch deletion");
+    let batch = t.elapsed();
+    assert_eq!(
+        (removed_each, removed_batch),
+        (n, n),
+        "not every entry was deleted"
+    );
+    println!();
+    println!(
+        "{:<44} {:>10} {:>12}",
+        format!("deleting {n} conntrack entries"),
+        "ms",
+        "/ reference"
+    );
+    println!(
+        "{:<44} {:>10.1} {:>12}",
+        "reference: one conntrack -D process each",
+        ms(each),
+        "1.00"
+    );
+    println!(
+        "{:<44} {:>10.1} {:>12.2}",
+        "one conntrack -R batch (the engine)",
+        ms(batch),
+        batch.as_secs_f64() / each.as_secs_f64()
+    );
 }
