@@ -111,9 +111,19 @@ fn bindings(code: &str) -> Vec<Binding> {
                 .trim_start_matches("let")
                 .trim_start_matches("mut")
                 .to_string();
-            if !name.is_empty() && !kind.is_empty() && kind != "K" && kind != "DynamicObject" {
+            if name.is_empty() || kind.is_empty() || kind == "K" || kind == "DynamicObject" {
+                continue;
+            }
+            // A generic binding (`Api<K::Object>`) stands for every kind the
+            // file plugs in through `type Object = Kind;`.
+            let kinds = if kind == "Object" {
+                associated_objects(code)
+            } else {
+                vec![kind]
+            };
+            for kind in kinds {
                 out.push(Binding {
-                    name,
+                    name: name.clone(),
                     kind,
                     start: if is_let { at } else { 0 },
                     end: code.len(),
@@ -127,12 +137,29 @@ fn bindings(code: &str) -> Vec<Binding> {
         if out[i].is_let
             && let Some(next) = out[i + 1..]
                 .iter()
-                .find(|b| b.is_let && b.name == out[i].name)
+                .find(|b| b.is_let && b.name == out[i].name && b.start > out[i].start)
         {
             out[i].end = next.start;
         }
     }
     out
+}
+
+/// The kinds named by `type Object = path::Kind;` in a file.
+fn associated_objects(code: &str) -> Vec<String> {
+    let pat = "typeObject=";
+    let mut kinds = Vec::new();
+    let mut from = 0;
+    while let Some(i) = code[from..].find(pat) {
+        let start = from + i + pat.len();
+        let end = code[start..].find(';').map_or(code.len(), |e| start + e);
+        let kind = code[start..end].rsplit("::").next().unwrap_or("");
+        if !kind.is_empty() && !kinds.iter().any(|k| k == kind) {
+            kinds.push(kind.to_string());
+        }
+        from = end;
+    }
+    kinds
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -362,6 +389,8 @@ fn the_scanner_sees_fields_lets_watchers_and_recorders() {
         fn g() { let api: Api<Pod> = Api::namespaced(c, ns); api.get_opt(&n); }
         fn h() { let api: Api<Namespace> = Api::all(c); watcher(api, cfg); }
         fn i() { let leases = Api::<Lease>::all(c); leases.clone().replace(n, &pp, &l); }
+        impl Kind for Ps { type Object = core::Pod; } impl Kind for Qs { type Object = net::NetworkPolicy; }
+        fn w<K: Kind>() { let objs: Api<K::Object> = Api::all(c); watcher(objs, cfg); }
     "#
     .chars()
     .filter(|c| !c.is_whitespace())
@@ -382,6 +411,16 @@ fn the_scanner_sees_fields_lets_watchers_and_recorders() {
             vec![("list", ""), ("watch", "")],
         ),
         ("leases".into(), "Lease".into(), vec![("update", "")]),
+        (
+            "objs".into(),
+            "Pod".into(),
+            vec![("list", ""), ("watch", "")],
+        ),
+        (
+            "objs".into(),
+            "NetworkPolicy".into(),
+            vec![("list", ""), ("watch", "")],
+        ),
     ];
     assert_eq!(found, want);
 }
