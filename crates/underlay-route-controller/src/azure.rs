@@ -2,6 +2,7 @@
 //! error model, and its adapters — [`arm::ArmRouteTable`] over Azure
 //! Resource Manager and [`fake::FakeRouteTable`], a recording fake for tests.
 
+pub mod aad;
 pub mod arm;
 pub mod config;
 pub mod credential;

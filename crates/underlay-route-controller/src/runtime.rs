@@ -1,6 +1,7 @@
 //! Command-line arguments and the wiring of the parts into a running
 //! controller.
 
+use crate::azure::aad::AadEndpoints;
 use crate::azure::arm::{ArmRouteTable, ArmTableConfig};
 use crate::azure::config::CloudConfig;
 use crate::azure::credential::credential_for;
@@ -98,6 +99,14 @@ pub struct Args {
     /// Azure Resource Manager endpoint (default: the cloud config's cloud).
     #[arg(long, env = "UNDERLAY_ARM_ENDPOINT")]
     pub arm_endpoint: Option<String>,
+    /// Azure AD authority host (default: `AZURE_AUTHORITY_HOST`, then the
+    /// cloud config's `activeDirectoryEndpoint`, then the cloud's).
+    #[arg(long, env = "UNDERLAY_AAD_AUTHORITY_HOST")]
+    pub aad_authority_host: Option<String>,
+    /// Instance metadata service for managed identity (default:
+    /// `AZURE_POD_IDENTITY_AUTHORITY_HOST`, then http://169.254.169.254).
+    #[arg(long, env = "UNDERLAY_IMDS_ENDPOINT")]
+    pub imds_endpoint: Option<String>,
     /// Use the bearer token in this file (re-read when it changes) instead of Azure AD.
     #[arg(long, env = "UNDERLAY_ARM_TOKEN_FILE")]
     pub arm_token_file: Option<PathBuf>,
@@ -197,23 +206,32 @@ pub async fn run(args: Args) -> Result<()> {
         None => cloud.endpoints()?.resource_manager,
     };
     let identity = cloud.identity(args.arm_token_file.as_deref())?;
-    let endpoints = match cloud.endpoints() {
-        Ok(e) => e,
-        Err(_) if args.arm_endpoint.is_some() => crate::azure::config::CloudEndpoints {
-            resource_manager: endpoint.clone(),
-            authority: "https://login.microsoftonline.com".to_string(),
-        },
+    let cloud_authority = match cloud.endpoints() {
+        Ok(e) => e.authority,
+        // A custom --arm-endpoint needs no known cloud; its authority comes
+        // from the overrides, else the public cloud's.
+        Err(_) if args.arm_endpoint.is_some() => "https://login.microsoftonline.com".to_string(),
         Err(e) => return Err(e.into()),
     };
+    let env = |name: &str| std::env::var(name).ok();
+    let aad = AadEndpoints::resolve(
+        args.aad_authority_host.as_deref(),
+        env("AZURE_AUTHORITY_HOST").as_deref(),
+        cloud.active_directory_endpoint.as_deref(),
+        &cloud_authority,
+        args.imds_endpoint.as_deref(),
+        env("AZURE_POD_IDENTITY_AUTHORITY_HOST").as_deref(),
+    )?;
     info!(
         subscription = %table.subscription_id,
         resource_group = %table.resource_group,
         route_table = %table.name,
         %endpoint,
         ?identity,
+        authority_host = %aad.authority_host,
         "starting route controller"
     );
-    let credential = credential_for(&identity, &endpoints).map_err(anyhow::Error::msg)?;
+    let credential = credential_for(&identity, &aad)?;
     let metrics = Arc::new(Metrics::new());
     let arm = ArmRouteTable::new(
         ArmTableConfig {
@@ -328,9 +346,11 @@ pub async fn run(args: Args) -> Result<()> {
         );
         let m = metrics.clone();
         let r = readiness.clone();
+        // Readiness first: whoever sees the leader gauge at 1 also sees
+        // readiness waiting for this term's first sync.
         let on_leader = move |leading| {
-            m.set_leader(leading);
             r.set_leading(leading);
+            m.set_leader(leading);
         };
         let outcome = tokio::select! {
             r = elector.run(work, on_leader) => r.map_err(anyhow::Error::from),

@@ -50,6 +50,9 @@ pub struct CloudConfig {
     pub user_assigned_identity_id: Option<String>,
     pub aad_federated_token_file: Option<String>,
     pub use_federated_workload_identity_extension: bool,
+    /// Azure AD authority host of a custom cloud (as in the Azure
+    /// environment file's `activeDirectoryEndpoint`).
+    pub active_directory_endpoint: Option<String>,
 }
 
 impl fmt::Debug for CloudConfig {
@@ -80,6 +83,7 @@ impl fmt::Debug for CloudConfig {
                 "use_federated_workload_identity_extension",
                 &self.use_federated_workload_identity_extension,
             )
+            .field("active_directory_endpoint", &self.active_directory_endpoint)
             .finish()
     }
 }

@@ -1,8 +1,10 @@
 //! Credentials for Azure Resource Manager: a bearer token read from a file
-//! (`--arm-token-file`, how the lab and tests authenticate) and the Azure AD
-//! identities `azure.json` can name.
+//! (`--arm-token-file`, how the lab and tests authenticate), and the choice
+//! among the Azure AD identities `azure.json` can name (their flows are in
+//! [`super::aad`]).
 
-use super::config::{CloudEndpoints, Identity};
+use super::aad::{AadCredential, AadEndpoints, AadError, ImdsRetry, UserAssigned};
+use super::config::Identity;
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -92,181 +94,47 @@ impl TokenCredential for TokenFileCredential {
     }
 }
 
-/// Managed identity through the instance metadata service, system- or
-/// user-assigned. azure_identity 0.21 cannot select a user-assigned identity,
-/// so this small credential does the one documented GET itself.
-#[derive(Debug)]
-pub struct ImdsCredential {
-    client_id: Option<String>,
-    http: Arc<dyn azure_core::HttpClient>,
-    cache: Mutex<Option<AccessToken>>,
-}
-
-const IMDS_TOKEN_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
-
-#[derive(serde::Deserialize)]
-struct ImdsToken {
-    access_token: String,
-    expires_on: String,
-}
-
-impl ImdsCredential {
-    pub fn new(client_id: Option<String>) -> ImdsCredential {
-        ImdsCredential {
-            client_id,
-            http: azure_core::new_http_client(),
-            cache: Mutex::new(None),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl TokenCredential for ImdsCredential {
-    async fn get_token(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
-        use azure_core::error::ErrorKind;
-        if let Some(t) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).clone()
-            && t.expires_on > OffsetDateTime::now_utc() + time::Duration::minutes(5)
-        {
-            return Ok(t);
-        }
-        let resource = scopes
-            .first()
-            .map(|s| s.trim_end_matches("/.default"))
-            .unwrap_or("https://management.azure.com");
-        let mut url: azure_core::Url = IMDS_TOKEN_URL
-            .parse()
-            .map_err(|e| azure_core::Error::full(ErrorKind::DataConversion, e, "imds url"))?;
-        url.query_pairs_mut()
-            .append_pair("api-version", "2018-02-01")
-            .append_pair("resource", resource);
-        if let Some(id) = &self.client_id {
-            url.query_pairs_mut().append_pair("client_id", id);
-        }
-        let mut req = azure_core::Request::new(url, azure_core::Method::Get);
-        req.insert_header("metadata", "true");
-        let rsp = self.http.execute_request(&req).await?;
-        let status = rsp.status();
-        let body = rsp.into_body().collect().await?;
-        if !status.is_success() {
-            return Err(azure_core::Error::message(
-                ErrorKind::Credential,
-                format!(
-                    "instance metadata service refused a managed identity token ({status}); check the VM's identity and userAssignedIdentityID"
-                ),
-            ));
-        }
-        let token: ImdsToken = serde_json::from_slice(&body)
-            .map_err(|e| azure_core::Error::full(ErrorKind::DataConversion, e, "imds token"))?;
-        let expires = token
-            .expires_on
-            .parse::<i64>()
-            .ok()
-            .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-            .unwrap_or_else(|| OffsetDateTime::now_utc() + time::Duration::minutes(10));
-        let token = AccessToken::new(Secret::new(token.access_token), expires);
-        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
-        Ok(token)
-    }
-
-    async fn clear_cache(&self) -> azure_core::Result<()> {
-        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        Ok(())
-    }
-}
-
-/// Workload identity: the projected service-account token is rotated by the
-/// kubelet, so the federated credential is rebuilt whenever the file changes.
-#[derive(Debug)]
-pub struct FederatedCredential {
-    tenant_id: String,
-    client_id: String,
-    authority: azure_core::Url,
-    file: TokenFileCredential,
-    inner: Mutex<Option<(String, Arc<azure_identity::WorkloadIdentityCredential>)>>,
-}
-
-impl FederatedCredential {
-    pub fn new(
-        tenant_id: String,
-        client_id: String,
-        authority: azure_core::Url,
-        token_file: PathBuf,
-    ) -> FederatedCredential {
-        FederatedCredential {
-            tenant_id,
-            client_id,
-            authority,
-            file: TokenFileCredential::new(token_file),
-            inner: Mutex::new(None),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl TokenCredential for FederatedCredential {
-    async fn get_token(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
-        let assertion = self.file.read()?.secret().to_string();
-        let cred = {
-            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            match inner.as_ref() {
-                Some((a, c)) if *a == assertion => c.clone(),
-                _ => {
-                    let c = Arc::new(azure_identity::WorkloadIdentityCredential::new(
-                        azure_core::new_http_client(),
-                        self.authority.clone(),
-                        self.tenant_id.clone(),
-                        self.client_id.clone(),
-                        assertion.clone(),
-                    ));
-                    *inner = Some((assertion, c.clone()));
-                    c
-                }
-            }
-        };
-        cred.get_token(scopes).await
-    }
-
-    async fn clear_cache(&self) -> azure_core::Result<()> {
-        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        Ok(())
-    }
-}
-
-/// The credential for `identity`.
+/// The credential for `identity`, talking to the token endpoints in
+/// `endpoints`.
 pub fn credential_for(
     identity: &Identity,
-    endpoints: &CloudEndpoints,
-) -> Result<Arc<dyn TokenCredential>, String> {
-    let authority: azure_core::Url = endpoints
-        .authority
-        .parse()
-        .map_err(|e| format!("invalid authority url {}: {e}", endpoints.authority))?;
+    endpoints: &AadEndpoints,
+) -> Result<Arc<dyn TokenCredential>, AadError> {
+    let http = azure_core::new_http_client();
     Ok(match identity {
         Identity::TokenFile(path) => Arc::new(TokenFileCredential::new(path.clone())),
         Identity::ClientSecret {
             tenant_id,
             client_id,
             secret,
-        } => Arc::new(azure_identity::ClientSecretCredential::new(
-            azure_core::new_http_client(),
-            authority,
-            tenant_id.clone(),
-            client_id.clone(),
-            secret.clone(),
-        )),
+        } => Arc::new(AadCredential::client_secret(
+            http,
+            &endpoints.authority_host,
+            tenant_id,
+            client_id,
+            Secret::new(secret.clone()),
+        )?),
         Identity::ManagedIdentity {
             user_assigned_client_id,
-        } => Arc::new(ImdsCredential::new(user_assigned_client_id.clone())),
+        } => Arc::new(AadCredential::managed_identity(
+            http,
+            &endpoints.imds,
+            user_assigned_client_id
+                .as_deref()
+                .map(UserAssigned::from_config),
+            ImdsRetry::default(),
+        )),
         Identity::WorkloadIdentity {
             tenant_id,
             client_id,
             token_file,
-        } => Arc::new(FederatedCredential::new(
-            tenant_id.clone(),
-            client_id.clone(),
-            authority,
+        } => Arc::new(AadCredential::workload_identity(
+            http,
+            &endpoints.authority_host,
+            tenant_id,
+            client_id,
             token_file.clone(),
-        )),
+        )?),
     })
 }
 

@@ -278,6 +278,15 @@ impl Binary {
             .unwrap_or_default()
     }
 
+    /// Whether the instance holds the lease, from its leader gauge (the
+    /// sample line; the gauge's HELP text also starts with a 1).
+    pub async fn leading(&self) -> bool {
+        self.metrics()
+            .await
+            .lines()
+            .any(|l| l.trim() == "underlay_route_controller_leader 1")
+    }
+
     /// Kills the process (no lease release) and returns its logs.
     pub async fn kill(mut self) -> String {
         let _ = self.child.start_kill();
