@@ -63,7 +63,7 @@ impl Metrics {
         let route_effective_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 14));
         registry.register(
             "route_effective_seconds",
-            "Time from a node change being seen to Azure reporting its route written",
+            "Time from a node change being seen to Azure reporting the write with its route succeeded; propagation to the VNet data plane follows and is not included",
             route_effective_seconds.clone(),
         );
         let routes_owned = Gauge::default();
@@ -129,6 +129,12 @@ impl Metrics {
         self.batch_routes.observe(changes as f64);
     }
 
+    /// Records the time from a node change being seen to Azure reporting
+    /// the write holding its route `Succeeded`. Azure applies a route table
+    /// to the VNet's data plane some time after that and offers no way to
+    /// observe it, so the propagation delay is not in this metric: it is a
+    /// lower bound on when packets follow the route. The lab's ARM service
+    /// can model such a delay (`ArmConfig::propagation_delay`).
     pub fn route_effective(&self, after: Duration) {
         self.route_effective_seconds.observe(after.as_secs_f64());
     }
