@@ -1,7 +1,8 @@
 //! The narrow side-effect boundary of the engine: saving and restoring the
 //! filter table and ipsets, and listing and deleting conntrack entries.
 //! [`CommandDataplane`] runs the real tools (optionally inside a named
-//! network namespace); [`FakeDataplane`] keeps an in-memory model that
+//! network namespace) and deletes conntrack entries over ctnetlink
+//! ([`crate::ctnetlink`]) in the same namespace; [`FakeDataplane`] keeps an in-memory model that
 //! checks what it is given as strictly as the kernel would and records
 //! every call.
 
@@ -28,6 +29,13 @@ pub enum DataplaneError {
     },
     #[error("{0}")]
     Rejected(String),
+    #[error(
+        "could not {op}: {source}; the agent needs CAP_NET_ADMIN (and CAP_SYS_ADMIN to enter a namespace)"
+    )]
+    Netlink {
+        op: &'static str,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
@@ -141,6 +149,29 @@ impl CommandDataplane {
     }
 }
 
+impl CommandDataplane {
+    /// Deletes `flows` with one `conntrack -R -` process; returns how many
+    /// entries were deleted.
+    pub fn delete_flows_with_tool(&self, flows: &[Flow]) -> Result<usize> {
+        if flows.is_empty() {
+            return Ok(0);
+        }
+        let prog = self.conntrack.clone();
+        // One process for the whole batch: `-R -` runs one command per
+        // line; a line that matches nothing (the flow ended meanwhile) is
+        // skipped, and each deleted entry is printed.
+        let (ok, out, err) = self.run(&prog, &["-R", "-"], Some(&delete_script(flows)))?;
+        if !ok {
+            return Err(DataplaneError::Failed {
+                program: prog,
+                status: "non-zero exit".into(),
+                stderr: err,
+            });
+        }
+        Ok(out.lines().filter(|l| l.contains("src=")).count())
+    }
+}
+
 impl Dataplane for CommandDataplane {
     fn save_filter(&mut self, family: Family) -> Result<String> {
         let prog = format!("{}-save", self.iptables[family.index()]);
@@ -181,22 +212,19 @@ impl Dataplane for CommandDataplane {
     }
 
     fn delete_flows(&mut self, flows: &[Flow]) -> Result<usize> {
-        if flows.is_empty() {
-            return Ok(0);
+        // Entries found by their tuple go over ctnetlink, one lookup each;
+        // the rest (ICMP: the tuple needs type, code and id) through the
+        // tool, which matches them by address.
+        let (tuple, other): (Vec<Flow>, Vec<Flow>) = flows
+            .iter()
+            .partition(|f| crate::ctnetlink::by_tuple(f.protocol));
+        let mut deleted = 0;
+        if !tuple.is_empty() {
+            deleted += crate::ctnetlink::in_netns(self.netns.as_deref(), || {
+                crate::ctnetlink::delete(&tuple)
+            })?;
         }
-        let prog = self.conntrack.clone();
-        // One process for the whole batch: `-R -` runs one command per
-        // line; a line that matches nothing (the flow ended meanwhile) is
-        // skipped, and each deleted entry is printed.
-        let (ok, out, err) = self.run(&prog, &["-R", "-"], Some(&delete_script(flows)))?;
-        if !ok {
-            return Err(DataplaneError::Failed {
-                program: prog,
-                status: "non-zero exit".into(),
-                stderr: err,
-            });
-        }
-        Ok(out.lines().filter(|l| l.contains("src=")).count())
+        Ok(deleted + self.delete_flows_with_tool(&other)?)
     }
 
     fn host_addresses(&mut self) -> Result<Vec<IpAddr>> {

@@ -9,6 +9,7 @@
 //! - [`compile`]: pure: index into desired chains and sets.
 //! - [`eval`]: the same semantics evaluated for one flow (conntrack cleanup).
 //! - [`dataplane`]: the side-effect boundary (real tools, recording fake).
+//! - [`ctnetlink`]: conntrack deletion over netlink, for the real dataplane.
 //! - [`engine`]: diffs desired against programmed and writes the difference.
 //! - [`agent`]: the async runtime around the engine: kube watchers, attach
 //!   and detach of endpoints, periodic repair.
@@ -22,6 +23,7 @@ pub mod agent;
 pub mod args;
 pub mod compile;
 pub mod convert;
+pub mod ctnetlink;
 pub mod dataplane;
 pub mod engine;
 pub mod eval;

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use underlay_policy::agent::{Options, PolicyAgent};
 use underlay_policy::metrics::Metrics;
 use underlay_policy::model::{Family, Peer, Policy, Protocol, Rule, Selector};
-use underlay_policy::{CommandDataplane, Config, Engine};
+use underlay_policy::{CommandDataplane, Config, Dataplane, Engine};
 
 fn engine(lab: &Lab) -> Engine<CommandDataplane> {
     let mut e = Engine::new(
@@ -366,4 +366,118 @@ async fn newly_denied_established_connections_are_cut() {
     assert!(!conn.echo().await, "denied connection still flows");
     assert!(!v6conn.echo().await, "denied IPv6 connection still flows");
     assert!(keep.echo().await, "an allowed connection was cut");
+}
+
+/// Entries of `conntrack -L` (both families) in the namespace `ns`.
+fn conntrack_entries(ns: &str) -> usize {
+    ["ipv4", "ipv6"]
+        .iter()
+        .map(|f| {
+            sh(&["ip", "netns", "exec", ns, "conntrack", "-L", "-f", f])
+                .lines()
+                .filter(|l| l.contains("src="))
+                .count()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conntrack_deletion_touches_only_its_own_namespace() {
+    if !root_or_skip("conntrack_deletion_touches_only_its_own_namespace") {
+        return;
+    }
+    let prefix = underlay_lab::netns::unique_prefix();
+    let node = underlay_lab::netns::Netns::create(&format!("{prefix}n"))
+        .await
+        .unwrap();
+    let other = underlay_lab::netns::Netns::create(&format!("{prefix}o"))
+        .await
+        .unwrap();
+    let flow = |protocol, src: &str, dst: &str, sport, dport| underlay_policy::eval::Flow {
+        protocol,
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        sport,
+        dport,
+    };
+    let flows = [
+        flow(6, "10.0.0.1", "10.0.0.2", 40000, 80),
+        flow(17, "fd00::1", "fd00::2", 5353, 53),
+        flow(132, "10.0.0.1", "10.0.0.3", 4000, 5000),
+        // ICMP goes through the tool: its tuple needs type, code and id.
+        flow(1, "10.0.0.1", "10.0.0.4", 0, 0),
+    ];
+    let inserts: [&[&str]; 4] = [
+        &[
+            "-p",
+            "tcp",
+            "-s",
+            "10.0.0.1",
+            "-d",
+            "10.0.0.2",
+            "--sport",
+            "40000",
+            "--dport",
+            "80",
+            "--state",
+            "ESTABLISHED",
+        ],
+        &[
+            "-p", "udp", "-s", "fd00::1", "-d", "fd00::2", "--sport", "5353", "--dport", "53",
+        ],
+        &[
+            "-p",
+            "sctp",
+            "-s",
+            "10.0.0.1",
+            "-d",
+            "10.0.0.3",
+            "--sport",
+            "4000",
+            "--dport",
+            "5000",
+            "--state",
+            "ESTABLISHED",
+            "--orig-vtag",
+            "1",
+            "--reply-vtag",
+            "2",
+        ],
+        &[
+            "-p",
+            "icmp",
+            "-s",
+            "10.0.0.1",
+            "-d",
+            "10.0.0.4",
+            "--icmp-type",
+            "8",
+            "--icmp-code",
+            "0",
+            "--icmp-id",
+            "7",
+        ],
+    ];
+    for ns in [node.name(), other.name()] {
+        for args in inserts {
+            let mut cmd = vec!["ip", "netns", "exec", ns, "conntrack", "-I"];
+            cmd.extend_from_slice(args);
+            cmd.extend_from_slice(&["-t", "600", "-u", "SEEN_REPLY"]);
+            sh(&cmd);
+        }
+        assert_eq!(conntrack_entries(ns), 4, "{ns}");
+    }
+    let mut dp = CommandDataplane::in_netns(node.name());
+    assert_eq!(dp.delete_flows(&flows).unwrap(), 4);
+    assert_eq!(conntrack_entries(node.name()), 0);
+    assert_eq!(
+        conntrack_entries(other.name()),
+        4,
+        "a deletion reached another namespace"
+    );
+    // Gone already: not counted, not an error.
+    assert_eq!(dp.delete_flows(&flows).unwrap(), 0);
+    // A namespace that does not exist is an error, never the current one.
+    let mut missing = CommandDataplane::in_netns(format!("{prefix}missing"));
+    assert!(missing.delete_flows(&flows[..1]).is_err());
 }
