@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::Cause;
 use super::resources::SYSTEM_PRIORITY_CLASSES;
+use super::selector::LabelSelector;
 use super::validation::{pod_spec_defaults, set_default, validate_pod_spec, validate_selector};
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
@@ -26,33 +27,7 @@ fn object_at<'a>(obj: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Va
 
 /// Whether a label selector (`matchLabels` and `matchExpressions`) selects `labels`.
 pub fn selector_matches(sel: &Value, labels: &Value) -> bool {
-    let label = |k: &str| labels.get(k).and_then(Value::as_str);
-    let by_labels = sel["matchLabels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| label(k) == v.as_str());
-    let by_exprs = sel["matchExpressions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .all(|e| {
-            let key = e["key"].as_str().unwrap_or("");
-            let values: Vec<&str> = e["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            match e["operator"].as_str().unwrap_or("") {
-                "In" => label(key).is_some_and(|v| values.contains(&v)),
-                "NotIn" => label(key).is_none_or(|v| !values.contains(&v)),
-                "Exists" => label(key).is_some(),
-                "DoesNotExist" => label(key).is_none(),
-                _ => false,
-            }
-        });
-    by_labels && by_exprs
+    LabelSelector::from_object(sel).matches_labels(labels)
 }
 
 fn selector_is_empty(sel: &Value) -> bool {

@@ -169,8 +169,50 @@ impl LabelSelector {
         })
     }
 
+    /// The selector of a `metav1.LabelSelector` object (`matchLabels` and
+    /// `matchExpressions`), as workloads and budgets carry it. An operator
+    /// other than In, NotIn, Exists and DoesNotExist selects nothing
+    /// (validation rejects it before it is stored).
+    pub fn from_object(sel: &Value) -> Self {
+        let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+        let mut reqs: Vec<Requirement> = sel["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| Requirement {
+                key: k.clone(),
+                op: Op::Equals(text(v)),
+            })
+            .collect();
+        for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+            let values: BTreeSet<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect();
+            let op = match e["operator"].as_str().unwrap_or("") {
+                "In" => Op::In(values),
+                "NotIn" => Op::NotIn(values),
+                "Exists" => Op::Exists,
+                "DoesNotExist" => Op::DoesNotExist,
+                _ => Op::In(BTreeSet::new()),
+            };
+            reqs.push(Requirement {
+                key: text(&e["key"]),
+                op,
+            });
+        }
+        LabelSelector { reqs }
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
-        let labels = &object["metadata"]["labels"];
+        self.matches_labels(&object["metadata"]["labels"])
+    }
+
+    /// Whether a `metadata.labels` map satisfies every requirement.
+    pub fn matches_labels(&self, labels: &Value) -> bool {
         self.reqs.iter().all(|r| {
             let value = labels.get(&r.key).and_then(Value::as_str);
             match &r.op {
