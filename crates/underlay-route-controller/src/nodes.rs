@@ -133,22 +133,23 @@ impl RecordingSink {
     }
 }
 
+/// Consumes one injected failure from `counter`, if any are left.
+fn take_failure(counter: &Mutex<usize>, node: &str) -> Result<(), SinkError> {
+    let mut fail = counter.lock().unwrap_or_else(|e| e.into_inner());
+    if *fail > 0 {
+        *fail -= 1;
+        return Err(SinkError {
+            node: node.to_string(),
+            message: "injected failure".to_string(),
+        });
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl NodeSink for RecordingSink {
     async fn set_pod_cidrs(&self, node: &str, cidrs: &[Cidr]) -> Result<(), SinkError> {
-        {
-            let mut fail = self
-                .fail_pod_cidrs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if *fail > 0 {
-                *fail -= 1;
-                return Err(SinkError {
-                    node: node.to_string(),
-                    message: "injected failure".to_string(),
-                });
-            }
-        }
+        take_failure(&self.fail_pod_cidrs, node)?;
         self.push(Recorded::PodCidrs(node.to_string(), cidrs.to_vec()));
         Ok(())
     }
@@ -158,19 +159,7 @@ impl NodeSink for RecordingSink {
         node: &str,
         condition: &RouteCondition,
     ) -> Result<(), SinkError> {
-        {
-            let mut fail = self
-                .fail_conditions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if *fail > 0 {
-                *fail -= 1;
-                return Err(SinkError {
-                    node: node.to_string(),
-                    message: "injected failure".to_string(),
-                });
-            }
-        }
+        take_failure(&self.fail_conditions, node)?;
         self.push(Recorded::Condition(node.to_string(), condition.clone()));
         Ok(())
     }
