@@ -14,19 +14,14 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use underlay_lab::apiserver::{ApiServer, Config};
 use underlay_lab::netns::{self, Netns};
-use underlay_proto::v1::{self, agent_client::AgentClient};
+use underlay_proto::v1;
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod support;
+use support::{Killed, client, try_client, wait_for};
 
 /// Port of `/metrics` inside the test's namespace (nothing else listens
 /// there).
@@ -50,35 +45,6 @@ fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-async fn client(socket: &Path) -> AgentClient<tonic::transport::Channel> {
-    try_client(socket).await.expect("connect to the agent")
-}
-
-async fn try_client(
-    socket: &Path,
-) -> Result<AgentClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let socket = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://agent")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await?;
-    Ok(AgentClient::new(channel))
-}
-
-async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn create<K>(api: &Api<K>, value: serde_json::Value)

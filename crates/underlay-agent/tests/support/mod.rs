@@ -1,0 +1,49 @@
+//! Helpers shared by the agent's integration tests: the agent process, its
+//! gRPC client over the unix socket, and polling.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+use underlay_proto::v1::agent_client::AgentClient;
+
+/// An agent process killed and reaped on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn client(socket: &Path) -> AgentClient<tonic::transport::Channel> {
+    try_client(socket).await.expect("connect to the agent")
+}
+
+pub async fn try_client(
+    socket: &Path,
+) -> Result<AgentClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://agent")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(AgentClient::new(channel))
+}
+
+/// Polls `f` until it holds; fails the test after 30 s.
+pub async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
