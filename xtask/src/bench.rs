@@ -1,6 +1,7 @@
 //! `cargo xtask bench <suite>`: benchmarks reported as ratios against a
 //! reference measured in the same run.
 
+use crate::build;
 use crate::util::{cargo, exec};
 use anyhow::Result;
 
@@ -54,6 +55,16 @@ pub enum Suite {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    if !matches!(args.suite, Suite::Ipam { .. } | Suite::Routes) {
+        // The other suites run iptables, ipset, the reference CNI plugins
+        // and iperf3 in network namespaces.
+        if !crate::util::is_root() {
+            anyhow::bail!(
+                "this benchmark creates network namespaces and needs root; run `sudo -E cargo xtask bench ...`"
+            );
+        }
+        crate::setup::run_setup(false)?;
+    }
     match &args.suite {
         Suite::Cni => exec(cargo().args(["bench", "-p", "underlay-cni", "--bench", "cni"])),
         // The routes suite waits on (scaled) Azure latency, not on CPU, so
@@ -78,23 +89,7 @@ pub fn run(args: &Args) -> Result<()> {
                 .args(rest),
         ),
         Suite::Datapath { dev, rest } => {
-            let (profile, dir) = if *dev {
-                ("dev", "debug")
-            } else {
-                ("release", "release")
-            };
-            exec(cargo().args([
-                "build",
-                "--profile",
-                profile,
-                "-p",
-                "underlay-agent",
-                "-p",
-                "underlay-cni",
-                "-p",
-                "underlay-route-controller",
-            ]))?;
-            let bin = crate::util::root().join("target").join(dir);
+            let bin = build::build_local(if *dev { "dev" } else { "release" }, false)?;
             exec(
                 cargo()
                     .args(["bench", "-p", "underlay-lab", "--bench", "datapath", "--"])

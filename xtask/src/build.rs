@@ -21,12 +21,65 @@ use std::process::Command;
 /// The target triple of the static build.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Every binary underlay ships: (package, binary).
+/// Every binary underlay ships: (package, binary). The one list: the image
+/// build, the lab, the benchmarks and the end-to-end tests all build from it.
 pub const BINARIES: &[(&str, &str)] = &[
     ("underlay-agent", "underlay-agent"),
     ("underlay-cni", "underlay-cni"),
     ("underlay-route-controller", "underlay-route-controller"),
 ];
+
+/// The lab's own binary, built beside the shipped ones whenever a lab runs.
+pub const LAB: (&str, &str) = ("underlay-lab", "underlay-lab");
+
+/// `cargo build` of the shipped binaries (and the lab's when `with_lab`) in
+/// `profile`, for running them in place (no static linking). Every package is
+/// paired with its own `--bin`: cargo applies each `--bin` to every selected
+/// package, so a single `--bin` would leave the other packages unbuilt.
+pub fn local_build(profile: &str, with_lab: bool) -> Command {
+    let mut cmd = cargo();
+    cmd.args(["build", "-q", "--profile", profile]);
+    let lab = with_lab.then_some(&LAB);
+    for (pkg, bin) in BINARIES.iter().chain(lab) {
+        cmd.args(["-p", pkg, "--bin", bin]);
+    }
+    cmd
+}
+
+/// The directory `cargo build --profile PROFILE` puts binaries in.
+pub fn profile_dir(profile: &str) -> PathBuf {
+    target_dir().join(match profile {
+        "dev" | "test" => "debug",
+        "bench" => "release",
+        other => other,
+    })
+}
+
+/// The target directory (`CARGO_TARGET_DIR`, relative to the root, or
+/// `target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_absolute() { d } else { root().join(d) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Builds the shipped binaries (and the lab's) in `profile` and checks that
+/// each is where the lab will look for it; returns that directory.
+pub fn build_local(profile: &str, with_lab: bool) -> Result<PathBuf> {
+    exec(&mut local_build(profile, with_lab))?;
+    let dir = profile_dir(profile);
+    let lab = with_lab.then_some(&LAB);
+    for (_, bin) in BINARIES.iter().chain(lab) {
+        if !dir.join(bin).is_file() {
+            bail!(
+                "cargo build succeeded but {} is missing",
+                dir.join(bin).display()
+            );
+        }
+    }
+    Ok(dir)
+}
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -176,8 +229,7 @@ pub fn rustflags(existing: Option<&str>) -> String {
 
 /// The directory the static binaries of a profile land in.
 pub fn out_dir(release: bool) -> PathBuf {
-    root()
-        .join("target")
+    target_dir()
         .join(TARGET)
         .join(if release { "release" } else { "debug" })
 }
@@ -291,5 +343,26 @@ mod tests {
         v.dirty = true;
         assert_eq!(v.display(), "0.1.0 (git 44ab7b2c1d2e, modified)");
         assert_eq!(v.tag(), "0.1.0");
+    }
+
+    #[test]
+    fn local_build_pairs_every_package_with_its_binary() {
+        let cmd = local_build("dev", true);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for (pkg, bin) in BINARIES.iter().chain([&LAB]) {
+            let at = args
+                .windows(4)
+                .position(|w| w == ["-p", pkg, "--bin", bin])
+                .unwrap_or_else(|| panic!("`-p {pkg} --bin {bin}` in {args:?}"));
+            assert!(at > 0);
+        }
+        let without: Vec<String> = local_build("dev", false)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(!without.iter().any(|a| a == "underlay-lab"), "{without:?}");
     }
 }

@@ -1,23 +1,22 @@
-//! `cargo xtask lab [up|down|status|exec|probe|demo|apiserver] ...`: builds
-//! the binaries the lab runs and hands over to `underlay-lab`.
+//! `cargo xtask lab [up|down|status|exec|probe|demo|apiserver|build] ...`:
+//! installs what the lab needs (the same setup as `cargo xtask test`),
+//! builds the binaries it runs and hands over to `underlay-lab`.
 //!
 //! With no subcommand it runs the demo: up → demo → report → down, exiting
 //! non-zero when any expectation is not met.
+//!
+//! `cargo xtask lab build [--profile P]` only builds the shipped binaries
+//! and the lab's, and prints the directory they are in (the end-to-end
+//! tests and the benchmarks use it, so the list of binaries lives in one
+//! place: `build::BINARIES`).
 
+use crate::build;
 use crate::util::{cargo, exec, is_root, root};
 use anyhow::{Result, bail};
-use std::path::PathBuf;
 use std::process::Command;
 
 /// Subcommands that need the underlay binaries (they start a lab).
 const STARTS_A_LAB: [&str; 3] = ["up", "demo", "supervise"];
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|d| if d.is_absolute() { d } else { root().join(d) })
-        .unwrap_or_else(|| root().join("target"))
-}
 
 pub fn run(args: &[String]) -> Result<()> {
     let (sub, rest) = match args.split_first() {
@@ -41,26 +40,35 @@ pub fn run(args: &[String]) -> Result<()> {
                 .args(&rest),
         );
     }
+    if sub == "build" {
+        let profile = match rest.as_slice() {
+            [] => "dev".to_string(),
+            [flag, p] if flag == "--profile" => p.clone(),
+            _ => bail!("usage: cargo xtask lab build [--profile dev|release]"),
+        };
+        let dir = build::build_local(&profile, true)?;
+        #[allow(clippy::print_stdout)] // the one line callers read
+        {
+            println!("{}", dir.display());
+        }
+        return Ok(());
+    }
     if !is_root() && sub != "status" {
         bail!(
             "the lab creates network namespaces and needs root; run `sudo -E cargo xtask lab {sub}`"
         );
     }
-    let mut build = cargo();
-    build.args(["build", "-q", "-p", "underlay-lab", "--bin", "underlay-lab"]);
-    if STARTS_A_LAB.contains(&sub) {
-        build.args([
-            "-p",
-            "underlay-agent",
-            "-p",
-            "underlay-cni",
-            "-p",
-            "underlay-route-controller",
-        ]);
+    if is_root() {
+        // Every lab subcommand runs ip, iptables, ipset or the CNI plugins.
+        crate::setup::run_setup(false)?;
     }
-    exec(&mut build)?;
-    let bin = target_dir().join("debug");
-    let status = Command::new(bin.join("underlay-lab"))
+    let bin = if STARTS_A_LAB.contains(&sub) {
+        build::build_local("dev", true)?
+    } else {
+        exec(cargo().args(["build", "-q", "-p", build::LAB.0, "--bin", build::LAB.1]))?;
+        build::profile_dir("dev")
+    };
+    let status = Command::new(bin.join(build::LAB.1))
         .current_dir(root())
         .arg(sub)
         .args(&rest)
