@@ -23,8 +23,8 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
-/// Builds the agent, the CNI plugin and the route controller once per test
-/// run and returns the directory they are in.
+/// Builds every shipped binary and the lab's (`cargo xtask lab build`) once
+/// per test run and returns the directory they are in.
 ///
 /// nextest runs every test in its own process, so a per-process guard
 /// would run cargo once per test, each time queueing behind any other
@@ -40,7 +40,6 @@ pub fn binaries() -> PathBuf {
                 return PathBuf::from(dir);
             }
             let target = target_dir();
-            let out = target.join("debug");
             std::fs::create_dir_all(&target).expect("the target directory can be created");
             let lock = std::fs::File::create(target.join("underlay-e2e-build.lock"))
                 .expect("the build lock file can be created");
@@ -48,26 +47,24 @@ pub fn binaries() -> PathBuf {
             let stamp = std::env::var("NEXTEST_RUN_ID")
                 .ok()
                 .map(|id| target.join(format!("underlay-e2e-build-{id}.stamp")));
-            if stamp.as_ref().is_some_and(|s| s.is_file()) {
-                return out;
+            if let Some(built) = stamp.as_ref().and_then(|s| std::fs::read_to_string(s).ok()) {
+                return PathBuf::from(built);
             }
             let start = std::time::Instant::now();
+            // `cargo xtask lab build` builds every binary the lab runs from
+            // the one list in xtask and prints the directory they are in.
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = std::process::Command::new(cargo)
+            let output = std::process::Command::new(cargo)
                 .current_dir(root())
-                .args([
-                    "build",
-                    "-q",
-                    "-p",
-                    "underlay-agent",
-                    "-p",
-                    "underlay-cni",
-                    "-p",
-                    "underlay-route-controller",
-                ])
-                .status()
+                .args(["run", "-q", "-p", "xtask", "--", "lab", "build"])
+                .stderr(std::process::Stdio::inherit())
+                .output()
                 .expect("cargo runs");
-            assert!(status.success(), "building the underlay binaries failed");
+            assert!(
+                output.status.success(),
+                "building the underlay binaries failed"
+            );
+            let out = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
             eprintln!(
                 "built the underlay binaries in {:.1}s",
                 start.elapsed().as_secs_f64()
@@ -82,7 +79,7 @@ pub fn binaries() -> PathBuf {
                         }
                     }
                 }
-                let _ = std::fs::write(&stamp, b"");
+                let _ = std::fs::write(&stamp, out.as_os_str().as_encoded_bytes());
             }
             out
         })

@@ -619,7 +619,9 @@ pub async fn demo(args: UpArgs) -> Result<bool> {
         bail!("a lab is already up; run `cargo xtask lab down` first");
     }
     down_dir(&dir).await?;
-    let lab = Lab::start(config(&args)?, &progress).await?;
+    let config = config(&args)?;
+    let bins = config.bin_dir.canonicalize().unwrap_or(config.bin_dir.clone());
+    let lab = Lab::start(config, &progress).await?;
     let rec = demo::run(&lab).await;
     let report = demo::report(&lab, &rec).await;
     let _ = std::io::stdout().write_all(report.as_bytes());
@@ -634,6 +636,12 @@ pub async fn demo(args: UpArgs) -> Result<bool> {
     }
     lab.shutdown().await?;
     down_dir(&dir).await?;
+    // Down means gone: no namespace, process, chain, set or link remains.
+    if let Err(e) = crate::leftovers::check(PREFIX, &bins) {
+        eprintln!("lab: {e:#}");
+        return Ok(false);
+    }
+    eprintln!("lab: nothing left behind (namespaces, processes, chains, ipsets, links)");
     Ok(rec.ok())
 }
 

@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod demo;
 pub mod kubelet;
 pub mod lab;
+pub mod leftovers;
 pub mod netns;
 pub mod relay;
 pub mod scenario;
