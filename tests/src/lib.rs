@@ -54,6 +54,7 @@ pub fn binaries() -> PathBuf {
             // `cargo xtask lab build` builds every binary the lab runs from
             // the one list in xtask and prints the directory they are in.
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            // starts: cargo
             let output = std::process::Command::new(cargo)
                 .current_dir(root())
                 .args(["run", "-q", "-p", "xtask", "--", "lab", "build"])

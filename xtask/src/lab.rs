@@ -68,6 +68,7 @@ pub fn run(args: &[String]) -> Result<()> {
         exec(cargo().args(["build", "-q", "-p", build::LAB.0, "--bin", build::LAB.1]))?;
         build::profile_dir("dev")
     };
+    // starts: underlay-lab
     let status = Command::new(bin.join(build::LAB.1))
         .current_dir(root())
         .arg(sub)

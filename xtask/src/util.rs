@@ -14,6 +14,7 @@ pub fn root() -> PathBuf {
 
 /// A `cargo` command run from the workspace root, using the cargo that runs xtask.
 pub fn cargo() -> Command {
+    // starts: cargo
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd

@@ -412,6 +412,7 @@ fn check_settings(binary: &str, config_map: &str, not_flags: &[&str]) {
     let path = root()
         .join("target/x86_64-unknown-linux-gnu/debug")
         .join(binary);
+    // starts: underlay-agent underlay-cni underlay-route-controller (from the image)
     let help = stdout(&run(Command::new(&path).arg("--help")));
     for key in config_map_keys(config_map) {
         if key == "RUST_LOG" || not_flags.contains(&key.as_str()) {
@@ -447,6 +448,7 @@ fn route_controller_settings_are_route_controller_flags() {
 fn cni_install_accepts_the_flags_the_init_container_passes() {
     xtask(&["build"]);
     let path = root().join("target/x86_64-unknown-linux-gnu/debug/underlay-cni");
+    // starts: underlay-cni (from the image)
     let help = stdout(&run(Command::new(&path).args(["install", "--help"])));
     for flag in ["--bin-dir", "--conf-dir"] {
         assert!(

@@ -190,6 +190,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let log_path = dir.join("supervisor.log");
     let log = std::fs::File::create(&log_path).context("cannot create the supervisor log")?;
     let exe = std::env::current_exe().context("cannot find this binary")?;
+    // starts: underlay-lab (this binary, as the supervisor)
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("supervise")
         .arg("--dir")
@@ -620,7 +621,10 @@ pub async fn demo(args: UpArgs) -> Result<bool> {
     }
     down_dir(&dir).await?;
     let config = config(&args)?;
-    let bins = config.bin_dir.canonicalize().unwrap_or(config.bin_dir.clone());
+    let bins = config
+        .bin_dir
+        .canonicalize()
+        .unwrap_or(config.bin_dir.clone());
     let lab = Lab::start(config, &progress).await?;
     let rec = demo::run(&lab).await;
     let report = demo::report(&lab, &rec).await;

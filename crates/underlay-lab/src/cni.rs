@@ -224,6 +224,7 @@ impl PluginExec for ProcessExec {
         use tokio::io::AsyncWriteExt;
         let mut cmd = match &self.netns {
             Some(ns) => crate::netns::command_in(ns, &inv.plugin),
+            // starts: underlay-cni ptp host-local portmap bandwidth
             None => tokio::process::Command::new(&inv.plugin),
         };
         cmd.env_clear()

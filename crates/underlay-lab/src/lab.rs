@@ -515,6 +515,7 @@ impl Lab {
         let log = self.log_file(&name)?;
         let err = log.try_clone().map_err(io("cannot open a log"))?;
         let child =
+            // starts: underlay-route-controller
             tokio::process::Command::new(self.config.bin_dir.join("underlay-route-controller"))
                 .args(self.route_controller_args(index))
                 .env("RUST_LOG", "info")
@@ -570,6 +571,7 @@ impl Lab {
         let conf = node_dir.join("cni/net.d");
         std::fs::create_dir_all(&bin).map_err(io("cannot create the node directory"))?;
         let socket = node_dir.join("agent.sock");
+        // starts: underlay-cni
         let install = tokio::process::Command::new(self.config.bin_dir.join("underlay-cni"))
             .args(["install", "--bin-dir"])
             .arg(&bin)

@@ -63,7 +63,11 @@ fn processes(bin_dir: &Path, own: &[u32]) -> Vec<Leftover> {
     };
     let mut found = Vec::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if own.contains(&pid) {
@@ -92,6 +96,7 @@ fn host_chains() -> Vec<Leftover> {
         "iptables-legacy-save",
         "ip6tables-legacy-save",
     ] {
+        // starts: iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save
         let Ok(out) = Command::new(tool).output() else {
             continue;
         };
@@ -146,7 +151,11 @@ pub fn check(prefix: &str, bin_dir: &Path) -> anyhow::Result<()> {
     if found.is_empty() {
         return Ok(());
     }
-    anyhow::bail!("the lab left {} thing(s) behind: {}", found.len(), found.join("; "))
+    anyhow::bail!(
+        "the lab left {} thing(s) behind: {}",
+        found.len(),
+        found.join("; ")
+    )
 }
 
 /// Whether `path` names one of the underlay programs.
@@ -182,12 +191,15 @@ mod tests {
     fn a_running_underlay_program_is_found_and_its_exclusion_respected() {
         // This test binary is not an underlay program: nothing of ours shows.
         assert!(!is_underlay_program(Path::new("/usr/bin/ip")));
-        assert!(is_underlay_program(Path::new("/x/target/debug/underlay-agent")));
+        assert!(is_underlay_program(Path::new(
+            "/x/target/debug/underlay-agent"
+        )));
         // A process running an underlay program from the directory is found;
         // the same program elsewhere, or one of our own lineage, is not.
         let dir = tempfile::tempdir().expect("a temporary directory");
         let program = dir.path().join("underlay-agent");
         std::fs::copy("/bin/sleep", &program).expect("copy sleep");
+        // starts: sleep (a copy named underlay-agent)
         let mut child = Command::new(&program).arg("30").spawn().expect("start it");
         let found = processes(dir.path(), &own_lineage());
         let elsewhere = processes(Path::new("/nonexistent"), &own_lineage());

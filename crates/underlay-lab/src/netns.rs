@@ -257,6 +257,7 @@ pub async fn run(program: &str, args: &[&str]) -> Result<()> {
 /// Runs a program to completion and returns its stdout.
 pub async fn output(program: &str, args: &[&str]) -> Result<String> {
     let cmd = format!("{program} {}", args.join(" "));
+    // starts: caller
     let out = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())

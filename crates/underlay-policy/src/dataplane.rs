@@ -98,6 +98,8 @@ impl CommandDataplane {
                 c.args(["netns", "exec", ns, program]);
                 c
             }
+            // starts: iptables-save iptables-restore ip6tables-save ip6tables-restore
+            // starts: iptables-legacy-save iptables-legacy-restore ipset conntrack caller
             None => Command::new(program),
         }
     }

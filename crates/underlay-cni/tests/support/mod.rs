@@ -217,6 +217,7 @@ pub fn agent_bin() -> PathBuf {
             if built.is_some_and(|b| b >= sources) {
                 return bin;
             }
+            // starts: cargo
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cmd.args([
                 "build",
@@ -276,6 +277,7 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
+        // starts: underlay-agent
         let mut cmd = Command::new(agent_bin());
         cmd.arg("--node-name")
             .arg("test-node")

@@ -33,6 +33,7 @@ pub fn root_or_skip(test: &str) -> bool {
 }
 
 pub fn sh(args: &[&str]) -> String {
+    // starts: caller
     let out = Command::new(args[0])
         .args(&args[1..])
         .stdin(Stdio::null())
