@@ -5,6 +5,11 @@ use anyhow::{Result, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The quick inner loop: the formatting check, then the unit tests and
+    /// the integration tests that need no root (nextest's default profile;
+    /// it reports the root tests as skipped). No setup, no clippy.
+    #[arg(long)]
+    pub fast: bool,
     /// Skip `cargo xtask setup` (the system package check).
     #[arg(long)]
     pub no_setup: bool,
@@ -17,6 +22,19 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    if args.fast {
+        exec(cargo().args(["fmt", "--all", "--check"]))?;
+        if !have("cargo-nextest") {
+            bail!(
+                "--fast runs cargo-nextest; install it with `cargo install cargo-nextest --locked`"
+            );
+        }
+        return exec(
+            cargo()
+                .args(["nextest", "run", "--workspace", "--locked"])
+                .args(&args.rest),
+        );
+    }
     if !args.no_setup {
         crate::setup::run_setup(false)?;
     }
@@ -46,6 +64,8 @@ pub fn run(args: &Args) -> Result<()> {
                 .args([
                     "nextest",
                     "run",
+                    "--profile",
+                    "full",
                     "--workspace",
                     "--locked",
                     "--no-fail-fast",

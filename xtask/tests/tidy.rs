@@ -125,3 +125,74 @@ fn the_dependency_parser_reads_tables() {
                     [dev-dependencies]\nc = \"1\"\n[target.'cfg(unix)'.dependencies]\nd = \"1\"\n";
     assert_eq!(dependencies_of(manifest), ["a", "b", "d"]);
 }
+
+/// The test binaries (`package::name`) whose sources check for root.
+fn root_test_binaries() -> Vec<String> {
+    const CHECKS: [&str; 4] = [
+        "require_root(",
+        "skip_unless_root(",
+        "root_or_skip(",
+        "underlay_e2e::lab(",
+    ];
+    let mut out = Vec::new();
+    let mut dirs: Vec<(String, PathBuf)> = std::fs::read_dir(root().join("crates"))
+        .expect("read crates/")
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path().join("tests"),
+            )
+        })
+        .collect();
+    dirs.push(("xtask".into(), root().join("xtask/tests")));
+    dirs.push(("underlay-e2e".into(), root().join("tests/tests")));
+    for (package, dir) in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "rs") || p.ends_with("tidy.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).expect("read a test");
+            if CHECKS.iter().any(|c| text.contains(c)) {
+                let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+                out.push(format!("{package}::{stem}"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_root_test_binary_is_filtered_out_of_the_fast_profile() {
+    let config = std::fs::read_to_string(root().join(".config/nextest.toml"))
+        .expect("read .config/nextest.toml");
+    let default_filter = config
+        .split_once("[profile.default]")
+        .and_then(|(_, rest)| rest.split_once("default-filter = \"\"\""))
+        .and_then(|(_, rest)| rest.split_once("\"\"\""))
+        .map(|(filter, _)| filter.to_string())
+        .expect("the default profile has a default-filter");
+    let binaries = root_test_binaries();
+    assert!(
+        binaries.iter().any(|b| b == "underlay-cni::storm"),
+        "the scan no longer finds the root tests: {binaries:?}"
+    );
+    let missing: Vec<&String> = binaries
+        .iter()
+        .filter(|b| {
+            let package = b.split("::").next().unwrap_or_default();
+            !default_filter.contains(&format!("binary_id({b})"))
+                && !default_filter.contains(&format!("package({package})"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "these test binaries need root but the default nextest profile runs them \
+         (add them to its default-filter in .config/nextest.toml): {missing:?}"
+    );
+}
