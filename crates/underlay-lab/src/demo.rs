@@ -23,12 +23,29 @@ pub struct Step {
 #[derive(Debug, Default)]
 pub struct Record {
     pub steps: Vec<Step>,
-    pub timings: Vec<(String, Duration)>,
+    /// (what, how long, how it was measured)
+    pub timings: Vec<Timing>,
+}
+
+/// One measured interval of the demo, named by its two ends.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub what: String,
+    pub took: Duration,
+    pub how: &'static str,
 }
 
 impl Record {
     pub fn ok(&self) -> bool {
         self.steps.iter().all(|s| s.ok)
+    }
+
+    fn time(&mut self, what: &str, took: Duration, how: &'static str) {
+        self.timings.push(Timing {
+            what: what.into(),
+            took,
+            how,
+        });
     }
 
     fn push(
@@ -74,6 +91,32 @@ async fn reach(
             ),
         ),
         Err(e) => (false, format!("{from} -> {to} {port}/{proto}: {e}")),
+    }
+}
+
+/// How long after `since` the first probe `from` -> `to`:80/TCP that went
+/// unanswered started (probes back to back, each with a short timeout).
+async fn first_denied(lab: &Lab, from: &str, to: &str, since: Instant) -> Result<Duration> {
+    let ip = scenario::pod_ip(lab, to, false)
+        .ok_or_else(|| crate::lab::Error::Usage(format!("pod {to} has no IPv4 address")))?;
+    loop {
+        let started = Instant::now();
+        let outcome = lab
+            .probe(
+                from,
+                std::net::SocketAddr::new(ip, 80),
+                Protocol::Tcp,
+                Duration::from_millis(100),
+            )
+            .await?;
+        if !outcome.connected() {
+            return Ok(started - since);
+        }
+        if since.elapsed() > CONVERGE {
+            return Err(crate::lab::Error::Usage(format!(
+                "{from} -> {to} still connects {CONVERGE:?} after the policy was created"
+            )));
+        }
     }
 }
 
@@ -132,7 +175,11 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
         ok,
         t.elapsed(),
     );
-    rec.timings.push(("nodes routed".into(), t.elapsed()));
+    rec.time(
+        "lab started -> every node routed",
+        t.elapsed(),
+        "the wait after the lab's start returned (it waits for Ready nodes) until every node has a pod CIDR, its route in the fabric and NetworkUnavailable=False",
+    );
 
     // 2. Pods on different nodes.
     let t = Instant::now();
@@ -161,7 +208,11 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
         ok,
         t.elapsed(),
     );
-    rec.timings.push(("pods running".into(), t.elapsed()));
+    rec.time(
+        "pods created -> running",
+        t.elapsed(),
+        "from the first namespace's creation until all three pods report Running with addresses",
+    );
     if !ok {
         return Ok(());
     }
@@ -192,6 +243,14 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
         "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
     )
     .await?;
+    match first_denied(lab, "x/a", "y/b", t).await {
+        Ok(took) => rec.time(
+            "policy created -> first probe denied",
+            took,
+            "from the API server accepting the policy to the start of the first TCP probe x/a -> y/b:80 that was not answered (probes back to back, 100 ms timeout each)",
+        ),
+        Err(e) => eprintln!("default deny: {e}"),
+    }
     let mut checks = Vec::new();
     for (port, proto) in POD_PORTS {
         checks.push(("x/a", "y/b", port, proto, false));
@@ -206,8 +265,6 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
         ok,
         t.elapsed(),
     );
-    rec.timings
-        .push(("default deny enforced".into(), t.elapsed()));
 
     // 5. Allow rules.
     let t = Instant::now();
@@ -262,8 +319,11 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
         routed && avail.is_ok() && reach_ok,
         t.elapsed(),
     );
-    rec.timings
-        .push(("node join to reachable pod".into(), t.elapsed()));
+    rec.time(
+        "node added -> pod on it reachable",
+        t.elapsed(),
+        "from adding the node until a TCP probe from x/a reaches a pod scheduled on it (includes route write, agent readiness and pod start)",
+    );
 
     // 7. Node leave.
     let t = Instant::now();
@@ -288,8 +348,11 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
         gone.is_ok(),
         t.elapsed(),
     );
-    rec.timings
-        .push(("node leave to route removed".into(), t.elapsed()));
+    rec.time(
+        "node removed -> route gone",
+        t.elapsed(),
+        "from deleting the node until its route is gone from the fabric",
+    );
 
     // 8. Agent restart under traffic.
     let t = Instant::now();
@@ -363,6 +426,7 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
                 .next()
                 .and_then(|i| i.parse().ok())
                 .unwrap_or(0);
+            let killed = Instant::now();
             lab.kill_route_controller(index).await?;
             let next = lab
                 .wait_for(
@@ -371,6 +435,13 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
                     || async { lab.leader().await.filter(|l| *l != leader) },
                 )
                 .await;
+            if next.is_ok() {
+                rec.time(
+                    "leader killed -> new leader",
+                    killed.elapsed(),
+                    "from SIGKILL of the leading replica until another replica holds the Lease (lab lease duration 4 s)",
+                );
+            }
             let joined = lab.add_node().await?;
             let routed = lab
                 .wait_network_available(&joined, Duration::from_secs(30))
@@ -406,7 +477,6 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
         ok,
         t.elapsed(),
     );
-    rec.timings.push(("leader failover".into(), t.elapsed()));
     Ok(())
 }
 
@@ -472,8 +542,14 @@ pub async fn report(lab: &Lab, rec: &Record) -> String {
         let _ = writeln!(out);
     }
     let _ = writeln!(out, "\n== timings");
-    for (what, d) in &rec.timings {
-        let _ = writeln!(out, "{what:<32} {:>6.2}s", d.as_secs_f64());
+    for t in &rec.timings {
+        let _ = writeln!(
+            out,
+            "{:<38} {:>6.2}s  {}",
+            t.what,
+            t.took.as_secs_f64(),
+            t.how
+        );
     }
     let _ = writeln!(out, "\n== steps");
     for s in &rec.steps {
