@@ -230,15 +230,7 @@ impl Dataplane for CommandDataplane {
     }
 
     fn host_addresses(&mut self) -> Result<Vec<IpAddr>> {
-        let out = self.run_ok("ip", &["-o", "addr", "show"], None)?;
-        Ok(out
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                w.find(|t| *t == "inet" || *t == "inet6")?;
-                w.next()?.split('/').next()?.parse().ok()
-            })
-            .collect())
+        crate::ctnetlink::in_netns(self.netns.as_deref(), crate::rtnl::host_addresses)
     }
 }
 

@@ -30,6 +30,7 @@ pub mod eval;
 pub mod index;
 pub mod metrics;
 pub mod model;
+pub mod rtnl;
 
 pub use args::PolicyArgs;
 pub use compile::Config;
