@@ -55,7 +55,26 @@ pub fn binaries() -> PathBuf {
             // the one list in xtask and prints the directory they are in.
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             // starts: cargo
-            let output = std::process::Command::new(cargo)
+            let mut build = std::process::Command::new(cargo);
+            // nextest sets the package variables of this test crate; a
+            // nested cargo would hand them to build scripts that rerun when
+            // they change (see xtask's `scrub_package_env`).
+            for (key, _) in std::env::vars_os() {
+                if let Some(key) = key.to_str()
+                    && (key.starts_with("CARGO_PKG_")
+                        || matches!(
+                            key,
+                            "CARGO_MANIFEST_DIR"
+                                | "CARGO_MANIFEST_PATH"
+                                | "CARGO_CRATE_NAME"
+                                | "CARGO_PRIMARY_PACKAGE"
+                                | "CARGO_TARGET_TMPDIR"
+                        ))
+                {
+                    build.env_remove(key);
+                }
+            }
+            let output = build
                 .current_dir(root())
                 .args(["run", "-q", "-p", "xtask", "--", "lab", "build"])
                 .stderr(std::process::Stdio::inherit())

@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod deploy;
+mod hack;
 mod image;
 mod lab;
 mod setup;
@@ -39,6 +40,9 @@ enum Command {
     /// Render deploy/base with the image references and apply it to a
     /// cluster with server-side apply; wait for the rollout.
     Deploy(deploy::Args),
+    /// Regenerate crates/underlay-workspace-hack (one feature set for every
+    /// third-party package, so builds of different packages share them).
+    WorkspaceHack(hack::Args),
     /// Bring up the whole stack on this machine and run the demo.
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -56,5 +60,6 @@ fn main() -> anyhow::Result<()> {
         Command::Image(args) => image::run(&args),
         Command::Deploy(args) => deploy::run(&args),
         Command::Lab { args } => lab::run(&args),
+        Command::WorkspaceHack(args) => hack::run(&args),
     }
 }

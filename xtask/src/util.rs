@@ -17,7 +17,32 @@ pub fn cargo() -> Command {
     // starts: cargo
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
+    scrub_package_env(&mut cmd);
     cmd
+}
+
+/// Removes the variables cargo sets for the package it runs (`cargo run`
+/// sets them for xtask, nextest for each test). A nested cargo passes them
+/// on to build scripts, and some rerun when one changes (ring's reruns on
+/// `CARGO_MANIFEST_DIR`): left in place, every `cargo xtask` would rebuild
+/// ring and everything above it.
+pub fn scrub_package_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            cmd.env_remove(key);
+        }
+    }
 }
 
 /// Runs a command to completion, echoing it first; fails on a non-zero exit.

@@ -196,3 +196,16 @@ fn every_root_test_binary_is_filtered_out_of_the_fast_profile() {
          (add them to its default-filter in .config/nextest.toml): {missing:?}"
     );
 }
+
+#[test]
+fn the_workspace_hack_holds_the_features_the_workspace_resolves() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["workspace-hack", "--check"])
+        .output()
+        .expect("run xtask");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
