@@ -32,6 +32,11 @@ pub struct TableState {
     /// `Succeeded`, `Updating`, `Failed`, ...
     pub provisioning_state: Option<String>,
     pub routes: Vec<TableRoute>,
+    /// The whole resource as read (ARM's JSON): tags, settings such as
+    /// `disableBgpRoutePropagation`, properties this client does not model.
+    /// A write starts from it ([`TableWrite::base`]), because ARM replaces
+    /// the resource with the PUT body and drops whatever the body leaves out.
+    pub resource: serde_json::Value,
 }
 
 /// The precondition of a write.
@@ -43,9 +48,13 @@ pub enum Precondition {
     IfNoneMatch,
 }
 
-/// A whole-table write.
+/// A whole-table write: the resource as read with its routes replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableWrite {
+    /// The resource the write starts from, [`TableState::resource`]
+    /// (`Null` when creating the table): everything in it but the routes and
+    /// the location is written back unchanged.
+    pub base: serde_json::Value,
     pub location: String,
     pub routes: Vec<TableRoute>,
     pub precondition: Precondition,

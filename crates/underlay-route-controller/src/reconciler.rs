@@ -409,7 +409,7 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
         let mut contention = 0;
         loop {
             let state: Option<TableState> = self.call(|| self.table.get()).await?;
-            let (current, precondition, location, provisioning) = match state {
+            let (current, precondition, location, provisioning, base) = match state {
                 Some(t) => (
                     t.routes,
                     match t.etag {
@@ -420,10 +420,15 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
                     },
                     t.location,
                     t.provisioning_state,
+                    t.resource,
                 ),
-                None if self.config.create_missing_table => {
-                    (Vec::new(), Precondition::IfNoneMatch, None, None)
-                }
+                None if self.config.create_missing_table => (
+                    Vec::new(),
+                    Precondition::IfNoneMatch,
+                    None,
+                    None,
+                    serde_json::Value::Null,
+                ),
                 None => return Err(SyncError::TableMissing),
             };
             if provisioning.as_deref() == Some("Updating") {
@@ -450,6 +455,7 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
                 .or_else(|| self.config.location.clone())
                 .ok_or(SyncError::NoLocation)?;
             let write = TableWrite {
+                base,
                 location,
                 routes: plan.routes.clone(),
                 precondition,
