@@ -21,6 +21,27 @@ pub struct TableRoute {
     pub next_hop_ip: Option<String>,
 }
 
+/// The longest wait a `Retry-After` (ARM's or IMDS's) imposes; a longer one
+/// is taken as this. The value comes from the network and an absurd one
+/// (`u64::MAX` seconds, a date in the year 9999) would overflow the clock or
+/// stall the controller for good; ARM's throttling windows are at most
+/// minutes, so ten minutes honours every genuine request.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// A `Retry-After` value, in seconds or as an HTTP date, capped at
+/// [`MAX_RETRY_AFTER`]; a date in the past is no wait.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let when = azure_core::date::parse_rfc1123(v).ok()?;
+            Duration::try_from(when - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
 /// The next hop type of every route the controller writes.
 pub const VIRTUAL_APPLIANCE: &str = "VirtualAppliance";
 

@@ -15,7 +15,10 @@
 //!   `Canceled`, any other rejection: the pass fails; the next one starts
 //!   after exponential backoff with jitter, from a fresh GET.
 //! - A table `Updating` (a write in flight, e.g. from before a restart) is
-//!   waited for; a table `Failed` is rewritten even when its routes look right.
+//!   waited for, re-read every poll interval, for at most the operation
+//!   timeout; then the pass fails and the next one starts from a fresh
+//!   snapshot of the nodes. A table `Failed` is rewritten even when its
+//!   routes look right.
 //! - `NetworkUnavailable=False` is set only once a GET shows the node's routes
 //!   with the table `Succeeded`, or a write containing them has succeeded.
 //! - A failed pass sets `NetworkUnavailable=True` only on nodes whose routes
@@ -24,7 +27,8 @@
 //!   previous run, keep working).
 
 use crate::azure::{
-    ArmError, OperationState, Precondition, RouteTable, TableRoute, TableState, TableWrite,
+    ArmError, MAX_RETRY_AFTER, OperationState, Precondition, RouteTable, TableRoute, TableState,
+    TableWrite,
 };
 use crate::metrics::Metrics;
 use crate::nodes::{NodeEvent, NodeSink, RouteCondition};
@@ -97,6 +101,10 @@ pub enum SyncError {
     OperationCanceled,
     #[error("route table write did not complete within {0:?}")]
     OperationTimeout(Duration),
+    #[error(
+        "route table stayed Updating for {0:?} (another writer's operation); it will be read again"
+    )]
+    TableUpdating(Duration),
     #[error("route table kept changing under every write (412 PreconditionFailed {0} times)")]
     Contended(usize),
 }
@@ -112,9 +120,10 @@ impl Throttle {
         self.until.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// No call before `now + wait`.
+    /// No call before `now + wait`; a wait is never longer than
+    /// [`MAX_RETRY_AFTER`], whoever asks for it.
     pub fn hold(&self, wait: Duration) {
-        let t = Instant::now() + wait;
+        let t = Instant::now() + wait.min(MAX_RETRY_AFTER);
         let mut until = self.lock();
         if until.is_none_or(|u| u < t) {
             *until = Some(t);
@@ -421,6 +430,7 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
         let node_routes: Vec<&NodeRoutes> = nodes.iter().map(|n| &n.routes).collect();
         let (desired, left_out) = desired_routes(node_routes.iter().copied(), &self.ownership);
         let mut contention = 0;
+        let mut updating_since: Option<Instant> = None;
         loop {
             let state: Option<TableState> = self.call(|| self.table.get()).await?;
             let (current, precondition, location, provisioning, base) = match state {
@@ -451,7 +461,14 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
             };
             *known = Some(current.clone());
             if provisioning.as_deref() == Some("Updating") {
-                // Someone's write is in flight; its outcome decides what we see.
+                // Someone's write is in flight; its outcome decides what we
+                // see. Waited for no longer than an operation of our own:
+                // the nodes this pass plans for are a snapshot, and the next
+                // pass takes a fresh one along with a fresh read.
+                let since = *updating_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.config.operation_timeout {
+                    return Err(SyncError::TableUpdating(self.config.operation_timeout));
+                }
                 debug!("route table is updating; waiting");
                 tokio::time::sleep(self.config.poll_interval).await;
                 continue;
@@ -714,6 +731,15 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_too_long_for_the_clock_is_capped() {
+        let t = Throttle::default();
+        let start = Instant::now();
+        t.hold(Duration::MAX);
+        t.wait().await;
+        assert_eq!(start.elapsed(), MAX_RETRY_AFTER);
     }
 
     #[tokio::test(start_paused = true)]

@@ -530,3 +530,37 @@ async fn after_a_restart_a_pass_that_cannot_read_the_table_marks_no_node() {
     assert_eq!(h.sink.condition("a"), Some(RouteCondition::Created));
     assert_eq!(h.sink.condition("b"), Some(RouteCondition::Created));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_table_updating_for_too_long_ends_the_pass_and_the_next_one_rereads_everything() {
+    let fake = FakeRouteTable::with_routes(vec![firewall()]);
+    fake.set_provisioning_state("Updating");
+    let config = ReconcilerConfig {
+        operation_timeout: Duration::from_secs(20),
+        ..config()
+    };
+    let mut h = start(fake.clone(), config);
+    h.input.upsert(node("a", &["10.244.1.0/24"], &["10.0.0.1"]));
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        h.status.wait_for(|s| s.failures > 0),
+    )
+    .await
+    .expect("the pass gives up on a table that stays Updating")
+    .unwrap();
+    // A node that arrives meanwhile is in the next pass's write.
+    h.input.upsert(node("b", &["10.244.2.0/24"], &["10.0.0.2"]));
+    fake.set_provisioning_state("Succeeded");
+    h.settled().await;
+    let puts = fake.puts();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    let mut want = vec![
+        firewall(),
+        route("a", "10.244.1.0/24", "10.0.0.1"),
+        route("b", "10.244.2.0/24", "10.0.0.2"),
+    ];
+    want.sort();
+    let mut got = puts[0].routes.clone();
+    got.sort();
+    assert_eq!(got, want);
+}

@@ -153,15 +153,10 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// `Retry-After` in seconds or as an HTTP date.
+/// `Retry-After` in seconds or as an HTTP date, capped (see
+/// [`super::MAX_RETRY_AFTER`]).
 fn retry_after(headers: &[(String, String)]) -> Option<Duration> {
-    let v = header(headers, "retry-after")?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = azure_core::date::parse_rfc1123(v).ok()?;
-    let now = time::OffsetDateTime::now_utc();
-    Some(Duration::try_from(when - now).unwrap_or(Duration::ZERO))
+    super::parse_retry_after(header(headers, "retry-after")?)
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -625,6 +620,21 @@ mod tests {
         let mut expect = base;
         expect["properties"]["routes"] = serde_json::json!([firewall, route_json(&new).unwrap()]);
         assert_eq!(body, expect);
+    }
+
+    #[test]
+    fn retry_after_is_capped_however_far_azure_asks() {
+        for v in [
+            "18446744073709551615",
+            "9999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(
+                retry_after(&h(&[("Retry-After", v)])),
+                Some(crate::azure::MAX_RETRY_AFTER),
+                "{v}"
+            );
+        }
     }
 
     #[test]
