@@ -18,7 +18,7 @@ use underlay_lab::apiserver::{ApiServer, Config as ApiConfig, Handle as ApiHandl
 use underlay_lab::arm::{AppliedRoute, ArmConfig};
 use underlay_route_controller::cidrs::CidrAllocator;
 use underlay_route_controller::k8s::feed::NodeFeed;
-use underlay_route_controller::k8s::leader::{LeaderConfig, LeaderElector};
+use underlay_route_controller::k8s::leader::{LeaderConfig, LeaderElector, LeaderError};
 use underlay_route_controller::k8s::{KubeNodeSink, NodeController};
 use underlay_route_controller::plan::Ownership;
 use underlay_route_controller::reconciler::{Reconciler, ReconcilerConfig, RouteInput};
@@ -315,6 +315,32 @@ async fn a_released_lease_is_taken_at_once_and_a_lost_lease_stops_the_work() {
     let (result, ()) = tokio::join!(run_b, steal);
     assert!(result.is_err(), "leadership lost");
     assert!(stopped.load(Ordering::SeqCst), "work dropped");
+}
+
+#[tokio::test]
+async fn a_renew_that_hangs_past_the_renew_deadline_loses_leadership() {
+    let c = cluster().await;
+    let a = elector(&c.client, "a");
+    let leads = Arc::new(AtomicBool::new(false));
+    let flag = leads.clone();
+    let run = tokio::spawn(async move {
+        a.run(std::future::pending::<()>(), move |l| {
+            flag.store(l, Ordering::SeqCst)
+        })
+        .await
+    });
+    eventually("a leads", || async { leads.load(Ordering::SeqCst) }).await;
+    // Every answer now takes an hour: the next renew hangs.
+    c.api.faults().delay(Some(Duration::from_secs(3600)));
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("leadership ends while the renew still hangs")
+        .unwrap();
+    assert!(
+        matches!(result, Err(LeaderError::Lost { .. })),
+        "{result:?}"
+    );
+    assert!(!leads.load(Ordering::SeqCst), "no longer acting");
 }
 
 struct Guard(Arc<AtomicBool>);

@@ -173,6 +173,46 @@ impl LeaderElector {
             .map(|_| ())
     }
 
+    /// Tries until this instance holds the lease; returns when the winning
+    /// attempt was sent, which is when the lease it wrote starts to run.
+    async fn acquire(&self) -> Instant {
+        loop {
+            let sent = Instant::now();
+            match self.try_acquire_or_renew().await {
+                Ok(true) => return sent,
+                Ok(false) => {}
+                Err(error) => warn!(%error, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.config.retry_period).await;
+        }
+    }
+
+    /// One renewal while leading. `Some(t)`: still leading, `t` being when
+    /// the last successful renewal was sent (this one's, or `last_renew`
+    /// after a failure within the deadline). `None`: leadership is over, because someone else holds
+    /// the lease or no renewal has succeeded within the renew deadline of
+    /// `last_renew`. A renew that does not answer is abandoned at that
+    /// deadline: a holder waiting on it would act past it, when a standby
+    /// may already be taking over.
+    async fn renew(&self, last_renew: Instant) -> Option<Instant> {
+        let deadline = last_renew + self.config.renew_deadline;
+        // Stamped before the call: the lease written runs from when it was
+        // sent, not from when the answer arrived.
+        let sent = Instant::now();
+        match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => Some(sent),
+            Ok(Ok(false)) => None,
+            Ok(Err(error)) => {
+                warn!(%error, "cannot renew leader lease");
+                (Instant::now() < deadline).then_some(last_renew)
+            }
+            Err(_) => {
+                warn!(deadline = ?self.config.renew_deadline, "leader lease renewal did not answer within the renew deadline");
+                None
+            }
+        }
+    }
+
     /// Waits to become leader, then runs `work` while renewing. Returns
     /// `Ok` when `work` ends, `Err` as soon as leadership is lost (`work` is
     /// dropped first, so it stops acting).
@@ -181,32 +221,18 @@ impl LeaderElector {
         work: F,
         on_leader: impl Fn(bool),
     ) -> Result<(), LeaderError> {
-        loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(error) => warn!(%error, "leader election attempt failed"),
-            }
-            tokio::time::sleep(self.config.retry_period).await;
-        }
+        let mut last_renew = self.acquire().await;
         info!(identity = %self.config.identity, "leading");
         on_leader(true);
-        let mut last_renew = Instant::now();
         let work = std::pin::pin!(work);
         let mut work = work;
         let result = loop {
             tokio::select! {
                 () = &mut work => break Ok(()),
                 () = tokio::time::sleep(self.config.retry_period) => {
-                    match self.try_acquire_or_renew().await {
-                        Ok(true) => last_renew = Instant::now(),
-                        Ok(false) => break Err(()),
-                        Err(error) => {
-                            warn!(%error, "cannot renew leader lease");
-                            if last_renew.elapsed() >= self.config.renew_deadline {
-                                break Err(());
-                            }
-                        }
+                    match self.renew(last_renew).await {
+                        Some(sent) => last_renew = sent,
+                        None => break Err(()),
                     }
                 }
             }
