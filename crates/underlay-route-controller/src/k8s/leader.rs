@@ -5,7 +5,12 @@
 //! its own monotonic clock, so clock skew between machines does not matter);
 //! every write is a replace guarded by `resourceVersion`, so two candidates
 //! can never both win. A holder that cannot renew within the renew deadline
-//! stops acting before anyone else may take over.
+//! stops acting before anyone else may take over: each renewal is abandoned
+//! at that deadline, counted from when the last successful one was sent.
+//! The elector is also the [`AllocationFence`](crate::k8s::AllocationFence)
+//! of pod CIDR writes: a write goes out only while the lease still has the
+//! resourceVersion this instance last wrote, so a holder that was paused or
+//! cut off while another took over does not allocate from its stale cache.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -44,6 +49,9 @@ pub struct LeaderElector {
     config: LeaderConfig,
     /// The lease record as last seen and when it was first seen so.
     observed: Mutex<Option<(String, Instant)>>,
+    /// The lease's resourceVersion as this instance last wrote it: while the
+    /// lease still has it, nobody else has written it since.
+    written: Mutex<Option<String>>,
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -56,7 +64,32 @@ impl LeaderElector {
             api: Api::namespaced(client, &config.namespace),
             config,
             observed: Mutex::new(None),
+            written: Mutex::new(None),
         }
+    }
+
+    fn set_written(&self, lease: Option<&Lease>) {
+        *self.written.lock().unwrap_or_else(|e| e.into_inner()) =
+            lease.and_then(|l| l.metadata.resource_version.clone());
+    }
+
+    /// Whether the lease is still exactly as this instance last wrote it (a
+    /// fresh read): held by it, and not written by anyone since.
+    pub async fn still_holds(&self) -> Result<bool, kube::Error> {
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(written) = written else {
+            return Ok(false);
+        };
+        let lease = self.api.get_opt(&self.config.name).await?;
+        Ok(lease.is_some_and(|l| {
+            l.metadata.resource_version.as_deref() == Some(written.as_str())
+                && l.spec.and_then(|s| s.holder_identity).as_deref()
+                    == Some(self.config.identity.as_str())
+        }))
     }
 
     fn lease_secs(&self) -> i32 {
@@ -84,7 +117,10 @@ impl LeaderElector {
                 }),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
+                Ok(created) => {
+                    self.set_written(Some(&created));
+                    Ok(true)
+                }
                 Err(e) if is_conflict(&e) => Ok(false),
                 Err(e) => Err(e),
             };
@@ -138,7 +174,8 @@ impl LeaderElector {
             .replace(&self.config.name, &PostParams::default(), &next)
             .await
         {
-            Ok(_) => {
+            Ok(written) => {
+                self.set_written(Some(&written));
                 if taking_over {
                     info!(lease = %self.config.name, previous = %holder, "acquired leader lease");
                 }
@@ -167,6 +204,7 @@ impl LeaderElector {
                 ..spec
             }),
         };
+        self.set_written(None);
         self.api
             .replace(&self.config.name, &PostParams::default(), &next)
             .await
@@ -242,5 +280,18 @@ impl LeaderElector {
             namespace: self.config.namespace.clone(),
             name: self.config.name.clone(),
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::k8s::AllocationFence for LeaderElector {
+    async fn may_allocate(&self) -> bool {
+        match self.still_holds().await {
+            Ok(holds) => holds,
+            Err(error) => {
+                warn!(%error, "cannot read the leader lease");
+                false
+            }
+        }
     }
 }
