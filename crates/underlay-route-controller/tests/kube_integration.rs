@@ -344,6 +344,33 @@ async fn a_renew_that_hangs_past_the_renew_deadline_loses_leadership() {
     assert!(!leads.load(Ordering::SeqCst), "no longer acting");
 }
 
+#[tokio::test]
+async fn renewals_count_from_when_they_were_sent_not_from_their_answers() {
+    let c = cluster().await;
+    let a = elector(&c.client, "a");
+    let leads = Arc::new(AtomicBool::new(false));
+    let flag = leads.clone();
+    let run = tokio::spawn(async move {
+        a.run(std::future::pending::<()>(), move |l| {
+            flag.store(l, Ordering::SeqCst)
+        })
+        .await
+    });
+    eventually("a leads", || async { leads.load(Ordering::SeqCst) }).await;
+    // A renewal (read + replace) now takes 0.9 s of the 1.5 s renew deadline,
+    // and the next one is sent 0.2 s after an answer: counted from when each
+    // was sent, the second cannot finish within the deadline of the first.
+    c.api.faults().delay(Some(Duration::from_millis(450)));
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("leadership ends")
+        .unwrap();
+    assert!(
+        matches!(result, Err(LeaderError::Lost { .. })),
+        "{result:?}"
+    );
+}
+
 /// A node controller that allocates from 10.244.0.0/16 and writes through
 /// the API, fed by hand: its cache is exactly the nodes it is given.
 fn allocator(c: &Cluster) -> NodeController<KubeNodeSink> {
