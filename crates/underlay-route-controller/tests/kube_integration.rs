@@ -318,8 +318,10 @@ async fn a_released_lease_is_taken_at_once_and_a_lost_lease_stops_the_work() {
     assert!(stopped.load(Ordering::SeqCst), "work dropped");
 }
 
-#[tokio::test]
-async fn a_renew_that_hangs_past_the_renew_deadline_loses_leadership() {
+/// Makes "a" the leader, then delays every API answer by `delay`, and
+/// returns how its leading ended (within a bounded wait) and whether it was
+/// still acting after.
+async fn lead_with_answers_delayed(delay: Duration) -> (Result<(), LeaderError>, bool) {
     let c = cluster().await;
     let a = elector(&c.client, "a");
     let leads = Arc::new(AtomicBool::new(false));
@@ -331,44 +333,36 @@ async fn a_renew_that_hangs_past_the_renew_deadline_loses_leadership() {
         .await
     });
     eventually("a leads", || async { leads.load(Ordering::SeqCst) }).await;
-    // Every answer now takes an hour: the next renew hangs.
-    c.api.faults().delay(Some(Duration::from_secs(3600)));
-    let result = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("leadership ends while the renew still hangs")
-        .unwrap();
-    assert!(
-        matches!(result, Err(LeaderError::Lost { .. })),
-        "{result:?}"
-    );
-    assert!(!leads.load(Ordering::SeqCst), "no longer acting");
-}
-
-#[tokio::test]
-async fn renewals_count_from_when_they_were_sent_not_from_their_answers() {
-    let c = cluster().await;
-    let a = elector(&c.client, "a");
-    let leads = Arc::new(AtomicBool::new(false));
-    let flag = leads.clone();
-    let run = tokio::spawn(async move {
-        a.run(std::future::pending::<()>(), move |l| {
-            flag.store(l, Ordering::SeqCst)
-        })
-        .await
-    });
-    eventually("a leads", || async { leads.load(Ordering::SeqCst) }).await;
-    // A renewal (read + replace) now takes 0.9 s of the 1.5 s renew deadline,
-    // and the next one is sent 0.2 s after an answer: counted from when each
-    // was sent, the second cannot finish within the deadline of the first.
-    c.api.faults().delay(Some(Duration::from_millis(450)));
+    c.api.faults().delay(Some(delay));
     let result = tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .expect("leadership ends")
         .unwrap();
+    (result, leads.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_renew_that_hangs_past_the_renew_deadline_loses_leadership() {
+    // Every answer takes an hour: the next renew hangs.
+    let (result, acting) = lead_with_answers_delayed(Duration::from_secs(3600)).await;
     assert!(
         matches!(result, Err(LeaderError::Lost { .. })),
         "{result:?}"
     );
+    assert!(!acting, "no longer acting");
+}
+
+#[tokio::test]
+async fn renewals_count_from_when_they_were_sent_not_from_their_answers() {
+    // A renewal (read + replace) takes 0.9 s of the 1.5 s renew deadline,
+    // and the next one is sent 0.2 s after an answer: counted from when each
+    // was sent, the second cannot finish within the deadline of the first.
+    let (result, acting) = lead_with_answers_delayed(Duration::from_millis(450)).await;
+    assert!(
+        matches!(result, Err(LeaderError::Lost { .. })),
+        "{result:?}"
+    );
+    assert!(!acting, "no longer acting");
 }
 
 /// A node controller that allocates from 10.244.0.0/16 and writes through
