@@ -8,6 +8,10 @@
 //!   (and `/routes`, `/routes/{route}`), matched case-insensitively like ARM,
 //!   each request requiring `api-version`;
 //! - a fixed bearer token (`401 AuthenticationFailed` / `InvalidAuthenticationToken` otherwise);
+//! - a table PUT replaces the resource with the body, as Azure does: tags,
+//!   `disableBgpRoutePropagation` and properties the service does not model
+//!   are kept as sent and lost when a body leaves them out;
+//!   [`ArmHandle::seed_table_resource`] seeds a table from such a body;
 //! - ETags on tables and routes, `If-Match` / `If-None-Match` (`412 PreconditionFailed`);
 //! - writes answered `200`/`201` (`DELETE`: `202`/`204`) with `provisioningState: Updating`
 //!   and an `Azure-AsyncOperation` header; the operation resource reports

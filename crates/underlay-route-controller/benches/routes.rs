@@ -271,6 +271,7 @@ async fn fixed_batch() -> [Phase; 2] {
                 }
                 let pending = table
                     .put(&TableWrite {
+                        base: state.resource,
                         location: "westeurope".into(),
                         routes: p.routes,
                         precondition: Precondition::IfMatch(state.etag.unwrap_or_default()),

@@ -21,6 +21,27 @@ pub struct TableRoute {
     pub next_hop_ip: Option<String>,
 }
 
+/// The longest wait a `Retry-After` (ARM's or IMDS's) imposes; a longer one
+/// is taken as this. The value comes from the network and an absurd one
+/// (`u64::MAX` seconds, a date in the year 9999) would overflow the clock or
+/// stall the controller for good; ARM's throttling windows are at most
+/// minutes, so ten minutes honours every genuine request.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// A `Retry-After` value, in seconds or as an HTTP date, capped at
+/// [`MAX_RETRY_AFTER`]; a date in the past is no wait.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let when = azure_core::date::parse_rfc1123(v).ok()?;
+            Duration::try_from(when - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
 /// The next hop type of every route the controller writes.
 pub const VIRTUAL_APPLIANCE: &str = "VirtualAppliance";
 
@@ -32,6 +53,11 @@ pub struct TableState {
     /// `Succeeded`, `Updating`, `Failed`, ...
     pub provisioning_state: Option<String>,
     pub routes: Vec<TableRoute>,
+    /// The whole resource as read (ARM's JSON): tags, settings such as
+    /// `disableBgpRoutePropagation`, properties this client does not model.
+    /// A write starts from it ([`TableWrite::base`]), because ARM replaces
+    /// the resource with the PUT body and drops whatever the body leaves out.
+    pub resource: serde_json::Value,
 }
 
 /// The precondition of a write.
@@ -43,9 +69,13 @@ pub enum Precondition {
     IfNoneMatch,
 }
 
-/// A whole-table write.
+/// A whole-table write: the resource as read with its routes replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableWrite {
+    /// The resource the write starts from, [`TableState::resource`]
+    /// (`Null` when creating the table): everything in it but the routes and
+    /// the location is written back unchanged.
+    pub base: serde_json::Value,
     pub location: String,
     pub routes: Vec<TableRoute>,
     pub precondition: Precondition,

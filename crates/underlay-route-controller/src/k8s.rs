@@ -9,7 +9,7 @@ pub mod leader;
 
 use crate::cidrs::{Allocation, CidrAllocator};
 use crate::metrics::Metrics;
-use crate::nodes::{NodeEvent, NodeSink, RouteCondition, SinkError};
+use crate::nodes::{NodeCidrs, NodeEvent, NodeSink, RouteCondition, SinkError};
 use crate::plan::NodeRoutes;
 use crate::reconciler::RouteInput;
 use async_trait::async_trait;
@@ -25,6 +25,18 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use underlay_ipam::Cidr;
+
+/// Writes of a node's pod CIDRs that may lose a race for it (409) before
+/// the node waits for the retry tick.
+const CONFLICT_RETRIES: usize = 3;
+
+/// Asked right before each pod CIDR write: may this instance still
+/// allocate? A leader whose lease someone else has written since its last
+/// renewal must not: its cache may not hold the new leader's allocations.
+#[async_trait]
+pub trait AllocationFence: Send + Sync {
+    async fn may_allocate(&self) -> bool;
+}
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "underlay-route-controller";
@@ -63,8 +75,20 @@ fn node_ref(node: &str) -> ObjectReference {
 fn sink_err(node: &str, e: kube::Error) -> SinkError {
     SinkError {
         node: node.to_string(),
+        conflict: matches!(&e, kube::Error::Api(s) if s.code == 409),
         message: e.to_string(),
     }
+}
+
+/// The merge patch setting a node's pod CIDRs; with a resourceVersion, the
+/// API server applies it only to that version of the node (409 otherwise).
+pub fn pod_cidrs_patch(resource_version: Option<&str>, cidrs: &[Cidr]) -> serde_json::Value {
+    let all: Vec<String> = cidrs.iter().map(Cidr::to_string).collect();
+    let mut patch = json!({"spec": {"podCIDR": all.first(), "podCIDRs": all}});
+    if let Some(rv) = resource_version {
+        patch["metadata"] = json!({"resourceVersion": rv});
+    }
+    patch
 }
 
 /// The strategic merge patch of the `NetworkUnavailable` condition; it merges
@@ -90,9 +114,13 @@ pub fn condition_patch(condition: &RouteCondition, now: &str) -> serde_json::Val
 
 #[async_trait]
 impl NodeSink for KubeNodeSink {
-    async fn set_pod_cidrs(&self, node: &str, cidrs: &[Cidr]) -> Result<(), SinkError> {
-        let all: Vec<String> = cidrs.iter().map(Cidr::to_string).collect();
-        let patch = json!({"spec": {"podCIDR": all.first(), "podCIDRs": all}});
+    async fn set_pod_cidrs(
+        &self,
+        node: &str,
+        resource_version: Option<&str>,
+        cidrs: &[Cidr],
+    ) -> Result<(), SinkError> {
+        let patch = pod_cidrs_patch(resource_version, cidrs);
         self.nodes
             .patch(
                 node,
@@ -105,6 +133,18 @@ impl NodeSink for KubeNodeSink {
             .await
             .map(|_| ())
             .map_err(|e| sink_err(node, e))
+    }
+
+    async fn read_pod_cidrs(&self, node: &str) -> Result<Option<NodeCidrs>, SinkError> {
+        let found = self
+            .nodes
+            .get_opt(node)
+            .await
+            .map_err(|e| sink_err(node, e))?;
+        Ok(found.map(|n| NodeCidrs {
+            pod_cidrs: pod_cidrs_of(&n),
+            resource_version: n.metadata.resource_version,
+        }))
     }
 
     async fn set_route_condition(
@@ -191,6 +231,7 @@ pub struct NodeController<S> {
     /// allocated): the route input's generation at that point.
     listed: watch::Sender<Option<u64>>,
     retry_interval: Duration,
+    fence: Option<Arc<dyn AllocationFence>>,
 }
 
 impl<S: NodeSink> NodeController<S> {
@@ -211,7 +252,15 @@ impl<S: NodeSink> NodeController<S> {
             reported: HashSet::new(),
             listed: watch::channel(None).0,
             retry_interval: Duration::from_secs(10),
+            fence: None,
         }
+    }
+
+    /// Checks `fence` before every pod CIDR write (the leader elector, when
+    /// leader election is on).
+    pub fn with_fence(mut self, fence: Arc<dyn AllocationFence>) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     /// How often nodes waiting for a CIDR (exhaustion, a failed write) are
@@ -331,34 +380,112 @@ impl<S: NodeSink> NodeController<S> {
         }
     }
 
+    /// Allocates `name`'s pod CIDRs and writes them. The write is
+    /// conditional on the node's resourceVersion as cached: a node changed
+    /// since (409) is re-read, CIDRs another writer gave it are adopted, and
+    /// otherwise the write is tried again on the fresh version; after a few
+    /// conflicts the node waits for the retry tick.
     async fn assign(&mut self, name: &str) {
+        for _ in 0..CONFLICT_RETRIES {
+            if !self.try_assign(name).await || self.reread(name).await {
+                return;
+            }
+        }
+    }
+
+    /// One allocation and write; `true` when it lost a race for the node.
+    async fn try_assign(&mut self, name: &str) -> bool {
         let Some(alloc) = self.alloc.as_mut() else {
-            return;
+            return false;
         };
-        match alloc.allocate(name) {
-            Allocation::Assign(cidrs) => match self.sink.set_pod_cidrs(name, &cidrs).await {
-                Ok(()) => {
-                    info!(node = %name, cidrs = ?cidrs.iter().map(Cidr::to_string).collect::<Vec<_>>(), "allocated pod cidrs");
-                    if let Some(node) = self.known.get_mut(name) {
-                        let spec = node.spec.get_or_insert_with(Default::default);
-                        let all: Vec<String> = cidrs.iter().map(Cidr::to_string).collect();
-                        spec.pod_cidr = all.first().cloned();
-                        spec.pod_cidrs = Some(all);
-                        self.input.upsert(node_routes(node));
-                    }
-                }
-                Err(error) => {
-                    warn!(node = %name, %error, "cannot write pod cidrs; will retry");
-                    alloc.undo(name);
-                }
-            },
+        let cidrs = match alloc.allocate(name) {
+            Allocation::Assign(cidrs) => cidrs,
             Allocation::Exhausted(event) => {
                 if let Some(event) = event {
                     warn!(node = %name, "no pod cidr available");
                     self.sink.event(&event).await;
                 }
+                return false;
+            }
+        };
+        if let Some(fence) = &self.fence
+            && !fence.may_allocate().await
+        {
+            warn!(node = %name, "no longer the leader as last renewed; not writing pod cidrs");
+            alloc.undo(name);
+            return false;
+        }
+        let version = self
+            .known
+            .get(name)
+            .and_then(|n| n.metadata.resource_version.clone());
+        match self
+            .sink
+            .set_pod_cidrs(name, version.as_deref(), &cidrs)
+            .await
+        {
+            Ok(()) => {
+                info!(node = %name, cidrs = ?cidrs.iter().map(Cidr::to_string).collect::<Vec<_>>(), "allocated pod cidrs");
+                let all: Vec<String> = cidrs.iter().map(Cidr::to_string).collect();
+                self.record_cidrs(name, all, None);
+                false
+            }
+            Err(error) => {
+                alloc.undo(name);
+                if error.conflict {
+                    info!(node = %name, "node changed since read; re-reading it");
+                } else {
+                    warn!(node = %name, %error, "cannot write pod cidrs; will retry");
+                }
+                error.conflict
             }
         }
+    }
+
+    /// Re-reads a node whose write lost a race. `true` when there is nothing
+    /// left to write: it has CIDRs now (adopted) or is gone or unreadable
+    /// (the watch and the retry tick take it from there).
+    async fn reread(&mut self, name: &str) -> bool {
+        let current = match self.sink.read_pod_cidrs(name).await {
+            Ok(Some(current)) => current,
+            Ok(None) => return true,
+            Err(error) => {
+                warn!(node = %name, %error, "cannot re-read node; will retry");
+                return true;
+            }
+        };
+        let NodeCidrs {
+            resource_version,
+            pod_cidrs,
+        } = current;
+        if pod_cidrs.is_empty() {
+            self.record_cidrs(name, Vec::new(), resource_version);
+            return false;
+        }
+        info!(node = %name, cidrs = ?pod_cidrs, "node already has pod cidrs; adopting them");
+        self.record_cidrs(name, pod_cidrs, resource_version);
+        if let Some(node) = self.known.get(name).cloned() {
+            self.occupy(&node).await;
+        }
+        true
+    }
+
+    /// Updates the cached node with CIDRs it now has (and the version read,
+    /// if any) and hands its routes to the reconciler.
+    fn record_cidrs(&mut self, name: &str, cidrs: Vec<String>, version: Option<String>) {
+        let Some(node) = self.known.get_mut(name) else {
+            return;
+        };
+        if version.is_some() {
+            node.metadata.resource_version = version;
+        }
+        if cidrs.is_empty() {
+            return;
+        }
+        let spec = node.spec.get_or_insert_with(Default::default);
+        spec.pod_cidr = cidrs.first().cloned();
+        spec.pod_cidrs = Some(cidrs);
+        self.input.upsert(node_routes(node));
     }
 
     async fn forget(&mut self, name: &str) {

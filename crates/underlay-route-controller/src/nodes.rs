@@ -56,13 +56,34 @@ pub enum RouteCondition {
 pub struct SinkError {
     pub node: String,
     pub message: String,
+    /// 409: the node changed since the version the write was conditional
+    /// on; re-read it before deciding again.
+    pub conflict: bool,
+}
+
+/// A node's pod CIDRs as the API holds them now, and the version they are of.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeCidrs {
+    pub resource_version: Option<String>,
+    /// `spec.podCIDRs` as written (unparsed).
+    pub pod_cidrs: Vec<String>,
 }
 
 /// Writes to Nodes.
 #[async_trait]
 pub trait NodeSink: Send + Sync {
-    /// Sets `spec.podCIDR` and `spec.podCIDRs`.
-    async fn set_pod_cidrs(&self, node: &str, cidrs: &[Cidr]) -> Result<(), SinkError>;
+    /// Sets `spec.podCIDR` and `spec.podCIDRs`, only if the node is still at
+    /// `resource_version` (when given): a node changed since it was read
+    /// fails with [`SinkError::conflict`] instead of being written over.
+    async fn set_pod_cidrs(
+        &self,
+        node: &str,
+        resource_version: Option<&str>,
+        cidrs: &[Cidr],
+    ) -> Result<(), SinkError>;
+    /// Reads the node's pod CIDRs afresh (not from a cache); `None` when the
+    /// node is gone. What a write that lost a race re-reads.
+    async fn read_pod_cidrs(&self, node: &str) -> Result<Option<NodeCidrs>, SinkError>;
     /// Sets the `NetworkUnavailable` condition, leaving other conditions alone.
     async fn set_route_condition(
         &self,
@@ -141,6 +162,7 @@ fn take_failure(counter: &Mutex<usize>, node: &str) -> Result<(), SinkError> {
         return Err(SinkError {
             node: node.to_string(),
             message: "injected failure".to_string(),
+            conflict: false,
         });
     }
     Ok(())
@@ -148,10 +170,26 @@ fn take_failure(counter: &Mutex<usize>, node: &str) -> Result<(), SinkError> {
 
 #[async_trait]
 impl NodeSink for RecordingSink {
-    async fn set_pod_cidrs(&self, node: &str, cidrs: &[Cidr]) -> Result<(), SinkError> {
+    async fn set_pod_cidrs(
+        &self,
+        node: &str,
+        _resource_version: Option<&str>,
+        cidrs: &[Cidr],
+    ) -> Result<(), SinkError> {
         take_failure(&self.fail_pod_cidrs, node)?;
         self.push(Recorded::PodCidrs(node.to_string(), cidrs.to_vec()));
         Ok(())
+    }
+
+    /// The CIDRs last written to the node, if any.
+    async fn read_pod_cidrs(&self, node: &str) -> Result<Option<NodeCidrs>, SinkError> {
+        Ok(self.records().into_iter().rev().find_map(|r| match r {
+            Recorded::PodCidrs(n, cidrs) if n == node => Some(NodeCidrs {
+                resource_version: None,
+                pod_cidrs: cidrs.iter().map(Cidr::to_string).collect(),
+            }),
+            _ => None,
+        }))
     }
 
     async fn set_route_condition(

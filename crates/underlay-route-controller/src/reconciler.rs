@@ -15,11 +15,21 @@
 //!   `Canceled`, any other rejection: the pass fails; the next one starts
 //!   after exponential backoff with jitter, from a fresh GET.
 //! - A table `Updating` (a write in flight, e.g. from before a restart) is
-//!   waited for; a table `Failed` is rewritten even when its routes look right.
+//!   waited for, re-read every poll interval, for at most the operation
+//!   timeout; then the pass fails and the next one starts from a fresh
+//!   snapshot of the nodes. A table `Failed` is rewritten even when its
+//!   routes look right.
 //! - `NetworkUnavailable=False` is set only once a GET shows the node's routes
 //!   with the table `Succeeded`, or a write containing them has succeeded.
+//! - A failed pass sets `NetworkUnavailable=True` only on nodes whose routes
+//!   the table, as last read or written, lacks or has wrong: after a restart,
+//!   before the first read, it touches no node (their routes, written by the
+//!   previous run, keep working).
 
-use crate::azure::{ArmError, OperationState, Precondition, RouteTable, TableState, TableWrite};
+use crate::azure::{
+    ArmError, MAX_RETRY_AFTER, OperationState, Precondition, RouteTable, TableRoute, TableState,
+    TableWrite,
+};
 use crate::metrics::Metrics;
 use crate::nodes::{NodeEvent, NodeSink, RouteCondition};
 use crate::plan::{LeftOut, NodeRoutes, Ownership, Plan, desired_routes, plan};
@@ -91,6 +101,10 @@ pub enum SyncError {
     OperationCanceled,
     #[error("route table write did not complete within {0:?}")]
     OperationTimeout(Duration),
+    #[error(
+        "route table stayed Updating for {0:?} (another writer's operation); it will be read again"
+    )]
+    TableUpdating(Duration),
     #[error("route table kept changing under every write (412 PreconditionFailed {0} times)")]
     Contended(usize),
 }
@@ -106,9 +120,10 @@ impl Throttle {
         self.until.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// No call before `now + wait`.
+    /// No call before `now + wait`; a wait is never longer than
+    /// [`MAX_RETRY_AFTER`], whoever asks for it.
     pub fn hold(&self, wait: Duration) {
-        let t = Instant::now() + wait;
+        let t = Instant::now() + wait.min(MAX_RETRY_AFTER);
         let mut until = self.lock();
         if until.is_none_or(|u| u < t) {
             *until = Some(t);
@@ -334,6 +349,9 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
         let mut reported: HashMap<String, Reported> = HashMap::new();
         let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let mut covered: Option<u64> = None;
+        // The table's routes as last read or written by this process; `None`
+        // until the first read, e.g. right after a restart.
+        let mut known: Option<Vec<TableRoute>> = None;
         loop {
             // Wait for work: a change since the last successful pass, once
             // the node set is complete.
@@ -343,7 +361,7 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
             // The batch window: whatever else changes meanwhile rides along.
             tokio::time::sleep(self.config.batch_interval).await;
             let (generation, nodes) = input.snapshot();
-            match self.sync(&nodes).await {
+            match self.sync(&nodes, &mut known).await {
                 Ok(report) => {
                     let all_written = self.report_success(&nodes, &report, &mut reported).await;
                     self.status.send_modify(|s| {
@@ -372,7 +390,8 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
                     if let Some(m) = &self.metrics {
                         m.write("failed");
                     }
-                    self.report_failure(&nodes, &error, &mut reported).await;
+                    self.report_failure(&nodes, &error, known.as_deref(), &mut reported)
+                        .await;
                     self.status.send_modify(|s| s.failures += 1);
                     tokio::time::sleep(delay).await;
                 }
@@ -403,13 +422,18 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
 
     /// One pass: read, plan, write if needed, wait for the write.
     #[instrument(skip_all, fields(nodes = nodes.len()))]
-    async fn sync(&self, nodes: &[NodeEntry]) -> Result<SyncReport, SyncError> {
+    async fn sync(
+        &self,
+        nodes: &[NodeEntry],
+        known: &mut Option<Vec<TableRoute>>,
+    ) -> Result<SyncReport, SyncError> {
         let node_routes: Vec<&NodeRoutes> = nodes.iter().map(|n| &n.routes).collect();
         let (desired, left_out) = desired_routes(node_routes.iter().copied(), &self.ownership);
         let mut contention = 0;
+        let mut updating_since: Option<Instant> = None;
         loop {
             let state: Option<TableState> = self.call(|| self.table.get()).await?;
-            let (current, precondition, location, provisioning) = match state {
+            let (current, precondition, location, provisioning, base) = match state {
                 Some(t) => (
                     t.routes,
                     match t.etag {
@@ -420,14 +444,31 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
                     },
                     t.location,
                     t.provisioning_state,
+                    t.resource,
                 ),
-                None if self.config.create_missing_table => {
-                    (Vec::new(), Precondition::IfNoneMatch, None, None)
+                None if self.config.create_missing_table => (
+                    Vec::new(),
+                    Precondition::IfNoneMatch,
+                    None,
+                    None,
+                    serde_json::Value::Null,
+                ),
+                None => {
+                    // A table that does not exist holds no routes.
+                    *known = Some(Vec::new());
+                    return Err(SyncError::TableMissing);
                 }
-                None => return Err(SyncError::TableMissing),
             };
+            *known = Some(current.clone());
             if provisioning.as_deref() == Some("Updating") {
-                // Someone's write is in flight; its outcome decides what we see.
+                // Someone's write is in flight; its outcome decides what we
+                // see. Waited for no longer than an operation of our own:
+                // the nodes this pass plans for are a snapshot, and the next
+                // pass takes a fresh one along with a fresh read.
+                let since = *updating_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.config.operation_timeout {
+                    return Err(SyncError::TableUpdating(self.config.operation_timeout));
+                }
                 debug!("route table is updating; waiting");
                 tokio::time::sleep(self.config.poll_interval).await;
                 continue;
@@ -450,6 +491,7 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
                 .or_else(|| self.config.location.clone())
                 .ok_or(SyncError::NoLocation)?;
             let write = TableWrite {
+                base,
                 location,
                 routes: plan.routes.clone(),
                 precondition,
@@ -482,6 +524,7 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
                 m.batch(plan.change_count());
             }
             self.wait_for(&pending).await?;
+            *known = Some(plan.routes.clone());
             if let Some(m) = &self.metrics {
                 m.write("succeeded");
             }
@@ -572,25 +615,35 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
         all_written
     }
 
+    /// Marks the nodes a failed pass leaves without their routes: only those
+    /// whose routes the table, as last read or written, lacks or has wrong.
+    /// Nothing is known of the table before its first read (right after a
+    /// restart), and routes a previous run wrote keep working, so then no
+    /// node is touched.
     async fn report_failure(
         &self,
         nodes: &[NodeEntry],
         error: &SyncError,
+        known: Option<&[TableRoute]>,
         reported: &mut HashMap<String, Reported>,
     ) {
+        let Some(table) = known else {
+            return;
+        };
+        let (desired, _) = desired_routes(nodes.iter().map(|n| &n.routes), &self.ownership);
+        // Per node, how many of its routes the table holds as wanted.
+        let mut routed: HashMap<&str, usize> = HashMap::new();
+        for d in &desired {
+            if table.contains(&d.to_table_route()) {
+                *routed.entry(d.node.as_str()).or_default() += 1;
+            }
+        }
         let message = format!("route table not updated: {error}");
         let mut updates = Vec::new();
         for entry in nodes {
             let name = entry.routes.name.as_str();
-            if entry.routes.pod_cidrs.is_empty() {
-                continue;
-            }
-            // Nodes whose routes were confirmed and have not changed keep
-            // working routes; only the others are unavailable.
-            if let Some(r) = reported.get(name)
-                && r.routes == entry.routes
-                && r.condition == RouteCondition::Created
-            {
+            let cidrs = entry.routes.pod_cidrs.len();
+            if cidrs == 0 || routed.get(name) == Some(&cidrs) {
                 continue;
             }
             let next = Reported {
@@ -678,6 +731,15 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_too_long_for_the_clock_is_capped() {
+        let t = Throttle::default();
+        let start = Instant::now();
+        t.hold(Duration::MAX);
+        t.wait().await;
+        assert_eq!(start.elapsed(), MAX_RETRY_AFTER);
     }
 
     #[tokio::test(start_paused = true)]

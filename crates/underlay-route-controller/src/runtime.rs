@@ -307,7 +307,21 @@ pub async fn run(args: Args) -> Result<()> {
         cluster_cidrs: args.cluster_cidr.clone(),
     };
     let node_cidr_retry_interval = args.node_cidr_retry_interval;
+    let elector = args.leader_elect.then(|| {
+        Arc::new(LeaderElector::new(
+            client.clone(),
+            LeaderConfig {
+                namespace: args.leader_elect_namespace.clone(),
+                name: args.leader_elect_name.clone(),
+                identity: identity_name,
+                lease_duration: args.leader_elect_lease_duration,
+                renew_deadline: args.leader_elect_renew_deadline,
+                retry_period: args.leader_elect_retry_period,
+            },
+        ))
+    });
     let work = {
+        let fence = elector.clone();
         let metrics = metrics.clone();
         let readiness = readiness.clone();
         let feed = feed.clone();
@@ -321,8 +335,13 @@ pub async fn run(args: Args) -> Result<()> {
                 Some(metrics.clone()),
             );
             let status = reconciler.status();
-            let controller = NodeController::new(sink, input.clone(), alloc, Some(metrics))
+            let mut controller = NodeController::new(sink, input.clone(), alloc, Some(metrics))
                 .with_retry_interval(node_cidr_retry_interval);
+            if let Some(fence) = fence {
+                // A pod CIDR is written only while the lease is as this
+                // instance last renewed it.
+                controller = controller.with_fence(fence);
+            }
             let listed = controller.listed();
             tokio::join!(
                 reconciler.run(input),
@@ -332,18 +351,7 @@ pub async fn run(args: Args) -> Result<()> {
         }
     };
     let shutdown = shutdown_signal();
-    if args.leader_elect {
-        let elector = LeaderElector::new(
-            client,
-            LeaderConfig {
-                namespace: args.leader_elect_namespace.clone(),
-                name: args.leader_elect_name.clone(),
-                identity: identity_name,
-                lease_duration: args.leader_elect_lease_duration,
-                renew_deadline: args.leader_elect_renew_deadline,
-                retry_period: args.leader_elect_retry_period,
-            },
-        );
+    if let Some(elector) = elector {
         let m = metrics.clone();
         let r = readiness.clone();
         // Readiness first: whoever sees the leader gauge at 1 also sees

@@ -68,6 +68,7 @@ async fn get_put_and_poll_speak_the_arm_protocol() {
     let pending = e
         .table
         .put(&TableWrite {
+            base: state.resource.clone(),
             location: "westeurope".into(),
             routes: routes.clone(),
             precondition: Precondition::IfMatch(etag.clone()),
@@ -100,6 +101,7 @@ async fn get_put_and_poll_speak_the_arm_protocol() {
     let err = e
         .table
         .put(&TableWrite {
+            base: state.resource,
             location: "westeurope".into(),
             routes,
             precondition: Precondition::IfMatch(etag),
@@ -116,6 +118,7 @@ async fn a_missing_table_reads_as_none_and_can_be_created() {
     let pending = e
         .table
         .put(&TableWrite {
+            base: serde_json::Value::Null,
             location: "westeurope".into(),
             routes: vec![our_route("n1", "10.244.1.0/24", "10.0.0.11")],
             precondition: Precondition::IfNoneMatch,
@@ -131,6 +134,7 @@ async fn a_missing_table_reads_as_none_and_can_be_created() {
     let err = e
         .table
         .put(&TableWrite {
+            base: serde_json::Value::Null,
             location: "westeurope".into(),
             routes: vec![],
             precondition: Precondition::IfNoneMatch,
@@ -212,6 +216,7 @@ async fn injected_faults_map_to_the_documented_errors() {
         let pending = e
             .table
             .put(&TableWrite {
+                base: state.resource,
                 location: "westeurope".into(),
                 routes: state.routes,
                 precondition: Precondition::IfMatch(state.etag.unwrap()),
@@ -437,5 +442,83 @@ async fn the_service_enforces_its_route_limit_and_the_controller_stays_within_it
         sink.condition("n3"),
         Some(RouteCondition::NotCreated { .. })
     ));
+    task.abort();
+}
+
+/// Everything on the table the controller does not own: the user's tags,
+/// their BGP setting, a property this client does not model, and their route.
+fn user_settings() -> serde_json::Value {
+    serde_json::json!({
+        "location": support::arm::LOCATION,
+        "tags": {"owner": "network-team", "cost-center": "42"},
+        "properties": {
+            "disableBgpRoutePropagation": true,
+            "futureSetting": {"mode": "strict", "level": 3},
+            "routes": [{
+                "name": "to-firewall",
+                "properties": {
+                    "addressPrefix": "0.0.0.0/0",
+                    "nextHopType": "VirtualAppliance",
+                    "nextHopIpAddress": "10.0.0.4",
+                },
+            }],
+        },
+    })
+}
+
+/// The parts of the table as ARM answers it that the controller must keep.
+fn not_owned(resource: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "location": resource["location"],
+        "tags": resource["tags"],
+        "disableBgpRoutePropagation": resource["properties"]["disableBgpRoutePropagation"],
+        "futureSetting": resource["properties"]["futureSetting"],
+    })
+}
+
+#[tokio::test]
+async fn writes_keep_every_setting_of_the_table_they_do_not_own() {
+    let e = env(ArmConfig::default(), false).await;
+    e.arm
+        .seed_table_resource(&table_id(), user_settings())
+        .expect("seed table");
+    let before = not_owned(&e.arm.resource(&table_id()).expect("seeded table"));
+    assert_eq!(before["disableBgpRoutePropagation"], true, "{before}");
+    assert_eq!(before["futureSetting"]["mode"], "strict", "{before}");
+
+    let input = RouteInput::default();
+    let r = Reconciler::new(
+        e.table.clone(),
+        RecordingSink::default(),
+        reconciler_config(),
+        Ownership {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        },
+        None,
+    );
+    let task = tokio::spawn(r.run(input.clone()));
+    // An add, a change and a removal: each is one write, and after each the
+    // table holds everything it held before but the controller's routes.
+    let steps: [(Option<NodeRoutes>, Vec<TableRoute>); 3] = [
+        (
+            Some(node("n1", "10.244.1.0/24", "10.0.0.11")),
+            vec![our_route("n1", "10.244.1.0/24", "10.0.0.11")],
+        ),
+        (
+            Some(node("n1", "10.244.1.0/24", "10.0.0.21")),
+            vec![our_route("n1", "10.244.1.0/24", "10.0.0.21")],
+        ),
+        (None, vec![]),
+    ];
+    for (writes, (change, expect)) in (1..).zip(steps) {
+        match change {
+            Some(n) => input.upsert(n),
+            None => input.remove("n1"),
+        }
+        converge(&e, &input, &expect).await;
+        assert_eq!(e.arm.count(RequestKind::PutTable), writes);
+        let after = not_owned(&e.arm.resource(&table_id()).expect("table"));
+        assert_eq!(after, before, "after write {writes}");
+    }
     task.abort();
 }

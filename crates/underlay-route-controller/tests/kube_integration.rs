@@ -7,6 +7,7 @@ mod support;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use underlay_lab::apiserver::{ApiServer, Config as ApiConfig, Handle as ApiHandl
 use underlay_lab::arm::{AppliedRoute, ArmConfig};
 use underlay_route_controller::cidrs::CidrAllocator;
 use underlay_route_controller::k8s::feed::NodeFeed;
-use underlay_route_controller::k8s::leader::{LeaderConfig, LeaderElector};
+use underlay_route_controller::k8s::leader::{LeaderConfig, LeaderElector, LeaderError};
 use underlay_route_controller::k8s::{KubeNodeSink, NodeController};
 use underlay_route_controller::plan::Ownership;
 use underlay_route_controller::reconciler::{Reconciler, ReconcilerConfig, RouteInput};
@@ -315,6 +316,144 @@ async fn a_released_lease_is_taken_at_once_and_a_lost_lease_stops_the_work() {
     let (result, ()) = tokio::join!(run_b, steal);
     assert!(result.is_err(), "leadership lost");
     assert!(stopped.load(Ordering::SeqCst), "work dropped");
+}
+
+/// Makes "a" the leader, then delays every API answer by `delay`, and
+/// returns how its leading ended (within a bounded wait) and whether it was
+/// still acting after.
+async fn lead_with_answers_delayed(delay: Duration) -> (Result<(), LeaderError>, bool) {
+    let c = cluster().await;
+    let a = elector(&c.client, "a");
+    let leads = Arc::new(AtomicBool::new(false));
+    let flag = leads.clone();
+    let run = tokio::spawn(async move {
+        a.run(std::future::pending::<()>(), move |l| {
+            flag.store(l, Ordering::SeqCst)
+        })
+        .await
+    });
+    eventually("a leads", || async { leads.load(Ordering::SeqCst) }).await;
+    c.api.faults().delay(Some(delay));
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("leadership ends")
+        .unwrap();
+    (result, leads.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_renew_that_hangs_past_the_renew_deadline_loses_leadership() {
+    // Every answer takes an hour: the next renew hangs.
+    let (result, acting) = lead_with_answers_delayed(Duration::from_secs(3600)).await;
+    assert!(
+        matches!(result, Err(LeaderError::Lost { .. })),
+        "{result:?}"
+    );
+    assert!(!acting, "no longer acting");
+}
+
+#[tokio::test]
+async fn renewals_count_from_when_they_were_sent_not_from_their_answers() {
+    // A renewal (read + replace) takes 0.9 s of the 1.5 s renew deadline,
+    // and the next one is sent 0.2 s after an answer: counted from when each
+    // was sent, the second cannot finish within the deadline of the first.
+    let (result, acting) = lead_with_answers_delayed(Duration::from_millis(450)).await;
+    assert!(
+        matches!(result, Err(LeaderError::Lost { .. })),
+        "{result:?}"
+    );
+    assert!(!acting, "no longer acting");
+}
+
+/// A node controller that allocates from 10.244.0.0/16 and writes through
+/// the API, fed by hand: its cache is exactly the nodes it is given.
+fn allocator(c: &Cluster) -> NodeController<KubeNodeSink> {
+    let alloc = CidrAllocator::new(&["10.244.0.0/16".parse().unwrap()], 24, 64, &[]).unwrap();
+    let sink = KubeNodeSink::new(c.client.clone(), Some("test".into()));
+    NodeController::new(sink, RouteInput::until_listed(), Some(alloc), None)
+}
+
+/// Feeds `nodes` to `controller` as one complete list.
+async fn list(controller: &mut NodeController<KubeNodeSink>, nodes: &[Node]) {
+    controller.apply(watcher::Event::Init).await;
+    for n in nodes {
+        controller.apply(watcher::Event::InitApply(n.clone())).await;
+    }
+    controller.apply(watcher::Event::InitDone).await;
+}
+
+/// Each CIDR with the nodes that hold it, where more than one does.
+async fn shared_cidrs(client: &kube::Client) -> Vec<(String, Vec<String>)> {
+    let mut holders: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (node, cidrs) in pod_cidrs(client).await {
+        for cidr in cidrs {
+            holders.entry(cidr).or_default().push(node.clone());
+        }
+    }
+    holders.into_iter().filter(|(_, n)| n.len() > 1).collect()
+}
+
+#[tokio::test]
+async fn two_allocators_racing_on_stale_caches_never_give_one_cidr_to_two_nodes() {
+    let c = cluster().await;
+    add_node(&c.client, "n1", "10.0.0.11").await;
+    add_node(&c.client, "n2", "10.0.0.12").await;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let (n1, n2) = (
+        nodes.get("n1").await.unwrap(),
+        nodes.get("n2").await.unwrap(),
+    );
+
+    // b led; a has since taken the lease over (b's renewals stopped), but
+    // b's work has not noticed yet.
+    let a = Arc::new(elector(&c.client, "a"));
+    let b = Arc::new(elector(&c.client, "b"));
+    assert!(b.try_acquire_or_renew().await.unwrap());
+    eventually("a takes the expired lease over", || async {
+        a.try_acquire_or_renew().await.unwrap_or(false)
+    })
+    .await;
+
+    // Each allocator's cache holds only one of the nodes.
+    let mut ctl_a = allocator(&c).with_fence(a);
+    let mut ctl_b = allocator(&c).with_fence(b);
+    list(&mut ctl_a, &[n1]).await;
+    list(&mut ctl_b, &[n2]).await;
+
+    assert_eq!(shared_cidrs(&c.client).await, vec![]);
+    let cidrs = pod_cidrs(&c.client).await;
+    assert!(
+        cidrs.iter().any(|(n, cs)| n == "n1" && !cs.is_empty()),
+        "the leader allocated: {cidrs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cidr_write_that_loses_the_race_for_its_node_rereads_the_node() {
+    let c = cluster().await;
+    add_node(&c.client, "n1", "10.0.0.11").await;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let stale = nodes.get("n1").await.unwrap();
+    // Another writer gives n1 a CIDR after this allocator's cache saw it.
+    let patch = json!({"spec": {"podCIDR": "10.244.7.0/24", "podCIDRs": ["10.244.7.0/24"]}});
+    nodes
+        .patch("n1", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+
+    let mut ctl = allocator(&c);
+    list(&mut ctl, &[stale]).await;
+    let alloc = ctl.allocator().unwrap();
+    assert_eq!(
+        alloc.owned_by("n1"),
+        Some(&["10.244.7.0/24".parse().unwrap()][..]),
+        "the node's CIDR as re-read"
+    );
+    assert_eq!(alloc.waiting(), Vec::<String>::new());
+    assert_eq!(
+        pod_cidrs(&c.client).await,
+        vec![("n1".to_string(), vec!["10.244.7.0/24".to_string()])]
+    );
 }
 
 struct Guard(Arc<AtomicBool>);

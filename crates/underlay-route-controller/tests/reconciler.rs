@@ -472,3 +472,95 @@ async fn an_input_awaiting_its_first_list_holds_every_pass() {
     assert_eq!(routes, want);
     task.abort();
 }
+
+/// The nodes set `NetworkUnavailable=True` so far.
+fn marked_unavailable(sink: &RecordingSink) -> Vec<String> {
+    let mut names: Vec<String> = sink
+        .records()
+        .into_iter()
+        .filter_map(|r| match r {
+            underlay_route_controller::nodes::Recorded::Condition(
+                n,
+                RouteCondition::NotCreated { .. },
+            ) => Some(n),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_a_failed_pass_marks_only_nodes_whose_routes_are_missing_or_wrong() {
+    // A previous run wrote a's route; b's next hop has changed since; c is new.
+    let fake = FakeRouteTable::with_routes(vec![
+        firewall(),
+        route("a", "10.244.1.0/24", "10.0.0.1"),
+        route("b", "10.244.2.0/24", "10.0.0.99"),
+    ]);
+    fake.script(Scripted::Put(ArmError::Server {
+        status: 500,
+        code: "InternalServerError".into(),
+    }));
+    let mut h = start(fake, config());
+    h.input.upsert(node("a", &["10.244.1.0/24"], &["10.0.0.1"]));
+    h.input.upsert(node("b", &["10.244.2.0/24"], &["10.0.0.2"]));
+    h.input.upsert(node("c", &["10.244.3.0/24"], &["10.0.0.3"]));
+    h.status.wait_for(|s| s.failures > 0).await.unwrap();
+    assert_eq!(marked_unavailable(&h.sink), vec!["b", "c"]);
+    h.settled().await;
+    assert_eq!(marked_unavailable(&h.sink), vec!["b", "c"], "a never was");
+    for n in ["a", "b", "c"] {
+        assert_eq!(h.sink.condition(n), Some(RouteCondition::Created), "{n}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_a_pass_that_cannot_read_the_table_marks_no_node() {
+    let fake = FakeRouteTable::with_routes(vec![route("a", "10.244.1.0/24", "10.0.0.1")]);
+    fake.script(Scripted::Get(ArmError::Timeout(Duration::from_secs(30))));
+    let mut h = start(fake, config());
+    h.input.upsert(node("a", &["10.244.1.0/24"], &["10.0.0.1"]));
+    h.input.upsert(node("b", &["10.244.2.0/24"], &["10.0.0.2"]));
+    h.status.wait_for(|s| s.failures > 0).await.unwrap();
+    assert_eq!(marked_unavailable(&h.sink), Vec::<String>::new());
+    assert!(h.sink.events().is_empty(), "{:?}", h.sink.events());
+    h.settled().await;
+    assert_eq!(h.sink.condition("a"), Some(RouteCondition::Created));
+    assert_eq!(h.sink.condition("b"), Some(RouteCondition::Created));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_table_updating_for_too_long_ends_the_pass_and_the_next_one_rereads_everything() {
+    let fake = FakeRouteTable::with_routes(vec![firewall()]);
+    fake.set_provisioning_state("Updating");
+    let config = ReconcilerConfig {
+        operation_timeout: Duration::from_secs(20),
+        ..config()
+    };
+    let mut h = start(fake.clone(), config);
+    h.input.upsert(node("a", &["10.244.1.0/24"], &["10.0.0.1"]));
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        h.status.wait_for(|s| s.failures > 0),
+    )
+    .await
+    .expect("the pass gives up on a table that stays Updating")
+    .unwrap();
+    // A node that arrives meanwhile is in the next pass's write.
+    h.input.upsert(node("b", &["10.244.2.0/24"], &["10.0.0.2"]));
+    fake.set_provisioning_state("Succeeded");
+    h.settled().await;
+    let puts = fake.puts();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    let mut want = vec![
+        firewall(),
+        route("a", "10.244.1.0/24", "10.0.0.1"),
+        route("b", "10.244.2.0/24", "10.0.0.2"),
+    ];
+    want.sort();
+    let mut got = puts[0].routes.clone();
+    got.sort();
+    assert_eq!(got, want);
+}

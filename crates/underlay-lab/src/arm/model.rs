@@ -114,6 +114,11 @@ pub(crate) struct RouteTableIn {
 pub(crate) struct RouteTablePropsIn {
     pub routes: Option<Vec<RouteIn>>,
     pub disable_bgp_route_propagation: Option<bool>,
+    /// Every other property sent. Azure replaces the resource with the PUT
+    /// body, so a property the service does not model is kept as sent, and
+    /// a client that leaves one out drops it.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]

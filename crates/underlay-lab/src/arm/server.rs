@@ -209,6 +209,26 @@ impl ArmHandle {
         self.shared.publish(id.clone(), applied);
     }
 
+    /// Creates or replaces a table directly, already `Succeeded`, from a
+    /// whole resource as a PUT body would give it: tags, settings such as
+    /// `disableBgpRoutePropagation`, properties the service does not model.
+    /// `Err` says why the body is not a valid route table.
+    pub fn seed_table_resource(&self, id: &TableId, resource: Value) -> Result<(), String> {
+        let body: RouteTableIn = serde_json::from_value(resource).map_err(|e| e.to_string())?;
+        let applied = self
+            .shared
+            .state()
+            .seed_resource(id, body)
+            .map_err(|e| format!("{} {}: {}", e.status, e.code, e.message))?;
+        self.shared.publish(id.clone(), applied);
+        Ok(())
+    }
+
+    /// The table as a GET answers it now (`None`: no such table).
+    pub fn resource(&self, id: &TableId) -> Option<Value> {
+        self.shared.state().get_table(id).ok()
+    }
+
     /// The routes stored in a table now (including a write still in flight).
     pub fn stored_routes(&self, id: &TableId) -> Option<Vec<AppliedRoute>> {
         self.shared.state().stored_routes(id)

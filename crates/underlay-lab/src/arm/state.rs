@@ -3,7 +3,7 @@
 //! clock, the HTTP and the timers that finish operations.
 
 use super::model::{AppliedRoute, RouteIn, RouteTableIn, TableId};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -80,6 +80,8 @@ struct Table {
     location: String,
     tags: Value,
     disable_bgp: bool,
+    /// Properties the service does not model, kept as last written.
+    other_properties: Map<String, Value>,
     routes: Vec<StoredRoute>,
     etag: String,
     provisioning: &'static str,
@@ -279,6 +281,19 @@ fn check_conditions(
 
 impl Table {
     fn render(&self) -> Value {
+        let mut properties = self.other_properties.clone();
+        properties.extend([
+            ("provisioningState".to_string(), json!(self.provisioning)),
+            ("resourceGuid".to_string(), json!(self.resource_guid)),
+            (
+                "disableBgpRoutePropagation".to_string(),
+                json!(self.disable_bgp),
+            ),
+            (
+                "routes".to_string(),
+                Value::Array(self.routes.iter().map(|r| self.render_route(r)).collect()),
+            ),
+        ]);
         json!({
             "name": self.id.name,
             "id": self.id.resource_id(),
@@ -286,12 +301,7 @@ impl Table {
             "type": "Microsoft.Network/routeTables",
             "location": self.location,
             "tags": self.tags,
-            "properties": {
-                "provisioningState": self.provisioning,
-                "resourceGuid": self.resource_guid,
-                "disableBgpRoutePropagation": self.disable_bgp,
-                "routes": self.routes.iter().map(|r| self.render_route(r)).collect::<Vec<_>>(),
-            }
+            "properties": properties,
         })
     }
 
@@ -392,6 +402,32 @@ impl State {
         if let Some(err) = existing.and_then(|t| self.busy_error(t)) {
             return Err(err);
         }
+        let mut table = self.build_table(id, body, existing)?;
+        let previous = existing.cloned();
+        let created = previous.is_none();
+        let op_id = self.start_op(&key, previous, false);
+        table.provisioning = "Updating";
+        table.busy = Some(op_id.clone());
+        let body = table.render();
+        let location = table.location.clone();
+        self.tables.insert(key, table);
+        Ok(Accepted {
+            status: if created { 201 } else { 200 },
+            body: Some(body),
+            op_id,
+            location,
+        })
+    }
+
+    /// The table a PUT body describes: Azure replaces the resource with the
+    /// body, so whatever the body leaves out (tags, settings) is gone; only
+    /// the identity, the resource GUID, and unchanged routes' ETags survive.
+    fn build_table(
+        &self,
+        id: &TableId,
+        body: RouteTableIn,
+        existing: Option<&Table>,
+    ) -> Result<Table, CloudError> {
         let location = match (&body.location, existing) {
             (Some(l), _) => l.clone(),
             (None, Some(t)) => t.location.clone(),
@@ -402,9 +438,34 @@ impl State {
                 ));
             }
         };
-        let props = body.properties.unwrap_or_default();
+        let mut props = body.properties.unwrap_or_default();
+        let routes = self.build_routes(id, props.routes.take().unwrap_or_default(), existing)?;
+        // Read-only properties a client echoes back are not the client's to set.
+        for read_only in ["provisioningState", "resourceGuid", "subnets"] {
+            props.other.remove(read_only);
+        }
+        Ok(Table {
+            id: existing.map_or_else(|| id.clone(), |t| t.id.clone()),
+            location,
+            tags: body.tags.unwrap_or_else(|| json!({})),
+            disable_bgp: props.disable_bgp_route_propagation.unwrap_or(false),
+            other_properties: props.other,
+            routes,
+            etag: new_etag(),
+            provisioning: "Succeeded",
+            resource_guid: existing.map_or_else(new_guid, |t| t.resource_guid.clone()),
+            busy: None,
+        })
+    }
+
+    fn build_routes(
+        &self,
+        id: &TableId,
+        body: Vec<RouteIn>,
+        existing: Option<&Table>,
+    ) -> Result<Vec<StoredRoute>, CloudError> {
         let mut routes = Vec::new();
-        for route in props.routes.unwrap_or_default() {
+        for route in body {
             let name = route.name.clone().unwrap_or_default();
             let mut stored = validate_route(&route, &name)?;
             if routes
@@ -438,34 +499,7 @@ impl State {
                 ),
             ));
         }
-        let previous = existing.cloned();
-        let created = previous.is_none();
-        let table = Table {
-            id: previous
-                .as_ref()
-                .map_or_else(|| id.clone(), |t| t.id.clone()),
-            location: location.clone(),
-            tags: body.tags.unwrap_or_else(|| json!({})),
-            disable_bgp: props.disable_bgp_route_propagation.unwrap_or(false),
-            routes,
-            etag: new_etag(),
-            provisioning: "Updating",
-            resource_guid: previous
-                .as_ref()
-                .map_or_else(new_guid, |t| t.resource_guid.clone()),
-            busy: None,
-        };
-        let op_id = self.start_op(&key, previous, false);
-        let mut table = table;
-        table.busy = Some(op_id.clone());
-        let body = table.render();
-        self.tables.insert(key, table);
-        Ok(Accepted {
-            status: if created { 201 } else { 200 },
-            body: Some(body),
-            op_id,
-            location,
-        })
+        Ok(routes)
     }
 
     pub fn delete_table(&mut self, id: &TableId) -> Result<Option<Accepted>, CloudError> {
@@ -704,6 +738,7 @@ impl State {
             location: location.to_string(),
             tags: json!({}),
             disable_bgp: false,
+            other_properties: Map::new(),
             routes: routes
                 .iter()
                 .map(|r| StoredRoute {
@@ -722,6 +757,20 @@ impl State {
         let applied = table.applied();
         self.tables.insert(id.key(), table);
         applied
+    }
+
+    /// Seeds a table directly (no operation) from a resource as a PUT body
+    /// would give it: tags, settings and properties the service does not
+    /// model included.
+    pub fn seed_resource(
+        &mut self,
+        id: &TableId,
+        body: RouteTableIn,
+    ) -> Result<Vec<AppliedRoute>, CloudError> {
+        let table = self.build_table(id, body, None)?;
+        let applied = table.applied();
+        self.tables.insert(id.key(), table);
+        Ok(applied)
     }
 
     /// Routes currently stored in a table (written, whether or not applied).
@@ -749,6 +798,31 @@ mod tests {
         ] {
             assert_eq!(valid_route_name(name), ok, "{name}");
         }
+    }
+
+    #[test]
+    fn a_put_replaces_the_resource_with_its_body() {
+        let id = TableId::new("s", "rg", "rt");
+        let mut state = State::new(10);
+        let put = |state: &mut State, body: Value| {
+            let body: RouteTableIn = serde_json::from_value(body).unwrap();
+            let op = state.put_table(&id, body, None, None).unwrap().op_id;
+            state.finish(&op, Outcome::Succeeded);
+            state.get_table(&id).unwrap()
+        };
+        let full = json!({"location": "l", "tags": {"a": "1"}, "properties": {
+            "disableBgpRoutePropagation": true, "futureSetting": {"x": 1},
+            "provisioningState": "Failed", "subnets": [{"id": "s"}]}});
+        let got = put(&mut state, full);
+        assert_eq!(got["tags"], json!({"a": "1"}));
+        assert_eq!(got["properties"]["disableBgpRoutePropagation"], true);
+        assert_eq!(got["properties"]["futureSetting"], json!({"x": 1}));
+        assert_eq!(got["properties"]["provisioningState"], "Succeeded");
+        assert!(got["properties"].get("subnets").is_none());
+        let bare = put(&mut state, json!({"location": "l"}));
+        assert_eq!(bare["tags"], json!({}));
+        assert_eq!(bare["properties"]["disableBgpRoutePropagation"], false);
+        assert!(bare["properties"].get("futureSetting").is_none());
     }
 
     #[test]

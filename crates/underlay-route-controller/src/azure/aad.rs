@@ -26,6 +26,13 @@ use tracing::{debug, info, warn};
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 /// A cached token is replaced this long before it expires, as the Azure SDKs do.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// The longest a token is trusted, whatever its answer says: `expires_in` /
+/// `expires_on` come from the network, and an absurd one would overflow the
+/// date arithmetic or keep a token long after it is revoked. Azure AD tokens
+/// live at most a day (managed identities' about 24 hours, others 60–90
+/// minutes), so a day cuts no genuine token short.
+pub const MAX_TOKEN_LIFETIME: time::Duration = time::Duration::days(1);
 const IMDS_API_VERSION: &str = "2018-02-01";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -216,9 +223,12 @@ fn parse_token(url: &str, body: &[u8], now: OffsetDateTime) -> Result<Fetched, A
     ) {
         (Some(on), _) => OffsetDateTime::from_unix_timestamp(on)
             .map_err(|e| decode(format!("expires_on: {e}")))?,
-        (None, Some(secs)) => now + time::Duration::seconds(secs),
+        (None, Some(secs)) => {
+            now + time::Duration::seconds(secs.clamp(0, MAX_TOKEN_LIFETIME.whole_seconds()))
+        }
         (None, None) => return Err(decode("neither expires_on nor expires_in".into())),
     };
+    let expires_on = expires_on.min(now + MAX_TOKEN_LIFETIME);
     Ok(Fetched {
         token: Secret::new(t.access_token),
         expires_on,
@@ -384,9 +394,8 @@ impl Flow for ImdsFlow {
                 Err(e) => last = format!("cannot connect: {e}"),
                 Ok(rsp) => {
                     let status = u16::from(rsp.status());
-                    retry_after = header(&rsp, "retry-after")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    retry_after =
+                        header(&rsp, "retry-after").and_then(|v| super::parse_retry_after(&v));
                     let body = rsp.into_body().collect().await.unwrap_or_default();
                     if (200..300).contains(&status) {
                         return parse_token(&shown, &body, now);
@@ -590,6 +599,26 @@ mod tests {
                 ),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn token_lifetimes_beyond_a_day_are_capped() {
+        let now = at(1_000);
+        let day = 24 * 3600;
+        for (body, expires) in [
+            (
+                r#"{"access_token":"t","expires_in":9223372036854775807}"#,
+                1_000 + day,
+            ),
+            (r#"{"access_token":"t","expires_in":"-5"}"#, 1_000),
+            (
+                r#"{"access_token":"t","expires_on":253402300799}"#,
+                1_000 + day,
+            ),
+        ] {
+            let f = parse_token("u", body.as_bytes(), now).unwrap();
+            assert_eq!(f.expires_on, at(expires), "{body}");
         }
     }
 

@@ -1,9 +1,16 @@
 //! [`RouteTable`] over Azure Resource Manager with `azure_mgmt_network`.
 //!
-//! The generated client covers GET and PUT of the route table, but three
+//! The generated client covers GET and PUT of the route table, but four
 //! things the controller needs are out of its reach, so they are added around
 //! it rather than by forking it:
 //!
+//! - The whole resource: its typed model drops every property it does not
+//!   know, and ARM replaces the resource with the PUT body, so a write built
+//!   from the model would wipe them (and tags or `disableBgpRoutePropagation`
+//!   unless copied one by one). GET keeps the raw body next to the typed
+//!   view, and PUT sends that body with only location and routes replaced,
+//!   through the same pipeline ([`ArmRouteTable::send`]) instead of
+//!   `create_or_update`.
 //! - `If-Match` / `If-None-Match`: the generated `create_or_update` sends
 //!   neither. A pipeline policy ([`CallPolicy`]) adds them from a task-local
 //!   set for the duration of one call.
@@ -39,6 +46,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::debug;
+
+/// The routeTables API version, the one `azure_mgmt_network`'s
+/// `package-2024-03` speaks.
+const API_VERSION: &str = "2024-03-01";
 
 /// The route table's coordinates and how to reach ARM.
 #[derive(Debug, Clone)]
@@ -142,15 +153,10 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// `Retry-After` in seconds or as an HTTP date.
+/// `Retry-After` in seconds or as an HTTP date, capped (see
+/// [`super::MAX_RETRY_AFTER`]).
 fn retry_after(headers: &[(String, String)]) -> Option<Duration> {
-    let v = header(headers, "retry-after")?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = azure_core::date::parse_rfc1123(v).ok()?;
-    let now = time::OffsetDateTime::now_utc();
-    Some(Duration::try_from(when - now).unwrap_or(Duration::ZERO))
+    super::parse_retry_after(header(headers, "retry-after")?)
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -252,6 +258,44 @@ impl ArmRouteTable {
         })
     }
 
+    /// The table's resource URL, as the generated client builds it.
+    fn table_url(&self) -> Result<Url, ArmError> {
+        let c = &self.config;
+        let mut url: Url = c.endpoint.parse().map_err(|e| {
+            ArmError::Transport(format!("invalid --arm-endpoint {}: {e}", c.endpoint))
+        })?;
+        url.set_path(&format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network/routeTables/{}",
+            c.subscription_id, c.resource_group, c.table_name
+        ));
+        url.query_pairs_mut()
+            .append_pair(azure_core::query_param::API_VERSION, API_VERSION);
+        Ok(url)
+    }
+
+    /// One authenticated request through the pipeline; the body of the answer.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Bytes>,
+    ) -> azure_core::Result<Bytes> {
+        let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
+        let token = self.credential.get_token(&scopes).await?;
+        let mut req = Request::new(url, method);
+        req.insert_header(
+            azure_core::headers::AUTHORIZATION,
+            format!("Bearer {}", token.token.secret()),
+        );
+        if let Some(body) = body {
+            req.insert_header(azure_core::headers::CONTENT_TYPE, "application/json");
+            req.set_body(body);
+        }
+        let rsp = self.pipeline.send(&Context::new(), &mut req).await?;
+        let (_, _, body) = rsp.deconstruct();
+        body.collect().await
+    }
+
     /// Runs one ARM call with the given conditions, bounded by the request
     /// timeout, and turns failures into [`ArmError`]s using the raw answer.
     async fn call<T, F>(
@@ -305,54 +349,80 @@ impl ArmRouteTable {
     }
 }
 
-fn to_state(table: models::RouteTable) -> TableState {
-    let props = table.properties.unwrap_or_default();
-    TableState {
-        etag: table.etag,
-        location: table.resource.location,
-        provisioning_state: props.provisioning_state.as_ref().map(provisioning_str),
-        routes: props
-            .routes
-            .into_iter()
-            .map(|r| {
-                let p = r.properties;
-                TableRoute {
-                    name: r.name.unwrap_or_default(),
-                    address_prefix: p
-                        .as_ref()
-                        .and_then(|p| p.address_prefix.clone())
-                        .unwrap_or_default(),
-                    next_hop_type: p
-                        .as_ref()
-                        .map(|p| next_hop_type_str(&p.next_hop_type))
-                        .unwrap_or_default(),
-                    next_hop_ip: p.and_then(|p| p.next_hop_ip_address),
-                }
-            })
-            .collect(),
+/// The route as the controller models it.
+fn table_route(route: models::Route) -> TableRoute {
+    let p = route.properties;
+    TableRoute {
+        name: route.name.unwrap_or_default(),
+        address_prefix: p
+            .as_ref()
+            .and_then(|p| p.address_prefix.clone())
+            .unwrap_or_default(),
+        next_hop_type: p
+            .as_ref()
+            .map(|p| next_hop_type_str(&p.next_hop_type))
+            .unwrap_or_default(),
+        next_hop_ip: p.and_then(|p| p.next_hop_ip_address),
     }
 }
 
-fn to_model(write: &TableWrite) -> models::RouteTable {
+/// The table as read: the typed view the controller plans with, and the
+/// resource itself, kept whole for the next write.
+fn to_state(resource: serde_json::Value) -> Result<TableState, ArmError> {
+    let table: models::RouteTable = serde_json::from_value(resource.clone())
+        .map_err(|e| ArmError::Decode(format!("route table: {e}")))?;
+    let props = table.properties.unwrap_or_default();
+    Ok(TableState {
+        etag: table.etag,
+        location: table.resource.location,
+        provisioning_state: props.provisioning_state.as_ref().map(provisioning_str),
+        routes: props.routes.into_iter().map(table_route).collect(),
+        resource,
+    })
+}
+
+fn route_json(r: &TableRoute) -> Result<serde_json::Value, ArmError> {
+    let mut props = models::RoutePropertiesFormat::new(next_hop_type(&r.next_hop_type));
+    props.address_prefix = Some(r.address_prefix.clone());
+    props.next_hop_ip_address = r.next_hop_ip.clone();
+    let mut route = models::Route::new();
+    route.name = Some(r.name.clone());
+    route.properties = Some(props);
+    serde_json::to_value(route).map_err(|e| ArmError::Decode(format!("route {}: {e}", r.name)))
+}
+
+/// The PUT body: the resource as read, with the write's location and routes.
+/// ARM replaces the resource with the body, so everything else — tags,
+/// `disableBgpRoutePropagation`, properties this client does not model — is
+/// carried as read; a route written unchanged keeps its JSON as read too.
+fn to_body(write: &TableWrite) -> Result<serde_json::Value, ArmError> {
+    let mut table = match &write.base {
+        serde_json::Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    let mut props = match table.remove("properties") {
+        Some(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let read: Vec<serde_json::Value> = match props.remove("routes") {
+        Some(serde_json::Value::Array(routes)) => routes,
+        _ => Vec::new(),
+    };
+    let unchanged = |r: &TableRoute| {
+        read.iter().find(|v| {
+            serde_json::from_value::<models::Route>((*v).clone())
+                .is_ok_and(|m| table_route(m) == *r)
+        })
+    };
     let routes = write
         .routes
         .iter()
-        .map(|r| {
-            let mut props = models::RoutePropertiesFormat::new(next_hop_type(&r.next_hop_type));
-            props.address_prefix = Some(r.address_prefix.clone());
-            props.next_hop_ip_address = r.next_hop_ip.clone();
-            let mut route = models::Route::new();
-            route.name = Some(r.name.clone());
-            route.properties = Some(props);
-            route
-        })
-        .collect();
-    let mut props = models::RouteTablePropertiesFormat::new();
-    props.routes = routes;
-    let mut table = models::RouteTable::new();
-    table.resource.location = Some(write.location.clone());
-    table.properties = Some(props);
-    table
+        .map(|r| unchanged(r).cloned().map_or_else(|| route_json(r), Ok))
+        .collect::<Result<Vec<_>, _>>()?;
+    props.insert("routes".into(), serde_json::Value::Array(routes));
+    table.insert("properties".into(), serde_json::Value::Object(props));
+    table.insert("location".into(), write.location.clone().into());
+    Ok(serde_json::Value::Object(table))
 }
 
 #[derive(serde::Deserialize)]
@@ -366,6 +436,8 @@ struct OperationBody {
 impl RouteTable for ArmRouteTable {
     async fn get(&self) -> Result<Option<TableState>, ArmError> {
         let c = &self.config;
+        // The raw body, not the generated model: the model drops every
+        // property it does not know, and the next write must carry them.
         let fut = async {
             let rsp = self
                 .client
@@ -373,31 +445,30 @@ impl RouteTable for ArmRouteTable {
                 .get(&c.resource_group, &c.table_name, &c.subscription_id)
                 .send()
                 .await?;
-            rsp.into_body().await
+            rsp.into_raw_response().into_body().collect().await
         };
         match self.call("get", (None, None), fut).await {
-            Ok((table, _)) => Ok(Some(to_state(table))),
+            Ok((bytes, _)) => {
+                let resource = serde_json::from_slice(&bytes)
+                    .map_err(|e| ArmError::Decode(format!("route table: {e}")))?;
+                to_state(resource).map(Some)
+            }
             Err(ArmError::Rejected { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     async fn put(&self, write: &TableWrite) -> Result<PendingWrite, ArmError> {
-        let c = &self.config;
         let conditions = match &write.precondition {
             Precondition::IfMatch(etag) => (Some(etag.clone()), None),
             Precondition::IfNoneMatch => (None, Some("*".to_string())),
         };
-        let fut = self
-            .client
-            .route_tables_client()
-            .create_or_update(
-                &c.resource_group,
-                &c.table_name,
-                to_model(write),
-                &c.subscription_id,
-            )
-            .send();
+        // Sent through the pipeline rather than the generated
+        // `create_or_update`, whose typed body would drop what it does not model.
+        let body = serde_json::to_vec(&to_body(write)?)
+            .map_err(|e| ArmError::Decode(format!("route table: {e}")))?;
+        let url = self.table_url()?;
+        let fut = self.send(Method::Put, url, Some(Bytes::from(body)));
         let (_, info) = self.call("put", conditions, fut).await?;
         let pending = PendingWrite {
             operation_url: header(&info.headers, "azure-asyncoperation").map(str::to_string),
@@ -414,18 +485,7 @@ impl RouteTable for ArmRouteTable {
         let url: Url = url.parse().map_err(|e| {
             ArmError::Decode(format!("invalid Azure-AsyncOperation url {url}: {e}"))
         })?;
-        let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
-        let fut = async {
-            let token = self.credential.get_token(&scopes).await?;
-            let mut req = Request::new(url, Method::Get);
-            req.insert_header(
-                azure_core::headers::AUTHORIZATION,
-                format!("Bearer {}", token.token.secret()),
-            );
-            let rsp = self.pipeline.send(&Context::new(), &mut req).await?;
-            let (_, _, body) = rsp.deconstruct();
-            body.collect().await
-        };
+        let fut = self.send(Method::Get, url, None);
         let (bytes, info) = self.call("poll", (None, None), fut).await?;
         let body: OperationBody = serde_json::from_slice(&bytes)
             .map_err(|e| ArmError::Decode(format!("operation status: {e}")))?;
@@ -528,6 +588,53 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(retry_after(&h(&[])), None);
+    }
+
+    #[test]
+    fn a_write_carries_the_resource_as_read_with_only_its_routes_replaced() {
+        let firewall = serde_json::json!({"name": "to-firewall", "etag": "W/\"1\"", "properties": {
+            "addressPrefix": "0.0.0.0/0", "nextHopType": "VirtualAppliance",
+            "nextHopIpAddress": "10.0.0.4", "hasBgpOverride": false, "futureRouteField": 7}});
+        let base = serde_json::json!({"location": "westeurope", "etag": "W/\"9\"",
+            "tags": {"owner": "network-team"}, "properties": {
+                "disableBgpRoutePropagation": true, "futureSetting": {"mode": "strict"},
+                "routes": [firewall.clone(), {"name": "old", "properties": {
+                    "addressPrefix": "10.244.9.0/24", "nextHopType": "VirtualAppliance",
+                    "nextHopIpAddress": "10.0.0.9"}}]}});
+        let new = TableRoute {
+            name: "new".into(),
+            address_prefix: "10.244.1.0/24".into(),
+            next_hop_type: "VirtualAppliance".into(),
+            next_hop_ip: Some("10.0.0.11".into()),
+        };
+        let body = to_body(&TableWrite {
+            base: base.clone(),
+            location: "westeurope".into(),
+            routes: vec![
+                table_route(serde_json::from_value(firewall.clone()).unwrap()),
+                new.clone(),
+            ],
+            precondition: Precondition::IfMatch("W/\"9\"".into()),
+        })
+        .unwrap();
+        let mut expect = base;
+        expect["properties"]["routes"] = serde_json::json!([firewall, route_json(&new).unwrap()]);
+        assert_eq!(body, expect);
+    }
+
+    #[test]
+    fn retry_after_is_capped_however_far_azure_asks() {
+        for v in [
+            "18446744073709551615",
+            "9999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(
+                retry_after(&h(&[("Retry-After", v)])),
+                Some(crate::azure::MAX_RETRY_AFTER),
+                "{v}"
+            );
+        }
     }
 
     #[test]

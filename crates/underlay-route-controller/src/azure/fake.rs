@@ -68,6 +68,7 @@ impl FakeRouteTable {
                 location: Some("westeurope".to_string()),
                 provisioning_state: Some("Succeeded".to_string()),
                 routes,
+                resource: serde_json::json!({"tags": {"owner": "network-team"}}),
             });
         }
         fake
@@ -193,6 +194,7 @@ impl RouteTable for FakeRouteTable {
             location: Some(write.location.clone()),
             provisioning_state: Some("Succeeded".to_string()),
             routes: write.routes.clone(),
+            resource: write.base.clone(),
         };
         let id = format!("op-{}", inner.etag_seq);
         inner.ops.push((id.clone(), polls, end, Some(next)));

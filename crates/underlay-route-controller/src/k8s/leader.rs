@@ -5,7 +5,12 @@
 //! its own monotonic clock, so clock skew between machines does not matter);
 //! every write is a replace guarded by `resourceVersion`, so two candidates
 //! can never both win. A holder that cannot renew within the renew deadline
-//! stops acting before anyone else may take over.
+//! stops acting before anyone else may take over: each renewal is abandoned
+//! at that deadline, counted from when the last successful one was sent.
+//! The elector is also the [`AllocationFence`](crate::k8s::AllocationFence)
+//! of pod CIDR writes: a write goes out only while the lease still has the
+//! resourceVersion this instance last wrote, so a holder that was paused or
+//! cut off while another took over does not allocate from its stale cache.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -44,6 +49,9 @@ pub struct LeaderElector {
     config: LeaderConfig,
     /// The lease record as last seen and when it was first seen so.
     observed: Mutex<Option<(String, Instant)>>,
+    /// The lease's resourceVersion as this instance last wrote it: while the
+    /// lease still has it, nobody else has written it since.
+    written: Mutex<Option<String>>,
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -56,7 +64,32 @@ impl LeaderElector {
             api: Api::namespaced(client, &config.namespace),
             config,
             observed: Mutex::new(None),
+            written: Mutex::new(None),
         }
+    }
+
+    fn set_written(&self, lease: Option<&Lease>) {
+        *self.written.lock().unwrap_or_else(|e| e.into_inner()) =
+            lease.and_then(|l| l.metadata.resource_version.clone());
+    }
+
+    /// Whether the lease is still exactly as this instance last wrote it (a
+    /// fresh read): held by it, and not written by anyone since.
+    pub async fn still_holds(&self) -> Result<bool, kube::Error> {
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(written) = written else {
+            return Ok(false);
+        };
+        let lease = self.api.get_opt(&self.config.name).await?;
+        Ok(lease.is_some_and(|l| {
+            l.metadata.resource_version.as_deref() == Some(written.as_str())
+                && l.spec.and_then(|s| s.holder_identity).as_deref()
+                    == Some(self.config.identity.as_str())
+        }))
     }
 
     fn lease_secs(&self) -> i32 {
@@ -84,7 +117,10 @@ impl LeaderElector {
                 }),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
+                Ok(created) => {
+                    self.set_written(Some(&created));
+                    Ok(true)
+                }
                 Err(e) if is_conflict(&e) => Ok(false),
                 Err(e) => Err(e),
             };
@@ -138,7 +174,8 @@ impl LeaderElector {
             .replace(&self.config.name, &PostParams::default(), &next)
             .await
         {
-            Ok(_) => {
+            Ok(written) => {
+                self.set_written(Some(&written));
                 if taking_over {
                     info!(lease = %self.config.name, previous = %holder, "acquired leader lease");
                 }
@@ -167,10 +204,51 @@ impl LeaderElector {
                 ..spec
             }),
         };
+        self.set_written(None);
         self.api
             .replace(&self.config.name, &PostParams::default(), &next)
             .await
             .map(|_| ())
+    }
+
+    /// Tries until this instance holds the lease; returns when the winning
+    /// attempt was sent, which is when the lease it wrote starts to run.
+    async fn acquire(&self) -> Instant {
+        loop {
+            let sent = Instant::now();
+            match self.try_acquire_or_renew().await {
+                Ok(true) => return sent,
+                Ok(false) => {}
+                Err(error) => warn!(%error, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.config.retry_period).await;
+        }
+    }
+
+    /// One renewal while leading. `Some(t)`: still leading, `t` being when
+    /// the last successful renewal was sent (this one's, or `last_renew`
+    /// after a failure within the deadline). `None`: leadership is over, because someone else holds
+    /// the lease or no renewal has succeeded within the renew deadline of
+    /// `last_renew`. A renew that does not answer is abandoned at that
+    /// deadline: a holder waiting on it would act past it, when a standby
+    /// may already be taking over.
+    async fn renew(&self, last_renew: Instant) -> Option<Instant> {
+        let deadline = last_renew + self.config.renew_deadline;
+        // Stamped before the call: the lease written runs from when it was
+        // sent, not from when the answer arrived.
+        let sent = Instant::now();
+        match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => Some(sent),
+            Ok(Ok(false)) => None,
+            Ok(Err(error)) => {
+                warn!(%error, "cannot renew leader lease");
+                (Instant::now() < deadline).then_some(last_renew)
+            }
+            Err(_) => {
+                warn!(deadline = ?self.config.renew_deadline, "leader lease renewal did not answer within the renew deadline");
+                None
+            }
+        }
     }
 
     /// Waits to become leader, then runs `work` while renewing. Returns
@@ -181,32 +259,18 @@ impl LeaderElector {
         work: F,
         on_leader: impl Fn(bool),
     ) -> Result<(), LeaderError> {
-        loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(error) => warn!(%error, "leader election attempt failed"),
-            }
-            tokio::time::sleep(self.config.retry_period).await;
-        }
+        let mut last_renew = self.acquire().await;
         info!(identity = %self.config.identity, "leading");
         on_leader(true);
-        let mut last_renew = Instant::now();
         let work = std::pin::pin!(work);
         let mut work = work;
         let result = loop {
             tokio::select! {
                 () = &mut work => break Ok(()),
                 () = tokio::time::sleep(self.config.retry_period) => {
-                    match self.try_acquire_or_renew().await {
-                        Ok(true) => last_renew = Instant::now(),
-                        Ok(false) => break Err(()),
-                        Err(error) => {
-                            warn!(%error, "cannot renew leader lease");
-                            if last_renew.elapsed() >= self.config.renew_deadline {
-                                break Err(());
-                            }
-                        }
+                    match self.renew(last_renew).await {
+                        Some(sent) => last_renew = sent,
+                        None => break Err(()),
                     }
                 }
             }
@@ -216,5 +280,18 @@ impl LeaderElector {
             namespace: self.config.namespace.clone(),
             name: self.config.name.clone(),
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::k8s::AllocationFence for LeaderElector {
+    async fn may_allocate(&self) -> bool {
+        match self.still_holds().await {
+            Ok(holds) => holds,
+            Err(error) => {
+                warn!(%error, "cannot read the leader lease");
+                false
+            }
+        }
     }
 }
