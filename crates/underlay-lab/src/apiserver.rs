@@ -74,6 +74,7 @@ mod meta;
 mod openapi;
 mod patch;
 mod protobuf;
+mod reflect;
 mod resources;
 mod schema;
 mod selector;
