@@ -72,6 +72,8 @@ mod faults;
 mod kinds;
 mod meta;
 mod openapi;
+mod openapi_v2;
+mod openapi_v2_pb;
 mod patch;
 mod protobuf;
 mod reflect;

@@ -842,3 +842,41 @@ async fn discovery_lists_the_deployment_groups() {
         );
     }
 }
+
+#[tokio::test]
+async fn openapi_v2_is_served_as_protobuf_or_json() {
+    let (_h, client) = start().await;
+    let get = |accept: &str| {
+        http::Request::get("/openapi/v2")
+            .header("accept", accept)
+            .body(Vec::new())
+            .unwrap()
+    };
+    let json: serde_json::Value = client.request(get("application/json")).await.unwrap();
+    assert_eq!(json["swagger"], "2.0");
+    assert_eq!(
+        json["definitions"]["v1.ConfigMap"]["x-kubernetes-group-version-kind"][0]["kind"],
+        "ConfigMap"
+    );
+    let proto = client
+        .send(get("application/com.github.proto-openapi.spec.v2@v1.0+protobuf").map(Into::into))
+        .await
+        .unwrap();
+    assert_eq!(proto.status(), 200);
+    assert_eq!(
+        proto.headers()["content-type"],
+        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+    );
+    let body = http_body_util::BodyExt::collect(proto.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    // Field 1 of the document (swagger, a string) comes first.
+    assert!(
+        body.starts_with(b"\x0a\x032.0"),
+        "{:?}",
+        &body[..8.min(body.len())]
+    );
+    let refused = client.request_text(get("text/html")).await.unwrap_err();
+    assert_eq!(code(refused), 406);
+}

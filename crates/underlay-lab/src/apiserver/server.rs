@@ -26,7 +26,7 @@ use super::store::{Inner, ObjKey, Store};
 use super::table;
 use super::typed;
 use super::validation;
-use super::{discovery, openapi, watch};
+use super::{discovery, openapi, openapi_v2, openapi_v2_pb, watch};
 
 /// The largest request body accepted (kube-apiserver's limit).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -157,6 +157,7 @@ async fn serve(st: &Arc<ServerState>, req: Request) -> ApiResult<Response> {
             return discovery::group(&st.registry, group)
                 .map(|v| json_response(StatusCode::OK, &v));
         }
+        ["openapi", "v2"] => return openapi_v2_response(&st.registry, &accept),
         ["openapi", "v3"] => {
             return Ok(json_response(StatusCode::OK, &openapi::root(&st.registry)));
         }
@@ -208,6 +209,42 @@ async fn serve(st: &Arc<ServerState>, req: Request) -> ApiResult<Response> {
         .unwrap_or_else(|| default_manager(user_agent));
     let ctx = Ctx { manager, ..ctx };
     dispatch(&ctx, &parts.method, rreq, body).await
+}
+
+/// What kubectl asks for, and (being no valid media type, for the `@`) the
+/// name kube-apiserver answers with.
+const OPENAPI_V2_PROTOBUF: [&str; 2] = [
+    "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+];
+
+/// `/openapi/v2` as protobuf (what kubectl asks for) or JSON.
+fn openapi_v2_response(registry: &Registry, accept: &str) -> ApiResult<Response> {
+    let wants = |t: &str| {
+        accept
+            .split(',')
+            .any(|a| a.split(';').next().map(str::trim) == Some(t))
+    };
+    let doc = openapi_v2::document(registry)?;
+    if OPENAPI_V2_PROTOBUF.into_iter().any(wants) {
+        let body = openapi_v2_pb::encode(&doc);
+        return Ok(([(header::CONTENT_TYPE, OPENAPI_V2_PROTOBUF[1])], body).into_response());
+    }
+    if accept.is_empty()
+        || ["application/json", "application/*", "*/*"]
+            .into_iter()
+            .any(wants)
+    {
+        return Ok(json_response(StatusCode::OK, &doc));
+    }
+    Err(ApiError::new(
+        406,
+        "NotAcceptable",
+        format!(
+            "only the following media types are accepted: application/json, {}",
+            OPENAPI_V2_PROTOBUF[0]
+        ),
+    ))
 }
 
 /// kube-apiserver names a manager after the client's user agent when none is given.
