@@ -844,6 +844,77 @@ async fn discovery_lists_the_deployment_groups() {
 }
 
 #[tokio::test]
+async fn dry_run_writes_validate_and_answer_without_storing() {
+    use kube::api::DeleteParams;
+    let (h, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = |name: &str, v: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": v}})).unwrap()
+    };
+    let dry_post = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let rv = h.resource_version();
+    let made = cms.create(&dry_post, &cm("c", "1")).await.unwrap();
+    assert_eq!(made.data.unwrap()["k"], "1");
+    assert_eq!(code(cms.get("c").await.unwrap_err()), 404);
+    assert_eq!(
+        h.resource_version(),
+        rv,
+        "a dry-run create stored the object"
+    );
+    // Validation still runs.
+    let invalid = cms.create(&dry_post, &cm("Not_A_Name", "1")).await;
+    assert_eq!(code(invalid.unwrap_err()), 422);
+
+    cms.create(&PostParams::default(), &cm("c", "1"))
+        .await
+        .unwrap();
+    let rv = h.resource_version();
+    let dry_patch = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let patched = cms
+        .patch("c", &dry_patch, &Patch::Merge(json!({"data": {"k": "2"}})))
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap()["k"], "2");
+    let applied = cms
+        .patch(
+            "c",
+            &PatchParams {
+                dry_run: true,
+                ..PatchParams::apply("test").force()
+            },
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "3"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.data.unwrap()["k"], "3");
+    let mut current = cms.get("c").await.unwrap();
+    current.data = Some([("k".to_string(), "4".to_string())].into());
+    cms.replace("c", &dry_post, &current).await.unwrap();
+    let deleted = cms
+        .delete("c", &DeleteParams::default().dry_run())
+        .await
+        .unwrap();
+    assert!(deleted.left().is_some());
+    assert_eq!(cms.get("c").await.unwrap().data.unwrap()["k"], "1");
+    assert_eq!(h.resource_version(), rv, "a dry run stored something");
+
+    // `All` is the only dry-run mode.
+    let req = http::Request::post("/api/v1/namespaces/default/configmaps?dryRun=Some")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&cm("d", "1")).unwrap())
+        .unwrap();
+    let err = client.request::<ConfigMap>(req).await.unwrap_err();
+    assert_eq!(code(err), 422);
+    assert_eq!(code(cms.get("d").await.unwrap_err()), 404);
+}
+
+#[tokio::test]
 async fn openapi_v2_is_served_as_protobuf_or_json() {
     let (_h, client) = start().await;
     let get = |accept: &str| {

@@ -331,12 +331,38 @@ impl Ctx {
         self.params.get("dryRun") == Some("All")
     }
 
+    /// `dryRun` may only be `All` (every stage runs, nothing is stored).
+    fn check_dry_run(&self) -> ApiResult<()> {
+        let bad = self
+            .params
+            .0
+            .iter()
+            .find(|(k, v)| k == "dryRun" && v != "All");
+        match bad {
+            Some((_, v)) => Err(ApiError::new(
+                422,
+                "Invalid",
+                format!("dryRun: Unsupported value: {v:?}: supported values: \"All\""),
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub fn wants_table(&self) -> bool {
         self.accept.contains("as=Table")
     }
 }
 
+fn unsupported_dry_run(value: &str) -> ApiError {
+    ApiError::new(
+        422,
+        "Invalid",
+        format!("dryRun: Unsupported value: {value:?}: supported values: \"All\""),
+    )
+}
+
 async fn dispatch(ctx: &Ctx, method: &Method, r: ResourceReq, body: Bytes) -> ApiResult<Response> {
+    ctx.check_dry_run()?;
     let rt = r.rt.clone();
     let ns = r.namespace.clone();
     if rt.namespaced
@@ -1157,6 +1183,9 @@ struct DeleteOptions {
     grace_period_seconds: Option<i64>,
     preconditions: Option<Preconditions>,
     propagation_policy: Option<String>,
+    /// `["All"]` (in the body or as the `dryRun` parameter): answer, store nothing.
+    #[serde(default)]
+    dry_run: Vec<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -1188,6 +1217,12 @@ fn delete_options(ctx: &Ctx, body: &[u8]) -> ApiResult<DeleteOptions> {
         return Err(ApiError::bad_request(format!(
             "propagationPolicy must be Orphan, Background or Foreground, not {p:?}"
         )));
+    }
+    if let Some(v) = opts.dry_run.iter().find(|v| *v != "All") {
+        return Err(unsupported_dry_run(v));
+    }
+    if ctx.dry_run() {
+        opts.dry_run = vec!["All".into()];
     }
     Ok(opts)
 }
@@ -1257,6 +1292,7 @@ fn delete_locked(
     old: &Arc<Value>,
     opts: &DeleteOptions,
 ) -> Arc<Value> {
+    let dry_run = !opts.dry_run.is_empty();
     let mut last = (**old).clone();
     let finalizers = old["metadata"]["finalizers"]
         .as_array()
@@ -1280,7 +1316,7 @@ fn delete_locked(
                 json!(meta::format_time(now + Duration::from_secs(grace as u64))),
             );
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
-            if ctx.dry_run() {
+            if dry_run {
                 return Arc::new(last);
             }
             return inner.put(k.clone(), last);
@@ -1293,7 +1329,7 @@ fn delete_locked(
         let m = meta::metadata_mut(&mut last);
         m.insert("deletionTimestamp".into(), json!(meta::format_time(now)));
         m.insert("deletionGracePeriodSeconds".into(), json!(0));
-        if ctx.dry_run() {
+        if dry_run {
             return Arc::new(last);
         }
         return inner.put(k.clone(), last);
@@ -1303,7 +1339,7 @@ fn delete_locked(
         meta::metadata_mut(&mut last)
             .insert("deletionTimestamp".into(), json!(meta::format_time(now)));
     }
-    if ctx.dry_run() {
+    if dry_run {
         return Arc::new(last);
     }
     let out = remove_object(&ctx.st, inner, rt, k, last);
