@@ -21,6 +21,7 @@ use super::faults::Faults;
 use super::meta;
 use super::patch;
 use super::resources::{Builtin, Registry, ResourceType, types_from_crd};
+use super::schema;
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{Inner, ObjKey, Store};
 use super::table;
@@ -651,12 +652,17 @@ fn check_namespace(rt: &ResourceType, ns: &str, obj: &mut Value) -> ApiResult<()
     Ok(())
 }
 
-/// Decode through the built-in type (if any) and handle `fieldValidation`.
+/// Decode through the built-in type (if any), find the fields the type or
+/// the CRD's schema does not have, and handle `fieldValidation`.
 fn normalize(ctx: &Ctx, rt: &ResourceType, obj: Value) -> ApiResult<(Value, Vec<String>)> {
-    let Some(which) = rt.builtin else {
-        return Ok((obj, Vec::new()));
+    let (obj, unknown) = match (rt.builtin, &rt.schema) {
+        (Some(which), _) => typed::normalize(rt, which, obj)?,
+        (None, Some(schema)) => {
+            let unknown = schema::pruned_fields(schema, &obj);
+            (obj, unknown)
+        }
+        (None, None) => return Ok((obj, Vec::new())),
     };
-    let (obj, unknown) = typed::normalize(rt, which, obj)?;
     let mode = ctx.params.get("fieldValidation").unwrap_or("Warn");
     match mode {
         "Strict" if !unknown.is_empty() => {

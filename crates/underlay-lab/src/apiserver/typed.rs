@@ -118,7 +118,9 @@ fn decode_error(rt: &ResourceType, input: &Value, e: &str) -> ApiError {
     ))
 }
 
-fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+/// The paths of the fields of `input` that `output` (its decoded or pruned
+/// form) lost.
+pub fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
