@@ -9,7 +9,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{kubectl, kubectl_present, ok, start};
+use support::{Lab, kubectl, ok};
 
 const POLICY: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -23,12 +23,10 @@ spec:
 
 #[tokio::test]
 async fn kubectl_create_apply_label_patch_delete() {
-    if !kubectl_present("kubectl_create_apply_label_patch_delete") {
+    let Some(lab) = Lab::start("kubectl_create_apply_label_patch_delete").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     let out = ok(&kc, &["get", "namespaces"], None).await;
     assert!(
         out.contains("kube-system") && out.contains("Active"),
@@ -301,15 +299,13 @@ async fn kubectl_create_apply_label_patch_delete() {
 
 #[tokio::test]
 async fn kubectl_get_watch_sees_changes() {
-    if !kubectl_present("kubectl_get_watch_sees_changes") {
+    let Some(lab) = Lab::start("kubectl_get_watch_sees_changes").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     let mut watch = tokio::process::Command::new("kubectl")
         .env("KUBECONFIG", &kc)
-        .env("HOME", dir.path())
+        .env("HOME", lab.dir.path())
         .args([
             "get",
             "configmaps",
@@ -377,12 +373,10 @@ rules:
 
 #[tokio::test]
 async fn kubectl_applies_and_lists_workloads_and_roles() {
-    if !kubectl_present("kubectl_applies_and_lists_workloads_and_roles") {
+    let Some(lab) = Lab::start("kubectl_applies_and_lists_workloads_and_roles").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = dir.path().join("kubeconfig");
+    };
+    let kc = lab.kc.clone();
     let out = ok(
         &kc,
         &["apply", "-f", "-"],
@@ -435,5 +429,4 @@ async fn kubectl_applies_and_lists_workloads_and_roles() {
         out.contains("system-node-critical") && out.contains("2000001000"),
         "{out}"
     );
-    drop(h);
 }

@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{kubectl, kubectl_code, kubectl_present, ok, start};
+use support::{Lab, kubectl, kubectl_code, ok};
 
 const LIST: &str = "apiVersion: v1
 kind: List
@@ -43,18 +43,17 @@ async fn missing(kc: &Path, what: &str) -> bool {
 
 #[tokio::test]
 async fn apply_of_a_list_validates_every_item_before_applying_any() {
-    if !kubectl_present("apply_of_a_list_validates_every_item_before_applying_any") {
+    let Some(lab) = Lab::start("apply_of_a_list_validates_every_item_before_applying_any").await
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     let bad_item = "- apiVersion: v1
   kind: ConfigMap
   metadata: {name: second}
   data: {c: d}
   bogus: true";
-    let file = dir.path().join("list.yaml");
+    let file = lab.dir.path().join("list.yaml");
     std::fs::write(&file, LIST.replace("EXTRA", bad_item)).unwrap();
     let (success, out, err) = kubectl(&kc, &["apply", "-f", file.to_str().unwrap()], None).await;
     assert!(!success, "a list with an unknown field applied: {out}");
@@ -109,12 +108,12 @@ fn widget(name: &str, spec: &str) -> String {
 
 #[tokio::test]
 async fn unknown_fields_of_custom_resources_are_refused_alone_and_in_a_list() {
-    if !kubectl_present("unknown_fields_of_custom_resources_are_refused_alone_and_in_a_list") {
+    let Some(lab) =
+        Lab::start("unknown_fields_of_custom_resources_are_refused_alone_and_in_a_list").await
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     ok(&kc, &["apply", "-f", "-"], Some(CRD)).await;
     // Alone: the server checks (kubectl asks for strict field validation).
     let alone = widget("w1", "{size: 1, colour: red}");
@@ -153,12 +152,10 @@ async fn unknown_fields_of_custom_resources_are_refused_alone_and_in_a_list() {
 
 #[tokio::test]
 async fn apply_of_a_multi_document_file_and_of_a_directory() {
-    if !kubectl_present("apply_of_a_multi_document_file_and_of_a_directory") {
+    let Some(lab) = Lab::start("apply_of_a_multi_document_file_and_of_a_directory").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     let multi = "apiVersion: v1
 kind: Namespace
 metadata: {name: shop}
@@ -172,7 +169,7 @@ apiVersion: v1
 kind: ServiceAccount
 metadata: {name: runner, namespace: shop}
 ";
-    let file = dir.path().join("multi.yaml");
+    let file = lab.dir.path().join("multi.yaml");
     std::fs::write(&file, multi).unwrap();
     let out = ok(&kc, &["apply", "-f", file.to_str().unwrap()], None).await;
     for want in [
@@ -183,7 +180,7 @@ metadata: {name: runner, namespace: shop}
         assert!(out.contains(want), "{want} missing from:\n{out}");
     }
 
-    let manifests = dir.path().join("manifests");
+    let manifests = lab.dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
     std::fs::write(manifests.join("a.yaml"), multi.replace("fast", "slow")).unwrap();
     std::fs::write(
@@ -220,13 +217,11 @@ metadata: {name: runner, namespace: shop}
 
 #[tokio::test]
 async fn apply_of_a_kustomization() {
-    if !kubectl_present("apply_of_a_kustomization") {
+    let Some(lab) = Lab::start("apply_of_a_kustomization").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
-    let base = dir.path().join("app");
+    };
+    let kc = lab.kc.clone();
+    let base = lab.dir.path().join("app");
     std::fs::create_dir(&base).unwrap();
     let files = [
         (
@@ -280,12 +275,10 @@ rules: [{apiGroups: [\"\"], resources: [configmaps], verbs: [get]}]
 
 #[tokio::test]
 async fn get_as_yaml_applies_back_without_changing_specs() {
-    if !kubectl_present("get_as_yaml_applies_back_without_changing_specs") {
+    let Some(lab) = Lab::start("get_as_yaml_applies_back_without_changing_specs").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     ok(&kc, &["apply", "-f", "-"], Some(&LIST.replace("EXTRA", ""))).await;
     ok(
         &kc,
@@ -330,12 +323,12 @@ data: {mode: MODE}
 
 #[tokio::test]
 async fn diff_shows_changes_with_exit_1_and_none_with_exit_0_and_stores_nothing() {
-    if !kubectl_present("diff_shows_changes_with_exit_1_and_none_with_exit_0_and_stores_nothing") {
+    let Some(lab) =
+        Lab::start("diff_shows_changes_with_exit_1_and_none_with_exit_0_and_stores_nothing").await
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     let manifest = |mode: &str| CONFIG.replace("MODE", mode);
 
     // A new object: all of it is a difference, and it is not created.
@@ -345,7 +338,7 @@ async fn diff_shows_changes_with_exit_1_and_none_with_exit_0_and_stores_nothing(
     assert!(missing(&kc, "configmap/settings").await);
 
     ok(&kc, &["apply", "-f", "-"], Some(&manifest("fast"))).await;
-    let rv = h.resource_version();
+    let rv = lab.server.resource_version();
     let (code, out, err) = kubectl_code(&kc, &["diff", "-f", "-"], Some(&manifest("fast"))).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.is_empty(), "{out}");
@@ -364,7 +357,11 @@ async fn diff_shows_changes_with_exit_1_and_none_with_exit_0_and_stores_nothing(
     .await;
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(out.contains("+  mode: slow"), "{out}");
-    assert_eq!(h.resource_version(), rv, "a dry run stored something");
+    assert_eq!(
+        lab.server.resource_version(),
+        rv,
+        "a dry run stored something"
+    );
     let mode = ok(
         &kc,
         &["get", "cm", "settings", "-o", "jsonpath={.data.mode}"],
@@ -386,12 +383,10 @@ async fn diff_shows_changes_with_exit_1_and_none_with_exit_0_and_stores_nothing(
 
 #[tokio::test]
 async fn explain_describes_kinds_and_fields() {
-    if !kubectl_present("explain_describes_kinds_and_fields") {
+    let Some(lab) = Lab::start("explain_describes_kinds_and_fields").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     let out = ok(&kc, &["explain", "configmap"], None).await;
     assert!(out.contains("KIND:") && out.contains("ConfigMap"), "{out}");
     assert!(
@@ -433,12 +428,10 @@ async fn still_waiting<T: std::fmt::Debug>(waiter: &mut tokio::task::JoinHandle<
 
 #[tokio::test]
 async fn wait_for_a_condition_and_for_deletion() {
-    if !kubectl_present("wait_for_a_condition_and_for_deletion") {
+    let Some(lab) = Lab::start("wait_for_a_condition_and_for_deletion").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     ok(&kc, &["apply", "-f", "-"], Some(&LIST.replace("EXTRA", ""))).await;
 
     let waiter = {

@@ -2,7 +2,7 @@
 //! server's kubeconfig, and what a test does when kubectl is missing.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ fn runs(program: &str) -> bool {
 /// Whether kubectl is present; when it is not, the test `test` fails if
 /// kubectl is required (`UNDERLAY_REQUIRE_KUBECTL` or `CI` set) and otherwise
 /// says plainly that it is skipped.
-pub fn kubectl_present(test: &str) -> bool {
+fn kubectl_present(test: &str) -> bool {
     let required = ["UNDERLAY_REQUIRE_KUBECTL", "CI"]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
@@ -96,15 +96,34 @@ pub async fn ok(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
     out
 }
 
-/// A server writing its kubeconfig into `dir`.
-pub async fn start(dir: &Path) -> Handle {
-    let path = dir.join("kubeconfig");
-    ApiServer::start(Config {
-        kubeconfig_out: Some(path),
-        ..Config::default()
-    })
-    .await
-    .unwrap()
+/// A server for one test, its kubeconfig in a directory of the test's own.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    #[allow(
+        dead_code,
+        reason = "held to keep the server running; not every test file reads it"
+    )]
+    pub server: Handle,
+    pub kc: PathBuf,
+}
+
+impl Lab {
+    /// The lab for `test`, or None when kubectl is absent and not required
+    /// (the test is then skipped, and says so).
+    pub async fn start(test: &str) -> Option<Lab> {
+        if !kubectl_present(test) {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("kubeconfig");
+        let server = ApiServer::start(Config {
+            kubeconfig_out: Some(kc.clone()),
+            ..Config::default()
+        })
+        .await
+        .unwrap();
+        Some(Lab { dir, server, kc })
+    }
 }
 
 #[test]
