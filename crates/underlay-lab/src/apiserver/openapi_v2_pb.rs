@@ -1,7 +1,8 @@
 //! The protobuf form of the OpenAPI v2 document, which is the only form
 //! kubectl reads: `openapi.v2.Document` of gnostic's `OpenAPIv2.proto`. Only
 //! the messages and fields the server fills are declared, with gnostic's
-//! field numbers; values that are free-form JSON (vendor extensions,
+//! field numbers (a oneof is declared as its optional fields, the same bytes
+//! on the wire); values that are free-form JSON (vendor extensions,
 //! defaults, enums, examples) travel as gnostic's `Any` with the value written
 //! as YAML (JSON is YAML), which is how kubectl reads them back.
 
@@ -119,20 +120,13 @@ pub struct Schema {
     pub vendor_extension: Vec<NamedAny>,
 }
 
+/// A oneof of `schema` and `boolean`.
 #[derive(Clone, PartialEq, Message)]
 pub struct AdditionalPropertiesItem {
-    #[prost(oneof = "additional_properties_item::Oneof", tags = "1, 2")]
-    pub oneof: Option<additional_properties_item::Oneof>,
-}
-
-pub mod additional_properties_item {
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Oneof {
-        #[prost(message, tag = "1")]
-        Schema(Box<super::Schema>),
-        #[prost(bool, tag = "2")]
-        Boolean(bool),
-    }
+    #[prost(message, optional, boxed, tag = "1")]
+    pub schema: Option<Box<Schema>>,
+    #[prost(bool, optional, tag = "2")]
+    pub boolean: Option<bool>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -201,34 +195,20 @@ pub struct Operation {
     pub vendor_extension: Vec<NamedAny>,
 }
 
+/// A oneof of `parameter` and a JSON reference (never sent).
 #[derive(Clone, PartialEq, Message)]
 pub struct ParametersItem {
-    #[prost(oneof = "parameters_item::Oneof", tags = "1")]
-    pub oneof: Option<parameters_item::Oneof>,
+    #[prost(message, optional, tag = "1")]
+    pub parameter: Option<Parameter>,
 }
 
-pub mod parameters_item {
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Oneof {
-        #[prost(message, tag = "1")]
-        Parameter(super::Parameter),
-    }
-}
-
+/// A oneof of `body_parameter` and `non_body_parameter`.
 #[derive(Clone, PartialEq, Message)]
 pub struct Parameter {
-    #[prost(oneof = "parameter::Oneof", tags = "1, 2")]
-    pub oneof: Option<parameter::Oneof>,
-}
-
-pub mod parameter {
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Oneof {
-        #[prost(message, tag = "1")]
-        BodyParameter(Box<super::BodyParameter>),
-        #[prost(message, tag = "2")]
-        NonBodyParameter(super::NonBodyParameter),
-    }
+    #[prost(message, optional, tag = "1")]
+    pub body_parameter: Option<BodyParameter>,
+    #[prost(message, optional, tag = "2")]
+    pub non_body_parameter: Option<NonBodyParameter>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -243,20 +223,14 @@ pub struct BodyParameter {
     pub schema: Option<Schema>,
 }
 
+/// A oneof of the kinds of parameter besides the body (header and form
+/// parameters are never sent).
 #[derive(Clone, PartialEq, Message)]
 pub struct NonBodyParameter {
-    #[prost(oneof = "non_body_parameter::Oneof", tags = "3, 4")]
-    pub oneof: Option<non_body_parameter::Oneof>,
-}
-
-pub mod non_body_parameter {
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Oneof {
-        #[prost(message, tag = "3")]
-        QueryParameterSubSchema(super::QueryParameterSubSchema),
-        #[prost(message, tag = "4")]
-        PathParameterSubSchema(super::PathParameterSubSchema),
-    }
+    #[prost(message, optional, tag = "3")]
+    pub query_parameter_sub_schema: Option<QueryParameterSubSchema>,
+    #[prost(message, optional, tag = "4")]
+    pub path_parameter_sub_schema: Option<PathParameterSubSchema>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -301,18 +275,11 @@ pub struct NamedResponseValue {
     pub value: Option<ResponseValue>,
 }
 
+/// A oneof of `response` and a JSON reference (never sent).
 #[derive(Clone, PartialEq, Message)]
 pub struct ResponseValue {
-    #[prost(oneof = "response_value::Oneof", tags = "1")]
-    pub oneof: Option<response_value::Oneof>,
-}
-
-pub mod response_value {
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Oneof {
-        #[prost(message, tag = "1")]
-        Response(super::Response),
-    }
+    #[prost(message, optional, tag = "1")]
+    pub response: Option<Response>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -323,18 +290,11 @@ pub struct Response {
     pub schema: Option<SchemaItem>,
 }
 
+/// A oneof of `schema` and a file schema (never sent).
 #[derive(Clone, PartialEq, Message)]
 pub struct SchemaItem {
-    #[prost(oneof = "schema_item::Oneof", tags = "1")]
-    pub oneof: Option<schema_item::Oneof>,
-}
-
-pub mod schema_item {
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Oneof {
-        #[prost(message, tag = "1")]
-        Schema(super::Schema),
-    }
+    #[prost(message, optional, tag = "1")]
+    pub schema: Option<Schema>,
 }
 
 /// The Swagger 2.0 JSON document (`openapi_v2::document`) as protobuf.
@@ -416,10 +376,14 @@ fn flag(v: &Value) -> bool {
 
 fn schema(s: &Value) -> Schema {
     let additional = match &s["additionalProperties"] {
-        Value::Bool(b) => Some(additional_properties_item::Oneof::Boolean(*b)),
-        Value::Object(_) => Some(additional_properties_item::Oneof::Schema(Box::new(schema(
-            &s["additionalProperties"],
-        )))),
+        Value::Bool(b) => Some(AdditionalPropertiesItem {
+            schema: None,
+            boolean: Some(*b),
+        }),
+        Value::Object(_) => Some(AdditionalPropertiesItem {
+            schema: Some(Box::new(schema(&s["additionalProperties"]))),
+            boolean: None,
+        }),
         _ => None,
     };
     Schema {
@@ -448,8 +412,7 @@ fn schema(s: &Value) -> Schema {
             .flatten()
             .map(any)
             .collect(),
-        additional_properties: additional
-            .map(|oneof| AdditionalPropertiesItem { oneof: Some(oneof) }),
+        additional_properties: additional,
         r#type: s["type"].as_str().map(|t| TypeItem {
             value: vec![t.to_string()],
         }),
@@ -492,9 +455,7 @@ fn operation(op: &Value) -> Operation {
     let response = Response {
         description: text(&op["responses"]["200"]["description"]),
         schema: Some(SchemaItem {
-            oneof: Some(schema_item::Oneof::Schema(schema(
-                &op["responses"]["200"]["schema"],
-            ))),
+            schema: Some(schema(&op["responses"]["200"]["schema"])),
         }),
     };
     Operation {
@@ -511,7 +472,7 @@ fn operation(op: &Value) -> Operation {
             response_code: vec![NamedResponseValue {
                 name: "200".into(),
                 value: Some(ResponseValue {
-                    oneof: Some(response_value::Oneof::Response(response)),
+                    response: Some(response),
                 }),
             }],
         }),
@@ -523,40 +484,41 @@ fn operation(op: &Value) -> Operation {
 fn parameter(p: &Value) -> ParametersItem {
     let (name, place, required) = (text(&p["name"]), text(&p["in"]), flag(&p["required"]));
     let (ty, unique_items) = (text(&p["type"]), flag(&p["uniqueItems"]));
-    let oneof = match place.as_str() {
-        "body" => parameter::Oneof::BodyParameter(Box::new(BodyParameter {
-            name,
-            r#in: place,
-            required,
-            schema: Some(schema(&p["schema"])),
-        })),
-        "path" => parameter::Oneof::NonBodyParameter(NonBodyParameter {
-            oneof: Some(non_body_parameter::Oneof::PathParameterSubSchema(
-                PathParameterSubSchema {
-                    required,
-                    r#in: place,
-                    name,
-                    r#type: ty,
-                    unique_items,
-                },
-            )),
-        }),
-        _ => parameter::Oneof::NonBodyParameter(NonBodyParameter {
-            oneof: Some(non_body_parameter::Oneof::QueryParameterSubSchema(
-                QueryParameterSubSchema {
-                    required,
-                    r#in: place,
-                    name,
-                    r#type: ty,
-                    unique_items,
-                },
-            )),
-        }),
-    };
+    let mut parameter = Parameter::default();
+    let mut other = NonBodyParameter::default();
+    match place.as_str() {
+        "body" => {
+            parameter.body_parameter = Some(BodyParameter {
+                name,
+                r#in: place,
+                required,
+                schema: Some(schema(&p["schema"])),
+            })
+        }
+        "path" => {
+            other.path_parameter_sub_schema = Some(PathParameterSubSchema {
+                required,
+                r#in: place,
+                name,
+                r#type: ty,
+                unique_items,
+            })
+        }
+        _ => {
+            other.query_parameter_sub_schema = Some(QueryParameterSubSchema {
+                required,
+                r#in: place,
+                name,
+                r#type: ty,
+                unique_items,
+            })
+        }
+    }
+    if parameter.body_parameter.is_none() {
+        parameter.non_body_parameter = Some(other);
+    }
     ParametersItem {
-        oneof: Some(parameters_item::Oneof::Parameter(Parameter {
-            oneof: Some(oneof),
-        })),
+        parameter: Some(parameter),
     }
 }
 
@@ -599,12 +561,8 @@ mod tests {
             .unwrap()
             .value
             .clone();
-        match data.unwrap().additional_properties.unwrap().oneof {
-            Some(additional_properties_item::Oneof::Schema(s)) => {
-                assert_eq!(s.r#type.unwrap().value, ["string"])
-            }
-            other => panic!("{other:?}"),
-        }
+        let values = data.unwrap().additional_properties.unwrap().schema.unwrap();
+        assert_eq!(values.r#type.unwrap().value, ["string"]);
         let paths = decoded.paths.unwrap().path;
         let patch = paths[0].value.as_ref().unwrap().patch.as_ref().unwrap();
         assert_eq!(patch.consumes, ["application/merge-patch+json"]);
