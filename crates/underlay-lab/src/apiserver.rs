@@ -17,8 +17,17 @@
 //!   and RoleBindings, policy/v1 PodDisruptionBudgets (with `status`) and
 //!   scheduling.k8s.io/v1 PriorityClasses, with `system-node-critical` and
 //!   `system-cluster-critical` built in (see `kinds.rs`).
-//! - discovery, OpenAPI v3 documents (enough for `kubectl apply`'s field
-//!   validation check), server-side printing (Tables) for `kubectl get`.
+//! - discovery; OpenAPI v3 documents (`openapi.rs`) and the OpenAPI v2
+//!   document (`openapi_v2.rs`, as JSON or the gnostic protobuf kubectl
+//!   reads, `openapi_v2_pb.rs`), both with a real schema for every kind: a
+//!   built-in kind's is traced from the k8s-openapi type the server decodes
+//!   it with (`reflect.rs`), marked with the strategic-merge keys the server
+//!   merges by; a custom resource's is its CRD's. That is what `kubectl
+//!   explain`, kubectl's patch computation and its client-side validation of
+//!   a `kind: List` read. Server-side printing (Tables) for `kubectl get`.
+//! - `fieldValidation` (Strict, Warn, Ignore) for unknown fields of built-in
+//!   kinds and custom resources; `dryRun=All` (query or DeleteOptions) on
+//!   every write: defaulted, validated and answered, nothing stored.
 //! - uid, creationTimestamp, generation, one cluster-wide monotonic
 //!   resourceVersion; optimistic concurrency (409 Conflict); Status errors
 //!   (404, 409, 410, 422, ...) shaped like the real server's.
@@ -46,9 +55,13 @@
 //!   do everything (RBAC objects are stored and validated, not enforced).
 //! - No controllers for workloads: Deployments and DaemonSets keep the status
 //!   a client writes through `/status`; no ReplicaSets or Pods are made.
-//! - Responses are JSON only; request bodies are JSON, YAML, or protobuf for
-//!   the kinds kubectl's generators send that way (Namespace, ConfigMap,
-//!   Secret, ServiceAccount); no CBOR.
+//! - Responses are JSON only (but `/openapi/v2`, also protobuf); request
+//!   bodies are JSON, YAML, or protobuf for the kinds kubectl's generators
+//!   send that way (Namespace, ConfigMap, Secret, ServiceAccount); no CBOR.
+//! - Built-in kinds' OpenAPI schemas have no descriptions (`kubectl explain`
+//!   shows fields and types only) and no `required` lists; a recursive type
+//!   (a CRD's JSON schema inside itself) accepts anything below its first
+//!   level. Unknown fields in a custom resource's metadata are not reported.
 //! - Lists never serve old versions: `resourceVersionMatch=Exact` with an
 //!   older version gets 410, a version newer than the store gets 504 at once
 //!   instead of waiting.
@@ -72,8 +85,11 @@ mod faults;
 mod kinds;
 mod meta;
 mod openapi;
+mod openapi_v2;
+mod openapi_v2_pb;
 mod patch;
 mod protobuf;
+mod reflect;
 mod resources;
 mod schema;
 mod selector;

@@ -1,68 +1,15 @@
 //! The embedded API server through `kubectl`, run as a subprocess with the
 //! kubeconfig the server writes: get, create, apply (client- and server-side),
-//! label, patch, delete and get -w. Skips (with a note) when kubectl is absent.
+//! label, patch, delete and get -w. Without kubectl each test fails when
+//! kubectl is required (`UNDERLAY_REQUIRE_KUBECTL` or `CI`) and otherwise
+//! reports itself skipped.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod support;
+
+use std::process::Stdio;
 use std::time::Duration;
 
-use underlay_lab::apiserver::{ApiServer, Config, Handle};
-
-fn kubectl_present() -> bool {
-    Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Run kubectl with `args` (and optional stdin); return (success, stdout, stderr).
-async fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut cmd = tokio::process::Command::new("kubectl");
-    cmd.env("KUBECONFIG", kubeconfig)
-        .env("HOME", kubeconfig.parent().unwrap())
-        .args(args);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl runs");
-    if let Some(input) = stdin {
-        use tokio::io::AsyncWriteExt;
-        let mut s = child.stdin.take().unwrap();
-        s.write_all(input.as_bytes()).await.unwrap();
-    }
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("kubectl finishes")
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-async fn ok(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let (success, out, err) = kubectl(kc, args, stdin).await;
-    assert!(success, "kubectl {args:?} failed: {err}");
-    out
-}
-
-async fn start(dir: &Path) -> Handle {
-    let path = dir.join("kubeconfig");
-    ApiServer::start(Config {
-        kubeconfig_out: Some(path),
-        ..Config::default()
-    })
-    .await
-    .unwrap()
-}
+use support::{Lab, kubectl, ok};
 
 const POLICY: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -76,13 +23,10 @@ spec:
 
 #[tokio::test]
 async fn kubectl_create_apply_label_patch_delete() {
-    if !kubectl_present() {
-        eprintln!("skipping: kubectl is not installed");
+    let Some(lab) = Lab::start("kubectl_create_apply_label_patch_delete").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     let out = ok(&kc, &["get", "namespaces"], None).await;
     assert!(
         out.contains("kube-system") && out.contains("Active"),
@@ -355,16 +299,13 @@ async fn kubectl_create_apply_label_patch_delete() {
 
 #[tokio::test]
 async fn kubectl_get_watch_sees_changes() {
-    if !kubectl_present() {
-        eprintln!("skipping: kubectl is not installed");
+    let Some(lab) = Lab::start("kubectl_get_watch_sees_changes").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = h.kubeconfig_path().unwrap().to_path_buf();
+    };
+    let kc = lab.kc.clone();
     let mut watch = tokio::process::Command::new("kubectl")
         .env("KUBECONFIG", &kc)
-        .env("HOME", dir.path())
+        .env("HOME", lab.dir.path())
         .args([
             "get",
             "configmaps",
@@ -432,13 +373,10 @@ rules:
 
 #[tokio::test]
 async fn kubectl_applies_and_lists_workloads_and_roles() {
-    if !kubectl_present() {
-        eprintln!("skipping: kubectl is not installed");
+    let Some(lab) = Lab::start("kubectl_applies_and_lists_workloads_and_roles").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path()).await;
-    let kc = dir.path().join("kubeconfig");
+    };
+    let kc = lab.kc.clone();
     let out = ok(
         &kc,
         &["apply", "-f", "-"],
@@ -491,5 +429,4 @@ async fn kubectl_applies_and_lists_workloads_and_roles() {
         out.contains("system-node-critical") && out.contains("2000001000"),
         "{out}"
     );
-    drop(h);
 }

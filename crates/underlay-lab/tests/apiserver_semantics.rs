@@ -765,7 +765,9 @@ async fn rbac_budgets_and_priority_classes() {
         )
         .await
         .unwrap();
-    assert_eq!(b.subjects.unwrap()[0].api_group.as_deref(), Some(""));
+    // A ServiceAccount's group defaults to "", which kube-apiserver never
+    // writes out.
+    assert_eq!(b.subjects.unwrap()[0].api_group, None);
     let err = bindings
         .patch(
             "b",
@@ -841,4 +843,113 @@ async fn discovery_lists_the_deployment_groups() {
             "{group}/{plural}: {found:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn dry_run_writes_validate_and_answer_without_storing() {
+    use kube::api::DeleteParams;
+    let (h, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = |name: &str, v: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": v}})).unwrap()
+    };
+    let dry_post = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let rv = h.resource_version();
+    let made = cms.create(&dry_post, &cm("c", "1")).await.unwrap();
+    assert_eq!(made.data.unwrap()["k"], "1");
+    assert_eq!(code(cms.get("c").await.unwrap_err()), 404);
+    assert_eq!(
+        h.resource_version(),
+        rv,
+        "a dry-run create stored the object"
+    );
+    // Validation still runs.
+    let invalid = cms.create(&dry_post, &cm("Not_A_Name", "1")).await;
+    assert_eq!(code(invalid.unwrap_err()), 422);
+
+    cms.create(&PostParams::default(), &cm("c", "1"))
+        .await
+        .unwrap();
+    let rv = h.resource_version();
+    let dry_patch = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let patched = cms
+        .patch("c", &dry_patch, &Patch::Merge(json!({"data": {"k": "2"}})))
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap()["k"], "2");
+    let applied = cms
+        .patch(
+            "c",
+            &PatchParams {
+                dry_run: true,
+                ..PatchParams::apply("test").force()
+            },
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "3"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.data.unwrap()["k"], "3");
+    let mut current = cms.get("c").await.unwrap();
+    current.data = Some([("k".to_string(), "4".to_string())].into());
+    cms.replace("c", &dry_post, &current).await.unwrap();
+    let deleted = cms
+        .delete("c", &DeleteParams::default().dry_run())
+        .await
+        .unwrap();
+    assert!(deleted.left().is_some());
+    assert_eq!(cms.get("c").await.unwrap().data.unwrap()["k"], "1");
+    assert_eq!(h.resource_version(), rv, "a dry run stored something");
+
+    // `All` is the only dry-run mode.
+    let req = http::Request::post("/api/v1/namespaces/default/configmaps?dryRun=Some")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&cm("d", "1")).unwrap())
+        .unwrap();
+    let err = client.request::<ConfigMap>(req).await.unwrap_err();
+    assert_eq!(code(err), 422);
+    assert_eq!(code(cms.get("d").await.unwrap_err()), 404);
+}
+
+#[tokio::test]
+async fn openapi_v2_is_served_as_protobuf_or_json() {
+    let (_h, client) = start().await;
+    let get = |accept: &str| {
+        http::Request::get("/openapi/v2")
+            .header("accept", accept)
+            .body(Vec::new())
+            .unwrap()
+    };
+    let json: serde_json::Value = client.request(get("application/json")).await.unwrap();
+    assert_eq!(json["swagger"], "2.0");
+    assert_eq!(
+        json["definitions"]["v1.ConfigMap"]["x-kubernetes-group-version-kind"][0]["kind"],
+        "ConfigMap"
+    );
+    let proto = client
+        .send(get("application/com.github.proto-openapi.spec.v2@v1.0+protobuf").map(Into::into))
+        .await
+        .unwrap();
+    assert_eq!(proto.status(), 200);
+    assert_eq!(
+        proto.headers()["content-type"],
+        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+    );
+    let body = http_body_util::BodyExt::collect(proto.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    // Field 1 of the document (swagger, a string) comes first.
+    assert!(
+        body.starts_with(b"\x0a\x032.0"),
+        "{:?}",
+        &body[..8.min(body.len())]
+    );
+    let refused = client.request_text(get("text/html")).await.unwrap_err();
+    assert_eq!(code(refused), 406);
 }

@@ -32,6 +32,7 @@ pub fn root_paths(registry: &Registry) -> Value {
         "/healthz".into(),
         "/livez".into(),
         "/readyz".into(),
+        "/openapi/v2".into(),
         "/openapi/v3".into(),
         "/version".into(),
     ];

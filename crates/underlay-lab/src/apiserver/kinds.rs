@@ -268,12 +268,17 @@ pub fn binding(cluster: bool, obj: &mut Value, old: Option<&Value>, causes: &mut
         .into_iter()
         .flatten()
     {
-        if let Some(s) = s.as_object_mut() {
-            let group = match s.get("kind").and_then(Value::as_str) {
-                Some("ServiceAccount") => "",
-                _ => RBAC_GROUP,
-            };
-            set_default(s, "apiGroup", json!(group));
+        let Some(s) = s.as_object_mut() else {
+            continue;
+        };
+        if s.get("kind").and_then(Value::as_str) == Some("ServiceAccount") {
+            // Defaulted to "", which kube-apiserver never writes out
+            // (omitempty); writing it makes every client-side re-apply a change.
+            if s.get("apiGroup").and_then(Value::as_str) == Some("") {
+                s.remove("apiGroup");
+            }
+        } else {
+            set_default(s, "apiGroup", json!(RBAC_GROUP));
         }
     }
     let role_ref = &obj["roleRef"];
@@ -553,8 +558,15 @@ mod tests {
         binding(true, &mut b, None, &mut causes);
         assert!(causes.is_empty(), "{causes:?}");
         assert_eq!(b["roleRef"]["apiGroup"], RBAC_GROUP);
-        assert_eq!(b["subjects"][0]["apiGroup"], "");
+        assert!(b["subjects"][0].get("apiGroup").is_none(), "{b}");
         assert_eq!(b["subjects"][1]["apiGroup"], RBAC_GROUP);
+        let mut explicit = json!({"roleRef": {"kind": "ClusterRole", "name": "r"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "ns", "apiGroup": ""}]});
+        binding(true, &mut explicit, None, &mut causes);
+        assert!(
+            explicit["subjects"][0].get("apiGroup").is_none(),
+            "{explicit}"
+        );
         let old = b.clone();
         let mut changed = b.clone();
         changed["roleRef"]["name"] = json!("other");

@@ -1,20 +1,24 @@
 //! OpenAPI v3: the `/openapi/v3` index and one document per group/version.
 //!
-//! The documents are minimal but valid: every resource path with its
-//! operations, each tagged with `x-kubernetes-group-version-kind` and
-//! `x-kubernetes-action`, and the query parameters kube-apiserver accepts
-//! (notably `fieldValidation`, which is how kubectl decides to leave schema
-//! validation to the server). They carry no component schemas for built-in
-//! kinds, so kubectl computes strategic merge patches from its own built-in
-//! types (which carry the real merge keys); custom resources carry their CRD's
-//! schema.
+//! Every resource path with its operations, each tagged with
+//! `x-kubernetes-group-version-kind` and `x-kubernetes-action`, the query
+//! parameters kube-apiserver accepts (notably `fieldValidation`, which is how
+//! kubectl decides to leave schema validation to the server) and the patch
+//! types each accepts. Each kind's schema: for built-in kinds, the structure
+//! of the type the server decodes it with (`reflect.rs`), its lists marked
+//! with the strategic-merge keys the server merges them by (which kubectl
+//! computes its patches from); for custom resources, their CRD's schema with
+//! `apiVersion`, `kind` and `metadata` added. No descriptions, and no
+//! `required` lists for built-in kinds.
 
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, ApiResult};
+use super::patch::{ListStrategy, list_strategy};
 use super::resources::{Registry, ResourceType};
+use super::typed;
 
-fn gv_path(group: &str, version: &str) -> String {
+pub fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
     } else {
@@ -67,17 +71,45 @@ fn op(rt: &ResourceType, action: &str, params: &[&str]) -> Value {
         })
         .collect();
     parameters.push(param("pretty", "string"));
-    let schema_ref = format!("#/components/schemas/{}", schema_name(rt));
-    json!({
+    let schema_ref = json!({"$ref": format!("#/components/schemas/{}", schema_name(rt))});
+    let mut op = json!({
         "operationId": format!("{action}{}", rt.kind),
         "parameters": parameters,
-        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": schema_ref}}}}},
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema_ref}}}},
         "x-kubernetes-action": action,
         "x-kubernetes-group-version-kind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
-    })
+    });
+    let body_types: &[&str] = match action {
+        "post" | "put" => &["application/json", "application/yaml"],
+        "patch" if rt.builtin.is_some() => &[
+            "application/apply-patch+yaml",
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+        ],
+        "patch" => &[
+            "application/apply-patch+yaml",
+            "application/json-patch+json",
+            "application/merge-patch+json",
+        ],
+        _ => &[],
+    };
+    if !body_types.is_empty() {
+        let schema = if action == "patch" {
+            json!({"type": "object"})
+        } else {
+            schema_ref
+        };
+        let content: Map<String, Value> = body_types
+            .iter()
+            .map(|t| (t.to_string(), json!({"schema": schema})))
+            .collect();
+        op["requestBody"] = json!({"required": true, "content": content});
+    }
+    op
 }
 
-fn schema_name(rt: &ResourceType) -> String {
+pub fn schema_name(rt: &ResourceType) -> String {
     let group: Vec<&str> = rt.group.split('.').rev().collect();
     format!("{}.{}.{}", group.join("."), rt.version, rt.kind)
         .trim_start_matches('.')
@@ -136,22 +168,10 @@ pub fn document(registry: &Registry, path: &str) -> ApiResult<Value> {
             }
             paths.insert(format!("{base}/{{name}}/status"), status);
         }
-        let mut schema = match (&rt.schema, rt.builtin) {
-            (Some(s), None) => s.clone(),
-            _ => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-        };
+        let mut schema = kind_schema(rt)?;
         schema["x-kubernetes-group-version-kind"] =
             json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]);
-        if rt.builtin.is_none() {
-            schemas.insert(schema_name(rt), schema);
-        } else {
-            // A reference target only; kubectl finds no schema for the kind
-            // and uses its built-in types.
-            schemas.insert(
-                schema_name(rt),
-                json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-            );
-        }
+        schemas.insert(schema_name(rt), schema);
     }
     Ok(json!({
         "openapi": "3.0.0",
@@ -159,4 +179,60 @@ pub fn document(registry: &Registry, path: &str) -> ApiResult<Value> {
         "paths": paths,
         "components": {"schemas": schemas},
     }))
+}
+
+/// The schema of one kind's objects.
+fn kind_schema(rt: &ResourceType) -> ApiResult<Value> {
+    let traced = |r: Result<Value, _>| {
+        r.map_err(|e| ApiError::internal(format!("cannot describe {}: {e}", rt.kind)))
+    };
+    if let Some(which) = rt.builtin {
+        let mut schema = traced(typed::schema(which))?;
+        mark_lists(&rt.kind, &mut schema, "");
+        return Ok(schema);
+    }
+    let mut schema = rt
+        .schema
+        .clone()
+        .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+    // As kube-apiserver publishes them: every object has these, whether the
+    // CRD's schema names them or not.
+    let mut props = schema["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    props.insert("apiVersion".into(), json!({"type": "string"}));
+    props.insert("kind".into(), json!({"type": "string"}));
+    props.insert("metadata".into(), traced(typed::object_meta_schema())?);
+    schema["type"] = json!("object");
+    schema["properties"] = Value::Object(props);
+    Ok(schema)
+}
+
+/// Mark each list with the strategic-merge strategy the server merges it by.
+fn mark_lists(kind: &str, schema: &mut Value, path: &str) {
+    if schema["type"] == "array" {
+        match list_strategy(kind, path) {
+            ListStrategy::Map(key) => {
+                schema["x-kubernetes-patch-strategy"] = json!("merge");
+                schema["x-kubernetes-patch-merge-key"] = json!(key);
+            }
+            ListStrategy::Set => schema["x-kubernetes-patch-strategy"] = json!("merge"),
+            ListStrategy::Atomic => {}
+        }
+        if let Some(items) = schema.get_mut("items") {
+            mark_lists(kind, items, path);
+        }
+        return;
+    }
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        for (name, sub) in props.iter_mut() {
+            let sub_path = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            mark_lists(kind, sub, &sub_path);
+        }
+    }
 }

@@ -33,6 +33,15 @@ pub fn prune_and_validate(schema: &Value, obj: &mut Value, causes: &mut Vec<Caus
     apply_defaults(schema, map, "", causes);
 }
 
+/// The paths of the fields of `obj` the schema prunes (its unknown fields).
+pub fn pruned_fields(schema: &Value, obj: &Value) -> Vec<String> {
+    let mut pruned = obj.clone();
+    prune_and_validate(schema, &mut pruned, &mut Vec::new());
+    let mut out = Vec::new();
+    super::typed::unknown_fields(obj, &pruned, "", &mut out);
+    out
+}
+
 fn apply_defaults(
     schema: &Value,
     map: &mut Map<String, Value>,
@@ -260,6 +269,13 @@ mod tests {
         assert!(obj["spec"].get("extra").is_none());
         assert_eq!(obj["spec"]["mode"], "Strict");
         assert_eq!(obj["spec"]["free"]["anything"], json!([1]));
+    }
+
+    #[test]
+    fn pruned_fields_are_the_unknown_ones() {
+        let obj = json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "a"}, "junk": 1,
+            "spec": {"priority": 5, "extra": true, "free": {"anything": [1]}}});
+        assert_eq!(pruned_fields(&schema(), &obj), ["junk", "spec.extra"]);
     }
 
     #[test]

@@ -21,12 +21,13 @@ use super::faults::Faults;
 use super::meta;
 use super::patch;
 use super::resources::{Builtin, Registry, ResourceType, types_from_crd};
+use super::schema;
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{Inner, ObjKey, Store};
 use super::table;
 use super::typed;
 use super::validation;
-use super::{discovery, openapi, watch};
+use super::{discovery, openapi, openapi_v2, openapi_v2_pb, watch};
 
 /// The largest request body accepted (kube-apiserver's limit).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -157,6 +158,7 @@ async fn serve(st: &Arc<ServerState>, req: Request) -> ApiResult<Response> {
             return discovery::group(&st.registry, group)
                 .map(|v| json_response(StatusCode::OK, &v));
         }
+        ["openapi", "v2"] => return openapi_v2_response(&st.registry, &accept),
         ["openapi", "v3"] => {
             return Ok(json_response(StatusCode::OK, &openapi::root(&st.registry)));
         }
@@ -208,6 +210,42 @@ async fn serve(st: &Arc<ServerState>, req: Request) -> ApiResult<Response> {
         .unwrap_or_else(|| default_manager(user_agent));
     let ctx = Ctx { manager, ..ctx };
     dispatch(&ctx, &parts.method, rreq, body).await
+}
+
+/// What kubectl asks for, and (being no valid media type, for the `@`) the
+/// name kube-apiserver answers with.
+const OPENAPI_V2_PROTOBUF: [&str; 2] = [
+    "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+];
+
+/// `/openapi/v2` as protobuf (what kubectl asks for) or JSON.
+fn openapi_v2_response(registry: &Registry, accept: &str) -> ApiResult<Response> {
+    let wants = |t: &str| {
+        accept
+            .split(',')
+            .any(|a| a.split(';').next().map(str::trim) == Some(t))
+    };
+    let doc = openapi_v2::document(registry)?;
+    if OPENAPI_V2_PROTOBUF.into_iter().any(wants) {
+        let body = openapi_v2_pb::encode(&doc);
+        return Ok(([(header::CONTENT_TYPE, OPENAPI_V2_PROTOBUF[1])], body).into_response());
+    }
+    if accept.is_empty()
+        || ["application/json", "application/*", "*/*"]
+            .into_iter()
+            .any(wants)
+    {
+        return Ok(json_response(StatusCode::OK, &doc));
+    }
+    Err(ApiError::new(
+        406,
+        "NotAcceptable",
+        format!(
+            "only the following media types are accepted: application/json, {}",
+            OPENAPI_V2_PROTOBUF[0]
+        ),
+    ))
 }
 
 /// kube-apiserver names a manager after the client's user agent when none is given.
@@ -294,12 +332,38 @@ impl Ctx {
         self.params.get("dryRun") == Some("All")
     }
 
+    /// `dryRun` may only be `All` (every stage runs, nothing is stored).
+    fn check_dry_run(&self) -> ApiResult<()> {
+        let bad = self
+            .params
+            .0
+            .iter()
+            .find(|(k, v)| k == "dryRun" && v != "All");
+        match bad {
+            Some((_, v)) => Err(ApiError::new(
+                422,
+                "Invalid",
+                format!("dryRun: Unsupported value: {v:?}: supported values: \"All\""),
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub fn wants_table(&self) -> bool {
         self.accept.contains("as=Table")
     }
 }
 
+fn unsupported_dry_run(value: &str) -> ApiError {
+    ApiError::new(
+        422,
+        "Invalid",
+        format!("dryRun: Unsupported value: {value:?}: supported values: \"All\""),
+    )
+}
+
 async fn dispatch(ctx: &Ctx, method: &Method, r: ResourceReq, body: Bytes) -> ApiResult<Response> {
+    ctx.check_dry_run()?;
     let rt = r.rt.clone();
     let ns = r.namespace.clone();
     if rt.namespaced
@@ -588,12 +652,17 @@ fn check_namespace(rt: &ResourceType, ns: &str, obj: &mut Value) -> ApiResult<()
     Ok(())
 }
 
-/// Decode through the built-in type (if any) and handle `fieldValidation`.
+/// Decode through the built-in type (if any), find the fields the type or
+/// the CRD's schema does not have, and handle `fieldValidation`.
 fn normalize(ctx: &Ctx, rt: &ResourceType, obj: Value) -> ApiResult<(Value, Vec<String>)> {
-    let Some(which) = rt.builtin else {
-        return Ok((obj, Vec::new()));
+    let (obj, unknown) = match (rt.builtin, &rt.schema) {
+        (Some(which), _) => typed::normalize(rt, which, obj)?,
+        (None, Some(schema)) => {
+            let unknown = schema::pruned_fields(schema, &obj);
+            (obj, unknown)
+        }
+        (None, None) => return Ok((obj, Vec::new())),
     };
-    let (obj, unknown) = typed::normalize(rt, which, obj)?;
     let mode = ctx.params.get("fieldValidation").unwrap_or("Warn");
     match mode {
         "Strict" if !unknown.is_empty() => {
@@ -1120,6 +1189,9 @@ struct DeleteOptions {
     grace_period_seconds: Option<i64>,
     preconditions: Option<Preconditions>,
     propagation_policy: Option<String>,
+    /// `["All"]` (in the body or as the `dryRun` parameter): answer, store nothing.
+    #[serde(default)]
+    dry_run: Vec<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -1151,6 +1223,12 @@ fn delete_options(ctx: &Ctx, body: &[u8]) -> ApiResult<DeleteOptions> {
         return Err(ApiError::bad_request(format!(
             "propagationPolicy must be Orphan, Background or Foreground, not {p:?}"
         )));
+    }
+    if let Some(v) = opts.dry_run.iter().find(|v| *v != "All") {
+        return Err(unsupported_dry_run(v));
+    }
+    if ctx.dry_run() {
+        opts.dry_run = vec!["All".into()];
     }
     Ok(opts)
 }
@@ -1220,6 +1298,7 @@ fn delete_locked(
     old: &Arc<Value>,
     opts: &DeleteOptions,
 ) -> Arc<Value> {
+    let dry_run = !opts.dry_run.is_empty();
     let mut last = (**old).clone();
     let finalizers = old["metadata"]["finalizers"]
         .as_array()
@@ -1243,7 +1322,7 @@ fn delete_locked(
                 json!(meta::format_time(now + Duration::from_secs(grace as u64))),
             );
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
-            if ctx.dry_run() {
+            if dry_run {
                 return Arc::new(last);
             }
             return inner.put(k.clone(), last);
@@ -1256,7 +1335,7 @@ fn delete_locked(
         let m = meta::metadata_mut(&mut last);
         m.insert("deletionTimestamp".into(), json!(meta::format_time(now)));
         m.insert("deletionGracePeriodSeconds".into(), json!(0));
-        if ctx.dry_run() {
+        if dry_run {
             return Arc::new(last);
         }
         return inner.put(k.clone(), last);
@@ -1266,7 +1345,7 @@ fn delete_locked(
         meta::metadata_mut(&mut last)
             .insert("deletionTimestamp".into(), json!(meta::format_time(now)));
     }
-    if ctx.dry_run() {
+    if dry_run {
         return Arc::new(last);
     }
     let out = remove_object(&ctx.st, inner, rt, k, last);
