@@ -10,6 +10,7 @@ use underlay_lab::apiserver::{ApiServer, Config, Handle};
 
 /// Whether `program` runs (`program version --client` succeeds).
 fn runs(program: &str) -> bool {
+    // starts: kubectl (or the missing name a test passes to see the skip)
     Command::new(program)
         .args(["version", "--client"])
         .stdout(Stdio::null())
