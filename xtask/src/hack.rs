@@ -58,6 +58,8 @@ pub fn manifest(packages: &[(String, String, Vec<String>)]) -> String {
     }
     let mut out = HEADER.to_string();
     for (name, version, features) in packages {
+        // Build metadata (`1.1.3+spec-1.1.0`) means nothing in a requirement.
+        let version = version.split('+').next().unwrap_or(version);
         let key = if counts[name.as_str()] > 1 {
             format!("{name}-v{}", version.replace(['.', '+'], "_"))
         } else {
