@@ -15,6 +15,9 @@
 
 #[path = "images/agent.rs"]
 mod agent;
+/// The agent's own tests' gRPC client over its unix socket.
+#[path = "../../crates/underlay-agent/tests/support/mod.rs"]
+mod agent_support;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -429,8 +432,43 @@ fn agent_image(rootfs: PathBuf) -> agent::Image {
         args: strings(&config["process"]["args"]),
         env: strings(&config["process"]["env"]),
         settings: config_map_data("underlay-agent"),
+        mounts: agent_mounts(),
         rootfs,
     }
+}
+
+/// The `hostPath` volumes the DaemonSet mounts into the agent container.
+fn agent_mounts() -> Vec<agent::Mount> {
+    let daemon_set = deploy_object("underlay-agent", "DaemonSet", "underlay-agent");
+    let spec = &daemon_set["spec"]["template"]["spec"];
+    let container = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "agent")
+        .expect("the DaemonSet has an agent container");
+    container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let volume = spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .unwrap_or_else(|| panic!("no volume {}", m["name"]));
+            let host = &volume["hostPath"];
+            agent::Mount {
+                path: m["mountPath"].as_str().unwrap().to_string(),
+                host_path: host["path"]
+                    .as_str()
+                    .expect("a hostPath volume")
+                    .to_string(),
+                file: host["type"] == "FileOrCreate",
+            }
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -467,21 +505,28 @@ async fn the_agent_from_its_image_programs_a_policy_and_deletes_the_conntrack_en
     node.delete().await.expect("delete the node namespace");
 }
 
-/// The data of a ConfigMap in deploy/base.
-fn config_map_data(name: &str) -> serde_json::Map<String, Value> {
-    let text = std::fs::read_to_string(
-        root()
-            .join("deploy/base")
-            .join(format!("{}.yaml", name.trim_start_matches("underlay-"))),
-    )
+/// An object of deploy/base, from the file named after the component.
+fn deploy_object(component: &str, kind: &str, name: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("deploy/base").join(format!(
+        "{}.yaml",
+        component.trim_start_matches("underlay-")
+    )))
     .unwrap();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-        if v["kind"] == "ConfigMap" && v["metadata"]["name"] == name {
-            return v["data"].as_object().unwrap().clone();
+        if v["kind"] == kind && v["metadata"]["name"] == name {
+            return v;
         }
     }
-    panic!("no ConfigMap {name}");
+    panic!("no {kind} {name} in deploy/base");
+}
+
+/// The data of a ConfigMap in deploy/base.
+fn config_map_data(name: &str) -> serde_json::Map<String, Value> {
+    deploy_object(name, "ConfigMap", name)["data"]
+        .as_object()
+        .unwrap()
+        .clone()
 }
 
 /// Every setting in a ConfigMap must be a flag's environment variable of the

@@ -1,10 +1,12 @@
 //! The agent image at work: its entrypoint and agent, run from the unpacked
-//! root filesystem as the DaemonSet runs them (the image's entrypoint and
-//! command, the ConfigMap's settings, in-cluster credentials), inside a node
+//! root filesystem as the DaemonSet runs them (the image's entrypoint,
+//! command and environment, the ConfigMap's settings, the container's host
+//! paths on a read-only root, in-cluster credentials), inside a node
 //! namespace made for the test, program a NetworkPolicy and delete the
 //! conntrack entry of a connection that policy newly denies. Every tool the
 //! agent starts on the way (iptables of the backend the entrypoint picks,
-//! ipset, conntrack) is the image's own; one missing makes a step fail.
+//! ipset, conntrack) is the image's own; one missing, or a write outside
+//! the mounted paths, makes a step fail.
 //!
 //! Topology: the node namespace holds the embedded API server (on its
 //! 127.0.0.1), the agent and the gateway address 169.254.1.1 the pod routes
@@ -34,21 +36,54 @@ use underlay_lab::netns::Netns;
 use underlay_proto::v1;
 use underlay_proto::v1::agent_client::AgentClient;
 
+use super::agent_support::try_client;
+
 const NODE: &str = "worker-1";
 const POD_CIDR: &str = "10.244.5.0/24";
 /// The agent's service account namespace (deploy/base).
 const SYSTEM_NAMESPACE: &str = "underlay-system";
 /// The pod's gateway; the node answers for it.
 const GATEWAY: &str = "169.254.1.1";
+/// Where the kubelet mounts the service account's token and CA.
+const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Runs as PID 1 of the container's PID namespace, in its own mount
+/// namespace: mounts the root filesystem read-only
+/// (`readOnlyRootFilesystem`), `/proc`, and each `SOURCE TARGET rw|ro`
+/// triple before `--`, then chroots and runs what follows.
+const CONTAINER: &str = r#"set -eu
+root=$1
+shift
+mount --bind "$root" "$root"
+mount -o remount,bind,ro "$root"
+mount -t proc proc "$root/proc"
+while [ "$1" != -- ]; do
+    mount --bind "$1" "$root$2"
+    if [ "$3" = ro ]; then mount -o remount,bind,ro "$root$2"; fi
+    shift 3
+done
+shift
+exec chroot "$root" "$@"
+"#;
 
 /// How the image is run: its root filesystem, the process its config
-/// starts (`process.args` and `process.env` of the unpacked bundle) and the
-/// DaemonSet's ConfigMap.
+/// starts (`process.args` and `process.env` of the unpacked bundle), the
+/// DaemonSet's ConfigMap and the agent container's host paths.
 pub struct Image {
     pub rootfs: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub settings: Map<String, Value>,
+    pub mounts: Vec<Mount>,
+}
+
+/// A `hostPath` volume of the agent container.
+pub struct Mount {
+    /// Where the container sees it.
+    pub path: String,
+    /// The node's path.
+    pub host_path: String,
+    /// A file (`FileOrCreate`) rather than a directory.
+    pub file: bool,
 }
 
 impl Image {
@@ -58,9 +93,17 @@ impl Image {
             .unwrap_or_else(|| panic!("the agent ConfigMap has no {key}"))
     }
 
-    /// A path inside the image as seen from the machine.
-    fn host_path(&self, path: &str) -> PathBuf {
-        self.rootfs.join(path.trim_start_matches('/'))
+    /// Where the container's `path` is on the machine: under the host
+    /// path of the mount holding it (the node's root is `node_root`).
+    fn host_path(&self, node_root: &Path, path: &str) -> PathBuf {
+        let (mount, rest) = self
+            .mounts
+            .iter()
+            .find_map(|m| Some((m, path.strip_prefix(&m.path)?.strip_prefix('/')?)))
+            .unwrap_or_else(|| panic!("{path} is on no mount of the agent container"));
+        node_root
+            .join(mount.host_path.trim_start_matches('/'))
+            .join(rest)
     }
 }
 
@@ -89,6 +132,8 @@ impl Drop for Agent {
 }
 
 /// Runs the scenario; call it on a thread inside the node namespace.
+/// `scratch` holds the agent's log and stands in for the node's root
+/// filesystem (its host paths).
 pub fn run(image: &Image, node: &Netns, pod: &Netns, scratch: &Path) {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -101,11 +146,13 @@ async fn scenario(image: &Image, node: &Netns, pod: &Netns, scratch: &Path) {
     let api = ApiServer::start(Config::default())
         .await
         .expect("start the API server in the node namespace");
-    install_service_account(image, &api);
+    let service_account = service_account(scratch, &api);
     let kube = api.client().expect("a client of the API server");
     seed(&kube).await;
-    let mut agent = start_agent(image, node, api.addr(), &scratch.join("agent.log"));
-    let mut grpc = ready_agent(image, &mut agent).await;
+    let log = scratch.join("agent.log");
+    let mut agent = start_agent(image, node, scratch, &service_account, api.addr(), &log);
+    let socket = image.host_path(scratch, image.setting("UNDERLAY_SOCKET"));
+    let mut grpc = ready_agent(&socket, &mut agent).await;
 
     let host_if = underlay_cni::names::host_interface("x", "a", "c1", "eth0");
     let ip = attach(&mut grpc, &host_if).await;
@@ -137,20 +184,15 @@ async fn scenario(image: &Image, node: &Netns, pod: &Netns, scratch: &Path) {
     api.shutdown().await.expect("stop the API server");
 }
 
-/// The service account files and environment an in-cluster client reads:
-/// the API server's token and CA, as the kubelet mounts them.
-fn install_service_account(image: &Image, api: &Handle) {
-    let var_run = image.rootfs.join("var/run");
-    assert!(
-        !var_run.is_symlink(),
-        "{} is a symbolic link: writing through it would leave the image",
-        var_run.display()
-    );
-    let dir = image.host_path("/var/run/secrets/kubernetes.io/serviceaccount");
+/// The files an in-cluster client reads (the API server's token and CA),
+/// in the directory the kubelet mounts at [`SERVICE_ACCOUNT`].
+fn service_account(scratch: &Path, api: &Handle) -> PathBuf {
+    let dir = scratch.join("serviceaccount");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("token"), api.token()).unwrap();
     std::fs::write(dir.join("ca.crt"), api.ca_pem().expect("a TLS API server")).unwrap();
     std::fs::write(dir.join("namespace"), SYSTEM_NAMESPACE).unwrap();
+    dir
 }
 
 async fn create<K>(api: &Api<K>, value: Value)
@@ -186,25 +228,39 @@ async fn seed(kube: &kube::Client) {
     .await;
 }
 
-/// The image's process with the DaemonSet's environment, chrooted into the
-/// root filesystem with PID and mount namespaces of its own (as a container
-/// runtime starts it) inside the node namespace.
-fn start_agent(image: &Image, node: &Netns, api: SocketAddr, log: &Path) -> Agent {
-    let out = std::fs::File::create(log).unwrap();
+/// The image's process with the DaemonSet's environment and host paths,
+/// chrooted into the read-only root filesystem with PID and mount
+/// namespaces of its own (as a container runtime starts it), inside the
+/// node namespace.
+fn start_agent(
+    image: &Image,
+    node: &Netns,
+    scratch: &Path,
+    service_account: &Path,
+    api: SocketAddr,
+    log: &Path,
+) -> Agent {
+    let mut volumes = vec![(service_account.to_path_buf(), SERVICE_ACCOUNT, "ro")];
+    for m in &image.mounts {
+        let host = scratch.join(m.host_path.trim_start_matches('/'));
+        if m.file {
+            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+            std::fs::File::create(&host).unwrap();
+        } else {
+            std::fs::create_dir_all(&host).unwrap();
+        }
+        volumes.push((host, m.path.as_str(), "rw"));
+    }
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", node.name()])
         .args(["unshare", "--mount", "--pid", "--fork", "--kill-child"])
-        .arg(format!(
-            "--mount-proc={}",
-            image.rootfs.join("proc").display()
-        ))
-        .arg("chroot")
-        .arg(&image.rootfs)
-        .args(&image.args)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out);
+        .args(["sh", "-c", CONTAINER, "container"])
+        .arg(&image.rootfs);
+    for (host, path, mode) in &volumes {
+        mount_point(&image.rootfs, path, host.is_file());
+        cmd.arg(host).arg(path).arg(mode);
+    }
+    cmd.arg("--").args(&image.args).env_clear();
     for kv in &image.env {
         let (k, v) = kv.split_once('=').expect("KEY=VALUE in the image's env");
         cmd.env(k, v);
@@ -212,38 +268,41 @@ fn start_agent(image: &Image, node: &Netns, api: SocketAddr, log: &Path) -> Agen
     for (k, v) in &image.settings {
         cmd.env(k, v.as_str().expect("ConfigMap values are strings"));
     }
+    let out = std::fs::File::create(log).unwrap();
     cmd.env("NODE_NAME", NODE)
         .env("KUBERNETES_SERVICE_HOST", api.ip().to_string())
-        .env("KUBERNETES_SERVICE_PORT", api.port().to_string());
+        .env("KUBERNETES_SERVICE_PORT", api.port().to_string())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
     Agent {
         child: cmd.spawn().expect("start the agent from the image"),
         log: log.to_path_buf(),
     }
 }
 
-async fn client(socket: &Path) -> Option<AgentClient<tonic::transport::Channel>> {
-    let socket = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://agent")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .ok()?;
-    Some(AgentClient::new(channel))
+/// Creates the mount point of `path` in the root filesystem, as a container
+/// runtime does; none of its directories may be a symbolic link (one would
+/// lead out of the root filesystem).
+fn mount_point(rootfs: &Path, path: &str, file: bool) {
+    let target = rootfs.join(path.trim_start_matches('/'));
+    for dir in target.ancestors().take_while(|d| *d != rootfs) {
+        assert!(!dir.is_symlink(), "{} is a symbolic link", dir.display());
+    }
+    if file {
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::File::create(&target).unwrap();
+    } else {
+        std::fs::create_dir_all(&target).unwrap();
+    }
 }
 
 /// The agent's gRPC client, once the agent reports ready (it has the
 /// node's pod CIDR and its dataplane is set up).
-async fn ready_agent(image: &Image, agent: &mut Agent) -> AgentClient<tonic::transport::Channel> {
-    let socket = image.host_path(image.setting("UNDERLAY_SOCKET"));
+async fn ready_agent(socket: &Path, agent: &mut Agent) -> AgentClient<tonic::transport::Channel> {
     let mut ready = None;
     wait_for("the agent to be ready", agent, async || {
-        let Some(mut c) = client(&socket).await else {
+        let Ok(mut c) = try_client(socket).await else {
             return false;
         };
         let up = c
@@ -335,16 +394,11 @@ fn connect_pod_to_node(pod: &Netns, ip: IpAddr) -> (u16, (TcpStream, TcpStream))
 
 /// The node's conntrack entries of TCP from `src` to the gateway's `port`.
 fn conntrack_entries(node: &Netns, src: IpAddr, port: u16) -> usize {
-    let out = Command::new("ip")
-        .args(["netns", "exec", node.name(), "conntrack", "-L", "-p", "tcp"])
-        .args(["--orig-src", &src.to_string(), "--orig-dst", GATEWAY])
-        .args(["--dport", &port.to_string()])
-        .output()
-        .expect("run conntrack");
-    assert!(
-        out.status.success(),
-        "conntrack -L failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = super::run(
+        Command::new("ip")
+            .args(["netns", "exec", node.name(), "conntrack", "-L", "-p", "tcp"])
+            .args(["--orig-src", &src.to_string(), "--orig-dst", GATEWAY])
+            .args(["--dport", &port.to_string()]),
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -403,13 +457,13 @@ fn check_rules(node: &Netns, backend: &str, host_if: &str) {
         "legacy" => "iptables-legacy-save",
         other => panic!("unknown backend {other}"),
     };
-    let out = Command::new("ip")
-        .args(["netns", "exec", node.name()])
-        // starts: iptables-nft-save iptables-legacy-save
-        .arg(save)
-        .args(["-t", "filter"])
-        .output()
-        .expect("run iptables-save");
+    let out = super::run(
+        Command::new("ip")
+            .args(["netns", "exec", node.name()])
+            // starts: iptables-nft-save iptables-legacy-save
+            .arg(save)
+            .args(["-t", "filter"]),
+    );
     let rules = String::from_utf8_lossy(&out.stdout);
     let pod_chain = format!("UDL-E-{host_if}");
     assert!(
