@@ -21,6 +21,7 @@ const REQUIREMENTS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("iptables-save", "iptables"),
     ("iptables-restore", "iptables"),
+    ("iptables-nft-save", "iptables"),
     ("ip6tables", "iptables"),
     ("ip6tables-save", "iptables"),
     ("ip6tables-restore", "iptables"),

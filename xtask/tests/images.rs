@@ -3,15 +3,26 @@
 //! OCI layouts and docker archives; every binary runs from the unpacked root
 //! filesystem and prints the version and commit; the agent image's iptables
 //! (both backends), ipset and conntrack work in a network namespace made for
-//! the test, and its entrypoint picks the backend that holds kubelet's hint.
+//! the test, and its entrypoint picks the backend that holds kubelet's hint;
+//! the agent, run from the image as the DaemonSet runs it, programs a
+//! NetworkPolicy and deletes the conntrack entry of a connection the policy
+//! denies (`agent`).
 //!
 //! Needs root (chroot, network namespaces, device nodes in the unpacked
-//! root). Every network namespace is an anonymous one made by `unshare
-//! --net` for one command, so it disappears with that command.
+//! root). The tools run in anonymous network namespaces made by `unshare
+//! --net` for one command, which disappear with it; the agent runs in named
+//! ones the test deletes, also when it fails.
+
+#[path = "images/agent.rs"]
+mod agent;
+/// The agent's own tests' gRPC client over its unix socket.
+#[path = "../../crates/underlay-agent/tests/support/mod.rs"]
+mod agent_support;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use underlay_lab::netns::{self, Netns};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,7 +86,23 @@ fn xtask(args: &[&str]) -> Output {
         .current_dir(root()))
 }
 
+/// The directory cargo builds into (`CARGO_TARGET_DIR` or `target`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_absolute() { d } else { root().join(d) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// `cargo xtask image` of the debug binaries into `out`. Tests of this
+/// binary run in parallel processes: a file lock makes their builds take
+/// turns, so the binaries are compiled once and the shared Debian package
+/// cache is filled by one build at a time.
 fn build_images(out: &Path) -> Value {
+    let target = target_dir();
+    std::fs::create_dir_all(&target).unwrap();
+    let lock = std::fs::File::create(target.join("underlay-images-build.lock")).unwrap();
+    lock.lock().expect("the image build lock can be taken");
     xtask(&[
         "image",
         "--profile",
@@ -388,33 +415,130 @@ fn images_are_reproducible_readable_and_their_binaries_and_tools_run() {
     );
 }
 
-/// The keys of a ConfigMap in deploy/base.
-fn config_map_keys(name: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(
-        root()
-            .join("deploy/base")
-            .join(format!("{}.yaml", name.trim_start_matches("underlay-"))),
-    )
+/// The agent image as a runtime starts it: the unpacked root filesystem,
+/// the process of the bundle's config (the image's entrypoint and command
+/// and its environment) and the DaemonSet's settings.
+fn agent_image(rootfs: PathBuf) -> agent::Image {
+    let bundle = rootfs.parent().unwrap().join("config.json");
+    let config: Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("{}: no array {v}", bundle.display()))
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    agent::Image {
+        args: strings(&config["process"]["args"]),
+        env: strings(&config["process"]["env"]),
+        settings: config_map_data("underlay-agent"),
+        mounts: agent_mounts(),
+        rootfs,
+    }
+}
+
+/// The `hostPath` volumes the DaemonSet mounts into the agent container.
+fn agent_mounts() -> Vec<agent::Mount> {
+    let daemon_set = deploy_object("underlay-agent", "DaemonSet", "underlay-agent");
+    let spec = &daemon_set["spec"]["template"]["spec"];
+    let container = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "agent")
+        .expect("the DaemonSet has an agent container");
+    container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let volume = spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .unwrap_or_else(|| panic!("no volume {}", m["name"]));
+            let host = &volume["hostPath"];
+            agent::Mount {
+                path: m["mountPath"].as_str().unwrap().to_string(),
+                host_path: host["path"]
+                    .as_str()
+                    .expect("a hostPath volume")
+                    .to_string(),
+                file: host["type"] == "FileOrCreate",
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_agent_from_its_image_programs_a_policy_and_deletes_the_conntrack_entry_it_denies() {
+    let test =
+        "the_agent_from_its_image_programs_a_policy_and_deletes_the_conntrack_entry_it_denies";
+    if !root_or_skip(test) {
+        return;
+    }
+    let tmp = TempDir::new("agent");
+    let out = tmp.0.join("out");
+    let summary = build_images(&out);
+    let tag = summary["version"].as_str().unwrap();
+    let image = agent_image(unpack(&out, "underlay-agent", tag, &tmp.0));
+    let prefix = netns::unique_prefix();
+    let node = Netns::create(&format!("{prefix}n"))
+        .await
+        .expect("create the node namespace");
+    let pod = Netns::create(&format!("{prefix}p"))
+        .await
+        .expect("create the pod namespace");
+    let (node_name, pod_name) = (node.name().to_string(), pod.name().to_string());
+    let scratch = tmp.0.clone();
+    node.enter(move || {
+        agent::run(
+            &image,
+            &Netns::existing(&node_name),
+            &Netns::existing(&pod_name),
+            &scratch,
+        )
+    })
+    .expect("the scenario ran to its end (its failure is printed above)");
+    pod.delete().await.expect("delete the pod namespace");
+    node.delete().await.expect("delete the node namespace");
+}
+
+/// An object of deploy/base, from the file named after the component.
+fn deploy_object(component: &str, kind: &str, name: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("deploy/base").join(format!(
+        "{}.yaml",
+        component.trim_start_matches("underlay-")
+    )))
     .unwrap();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-        if v["kind"] == "ConfigMap" && v["metadata"]["name"] == name {
-            return v["data"].as_object().unwrap().keys().cloned().collect();
+        if v["kind"] == kind && v["metadata"]["name"] == name {
+            return v;
         }
     }
-    panic!("no ConfigMap {name}");
+    panic!("no {kind} {name} in deploy/base");
+}
+
+/// The data of a ConfigMap in deploy/base.
+fn config_map_data(name: &str) -> serde_json::Map<String, Value> {
+    deploy_object(name, "ConfigMap", name)["data"]
+        .as_object()
+        .unwrap()
+        .clone()
 }
 
 /// Every setting in a ConfigMap must be a flag's environment variable of the
 /// binary that reads it (clap prints `[env: NAME=...]` in --help).
 fn check_settings(binary: &str, config_map: &str, not_flags: &[&str]) {
     xtask(&["build"]);
-    let path = root()
-        .join("target/x86_64-unknown-linux-gnu/debug")
+    let path = target_dir()
+        .join("x86_64-unknown-linux-gnu/debug")
         .join(binary);
     // starts: underlay-agent underlay-cni underlay-route-controller (from the image)
     let help = stdout(&run(Command::new(&path).arg("--help")));
-    for key in config_map_keys(config_map) {
+    for key in config_map_data(config_map).keys() {
         if key == "RUST_LOG" || not_flags.contains(&key.as_str()) {
             continue;
         }
@@ -447,7 +571,7 @@ fn route_controller_settings_are_route_controller_flags() {
 #[test]
 fn cni_install_accepts_the_flags_the_init_container_passes() {
     xtask(&["build"]);
-    let path = root().join("target/x86_64-unknown-linux-gnu/debug/underlay-cni");
+    let path = target_dir().join("x86_64-unknown-linux-gnu/debug/underlay-cni");
     // starts: underlay-cni (from the image)
     let help = stdout(&run(Command::new(&path).args(["install", "--help"])));
     for flag in ["--bin-dir", "--conf-dir"] {
