@@ -477,3 +477,89 @@ fn denied_packets_are_logged_per_namespace_or_everywhere_rate_limited() {
         assert!(!logs("udlxb") && !logs("udlzc"), "{case}");
     }
 }
+
+/// Chain and set names come from a 48-bit hash of text tenants choose
+/// (namespace/name, selector labels). These pairs collide under that hash;
+/// each object must still keep its own chain and its own set.
+#[test]
+fn policies_and_peer_sets_whose_names_hash_alike_keep_their_own_chains_and_sets() {
+    use underlay_policy::model::{Peer, Policy, Rule};
+    let world = |fake: &FakeDataplane| {
+        let mut e = world_engine(fake);
+        e.change(|idx| {
+            for (ns, pod, role) in [("x", "b", "q9p8zoni7o20"), ("y", "b", "qrtqa5y7y30c")] {
+                let p = idx.pod(&PodKey::new(ns, pod)).unwrap().clone();
+                idx.apply_pod(p.label("role", role));
+            }
+        });
+        e
+    };
+    let x_a = Pid { ns: 0, pod: 0 };
+    let y_a = Pid { ns: 1, pod: 0 };
+    let probe = |src: Pid, dst: Pid| Probe {
+        src,
+        dst,
+        protocol: Protocol::Tcp,
+        port: 80,
+        family: Family::V4,
+    };
+
+    // x/qut94zsly7zq and y/q9wr7e0srw14: x/a only from x/b, y/a from anyone.
+    let fake = FakeDataplane::new();
+    let mut engine = world(&fake);
+    let mut strict = Policy::new("x", "qut94zsly7zq", Selector::labels([("pod", "a")]));
+    strict.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([(
+        "pod", "b",
+    )]))])];
+    let mut open = Policy::new("y", "q9wr7e0srw14", Selector::labels([("pod", "a")]));
+    open.ingress = vec![Rule::allow_all()];
+    engine.change(|idx| {
+        idx.apply_policy(strict);
+        idx.apply_policy(open);
+    });
+    engine.sync().unwrap();
+    assert!(
+        forward(&fake, &probe(Pid { ns: 0, pod: 1 }, x_a)),
+        "x/b -> x/a"
+    );
+    assert!(
+        !forward(&fake, &probe(Pid { ns: 0, pod: 2 }, x_a)),
+        "x/c -> x/a"
+    );
+    assert!(
+        forward(&fake, &probe(Pid { ns: 2, pod: 2 }, y_a)),
+        "z/c -> y/a"
+    );
+
+    // Peers `role=q9p8zoni7o20` in x and `role=qrtqa5y7y30c` in y.
+    let fake = FakeDataplane::new();
+    let mut engine = world(&fake);
+    let from_role = |ns: &str, role: &str| {
+        let mut p = Policy::new(ns, "from-role", Selector::labels([("pod", "a")]));
+        p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([(
+            "role", role,
+        )]))])];
+        p
+    };
+    engine.change(|idx| {
+        idx.apply_policy(from_role("x", "q9p8zoni7o20"));
+        idx.apply_policy(from_role("y", "qrtqa5y7y30c"));
+    });
+    engine.sync().unwrap();
+    assert!(
+        forward(&fake, &probe(Pid { ns: 0, pod: 1 }, x_a)),
+        "x/b -> x/a"
+    );
+    assert!(
+        !forward(&fake, &probe(Pid { ns: 1, pod: 1 }, x_a)),
+        "y/b -> x/a"
+    );
+    assert!(
+        forward(&fake, &probe(Pid { ns: 1, pod: 1 }, y_a)),
+        "y/b -> y/a"
+    );
+    assert!(
+        !forward(&fake, &probe(Pid { ns: 0, pod: 1 }, y_a)),
+        "x/b -> y/a"
+    );
+}
