@@ -25,6 +25,9 @@ pub enum EndpointError {
     InvalidKey(String),
     #[error("{0}")]
     Exhausted(String),
+    /// The host interface name is held by another pod's endpoint.
+    #[error("{0}")]
+    NameTaken(String),
     #[error("no attachment {0}")]
     NotFound(AttachmentKey),
     #[error(transparent)]
@@ -119,6 +122,31 @@ fn validate(key: &AttachmentKey) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Who holds `input`'s host interface name, when it is another pod (an
+/// older sandbox of the same pod may hold it: its link is being replaced).
+fn name_holder(records: &BTreeMap<AttachmentKey, Record>, input: &AttachInput) -> Option<String> {
+    if input.host_interface.is_empty() {
+        return None;
+    }
+    let same_pod = |r: &Record| {
+        !r.namespace.is_empty()
+            && !r.pod_name.is_empty()
+            && r.namespace == input.namespace
+            && r.pod_name == input.pod_name
+            && r.ifname == input.key.ifname
+    };
+    records
+        .values()
+        .find(|r| r.host_interface == input.host_interface && !same_pod(r))
+        .map(|r| {
+            if r.pod_name.is_empty() {
+                format!("attachment {}", r.key())
+            } else {
+                format!("pod {}/{}", r.namespace, r.pod_name)
+            }
+        })
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -235,6 +263,12 @@ impl Endpoints {
                 let rec = rec.clone();
                 st.inflight.insert(input.key.clone());
                 return Ok((rec, false));
+            }
+            if let Some(holder) = name_holder(&st.records, &input) {
+                return Err(EndpointError::NameTaken(format!(
+                    "host interface {} belongs to {holder}; ask again with another name",
+                    input.host_interface
+                )));
             }
             let alloc = st.pools.as_mut().expect("checked above");
             let ips = alloc.allocate(&input.key).map_err(|e| match e {
