@@ -563,3 +563,60 @@ fn policies_and_peer_sets_whose_names_hash_alike_keep_their_own_chains_and_sets(
         "x/b -> y/a"
     );
 }
+
+/// kube-proxy inserts its jumps at the top of FORWARD, INPUT and OUTPUT;
+/// `KUBE-FORWARD` accepts packets marked for masquerade (and established
+/// ones) before our policy sees them, so repair moves our hooks back above.
+#[test]
+fn repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps() {
+    use support::{KUBE_MARK_MASQ, kube_proxy_reinserts_its_jumps};
+    use underlay_policy::Dataplane;
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let s = &scenarios::all()[6]; // x/a ingress only from pods b of x
+    engine.change(|idx| scenarios::prepare(idx, s));
+    engine.sync().unwrap();
+    let (y_a, x_a) = (Pid { ns: 1, pod: 0 }, Pid { ns: 0, pod: 0 });
+    let masqueraded = |fake: &FakeDataplane| {
+        let mut pkt = Packet {
+            iif: Some(y_a.interface()),
+            oif: Some(x_a.interface()),
+            src: y_a.ip(Family::V4),
+            dst: x_a.ip(Family::V4),
+            protocol: Protocol::Tcp,
+            dport: 80,
+            mark: KUBE_MARK_MASQ,
+        };
+        verdict(fake, Family::V4, "FORWARD", &mut pkt)
+    };
+    assert_eq!(masqueraded(&fake), Verdict::Drop);
+
+    fake.clone()
+        .restore_filter(Family::V4, &kube_proxy_reinserts_its_jumps())
+        .unwrap();
+    assert_eq!(
+        masqueraded(&fake),
+        Verdict::Accept,
+        "the stand-in must bypass"
+    );
+    let report = engine.repair().unwrap();
+    assert!(report.repaired, "{report:?}");
+    assert_eq!(masqueraded(&fake), Verdict::Drop, "y/a -> x/a after repair");
+    let st = fake.state();
+    for (builtin, ours) in [
+        ("FORWARD", "UDL-FORWARD"),
+        ("INPUT", "UDL-INPUT"),
+        ("OUTPUT", "UDL-OUTPUT"),
+    ] {
+        let rules = &st.tables[0][builtin];
+        assert!(
+            rules[0].ends_with(&format!("-j {ours}")),
+            "{builtin}: {rules:?}"
+        );
+        let jumps = rules.iter().filter(|r| r.ends_with(&format!("-j {ours}")));
+        assert_eq!(jumps.count(), 1, "{builtin}: {rules:?}");
+        assert!(rules.len() > 1, "kube-proxy's jumps stay: {rules:?}");
+    }
+    drop(st);
+    assert!(engine.repair().unwrap().wrote_nothing());
+}

@@ -481,3 +481,71 @@ async fn conntrack_deletion_touches_only_its_own_namespace() {
     let mut missing = CommandDataplane::in_netns(format!("{prefix}missing"));
     assert!(missing.delete_flows(&flows[..1]).is_err());
 }
+
+/// kube-proxy starting after us puts `KUBE-FORWARD` (which accepts packets
+/// marked for masquerade, and established ones) above our hooks; repair
+/// moves ours back to the top, and real packets are denied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps() {
+    if !root_or_skip("repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps") {
+        return;
+    }
+    let lab = Lab::new("kproxy").await;
+    let mut e = engine(&lab);
+    e.change(|idx| idx.apply_policy(only_b_to_a()));
+    e.sync().unwrap();
+    // What kube-proxy's KUBE-MARK-MASQ does to service traffic, for every
+    // forwarded packet here.
+    let mark = format!(
+        "0x{:x}/0x{:x}",
+        support::KUBE_MARK_MASQ,
+        support::KUBE_MARK_MASQ
+    );
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node,
+        "iptables",
+        "-t",
+        "mangle",
+        "-A",
+        "PREROUTING",
+        "-j",
+        "MARK",
+        "--set-xmark",
+        &mark,
+    ]);
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
+
+    CommandDataplane::in_netns(&lab.node)
+        .restore_filter(Family::V4, &support::kube_proxy_reinserts_its_jumps())
+        .unwrap();
+    let report = e.repair().unwrap();
+    assert!(report.repaired, "{report:?}");
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await, "y/a -> x/a");
+    assert!(reaches(&lab, tcp80("x/b", "x/a")).await, "x/b -> x/a");
+    let saved = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node,
+        "iptables-save",
+        "-t",
+        "filter",
+    ]);
+    for (builtin, ours) in [
+        ("FORWARD", "UDL-FORWARD"),
+        ("INPUT", "UDL-INPUT"),
+        ("OUTPUT", "UDL-OUTPUT"),
+    ] {
+        let rules: Vec<&str> = saved
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {builtin} ")))
+            .collect();
+        assert!(rules[0].ends_with(&format!("-j {ours}")), "{saved}");
+        assert!(rules.len() > 1, "kube-proxy's jumps stay: {saved}");
+        assert_eq!(saved.matches(&format!("-j {ours}\n")).count(), 1, "{saved}");
+    }
+    assert!(e.repair().unwrap().wrote_nothing());
+}
