@@ -246,10 +246,18 @@ impl<D: Dataplane> PolicyAgent<D> {
 
     /// Loads the endpoints a previous run attached. Their rules are still
     /// on the node; the first sync after the cache is complete adopts them.
+    ///
+    /// With an API server, an endpoint whose pod the cache does not hold
+    /// is denied until the pod shows up. Standalone, no policy exists and
+    /// each endpoint gets a bare pod, as attach gives it.
     pub async fn restore(&self, eps: Vec<Endpoint>) -> Result<(), AttachError> {
+        let standalone = self.client.is_none();
         let mut engine = self.engine.lock().await;
         engine.change(|i| {
             for ep in eps {
+                if standalone && i.pod(&ep.pod).is_none() {
+                    i.apply_pod(Pod::new(&ep.pod.namespace, &ep.pod.name));
+                }
                 i.apply_endpoint(ep);
             }
         });

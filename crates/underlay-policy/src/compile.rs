@@ -10,6 +10,7 @@
 //! - `UDL-E-<if>` / `UDL-I-<if>`: per endpoint. Empty when no policy of
 //!   that direction selects the pod (open); otherwise a jump to each
 //!   selecting policy's chain, returning as soon as one allowed, then drop.
+//!   A drop alone while the endpoint's Pod object is unknown.
 //! - `UDL-PI-<h>` / `UDL-PE-<h>`: per policy, shared by every endpoint it
 //!   selects. Allowed packets get the policy mark bit; the endpoint chain
 //!   tests it. The bit is cleared again in `UDL-ALLOW` so other
@@ -291,6 +292,14 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
         chains.insert(TO_POD.into(), to_pod);
 
         for ep in &endpoints {
+            if index.pod(&ep.pod).is_none() {
+                // Unknown means denied: without its Pod object nothing says
+                // which policies select it (e.g. deleted while we were down).
+                for dir in Direction::BOTH {
+                    chains.insert(endpoint_chain(&ep.interface, dir), vec!["-j DROP".into()]);
+                }
+                continue;
+            }
             let selection = index.selection(ep);
             let log = config.log_all
                 || index

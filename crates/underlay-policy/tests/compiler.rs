@@ -620,3 +620,62 @@ fn repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps() {
     drop(st);
     assert!(engine.repair().unwrap().wrote_nothing());
 }
+
+/// After a restart the agent restores every recorded endpoint, but a pod
+/// deleted meanwhile has no Pod object: nothing says which policies select
+/// it, so it is denied both ways until the pod is known again.
+#[test]
+fn an_endpoint_whose_pod_is_unknown_is_denied_until_the_pod_is_known() {
+    use underlay_policy::model::{Endpoint, Pod};
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let ghost = Endpoint {
+        pod: PodKey::new("x", "ghost"),
+        interface: "udlxghost".into(),
+        ips: vec!["10.88.0.99".parse().unwrap()],
+    };
+    engine.change(|idx| idx.apply_endpoint(ghost.clone()));
+    engine.sync().unwrap();
+    let x_a = Pid { ns: 0, pod: 0 };
+    let packet = |iif: String, oif: String, src, dst| Packet {
+        iif: Some(iif),
+        oif: Some(oif),
+        src,
+        dst,
+        protocol: Protocol::Tcp,
+        dport: 80,
+        mark: 0,
+    };
+    let both_ways = |fake: &FakeDataplane| {
+        let mut to = packet(
+            x_a.interface(),
+            ghost.interface.clone(),
+            x_a.ip(Family::V4),
+            ghost.ips[0],
+        );
+        let mut from = packet(
+            ghost.interface.clone(),
+            x_a.interface(),
+            ghost.ips[0],
+            x_a.ip(Family::V4),
+        );
+        [
+            verdict(fake, Family::V4, "FORWARD", &mut to),
+            verdict(fake, Family::V4, "FORWARD", &mut from),
+        ]
+    };
+    assert_eq!(both_ways(&fake), [Verdict::Drop, Verdict::Drop]);
+    let eval = Evaluator::new(engine.index());
+    let flow = Flow {
+        protocol: 6,
+        src: x_a.ip(Family::V4),
+        dst: ghost.ips[0],
+        sport: 40000,
+        dport: 80,
+    };
+    assert!(!eval.allowed(&flow), "the evaluator agrees");
+
+    engine.change(|idx| idx.apply_pod(Pod::new("x", "ghost").ip("10.88.0.99")));
+    engine.sync().unwrap();
+    assert_eq!(both_ways(&fake), [Verdict::Accept, Verdict::Accept]);
+}
