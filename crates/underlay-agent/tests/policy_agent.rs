@@ -292,3 +292,70 @@ async fn status_and_metrics_report_the_programmed_policy() {
     drop(agent);
     drop(relay);
 }
+
+/// `--pod-cidr` with policy on and no usable API server: no policy could
+/// ever be read, so the agent must not call itself ready nor attach pods
+/// (they would run open); Status says what is wrong and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_with_policy_but_no_api_server_stays_not_ready_and_says_why() {
+    if !netns::require_root("standalone_with_policy_but_no_api_server_stays_not_ready_and_says_why")
+    {
+        return;
+    }
+    let ns = Netns::create(&format!("{}nk", netns::unique_prefix()))
+        .await
+        .expect("create the namespace");
+    let dir = tempfile::tempdir().unwrap();
+    let socket: PathBuf = dir.path().join("agent.sock");
+    let _agent = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(env!("CARGO_BIN_EXE_underlay-agent"))
+            .args(["--node-name", "worker-1", "--policy=true"])
+            .args(["--pod-cidr", "10.244.6.0/24"])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--metrics-addr", "off", "--health-addr", "off"])
+            // Neither a kubeconfig nor an in-cluster configuration.
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env("HOME", dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent"),
+    );
+    wait_for("the socket", async || socket.exists()).await;
+    let mut c = client(&socket).await;
+    let mut status = v1::StatusResponse::default();
+    wait_for("ready, or a reason naming the API server", async || {
+        status = c.status(v1::StatusRequest {}).await.unwrap().into_inner();
+        status.ready || status.reason.contains("API server")
+    })
+    .await;
+    assert!(!status.ready, "{status:?}");
+    for hint in ["--kubeconfig", "--policy=false"] {
+        assert!(status.reason.contains(hint), "{hint}: {}", status.reason);
+    }
+    assert!(!status.reason.contains("--pod-cidr"), "{}", status.reason);
+    let attach = c
+        .attach(v1::AttachRequest {
+            key: Some(v1::AttachmentKey {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+            }),
+            pod: Some(v1::PodRef {
+                namespace: "x".into(),
+                name: "a".into(),
+                ..Default::default()
+            }),
+            host_interface: "udlxa".into(),
+            ..Default::default()
+        })
+        .await;
+    let err = attach.expect_err("attach must be refused");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+}
