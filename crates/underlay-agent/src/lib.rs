@@ -139,7 +139,9 @@ async fn bring_up(
         endpoints.set_waiting("no pod cidrs: pass --pod-cidr or a kubeconfig");
         return;
     };
-    endpoints.set_waiting("restoring recorded endpoints");
+    endpoints.set_waiting(
+        "restoring recorded endpoints; with policy on, waiting for the policy cache to list namespaces, pods and network policies from the API server",
+    );
     match endpoints.set_pools(&cidrs) {
         Ok(rejected) => {
             for (key, why) in rejected {

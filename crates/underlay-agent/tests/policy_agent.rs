@@ -359,3 +359,89 @@ async fn standalone_with_policy_but_no_api_server_stays_not_ready_and_says_why()
     let err = attach.expect_err("attach must be refused");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 }
+
+/// Ready means an Attach would succeed now: while the policy cache cannot
+/// list pods the agent is not ready and says why; once it is ready, an
+/// Attach is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_the_policy_cache_has_listed_everything() {
+    use underlay_lab::apiserver::{Failure, Match};
+    if !netns::require_root("ready_only_once_the_policy_cache_has_listed_everything") {
+        return;
+    }
+    let api = ApiServer::start(Config::default())
+        .await
+        .expect("start the API server");
+    let kube = api.client().unwrap();
+    create(
+        &Api::<Node>::all(kube.clone()),
+        json!({"metadata": {"name": "worker-1"},
+               "spec": {"podCIDR": "10.244.7.0/24", "podCIDRs": ["10.244.7.0/24"]}}),
+    )
+    .await;
+    create(
+        &Api::<Namespace>::all(kube.clone()),
+        json!({"metadata": {"name": "x"}}),
+    )
+    .await;
+    running_pod(&kube, "a", "10.244.7.2").await;
+    // Every pod list fails until cleared.
+    api.faults().fail_next(
+        u32::MAX,
+        Failure::Internal,
+        Match {
+            method: Some(http::Method::GET),
+            path_contains: Some("/pods".into()),
+        },
+    );
+
+    let ns = Netns::create(&format!("{}rd", netns::unique_prefix()))
+        .await
+        .expect("create the namespace");
+    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
+        .expect("relay");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
+    )
+    .unwrap();
+    let socket: PathBuf = dir.path().join("agent.sock");
+    let _agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
+    wait_for("the socket", async || socket.exists()).await;
+    let mut c = client(&socket).await;
+    let mut status = v1::StatusResponse::default();
+    wait_for("ready, or a reason naming the policy cache", async || {
+        status = c.status(v1::StatusRequest {}).await.unwrap().into_inner();
+        status.ready || status.reason.contains("policy")
+    })
+    .await;
+    assert!(!status.ready, "ready before pods were listed: {status:?}");
+
+    api.faults().clear();
+    wait_for("ready", async || {
+        c.status(v1::StatusRequest {})
+            .await
+            .is_ok_and(|s| s.into_inner().ready)
+    })
+    .await;
+    let got = c
+        .attach(v1::AttachRequest {
+            key: Some(v1::AttachmentKey {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+            }),
+            pod: Some(v1::PodRef {
+                namespace: "x".into(),
+                name: "a".into(),
+                ..Default::default()
+            }),
+            host_interface: "udlready01".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("attach right after ready")
+        .into_inner();
+    assert!(got.policy_programmed);
+}

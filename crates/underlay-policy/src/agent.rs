@@ -244,8 +244,9 @@ impl<D: Dataplane> PolicyAgent<D> {
         }
     }
 
-    /// Loads the endpoints a previous run attached. Their rules are still
-    /// on the node; the first sync after the cache is complete adopts them.
+    /// Loads the endpoints a previous run attached and returns once the
+    /// cache is complete and they are programmed (their rules are still on
+    /// the node; this first sync adopts them).
     ///
     /// With an API server, an endpoint whose pod the cache does not hold
     /// is denied until the pod shows up. Standalone, no policy exists and
@@ -262,8 +263,15 @@ impl<D: Dataplane> PolicyAgent<D> {
             }
         });
         drop(engine);
-        self.kick.notify_one();
-        Ok(())
+        // Ready must mean an Attach succeeds now: wait for the complete
+        // cache (however long the API server takes), then program it.
+        let mut rx = self.listed.subscribe();
+        rx.wait_for(|l| l.iter().all(|b| *b))
+            .await
+            .map_err(|_| AttachError::Unavailable("the policy watchers stopped".into()))?;
+        self.sync_now(false)
+            .await
+            .map_err(|e| AttachError::Unavailable(format!("programming restored endpoints: {e}")))
     }
 
     fn mark_listed(&self, which: usize) {
