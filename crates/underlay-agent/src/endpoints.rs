@@ -149,6 +149,30 @@ fn name_holder(records: &BTreeMap<AttachmentKey, Record>, input: &AttachInput) -
         })
 }
 
+/// A host interface name must be a Linux interface name (it ends up in
+/// iptables-restore scripts and netlink requests): 1-15 bytes, not `.` or
+/// `..`, no `/`, `:`, whitespace or control characters.
+fn validate_host_interface(name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(EndpointError::InvalidKey(format!(
+            "host interface {name:?} {why}; the plugin names it udl + 11 hex digits"
+        )))
+    };
+    if name.is_empty() || name.len() > 15 {
+        return bad("must be 1 to 15 bytes long");
+    }
+    if name == "." || name == ".." {
+        return bad("is not an interface name");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return bad("may not contain '/', ':', whitespace or control characters");
+    }
+    Ok(())
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -249,6 +273,7 @@ impl Endpoints {
     /// durably, then waits for the hook to put its policy in place.
     pub async fn attach(&self, input: AttachInput) -> Result<Record> {
         validate(&input.key)?;
+        validate_host_interface(&input.host_interface)?;
         let inner = self.inner.clone();
         let this = self.clone();
         let (rec, fresh) = blocking(move || {
@@ -461,6 +486,37 @@ mod tests {
             self.mark_ready();
             r
         }
+    }
+
+    #[tokio::test]
+    async fn a_host_interface_that_is_no_linux_interface_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path(), Arc::new(crate::hook::NoPolicy));
+        svc.set_pools_ready(&cidrs(&["10.244.1.0/24"]));
+        let long = "udl0123456789abc".to_string();
+        for bad in [
+            "",
+            ".",
+            "..",
+            "udl a",
+            "udla\n-A FORWARD -j ACCEPT",
+            "udl/a",
+            "udl:a",
+            "udl\u{0}",
+            long.as_str(),
+        ] {
+            let mut i = input("c1");
+            i.host_interface = bad.into();
+            let got = svc.attach(i).await;
+            assert!(
+                matches!(got, Err(EndpointError::InvalidKey(ref m)) if m.contains("host interface")),
+                "{bad:?}: {got:?}"
+            );
+        }
+        assert!(svc.endpoints().is_empty());
+        let mut ok = input("c1");
+        ok.host_interface = "udl0123456789a".into();
+        svc.attach(ok).await.unwrap();
     }
 
     #[tokio::test]
