@@ -99,6 +99,56 @@ fn start_agent(ns: &Netns, kubeconfig: &Path, socket: &Path, dir: &Path) -> Kill
     )
 }
 
+/// The agent's namespace, where its rules and sets live, with a relay to
+/// the API server there and a kubeconfig that points at it.
+struct Placed {
+    ns: Netns,
+    relay: underlay_lab::relay::Relay,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    socket: PathBuf,
+}
+
+async fn place(api: &underlay_lab::apiserver::Handle, tag: &str) -> Placed {
+    let ns = Netns::create(&format!("{}{tag}", netns::unique_prefix()))
+        .await
+        .expect("create the namespace");
+    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
+        .expect("relay");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
+    )
+    .unwrap();
+    let socket = dir.path().join("agent.sock");
+    Placed {
+        ns,
+        relay,
+        dir,
+        kubeconfig,
+        socket,
+    }
+}
+
+/// Attach of pod x/a (container c1, eth0) on host interface `iface`.
+fn attach_x_a(iface: &str) -> v1::AttachRequest {
+    v1::AttachRequest {
+        key: Some(v1::AttachmentKey {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        }),
+        pod: Some(v1::PodRef {
+            namespace: "x".into(),
+            name: "a".into(),
+            ..Default::default()
+        }),
+        host_interface: iface.into(),
+        ..Default::default()
+    }
+}
+
 fn iptables_save(ns: &Netns) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", ns.name(), "iptables-save", "-t", "filter"])
@@ -142,21 +192,13 @@ async fn status_and_metrics_report_the_programmed_policy() {
     )
     .await;
 
-    // The agent runs in its own namespace: its rules and sets are that
-    // namespace's, and it reaches the API server through a relay there.
-    let ns = Netns::create(&format!("{}pa", netns::unique_prefix()))
-        .await
-        .expect("create the namespace");
-    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
-        .expect("relay");
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
-    )
-    .unwrap();
-    let socket: PathBuf = dir.path().join("agent.sock");
+    let Placed {
+        ns,
+        relay,
+        dir,
+        kubeconfig,
+        socket,
+    } = place(&api, "pa").await;
     let mut agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
     wait_for("the socket", async || socket.exists()).await;
     let mut c = client(&socket).await;
@@ -173,19 +215,7 @@ async fn status_and_metrics_report_the_programmed_policy() {
         .unwrap()
         .as_millis() as i64;
     let got = c
-        .attach(v1::AttachRequest {
-            key: Some(v1::AttachmentKey {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-            }),
-            pod: Some(v1::PodRef {
-                namespace: "x".into(),
-                name: "a".into(),
-                ..Default::default()
-            }),
-            host_interface: "udlpolicya01".into(),
-            ..Default::default()
-        })
+        .attach(attach_x_a("udlpolicya01"))
         .await
         .expect("attach x/a")
         .into_inner();
@@ -341,21 +371,7 @@ async fn standalone_with_policy_but_no_api_server_stays_not_ready_and_says_why()
         assert!(status.reason.contains(hint), "{hint}: {}", status.reason);
     }
     assert!(!status.reason.contains("--pod-cidr"), "{}", status.reason);
-    let attach = c
-        .attach(v1::AttachRequest {
-            key: Some(v1::AttachmentKey {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-            }),
-            pod: Some(v1::PodRef {
-                namespace: "x".into(),
-                name: "a".into(),
-                ..Default::default()
-            }),
-            host_interface: "udlxa".into(),
-            ..Default::default()
-        })
-        .await;
+    let attach = c.attach(attach_x_a("udlxa")).await;
     let err = attach.expect_err("attach must be refused");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 }
@@ -395,20 +411,9 @@ async fn ready_only_once_the_policy_cache_has_listed_everything() {
         },
     );
 
-    let ns = Netns::create(&format!("{}rd", netns::unique_prefix()))
-        .await
-        .expect("create the namespace");
-    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
-        .expect("relay");
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
-    )
-    .unwrap();
-    let socket: PathBuf = dir.path().join("agent.sock");
-    let _agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
+    let placed = place(&api, "rd").await;
+    let socket = placed.socket.clone();
+    let _agent = start_agent(&placed.ns, &placed.kubeconfig, &socket, placed.dir.path());
     wait_for("the socket", async || socket.exists()).await;
     let mut c = client(&socket).await;
     let mut status = v1::StatusResponse::default();
@@ -427,19 +432,7 @@ async fn ready_only_once_the_policy_cache_has_listed_everything() {
     })
     .await;
     let got = c
-        .attach(v1::AttachRequest {
-            key: Some(v1::AttachmentKey {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-            }),
-            pod: Some(v1::PodRef {
-                namespace: "x".into(),
-                name: "a".into(),
-                ..Default::default()
-            }),
-            host_interface: "udlready01".into(),
-            ..Default::default()
-        })
+        .attach(attach_x_a("udlready01"))
         .await
         .expect("attach right after ready")
         .into_inner();

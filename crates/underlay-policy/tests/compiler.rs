@@ -603,11 +603,7 @@ fn repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps() {
     assert!(report.repaired, "{report:?}");
     assert_eq!(masqueraded(&fake), Verdict::Drop, "y/a -> x/a after repair");
     let st = fake.state();
-    for (builtin, ours) in [
-        ("FORWARD", "UDL-FORWARD"),
-        ("INPUT", "UDL-INPUT"),
-        ("OUTPUT", "UDL-OUTPUT"),
-    ] {
+    for (builtin, ours) in underlay_policy::compile::HOOKS {
         let rules = &st.tables[0][builtin];
         assert!(
             rules[0].ends_with(&format!("-j {ours}")),

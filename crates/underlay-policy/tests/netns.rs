@@ -41,6 +41,19 @@ fn tcp80(src: &str, dst: &str) -> Probe {
     }
 }
 
+/// The node namespace's IPv4 filter table, as `iptables-save` prints it.
+fn iptables_save(lab: &Lab) -> String {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node,
+        "iptables-save",
+        "-t",
+        "filter",
+    ])
+}
+
 async fn reaches(lab: &Lab, p: Probe) -> bool {
     lab.probe_all(&[p], Duration::from_millis(500)).await[0]
 }
@@ -133,15 +146,7 @@ async fn every_scenario_holds_for_real_packets() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Logging scenario left its NFLOG rule behind only while it applied.
-    let saved = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.node,
-        "iptables-save",
-        "-t",
-        "filter",
-    ]);
+    let saved = iptables_save(&lab);
     assert!(
         !saved.contains("NFLOG"),
         "logging rules outlived their scenario"
@@ -297,15 +302,7 @@ async fn an_external_flush_is_repaired_by_the_periodic_check() {
         ..tcp80("y/a", "x/a")
     };
     assert!(!reaches(&lab, v6).await, "IPv6 not repaired");
-    let saved = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.node,
-        "iptables-save",
-        "-t",
-        "filter",
-    ]);
+    let saved = iptables_save(&lab);
     assert_eq!(saved.matches("-A FORWARD -j OTHER").count(), 1, "{saved}");
     assert_eq!(saved.matches("-j UDL-FORWARD").count(), 1, "{saved}");
     for t in tasks {
@@ -525,20 +522,8 @@ async fn repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps() {
     assert!(report.repaired, "{report:?}");
     assert!(!reaches(&lab, tcp80("y/a", "x/a")).await, "y/a -> x/a");
     assert!(reaches(&lab, tcp80("x/b", "x/a")).await, "x/b -> x/a");
-    let saved = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.node,
-        "iptables-save",
-        "-t",
-        "filter",
-    ]);
-    for (builtin, ours) in [
-        ("FORWARD", "UDL-FORWARD"),
-        ("INPUT", "UDL-INPUT"),
-        ("OUTPUT", "UDL-OUTPUT"),
-    ] {
+    let saved = iptables_save(&lab);
+    for (builtin, ours) in underlay_policy::compile::HOOKS {
         let rules: Vec<&str> = saved
             .lines()
             .filter(|l| l.starts_with(&format!("-A {builtin} ")))
