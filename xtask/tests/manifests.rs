@@ -507,8 +507,9 @@ const ENTRYPOINTS: &[(&str, &[&str])] = &[
 ];
 
 /// Variables read by something other than the binary's argument parser:
-/// the agent image's entrypoint, and the log filter of every binary.
-const NOT_FLAGS: &[&str] = &["UNDERLAY_IPTABLES_MODE", "RUST_LOG"];
+/// the agent image's entrypoint, the log filter of every binary, and the
+/// node address the agent's metrics address is built from (`$(HOST_IP)`).
+const NOT_FLAGS: &[&str] = &["UNDERLAY_IPTABLES_MODE", "RUST_LOG", "HOST_IP"];
 
 /// What the kubelet would run for one container: its argv (entrypoint or
 /// `command`, then `args`) and its environment, with ConfigMap references
@@ -544,13 +545,14 @@ fn container_invocation(
     }
     for e in container.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => v.clone(),
+            (Some(v), _) => expand(v, &env),
             (None, Some(from)) => {
                 if let Some(field) = &from.field_ref {
                     match field.field_path.as_str() {
                         "metadata.name" => pod_meta.0.to_string(),
                         "metadata.namespace" => pod_meta.1.to_string(),
                         "spec.nodeName" => "node-0".to_string(),
+                        "status.hostIP" => "10.0.0.4".to_string(),
                         other => panic!("{}: downward API field {other} not modelled", e.name),
                     }
                 } else if let Some(key) = &from.config_map_key_ref {
@@ -569,6 +571,33 @@ fn container_invocation(
         env.push((e.name.clone(), value));
     }
     (argv, env)
+}
+
+/// `$(NAME)` in an env value replaced by the variable defined before it,
+/// as the kubelet does; an unknown name stays as written.
+fn expand(value: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find("$(") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 2..];
+        match tail.find(')') {
+            Some(end) => {
+                let name = &tail[..end];
+                match env.iter().rev().find(|(k, _)| k == name) {
+                    Some((_, v)) => out.push_str(v),
+                    None => out.push_str(&rest[at..at + 3 + end]),
+                }
+                rest = &tail[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[at..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The argv clap would see if every variable of `env` that the command reads

@@ -23,7 +23,7 @@ impl std::str::FromStr for Listen {
         }
         s.parse()
             .map(|a| Self(Some(a)))
-            .map_err(|_| format!("{s:?} is not HOST:PORT (e.g. 0.0.0.0:9962) or off"))
+            .map_err(|_| format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:9962) or off"))
     }
 }
 
@@ -63,11 +63,17 @@ pub struct Args {
     /// object is not consulted.
     #[arg(long = "pod-cidr", env = "UNDERLAY_POD_CIDR", value_delimiter = ',')]
     pub pod_cidrs: Vec<String>,
-    /// Prometheus metrics listen address (`/metrics`), or `off`.
-    #[arg(long, env = "UNDERLAY_METRICS_ADDR", default_value = "0.0.0.0:9962")]
+    /// Prometheus metrics listen address (`/metrics`), or `off`. Served
+    /// without authentication, so loopback by default: with host
+    /// networking any address here is reachable by everything that can
+    /// reach the node on that address, pods included (NetworkPolicy does
+    /// not cover the node's own ports). Give the node's address (the
+    /// DaemonSet uses `$(HOST_IP):9650`) for Prometheus to scrape.
+    #[arg(long, env = "UNDERLAY_METRICS_ADDR", default_value = "127.0.0.1:9962")]
     pub metrics_addr: Listen,
-    /// Health listen address (`/healthz`, `/readyz`), or `off`.
-    #[arg(long, env = "UNDERLAY_HEALTH_ADDR", default_value = "0.0.0.0:9963")]
+    /// Health listen address (`/healthz`, `/readyz`), or `off`; loopback by
+    /// default (the kubelet's probes of a host-network pod reach it).
+    #[arg(long, env = "UNDERLAY_HEALTH_ADDR", default_value = "127.0.0.1:9963")]
     pub health_addr: Listen,
     /// Log format on stderr (`RUST_LOG` sets the level).
     #[arg(long, env = "UNDERLAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -108,5 +114,13 @@ mod tests {
         assert!(!a.policy);
         assert_eq!(a.socket, PathBuf::from("/run/underlay/agent.sock"));
         assert!(Args::try_parse_from(["underlay-agent", "--metrics-addr", "nope"]).is_err());
+    }
+
+    #[test]
+    fn metrics_and_health_listen_on_loopback_unless_told_otherwise() {
+        let a = Args::try_parse_from(["underlay-agent"]).unwrap();
+        for listen in [a.metrics_addr, a.health_addr] {
+            assert!(listen.0.unwrap().ip().is_loopback(), "{listen:?}");
+        }
     }
 }

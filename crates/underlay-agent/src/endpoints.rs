@@ -25,6 +25,9 @@ pub enum EndpointError {
     InvalidKey(String),
     #[error("{0}")]
     Exhausted(String),
+    /// The host interface name is held by another pod's endpoint.
+    #[error("{0}")]
+    NameTaken(String),
     #[error("no attachment {0}")]
     NotFound(AttachmentKey),
     #[error(transparent)]
@@ -117,6 +120,55 @@ fn validate(key: &AttachmentKey) -> Result<()> {
         return Err(EndpointError::InvalidKey(
             "container id and interface name must not contain '/'".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Who holds `input`'s host interface name, when it is another pod (an
+/// older sandbox of the same pod may hold it: its link is being replaced).
+fn name_holder(records: &BTreeMap<AttachmentKey, Record>, input: &AttachInput) -> Option<String> {
+    if input.host_interface.is_empty() {
+        return None;
+    }
+    let same_pod = |r: &Record| {
+        !r.namespace.is_empty()
+            && !r.pod_name.is_empty()
+            && r.namespace == input.namespace
+            && r.pod_name == input.pod_name
+            && r.ifname == input.key.ifname
+    };
+    records
+        .values()
+        .find(|r| r.host_interface == input.host_interface && !same_pod(r))
+        .map(|r| {
+            if r.pod_name.is_empty() {
+                format!("attachment {}", r.key())
+            } else {
+                format!("pod {}/{}", r.namespace, r.pod_name)
+            }
+        })
+}
+
+/// A host interface name must be a Linux interface name (it ends up in
+/// iptables-restore scripts and netlink requests): 1-15 bytes, not `.` or
+/// `..`, no `/`, `:`, whitespace or control characters.
+fn validate_host_interface(name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(EndpointError::InvalidKey(format!(
+            "host interface {name:?} {why}; the plugin names it udl + 11 hex digits"
+        )))
+    };
+    if name.is_empty() || name.len() > 15 {
+        return bad("must be 1 to 15 bytes long");
+    }
+    if name == "." || name == ".." {
+        return bad("is not an interface name");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return bad("may not contain '/', ':', whitespace or control characters");
     }
     Ok(())
 }
@@ -221,6 +273,7 @@ impl Endpoints {
     /// durably, then waits for the hook to put its policy in place.
     pub async fn attach(&self, input: AttachInput) -> Result<Record> {
         validate(&input.key)?;
+        validate_host_interface(&input.host_interface)?;
         let inner = self.inner.clone();
         let this = self.clone();
         let (rec, fresh) = blocking(move || {
@@ -235,6 +288,12 @@ impl Endpoints {
                 let rec = rec.clone();
                 st.inflight.insert(input.key.clone());
                 return Ok((rec, false));
+            }
+            if let Some(holder) = name_holder(&st.records, &input) {
+                return Err(EndpointError::NameTaken(format!(
+                    "host interface {} belongs to {holder}; ask again with another name",
+                    input.host_interface
+                )));
             }
             let alloc = st.pools.as_mut().expect("checked above");
             let ips = alloc.allocate(&input.key).map_err(|e| match e {
@@ -427,6 +486,37 @@ mod tests {
             self.mark_ready();
             r
         }
+    }
+
+    #[tokio::test]
+    async fn a_host_interface_that_is_no_linux_interface_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path(), Arc::new(crate::hook::NoPolicy));
+        svc.set_pools_ready(&cidrs(&["10.244.1.0/24"]));
+        let long = "udl0123456789abc".to_string();
+        for bad in [
+            "",
+            ".",
+            "..",
+            "udl a",
+            "udla\n-A FORWARD -j ACCEPT",
+            "udl/a",
+            "udl:a",
+            "udl\u{0}",
+            long.as_str(),
+        ] {
+            let mut i = input("c1");
+            i.host_interface = bad.into();
+            let got = svc.attach(i).await;
+            assert!(
+                matches!(got, Err(EndpointError::InvalidKey(ref m)) if m.contains("host interface")),
+                "{bad:?}: {got:?}"
+            );
+        }
+        assert!(svc.endpoints().is_empty());
+        let mut ok = input("c1");
+        ok.host_interface = "udl0123456789a".into();
+        svc.attach(ok).await.unwrap();
     }
 
     #[tokio::test]

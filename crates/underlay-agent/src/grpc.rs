@@ -29,6 +29,7 @@ fn to_status(e: EndpointError) -> Status {
         EndpointError::NotReady(m) => Status::unavailable(m),
         EndpointError::InvalidKey(m) => Status::invalid_argument(m),
         EndpointError::Exhausted(m) => Status::resource_exhausted(m),
+        EndpointError::NameTaken(m) => Status::already_exists(m),
         EndpointError::NotFound(k) => Status::not_found(format!("no attachment {k}")),
         EndpointError::Hook(HookError::Unavailable(m)) => {
             Status::unavailable(format!("policy is not ready yet: {m}"))

@@ -73,6 +73,31 @@ impl EndpointHook for NoPolicy {
     }
 }
 
+/// Policy enforcement is on but cannot work (no Kubernetes client, so no
+/// policy could ever be read): every endpoint is refused with the reason,
+/// the agent never becomes ready, and the plugin reports "try again later"
+/// instead of starting pods with their network open.
+#[derive(Debug, Clone)]
+pub struct PolicyUnavailable(pub String);
+
+impl EndpointHook for PolicyUnavailable {
+    fn attached<'a>(&'a self, _ep: &'a EndpointInfo) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async { Err(HookError::Unavailable(self.0.clone())) })
+    }
+    fn detached<'a>(&'a self, _ep: &'a EndpointInfo) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+    fn restored<'a>(&'a self, _eps: &'a [EndpointInfo]) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async { Err(HookError::Unavailable(self.0.clone())) })
+    }
+    fn status(&self) -> Option<underlay_proto::v1::PolicyStatus> {
+        Some(underlay_proto::v1::PolicyStatus {
+            last_error: self.0.clone(),
+            ..Default::default()
+        })
+    }
+}
+
 /// A recording hook for tests: remembers every call and fails on demand.
 pub mod fake {
     use super::*;

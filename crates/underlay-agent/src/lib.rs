@@ -23,7 +23,7 @@ pub mod policy_hook;
 pub mod store;
 
 pub use args::Args;
-pub use hook::{EndpointHook, EndpointInfo, HookError, NoPolicy};
+pub use hook::{EndpointHook, EndpointInfo, HookError, NoPolicy, PolicyUnavailable};
 
 use anyhow::{Context, Result, bail};
 use endpoints::Endpoints;
@@ -39,6 +39,8 @@ pub struct HookContext {
     /// Node-watch mode; in standalone mode only if a kubeconfig or in-cluster
     /// configuration is available).
     pub client: Option<kube::Client>,
+    /// Why there is no client, when building one failed.
+    pub client_error: Option<String>,
     pub node_name: String,
     pub args: Args,
 }
@@ -56,7 +58,7 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
         }
         None => kube::Config::infer()
             .await
-            .context("no in-cluster configuration and no KUBECONFIG; pass --kubeconfig or --pod-cidr for standalone mode")?,
+            .context("no in-cluster configuration, no KUBECONFIG and no --kubeconfig")?,
     };
     kube::Client::try_from(config).context("build the kubernetes client")
 }
@@ -137,7 +139,9 @@ async fn bring_up(
         endpoints.set_waiting("no pod cidrs: pass --pod-cidr or a kubeconfig");
         return;
     };
-    endpoints.set_waiting("restoring recorded endpoints");
+    endpoints.set_waiting(
+        "restoring recorded endpoints; with policy on, waiting for the policy cache to list namespaces, pods and network policies from the API server",
+    );
     match endpoints.set_pools(&cidrs) {
         Ok(rejected) => {
             for (key, why) in rejected {
@@ -187,13 +191,18 @@ pub async fn run_until(
         // Fail at start-up on a bad combination instead of never getting ready.
         underlay_ipam::PodAllocator::new(&static_cidrs).context("--pod-cidr")?;
     }
+    let mut client_error = None;
     let client = if static_cidrs.is_empty() {
-        Some(kube_client(args.kubeconfig.as_deref()).await?)
+        Some(kube_client(args.kubeconfig.as_deref()).await.context(
+            "the node's pod cidrs come from the API server: pass --kubeconfig, or --pod-cidr to run without it",
+        )?)
     } else if args.kubeconfig.is_some() || args.policy {
         match kube_client(args.kubeconfig.as_deref()).await {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "standalone mode without a kubernetes client");
+                let e = format!("{e:#}");
+                tracing::warn!(error = %e, policy = args.policy, "standalone mode without a kubernetes client");
+                client_error = Some(e);
                 None
             }
         }
@@ -202,6 +211,7 @@ pub async fn run_until(
     };
     let ctx = HookContext {
         client: client.clone(),
+        client_error,
         node_name: node.clone(),
         args: args.clone(),
     };

@@ -7,6 +7,7 @@
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use underlay_ipam::AttachmentKey;
 
@@ -76,15 +77,32 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) `state_dir/endpoints.redb`.
     pub fn open(state_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
-            path: state_dir.into(),
-            source,
-        })?;
+        use std::os::unix::fs::PermissionsExt;
+        // Records name every pod and its addresses: root only, including a
+        // directory or file an older version created world-readable.
+        let private = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+                StoreError::CreateDir {
+                    path: p.into(),
+                    source,
+                }
+            })
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| StoreError::CreateDir {
+                path: state_dir.into(),
+                source,
+            })?;
+        private(state_dir, 0o700)?;
         let path = state_dir.join("endpoints.redb");
         let db = Database::create(&path).map_err(|e| StoreError::Database {
             path: path.clone(),
             source: e.into(),
         })?;
+        private(&path, 0o600)?;
         let store = Self { db, path };
         // Make sure the table exists so reads never fail on a fresh file.
         store.write(|_| Ok(()))?;
@@ -193,6 +211,31 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.load().unwrap(), vec![record("b", "10.0.0.3")]);
+    }
+
+    #[test]
+    fn the_state_dir_and_store_are_private_to_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        drop(store);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("endpoints.redb")), 0o600);
+        // An existing directory and file made by an older version are tightened.
+        let old = dir.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(old.join("endpoints.redb"), b"").unwrap();
+        std::fs::set_permissions(
+            old.join("endpoints.redb"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        drop(Store::open(&old));
+        assert_eq!(mode(&old), 0o700);
+        assert_eq!(mode(&old.join("endpoints.redb")), 0o600);
     }
 
     #[test]

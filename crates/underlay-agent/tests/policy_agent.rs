@@ -99,6 +99,56 @@ fn start_agent(ns: &Netns, kubeconfig: &Path, socket: &Path, dir: &Path) -> Kill
     )
 }
 
+/// The agent's namespace, where its rules and sets live, with a relay to
+/// the API server there and a kubeconfig that points at it.
+struct Placed {
+    ns: Netns,
+    relay: underlay_lab::relay::Relay,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    socket: PathBuf,
+}
+
+async fn place(api: &underlay_lab::apiserver::Handle, tag: &str) -> Placed {
+    let ns = Netns::create(&format!("{}{tag}", netns::unique_prefix()))
+        .await
+        .expect("create the namespace");
+    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
+        .expect("relay");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
+    )
+    .unwrap();
+    let socket = dir.path().join("agent.sock");
+    Placed {
+        ns,
+        relay,
+        dir,
+        kubeconfig,
+        socket,
+    }
+}
+
+/// Attach of pod x/a (container c1, eth0) on host interface `iface`.
+fn attach_x_a(iface: &str) -> v1::AttachRequest {
+    v1::AttachRequest {
+        key: Some(v1::AttachmentKey {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        }),
+        pod: Some(v1::PodRef {
+            namespace: "x".into(),
+            name: "a".into(),
+            ..Default::default()
+        }),
+        host_interface: iface.into(),
+        ..Default::default()
+    }
+}
+
 fn iptables_save(ns: &Netns) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", ns.name(), "iptables-save", "-t", "filter"])
@@ -142,21 +192,13 @@ async fn status_and_metrics_report_the_programmed_policy() {
     )
     .await;
 
-    // The agent runs in its own namespace: its rules and sets are that
-    // namespace's, and it reaches the API server through a relay there.
-    let ns = Netns::create(&format!("{}pa", netns::unique_prefix()))
-        .await
-        .expect("create the namespace");
-    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
-        .expect("relay");
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
-    )
-    .unwrap();
-    let socket: PathBuf = dir.path().join("agent.sock");
+    let Placed {
+        ns,
+        relay,
+        dir,
+        kubeconfig,
+        socket,
+    } = place(&api, "pa").await;
     let mut agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
     wait_for("the socket", async || socket.exists()).await;
     let mut c = client(&socket).await;
@@ -173,19 +215,7 @@ async fn status_and_metrics_report_the_programmed_policy() {
         .unwrap()
         .as_millis() as i64;
     let got = c
-        .attach(v1::AttachRequest {
-            key: Some(v1::AttachmentKey {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-            }),
-            pod: Some(v1::PodRef {
-                namespace: "x".into(),
-                name: "a".into(),
-                ..Default::default()
-            }),
-            host_interface: "udlpolicya01".into(),
-            ..Default::default()
-        })
+        .attach(attach_x_a("udlpolicya01"))
         .await
         .expect("attach x/a")
         .into_inner();
@@ -291,4 +321,120 @@ async fn status_and_metrics_report_the_programmed_policy() {
     );
     drop(agent);
     drop(relay);
+}
+
+/// `--pod-cidr` with policy on and no usable API server: no policy could
+/// ever be read, so the agent must not call itself ready nor attach pods
+/// (they would run open); Status says what is wrong and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_with_policy_but_no_api_server_stays_not_ready_and_says_why() {
+    if !netns::require_root("standalone_with_policy_but_no_api_server_stays_not_ready_and_says_why")
+    {
+        return;
+    }
+    let ns = Netns::create(&format!("{}nk", netns::unique_prefix()))
+        .await
+        .expect("create the namespace");
+    let dir = tempfile::tempdir().unwrap();
+    let socket: PathBuf = dir.path().join("agent.sock");
+    let _agent = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(env!("CARGO_BIN_EXE_underlay-agent"))
+            .args(["--node-name", "worker-1", "--policy=true"])
+            .args(["--pod-cidr", "10.244.6.0/24"])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--metrics-addr", "off", "--health-addr", "off"])
+            // Neither a kubeconfig nor an in-cluster configuration.
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env("HOME", dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent"),
+    );
+    wait_for("the socket", async || socket.exists()).await;
+    let mut c = client(&socket).await;
+    let mut status = v1::StatusResponse::default();
+    wait_for("ready, or a reason naming the API server", async || {
+        status = c.status(v1::StatusRequest {}).await.unwrap().into_inner();
+        status.ready || status.reason.contains("API server")
+    })
+    .await;
+    assert!(!status.ready, "{status:?}");
+    for hint in ["--kubeconfig", "--policy=false"] {
+        assert!(status.reason.contains(hint), "{hint}: {}", status.reason);
+    }
+    assert!(!status.reason.contains("--pod-cidr"), "{}", status.reason);
+    let attach = c.attach(attach_x_a("udlxa")).await;
+    let err = attach.expect_err("attach must be refused");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+}
+
+/// Ready means an Attach would succeed now: while the policy cache cannot
+/// list pods the agent is not ready and says why; once it is ready, an
+/// Attach is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_the_policy_cache_has_listed_everything() {
+    use underlay_lab::apiserver::{Failure, Match};
+    if !netns::require_root("ready_only_once_the_policy_cache_has_listed_everything") {
+        return;
+    }
+    let api = ApiServer::start(Config::default())
+        .await
+        .expect("start the API server");
+    let kube = api.client().unwrap();
+    create(
+        &Api::<Node>::all(kube.clone()),
+        json!({"metadata": {"name": "worker-1"},
+               "spec": {"podCIDR": "10.244.7.0/24", "podCIDRs": ["10.244.7.0/24"]}}),
+    )
+    .await;
+    create(
+        &Api::<Namespace>::all(kube.clone()),
+        json!({"metadata": {"name": "x"}}),
+    )
+    .await;
+    running_pod(&kube, "a", "10.244.7.2").await;
+    // Every pod list fails until cleared.
+    api.faults().fail_next(
+        u32::MAX,
+        Failure::Internal,
+        Match {
+            method: Some(http::Method::GET),
+            path_contains: Some("/pods".into()),
+        },
+    );
+
+    let placed = place(&api, "rd").await;
+    let socket = placed.socket.clone();
+    let _agent = start_agent(&placed.ns, &placed.kubeconfig, &socket, placed.dir.path());
+    wait_for("the socket", async || socket.exists()).await;
+    let mut c = client(&socket).await;
+    let mut status = v1::StatusResponse::default();
+    wait_for("ready, or a reason naming the policy cache", async || {
+        status = c.status(v1::StatusRequest {}).await.unwrap().into_inner();
+        status.ready || status.reason.contains("policy")
+    })
+    .await;
+    assert!(!status.ready, "ready before pods were listed: {status:?}");
+
+    api.faults().clear();
+    wait_for("ready", async || {
+        c.status(v1::StatusRequest {})
+            .await
+            .is_ok_and(|s| s.into_inner().ready)
+    })
+    .await;
+    let got = c
+        .attach(attach_x_a("udlready01"))
+        .await
+        .expect("attach right after ready")
+        .into_inner();
+    assert!(got.policy_programmed);
 }

@@ -98,6 +98,10 @@ pub fn status_to_cni(rpc: &str, status: &tonic::Status) -> CniError {
                 "the node has no free pod address: {message}; delete unused pods or give the node a larger pod CIDR"
             ),
         ),
+        Code::AlreadyExists => (
+            code::INTERFACE_EXISTS,
+            format!("the underlay agent refused the {rpc} request: {message}"),
+        ),
         Code::NotFound => (
             code::UNKNOWN_CONTAINER,
             format!("the underlay agent has no record of this attachment: {message}"),

@@ -133,7 +133,6 @@ pub async fn add<A: Agent, D: Dataplane>(
         .netns
         .as_deref()
         .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for ADD"))?;
-    let host_ifname = host_interface(env);
     if dp
         .has_interface(netns, &env.ifname)
         .await
@@ -144,16 +143,7 @@ pub async fn add<A: Agent, D: Dataplane>(
             ifname: env.ifname.clone(),
         }));
     }
-    let attached = agent
-        .attach(v1::AttachRequest {
-            key: Some(key(env)),
-            netns: netns_str(env),
-            pod: Some(pod_ref(env)),
-            host_interface: host_ifname.clone(),
-            network_name: conf.name.clone(),
-            mtu: conf.mtu,
-        })
-        .await?;
+    let (attached, host_ifname) = attach(env, conf, agent).await?;
     tracing::debug!(container_id = %env.container_id, host_interface = %host_ifname, "attached at the agent");
 
     let wired = async {
@@ -254,6 +244,50 @@ pub async fn add<A: Agent, D: Dataplane>(
         None => result,
     };
     Ok(result.to_value(conf.version))
+}
+
+/// Attach at the agent under the first host interface name it grants; it
+/// refuses names another pod holds. Returns the granted name.
+async fn attach<A: Agent>(
+    env: &CniEnv,
+    conf: &NetConf,
+    agent: &A,
+) -> Result<(v1::AttachResponse, String)> {
+    let mut attempt = 0;
+    loop {
+        let candidate = names::host_interface_candidate(
+            &env.pod.namespace,
+            &env.pod.name,
+            &env.container_id,
+            &env.ifname,
+            attempt,
+        );
+        let answer = agent
+            .attach(v1::AttachRequest {
+                key: Some(key(env)),
+                netns: netns_str(env),
+                pod: Some(pod_ref(env)),
+                host_interface: candidate.clone(),
+                network_name: conf.name.clone(),
+                mtu: conf.mtu,
+            })
+            .await;
+        match answer {
+            Ok(attached) => {
+                let name = if attached.host_interface.is_empty() {
+                    candidate
+                } else {
+                    attached.host_interface.clone()
+                };
+                return Ok((attached, name));
+            }
+            Err(e) if e.code == code::INTERFACE_EXISTS && attempt + 1 < names::ATTEMPTS => {
+                tracing::info!(host_interface = %candidate, reason = %e.msg, "host interface name taken, trying the next");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// DEL: remove the pod's interfaces (gone is fine), then release at the

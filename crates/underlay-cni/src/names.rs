@@ -16,20 +16,43 @@
 //!
 //! Without Kubernetes arguments the container ID and ifname are hashed
 //! instead. 44 bits make an accidental clash between two live pods on one
-//! node (a few hundred at most) vanishingly unlikely (~1e-8 at 500 pods).
+//! node vanishingly unlikely, but pod names are chosen by tenants and FNV is
+//! easily inverted, so a clash can be made on purpose. The agent therefore
+//! owns the names: it refuses a name another pod's endpoint holds, and the
+//! plugin asks again with the next of [`ATTEMPTS`] candidates (the same key
+//! hashed with a counter). The agent records the name it granted, which is
+//! the one DEL, CHECK and GC use.
 
 /// The prefix of every host-side interface the plugin creates.
 pub const PREFIX: &str = "udl";
 
-/// The host-side interface name for a pod's attachment.
+/// How many names the plugin tries before it gives up.
+pub const ATTEMPTS: u32 = 8;
+
+/// The host-side interface name for a pod's attachment, first choice.
 pub fn host_interface(namespace: &str, pod: &str, container_id: &str, ifname: &str) -> String {
-    let key = if namespace.is_empty() || pod.is_empty() {
+    host_interface_candidate(namespace, pod, container_id, ifname, 0)
+}
+
+/// The `attempt`th candidate name (0 is [`host_interface`]).
+pub fn host_interface_candidate(
+    namespace: &str,
+    pod: &str,
+    container_id: &str,
+    ifname: &str,
+    attempt: u32,
+) -> String {
+    let mut key = if namespace.is_empty() || pod.is_empty() {
         format!("{container_id}/{ifname}")
     } else if ifname == "eth0" {
         format!("{namespace}.{pod}")
     } else {
         format!("{namespace}.{pod}/{ifname}")
     };
+    if attempt > 0 {
+        // NUL occurs in no name, so no first choice equals a retry's key.
+        key.push_str(&format!("\0{attempt}"));
+    }
     let hash = fnv1a64(key.as_bytes());
     // 11 hex digits = the low 44 bits: "udl" + 11 = 14 bytes, within the
     // kernel's 15-byte limit.

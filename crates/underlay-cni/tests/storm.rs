@@ -218,3 +218,45 @@ fn a_new_sandbox_of_the_same_pod_takes_over_the_host_interface_name() {
     cni(&node.ns, &second.with_command("DEL"), &c).ok();
     assert!(node.pod_links().is_empty());
 }
+
+/// `ns-a/qg4e1bk4woov` and `ns-b/qkk67uhtf1ij` hash to the same 44 bits,
+/// so both pods' first-choice host interface names are the same: the second
+/// pod gets another name, recorded by the agent, and neither its ADD nor its
+/// DEL touches the first pod's link.
+#[test]
+fn a_pod_whose_name_hashes_like_another_never_takes_over_its_host_interface() {
+    if skip_unless_root("a_pod_whose_name_hashes_like_another_never_takes_over_its_host_interface")
+    {
+        return;
+    }
+    let node = Node::new();
+    let agent = Agent::start(&["10.244.24.0/24"]);
+    let (pod_a, pod_b) = (Netns::new("a"), Netns::new("b"));
+    let c = conf("1.1.0", &agent.socket());
+    let mut a = Invocation::new("ADD", "sandbox-a", Some(&pod_a.path()));
+    a.args = k8s_args("ns-a", "qg4e1bk4woov", "sandbox-a");
+    let mut b = Invocation::new("ADD", "sandbox-b", Some(&pod_b.path()));
+    b.args = k8s_args("ns-b", "qkk67uhtf1ij", "sandbox-b");
+    let ra = cni(&node.ns, &a, &c).ok().json();
+    let rb = cni(&node.ns, &b, &c).ok().json();
+    let host_a = ra["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let host_b = rb["interfaces"][0]["name"].as_str().unwrap().to_string();
+    assert_ne!(host_a, host_b);
+    assert!(
+        pod_a.links().contains(&"eth0".to_string()),
+        "pod a lost its interface"
+    );
+    let link_a = node.ns.ip(&["-d", "link", "show", &host_a]);
+    assert!(link_a.contains("alias sandbox-a"), "{link_a}");
+
+    // Each CHECK and DEL finds its own link.
+    for (inv, result) in [(&a, &ra), (&b, &rb)] {
+        let mut check = c.clone();
+        check["prevResult"] = result.clone();
+        cni(&node.ns, &inv.with_command("CHECK"), &check).ok();
+    }
+    cni(&node.ns, &b.with_command("DEL"), &c).ok();
+    assert_eq!(node.pod_links(), vec![host_a]);
+    cni(&node.ns, &a.with_command("DEL"), &c).ok();
+    assert!(node.pod_links().is_empty());
+}

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
@@ -67,6 +68,8 @@ pub struct PolicyAgent<D: Dataplane> {
     /// Which of (namespaces, pods, policies) had their first full list.
     listed: watch::Sender<[bool; 3]>,
     status: Arc<std::sync::Mutex<Status>>,
+    /// Publishes Events on objects the agent cannot understand.
+    recorder: Option<Recorder>,
 }
 
 impl<D: Dataplane> PolicyAgent<D> {
@@ -78,6 +81,15 @@ impl<D: Dataplane> PolicyAgent<D> {
         } else {
             [true; 3]
         };
+        let recorder = client.as_ref().map(|c| {
+            Recorder::new(
+                c.clone(),
+                Reporter {
+                    controller: "underlay-agent".into(),
+                    instance: None,
+                },
+            )
+        });
         Arc::new(PolicyAgent {
             engine: Arc::new(Mutex::new(engine)),
             client,
@@ -85,6 +97,7 @@ impl<D: Dataplane> PolicyAgent<D> {
             kick: Arc::new(Notify::new()),
             listed: watch::Sender::new(listed),
             status: Arc::new(std::sync::Mutex::new(Status::default())),
+            recorder,
         })
     }
 
@@ -244,18 +257,34 @@ impl<D: Dataplane> PolicyAgent<D> {
         }
     }
 
-    /// Loads the endpoints a previous run attached. Their rules are still
-    /// on the node; the first sync after the cache is complete adopts them.
+    /// Loads the endpoints a previous run attached and returns once the
+    /// cache is complete and they are programmed (their rules are still on
+    /// the node; this first sync adopts them).
+    ///
+    /// With an API server, an endpoint whose pod the cache does not hold
+    /// is denied until the pod shows up. Standalone, no policy exists and
+    /// each endpoint gets a bare pod, as attach gives it.
     pub async fn restore(&self, eps: Vec<Endpoint>) -> Result<(), AttachError> {
+        let standalone = self.client.is_none();
         let mut engine = self.engine.lock().await;
         engine.change(|i| {
             for ep in eps {
+                if standalone && i.pod(&ep.pod).is_none() {
+                    i.apply_pod(Pod::new(&ep.pod.namespace, &ep.pod.name));
+                }
                 i.apply_endpoint(ep);
             }
         });
         drop(engine);
-        self.kick.notify_one();
-        Ok(())
+        // Ready must mean an Attach succeeds now: wait for the complete
+        // cache (however long the API server takes), then program it.
+        let mut rx = self.listed.subscribe();
+        rx.wait_for(|l| l.iter().all(|b| *b))
+            .await
+            .map_err(|_| AttachError::Unavailable("the policy watchers stopped".into()))?;
+        self.sync_now(false)
+            .await
+            .map_err(|e| AttachError::Unavailable(format!("programming restored endpoints: {e}")))
     }
 
     fn mark_listed(&self, which: usize) {
@@ -288,9 +317,14 @@ trait Kind: Send + Sync + 'static {
     fn delete(index: &mut Index, o: &Self::Object);
     fn replace(index: &mut Index, all: Vec<Self::Domain>);
     /// The version the index holds, kept when a relisted object cannot be
-    /// understood: an unreadable policy must not disappear (that would open
-    /// its pods), nor a pod or namespace change which policies apply.
+    /// understood: a pod or namespace must not change which policies apply.
     fn previous(index: &Index, o: &Self::Object) -> Option<Self::Domain>;
+    /// What to enforce instead of an object that cannot be understood,
+    /// whatever the index held (a policy: isolation of what it names).
+    /// `None` keeps [`Kind::previous`].
+    fn fail_closed(_o: &Self::Object) -> Option<Self::Domain> {
+        None
+    }
 }
 
 struct Namespaces;
@@ -374,10 +408,47 @@ impl Kind for Policies {
     fn previous(index: &Index, o: &net::NetworkPolicy) -> Option<Policy> {
         index.policy(&policy_key(o)?).map(|p| p.as_ref().clone())
     }
+    fn fail_closed(o: &net::NetworkPolicy) -> Option<Policy> {
+        convert::isolating(o)
+    }
 }
 
-fn not_understood<K: Kind>(error: &convert::Error) {
-    error!(kind = K::NAME, %error, "object not understood; keeping its last understood version");
+/// Logs an object the agent cannot understand, and tells its owner with a
+/// Warning Event on it; returns what to enforce instead, if anything.
+fn not_understood<K: Kind, D: Dataplane>(
+    agent: &Arc<PolicyAgent<D>>,
+    o: &K::Object,
+    error: &convert::Error,
+) -> Option<K::Domain> {
+    let instead = K::fail_closed(o);
+    if instead.is_some() {
+        error!(kind = K::NAME, %error, "object not understood; isolating the pods it names");
+    } else {
+        error!(kind = K::NAME, %error, "object not understood; keeping its last understood version");
+    }
+    let note = if instead.is_some() {
+        format!("{error}; until then its pods are isolated in the directions it names")
+    } else {
+        error.to_string()
+    };
+    let reference = kube::Resource::object_ref(o, &());
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        let Some(recorder) = &agent.recorder else {
+            return;
+        };
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: "NotUnderstood".into(),
+            note: Some(note),
+            action: "Enforce".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            warn!(kind = K::NAME, error = %e, "cannot record an event on an object not understood");
+        }
+    });
+    instead
 }
 
 /// Watches one kind and feeds the index: the first full list (and every
@@ -398,10 +469,10 @@ async fn watch<K: Kind, D: Dataplane>(agent: Arc<PolicyAgent<D>>, client: Client
             }
             Ok(Event::InitApply(o)) => match K::convert(&o) {
                 Ok(d) => buffer.push(d),
-                Err(e) => {
-                    not_understood::<K>(&e);
-                    unreadable.push(o);
-                }
+                Err(e) => match not_understood::<K, D>(&agent, &o, &e) {
+                    Some(d) => buffer.push(d),
+                    None => unreadable.push(o),
+                },
             },
             Ok(Event::InitDone) => {
                 let mut all = std::mem::take(&mut buffer);
@@ -422,7 +493,12 @@ async fn watch<K: Kind, D: Dataplane>(agent: Arc<PolicyAgent<D>>, client: Client
                     agent.engine.lock().await.change(|i| K::apply(i, d));
                     agent.kick();
                 }
-                Err(e) => not_understood::<K>(&e),
+                Err(e) => {
+                    if let Some(d) = not_understood::<K, D>(&agent, &o, &e) {
+                        agent.engine.lock().await.change(|i| K::apply(i, d));
+                        agent.kick();
+                    }
+                }
             },
             Ok(Event::Delete(o)) => {
                 agent.engine.lock().await.change(|i| K::delete(i, &o));

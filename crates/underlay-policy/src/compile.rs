@@ -10,6 +10,7 @@
 //! - `UDL-E-<if>` / `UDL-I-<if>`: per endpoint. Empty when no policy of
 //!   that direction selects the pod (open); otherwise a jump to each
 //!   selecting policy's chain, returning as soon as one allowed, then drop.
+//!   A drop alone while the endpoint's Pod object is unknown.
 //! - `UDL-PI-<h>` / `UDL-PE-<h>`: per policy, shared by every endpoint it
 //!   selects. Allowed packets get the policy mark bit; the endpoint chain
 //!   tests it. The bit is cleared again in `UDL-ALLOW` so other
@@ -20,7 +21,7 @@
 
 use crate::index::{Index, Members, SetKey, SetKind};
 use crate::model::{Direction, Endpoint, Family, Peer, Policy, PortMatch, PortRef};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub const CHAIN_PREFIX: &str = "UDL-";
@@ -108,34 +109,67 @@ pub fn fnv64(data: &[u8]) -> u64 {
     h
 }
 
-/// The ipset name of a set key in one family (at most 31 characters).
-pub fn set_name(key: &SetKey, family: Family) -> String {
-    let kind = match key.kind() {
-        SetKind::HashIp => 'p',
-        SetKind::HashNet => 'n',
-        SetKind::HashIpPort => 'o',
-    };
-    let fam = match family {
-        Family::V4 => '4',
-        Family::V6 => '6',
-    };
-    format!(
-        "{SET_PREFIX}{fam}-{kind}-{:012x}",
-        fnv64(key.canonical().as_bytes()) & 0xffff_ffff_ffff
-    )
+/// Names chains and sets after text tenants choose (namespaces, policy
+/// names, selectors) without ever giving two objects one name.
+///
+/// A name is the object's prefix and 48 bits of a hash of its identity.
+/// The hash alone cannot promise that: FNV is easily inverted, and 48 bits
+/// fall to a birthday search. So names are handed out in one pass over
+/// every object (in a stable order), and an identity whose name another
+/// identity already holds hashes again with a counter until it finds a free
+/// one. Names stay stable across restarts as long as nobody collides.
+#[derive(Debug, Default)]
+pub struct Names {
+    by_identity: HashMap<String, String>,
+    owner: HashMap<String, String>,
 }
 
-/// The chain of a policy in one direction.
-pub fn policy_chain(policy: &Policy, dir: Direction) -> String {
-    let d = match dir {
-        Direction::Ingress => "PI",
-        Direction::Egress => "PE",
-    };
-    let id = format!("{}/{}", policy.namespace, policy.name);
-    format!(
-        "{CHAIN_PREFIX}{d}-{:012x}",
-        fnv64(id.as_bytes()) & 0xffff_ffff_ffff
-    )
+impl Names {
+    /// The ipset name of a set key in one family (at most 31 characters).
+    pub fn set(&mut self, key: &SetKey, family: Family) -> String {
+        let kind = match key.kind() {
+            SetKind::HashIp => 'p',
+            SetKind::HashNet => 'n',
+            SetKind::HashIpPort => 'o',
+        };
+        let fam = match family {
+            Family::V4 => '4',
+            Family::V6 => '6',
+        };
+        self.assign(&format!("{SET_PREFIX}{fam}-{kind}-"), &key.canonical())
+    }
+
+    /// The chain of a policy in one direction (at most 28 characters).
+    pub fn policy_chain(&mut self, policy: &Policy, dir: Direction) -> String {
+        let d = match dir {
+            Direction::Ingress => "PI",
+            Direction::Egress => "PE",
+        };
+        let id = format!("{}/{}", policy.namespace, policy.name);
+        self.assign(&format!("{CHAIN_PREFIX}{d}-"), &id)
+    }
+
+    fn assign(&mut self, prefix: &str, id: &str) -> String {
+        let identity = format!("{prefix}{id}");
+        if let Some(name) = self.by_identity.get(&identity) {
+            return name.clone();
+        }
+        let mut text = id.to_string();
+        let mut attempt = 0u32;
+        let name = loop {
+            let name = format!("{prefix}{:012x}", fnv64(text.as_bytes()) & 0xffff_ffff_ffff);
+            if !self.owner.contains_key(&name) {
+                break name;
+            }
+            attempt += 1;
+            // NUL never occurs in an identity, so the retry text is no
+            // other object's first choice.
+            text = format!("{id}\0{attempt}");
+        };
+        self.owner.insert(name.clone(), identity.clone());
+        self.by_identity.insert(identity, name.clone());
+        name
+    }
 }
 
 /// The chain of an endpoint in one direction.
@@ -152,6 +186,7 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
     let mut out = Desired::default();
     let m = format!("0x{:x}/0x{:x}", config.mark, config.mark);
     let any_pod = format!("{}+", config.interface_prefix);
+    let mut names = Names::default();
 
     // Sets.
     for (key, data) in index.sets() {
@@ -162,7 +197,7 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
                 continue;
             }
             out.sets.insert(
-                set_name(key, family),
+                names.set(key, family),
                 DesiredSet {
                     family,
                     kind: key.kind(),
@@ -177,6 +212,13 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
     out.endpoints = endpoints.len();
     let active = index.active_policies();
     out.policies = active.len();
+    // Policies claim their names in key order, not in the order endpoints
+    // happen to reference them.
+    for policy in active.values() {
+        for dir in Direction::BOTH {
+            names.policy_chain(policy, dir);
+        }
+    }
 
     for family in Family::BOTH {
         let chains = &mut out.chains[family.index()];
@@ -250,6 +292,14 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
         chains.insert(TO_POD.into(), to_pod);
 
         for ep in &endpoints {
+            if index.pod(&ep.pod).is_none() {
+                // Unknown means denied: without its Pod object nothing says
+                // which policies select it (e.g. deleted while we were down).
+                for dir in Direction::BOTH {
+                    chains.insert(endpoint_chain(&ep.interface, dir), vec!["-j DROP".into()]);
+                }
+                continue;
+            }
             let selection = index.selection(ep);
             let log = config.log_all
                 || index
@@ -261,7 +311,7 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
                 if !policies.is_empty() {
                     rules.push(format!("-j MARK --set-xmark 0x0/0x{:x}", config.mark));
                     for p in policies {
-                        rules.push(format!("-j {}", policy_chain(p, dir)));
+                        rules.push(format!("-j {}", names.policy_chain(p, dir)));
                         rules.push(format!("-m mark --mark {m} -g {ALLOW}"));
                     }
                     if log {
@@ -290,8 +340,8 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
             for dir in Direction::BOTH {
                 if policy.applies(dir) {
                     chains.insert(
-                        policy_chain(policy, dir),
-                        policy_rules(policy, dir, family, &m),
+                        names.policy_chain(policy, dir),
+                        policy_rules(policy, dir, family, &m, &mut names),
                     );
                 }
             }
@@ -301,7 +351,13 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
 }
 
 /// The rules of one policy chain.
-fn policy_rules(policy: &Policy, dir: Direction, family: Family, mark: &str) -> Vec<String> {
+fn policy_rules(
+    policy: &Policy,
+    dir: Direction,
+    family: Family,
+    mark: &str,
+    names: &mut Names,
+) -> Vec<String> {
     let (peer_dir, _) = match dir {
         Direction::Ingress => ("src", "dst"),
         Direction::Egress => ("dst", "src"),
@@ -319,7 +375,7 @@ fn policy_rules(policy: &Policy, dir: Direction, family: Family, mark: &str) -> 
                 })
                 .map(|p| {
                     let key = SetKey::for_peer(&policy.namespace, p);
-                    format!("-m set --match-set {} {peer_dir}", set_name(&key, family))
+                    format!("-m set --match-set {} {peer_dir}", names.set(&key, family))
                 })
                 .collect()
         };
@@ -328,7 +384,10 @@ fn policy_rules(policy: &Policy, dir: Direction, family: Family, mark: &str) -> 
         let ports: Vec<String> = if rule.ports.is_empty() {
             vec![String::new()]
         } else {
-            rule.ports.iter().map(|p| port_match(p, family)).collect()
+            rule.ports
+                .iter()
+                .map(|p| port_match(p, family, names))
+                .collect()
         };
         for peer in &peers {
             for port in &ports {
@@ -347,7 +406,7 @@ fn policy_rules(policy: &Policy, dir: Direction, family: Family, mark: &str) -> 
     rules
 }
 
-fn port_match(p: &PortMatch, family: Family) -> String {
+fn port_match(p: &PortMatch, family: Family, names: &mut Names) -> String {
     let proto = p.protocol.name();
     match (&p.port, p.end_port) {
         (None, _) => format!("-p {proto}"),
@@ -356,7 +415,7 @@ fn port_match(p: &PortMatch, family: Family) -> String {
             format!("-p {proto} -m {proto} --dport {n}:{end}")
         }
         (Some(PortRef::Name(name)), _) => {
-            let set = set_name(&SetKey::NamedPort { name: name.clone() }, family);
+            let set = names.set(&SetKey::NamedPort { name: name.clone() }, family);
             // The destination is the endpoint for ingress and the peer for
             // egress: either way the name resolves against the pod the
             // packet is addressed to.

@@ -309,6 +309,38 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<Policy> {
     })
 }
 
+/// What to enforce for a policy [`policy`] cannot convert: no rule, so
+/// nothing is allowed, in the directions it names, for the pods it selects
+/// (every pod of its namespace when its podSelector is unreadable too).
+/// Unknown means denied. `None` only for an object with no namespace or
+/// name, which no API server sends.
+pub fn isolating(np: &net::NetworkPolicy) -> Option<Policy> {
+    let namespace = np.metadata.namespace.as_deref()?;
+    let name = np.metadata.name.as_deref()?;
+    let spec = np.spec.clone().unwrap_or_default();
+    let pod_selector = spec
+        .pod_selector
+        .as_ref()
+        .and_then(|s| selector(s).ok())
+        .unwrap_or_default();
+    let mut types = PolicyTypes {
+        ingress: true,
+        egress: spec.egress.is_some(),
+    };
+    if let Some(list) = spec.policy_types.as_ref().filter(|l| !l.is_empty()) {
+        let named = |t: &str| list.iter().any(|x| x == t);
+        let unknown = list.iter().any(|x| x != "Ingress" && x != "Egress");
+        // A direction it names, or both when it names one we do not know.
+        types = PolicyTypes {
+            ingress: unknown || named("Ingress"),
+            egress: unknown || named("Egress"),
+        };
+    }
+    let mut p = Policy::new(namespace, name, pod_selector);
+    p.types = types;
+    Some(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,11 +54,27 @@ struct SetState {
     members: Arc<Members>,
 }
 
+/// Our jump in one built-in chain: how many copies, and whether one is the
+/// chain's first rule. Anything before it (kube-proxy's `KUBE-FORWARD`
+/// accepts marked and established packets) would decide first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Hook {
+    jumps: usize,
+    first: bool,
+}
+
+impl Hook {
+    const IN_PLACE: Hook = Hook {
+        jumps: 1,
+        first: true,
+    };
+}
+
 /// What is on the node, as far as we know.
 #[derive(Debug, Clone, Default)]
 struct Programmed {
     chains: [BTreeMap<String, ChainState>; 2],
-    hooks: [[usize; 3]; 2],
+    hooks: [[Hook; 3]; 2],
     sets: BTreeMap<String, SetState>,
 }
 
@@ -287,7 +303,7 @@ impl<D: Dataplane> Engine<D> {
                     },
                 );
             }
-            programmed.hooks[family.index()] = [1, 1, 1];
+            programmed.hooks[family.index()] = [Hook::IN_PLACE; 3];
         }
 
         // 3. Sets no rule references any more.
@@ -339,7 +355,7 @@ impl<D: Dataplane> Engine<D> {
         for family in Family::BOTH {
             let have = &programmed.chains[family.index()];
             let want = &desired.chains[family.index()];
-            if have.len() != want.len() || programmed.hooks[family.index()] != [1, 1, 1] {
+            if have.len() != want.len() || programmed.hooks[family.index()] != [Hook::IN_PLACE; 3] {
                 return false;
             }
             for (name, rules) in want {
@@ -514,20 +530,23 @@ impl<D: Dataplane> Engine<D> {
         }
         let mut tail = String::new();
         for (i, (builtin, target)) in HOOKS.iter().enumerate() {
-            let count = programmed.hooks[family.index()][i];
-            if count == 0 {
-                let _ = writeln!(
-                    tail,
-                    "-I {builtin} 1 -m comment --comment \"underlay policy\" -j {target}"
-                );
+            let hook = programmed.hooks[family.index()][i];
+            if hook == Hook::IN_PLACE {
+                continue;
             }
-            // Extra copies (a second agent, a manual edit): remove them.
-            for _ in 1..count {
+            // Missing, below someone else's rule, or copied (a second
+            // agent, a manual edit): remove every copy and put one on top,
+            // in the same transaction, so no packet passes unhooked.
+            for _ in 0..hook.jumps {
                 let _ = writeln!(
                     tail,
                     "-D {builtin} -m comment --comment \"underlay policy\" -j {target}"
                 );
             }
+            let _ = writeln!(
+                tail,
+                "-I {builtin} 1 -m comment --comment \"underlay policy\" -j {target}"
+            );
         }
         for name in &obsolete {
             let _ = writeln!(tail, "-X {name}");
@@ -605,11 +624,12 @@ pub fn digest(rules: &[String]) -> u64 {
     fnv64(rules.join("\n").as_bytes())
 }
 
-/// Our chains (digest from the leading comment, rule count) and how many
-/// jumps each built-in chain has to its hook chain, from `iptables-save`.
-fn parse_save(text: &str) -> (BTreeMap<String, ChainState>, [usize; 3]) {
+/// Our chains (digest from the leading comment, rule count) and the state
+/// of each built-in chain's jump to its hook chain, from `iptables-save`.
+fn parse_save(text: &str) -> (BTreeMap<String, ChainState>, [Hook; 3]) {
     let mut chains: BTreeMap<String, ChainState> = BTreeMap::new();
-    let mut hooks = [0usize; 3];
+    let mut hooks = [Hook::default(); 3];
+    let mut rules_seen = [0usize; 3];
     let mut in_filter = false;
     for line in text.lines() {
         if let Some(t) = line.strip_prefix('*') {
@@ -642,8 +662,10 @@ fn parse_save(text: &str) -> (BTreeMap<String, ChainState>, [usize; 3]) {
         if let Some(i) = HOOKS.iter().position(|(b, _)| b == chain) {
             let target = HOOKS[i].1;
             if words.windows(2).any(|w| w[0] == "-j" && w[1] == target) {
-                hooks[i] += 1;
+                hooks[i].jumps += 1;
+                hooks[i].first |= rules_seen[i] == 0;
             }
+            rules_seen[i] += 1;
             continue;
         }
         if let Some(state) = chains.get_mut(chain) {

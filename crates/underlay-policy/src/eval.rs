@@ -62,6 +62,9 @@ impl<'a> Evaluator<'a> {
     }
 
     fn direction_allows(&self, ep: &Endpoint, dir: Direction, flow: &Flow) -> bool {
+        if self.index.pod(&ep.pod).is_none() {
+            return false;
+        }
         let selection = self.index.selection(ep);
         let policies = selection.get(dir);
         if policies.is_empty() {

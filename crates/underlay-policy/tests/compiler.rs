@@ -477,3 +477,201 @@ fn denied_packets_are_logged_per_namespace_or_everywhere_rate_limited() {
         assert!(!logs("udlxb") && !logs("udlzc"), "{case}");
     }
 }
+
+/// Chain and set names come from a 48-bit hash of text tenants choose
+/// (namespace/name, selector labels). These pairs collide under that hash;
+/// each object must still keep its own chain and its own set.
+#[test]
+fn policies_and_peer_sets_whose_names_hash_alike_keep_their_own_chains_and_sets() {
+    use underlay_policy::model::{Peer, Policy, Rule};
+    let world = |fake: &FakeDataplane| {
+        let mut e = world_engine(fake);
+        e.change(|idx| {
+            for (ns, pod, role) in [("x", "b", "q9p8zoni7o20"), ("y", "b", "qrtqa5y7y30c")] {
+                let p = idx.pod(&PodKey::new(ns, pod)).unwrap().clone();
+                idx.apply_pod(p.label("role", role));
+            }
+        });
+        e
+    };
+    let x_a = Pid { ns: 0, pod: 0 };
+    let y_a = Pid { ns: 1, pod: 0 };
+    let probe = |src: Pid, dst: Pid| Probe {
+        src,
+        dst,
+        protocol: Protocol::Tcp,
+        port: 80,
+        family: Family::V4,
+    };
+
+    // x/qut94zsly7zq and y/q9wr7e0srw14: x/a only from x/b, y/a from anyone.
+    let fake = FakeDataplane::new();
+    let mut engine = world(&fake);
+    let mut strict = Policy::new("x", "qut94zsly7zq", Selector::labels([("pod", "a")]));
+    strict.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([(
+        "pod", "b",
+    )]))])];
+    let mut open = Policy::new("y", "q9wr7e0srw14", Selector::labels([("pod", "a")]));
+    open.ingress = vec![Rule::allow_all()];
+    engine.change(|idx| {
+        idx.apply_policy(strict);
+        idx.apply_policy(open);
+    });
+    engine.sync().unwrap();
+    assert!(
+        forward(&fake, &probe(Pid { ns: 0, pod: 1 }, x_a)),
+        "x/b -> x/a"
+    );
+    assert!(
+        !forward(&fake, &probe(Pid { ns: 0, pod: 2 }, x_a)),
+        "x/c -> x/a"
+    );
+    assert!(
+        forward(&fake, &probe(Pid { ns: 2, pod: 2 }, y_a)),
+        "z/c -> y/a"
+    );
+
+    // Peers `role=q9p8zoni7o20` in x and `role=qrtqa5y7y30c` in y.
+    let fake = FakeDataplane::new();
+    let mut engine = world(&fake);
+    let from_role = |ns: &str, role: &str| {
+        let mut p = Policy::new(ns, "from-role", Selector::labels([("pod", "a")]));
+        p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([(
+            "role", role,
+        )]))])];
+        p
+    };
+    engine.change(|idx| {
+        idx.apply_policy(from_role("x", "q9p8zoni7o20"));
+        idx.apply_policy(from_role("y", "qrtqa5y7y30c"));
+    });
+    engine.sync().unwrap();
+    assert!(
+        forward(&fake, &probe(Pid { ns: 0, pod: 1 }, x_a)),
+        "x/b -> x/a"
+    );
+    assert!(
+        !forward(&fake, &probe(Pid { ns: 1, pod: 1 }, x_a)),
+        "y/b -> x/a"
+    );
+    assert!(
+        forward(&fake, &probe(Pid { ns: 1, pod: 1 }, y_a)),
+        "y/b -> y/a"
+    );
+    assert!(
+        !forward(&fake, &probe(Pid { ns: 0, pod: 1 }, y_a)),
+        "x/b -> y/a"
+    );
+}
+
+/// kube-proxy inserts its jumps at the top of FORWARD, INPUT and OUTPUT;
+/// `KUBE-FORWARD` accepts packets marked for masquerade (and established
+/// ones) before our policy sees them, so repair moves our hooks back above.
+#[test]
+fn repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps() {
+    use support::{KUBE_MARK_MASQ, kube_proxy_reinserts_its_jumps};
+    use underlay_policy::Dataplane;
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let s = &scenarios::all()[6]; // x/a ingress only from pods b of x
+    engine.change(|idx| scenarios::prepare(idx, s));
+    engine.sync().unwrap();
+    let (y_a, x_a) = (Pid { ns: 1, pod: 0 }, Pid { ns: 0, pod: 0 });
+    let masqueraded = |fake: &FakeDataplane| {
+        let mut pkt = Packet {
+            iif: Some(y_a.interface()),
+            oif: Some(x_a.interface()),
+            src: y_a.ip(Family::V4),
+            dst: x_a.ip(Family::V4),
+            protocol: Protocol::Tcp,
+            dport: 80,
+            mark: KUBE_MARK_MASQ,
+        };
+        verdict(fake, Family::V4, "FORWARD", &mut pkt)
+    };
+    assert_eq!(masqueraded(&fake), Verdict::Drop);
+
+    fake.clone()
+        .restore_filter(Family::V4, &kube_proxy_reinserts_its_jumps())
+        .unwrap();
+    assert_eq!(
+        masqueraded(&fake),
+        Verdict::Accept,
+        "the stand-in must bypass"
+    );
+    let report = engine.repair().unwrap();
+    assert!(report.repaired, "{report:?}");
+    assert_eq!(masqueraded(&fake), Verdict::Drop, "y/a -> x/a after repair");
+    let st = fake.state();
+    for (builtin, ours) in underlay_policy::compile::HOOKS {
+        let rules = &st.tables[0][builtin];
+        assert!(
+            rules[0].ends_with(&format!("-j {ours}")),
+            "{builtin}: {rules:?}"
+        );
+        let jumps = rules.iter().filter(|r| r.ends_with(&format!("-j {ours}")));
+        assert_eq!(jumps.count(), 1, "{builtin}: {rules:?}");
+        assert!(rules.len() > 1, "kube-proxy's jumps stay: {rules:?}");
+    }
+    drop(st);
+    assert!(engine.repair().unwrap().wrote_nothing());
+}
+
+/// After a restart the agent restores every recorded endpoint, but a pod
+/// deleted meanwhile has no Pod object: nothing says which policies select
+/// it, so it is denied both ways until the pod is known again.
+#[test]
+fn an_endpoint_whose_pod_is_unknown_is_denied_until_the_pod_is_known() {
+    use underlay_policy::model::{Endpoint, Pod};
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let ghost = Endpoint {
+        pod: PodKey::new("x", "ghost"),
+        interface: "udlxghost".into(),
+        ips: vec!["10.88.0.99".parse().unwrap()],
+    };
+    engine.change(|idx| idx.apply_endpoint(ghost.clone()));
+    engine.sync().unwrap();
+    let x_a = Pid { ns: 0, pod: 0 };
+    let packet = |iif: String, oif: String, src, dst| Packet {
+        iif: Some(iif),
+        oif: Some(oif),
+        src,
+        dst,
+        protocol: Protocol::Tcp,
+        dport: 80,
+        mark: 0,
+    };
+    let both_ways = |fake: &FakeDataplane| {
+        let mut to = packet(
+            x_a.interface(),
+            ghost.interface.clone(),
+            x_a.ip(Family::V4),
+            ghost.ips[0],
+        );
+        let mut from = packet(
+            ghost.interface.clone(),
+            x_a.interface(),
+            ghost.ips[0],
+            x_a.ip(Family::V4),
+        );
+        [
+            verdict(fake, Family::V4, "FORWARD", &mut to),
+            verdict(fake, Family::V4, "FORWARD", &mut from),
+        ]
+    };
+    assert_eq!(both_ways(&fake), [Verdict::Drop, Verdict::Drop]);
+    let eval = Evaluator::new(engine.index());
+    let flow = Flow {
+        protocol: 6,
+        src: x_a.ip(Family::V4),
+        dst: ghost.ips[0],
+        sport: 40000,
+        dport: 80,
+    };
+    assert!(!eval.allowed(&flow), "the evaluator agrees");
+
+    engine.change(|idx| idx.apply_pod(Pod::new("x", "ghost").ip("10.88.0.99")));
+    engine.sync().unwrap();
+    assert_eq!(both_ways(&fake), [Verdict::Accept, Verdict::Accept]);
+}

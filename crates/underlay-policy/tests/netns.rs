@@ -41,6 +41,19 @@ fn tcp80(src: &str, dst: &str) -> Probe {
     }
 }
 
+/// The node namespace's IPv4 filter table, as `iptables-save` prints it.
+fn iptables_save(lab: &Lab) -> String {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node,
+        "iptables-save",
+        "-t",
+        "filter",
+    ])
+}
+
 async fn reaches(lab: &Lab, p: Probe) -> bool {
     lab.probe_all(&[p], Duration::from_millis(500)).await[0]
 }
@@ -133,15 +146,7 @@ async fn every_scenario_holds_for_real_packets() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Logging scenario left its NFLOG rule behind only while it applied.
-    let saved = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.node,
-        "iptables-save",
-        "-t",
-        "filter",
-    ]);
+    let saved = iptables_save(&lab);
     assert!(
         !saved.contains("NFLOG"),
         "logging rules outlived their scenario"
@@ -297,15 +302,7 @@ async fn an_external_flush_is_repaired_by_the_periodic_check() {
         ..tcp80("y/a", "x/a")
     };
     assert!(!reaches(&lab, v6).await, "IPv6 not repaired");
-    let saved = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.node,
-        "iptables-save",
-        "-t",
-        "filter",
-    ]);
+    let saved = iptables_save(&lab);
     assert_eq!(saved.matches("-A FORWARD -j OTHER").count(), 1, "{saved}");
     assert_eq!(saved.matches("-j UDL-FORWARD").count(), 1, "{saved}");
     for t in tasks {
@@ -480,4 +477,60 @@ async fn conntrack_deletion_touches_only_its_own_namespace() {
     // A namespace that does not exist is an error, never the current one.
     let mut missing = CommandDataplane::in_netns(format!("{prefix}missing"));
     assert!(missing.delete_flows(&flows[..1]).is_err());
+}
+
+/// kube-proxy starting after us puts `KUBE-FORWARD` (which accepts packets
+/// marked for masquerade, and established ones) above our hooks; repair
+/// moves ours back to the top, and real packets are denied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps() {
+    if !root_or_skip("repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps") {
+        return;
+    }
+    let lab = Lab::new("kproxy").await;
+    let mut e = engine(&lab);
+    e.change(|idx| idx.apply_policy(only_b_to_a()));
+    e.sync().unwrap();
+    // What kube-proxy's KUBE-MARK-MASQ does to service traffic, for every
+    // forwarded packet here.
+    let mark = format!(
+        "0x{:x}/0x{:x}",
+        support::KUBE_MARK_MASQ,
+        support::KUBE_MARK_MASQ
+    );
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node,
+        "iptables",
+        "-t",
+        "mangle",
+        "-A",
+        "PREROUTING",
+        "-j",
+        "MARK",
+        "--set-xmark",
+        &mark,
+    ]);
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await);
+
+    CommandDataplane::in_netns(&lab.node)
+        .restore_filter(Family::V4, &support::kube_proxy_reinserts_its_jumps())
+        .unwrap();
+    let report = e.repair().unwrap();
+    assert!(report.repaired, "{report:?}");
+    assert!(!reaches(&lab, tcp80("y/a", "x/a")).await, "y/a -> x/a");
+    assert!(reaches(&lab, tcp80("x/b", "x/a")).await, "x/b -> x/a");
+    let saved = iptables_save(&lab);
+    for (builtin, ours) in underlay_policy::compile::HOOKS {
+        let rules: Vec<&str> = saved
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {builtin} ")))
+            .collect();
+        assert!(rules[0].ends_with(&format!("-j {ours}")), "{saved}");
+        assert!(rules.len() > 1, "kube-proxy's jumps stay: {saved}");
+        assert_eq!(saved.matches(&format!("-j {ours}\n")).count(), 1, "{saved}");
+    }
+    assert!(e.repair().unwrap().wrote_nothing());
 }

@@ -165,3 +165,157 @@ async fn watchers_feed_the_engine_and_survive_an_api_outage() {
         t.abort();
     }
 }
+
+/// A NetworkPolicy the agent cannot understand (here with an operator it
+/// does not know, stored by a server that did not validate it) must not
+/// leave its pods open: the pods it selects are isolated in the directions
+/// it names, every pod of its namespace when its podSelector itself is
+/// unreadable, and an Event on the policy says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_the_agent_cannot_understand_isolates_what_it_names_and_says_why() {
+    use k8s_openapi::api::events::v1::Event;
+    let meta = |kind: &str, ns: Option<&str>, name: &str| {
+        let mut m = json!({"name": name, "uid": format!("uid-{name}"), "resourceVersion": "1",
+                           "creationTimestamp": "2026-01-01T00:00:00Z"});
+        if let Some(ns) = ns {
+            m["namespace"] = json!(ns);
+        }
+        let api = if kind == "NetworkPolicy" {
+            "networking.k8s.io/v1"
+        } else {
+            "v1"
+        };
+        (api, m)
+    };
+    let object = |kind: &str, ns: Option<&str>, name: &str, rest: serde_json::Value| {
+        let (api, m) = meta(kind, ns, name);
+        let mut o = json!({"apiVersion": api, "kind": kind, "metadata": m});
+        for (k, v) in rest.as_object().unwrap() {
+            o[k] = v.clone();
+        }
+        o
+    };
+    let pod = |ns: &str, name: &str, ip: &str| {
+        object(
+            "Pod",
+            Some(ns),
+            name,
+            json!({
+            "spec": {"containers": [{"name": "c", "image": "busybox:1"}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}),
+        )
+    };
+    let mut a = pod("x", "a", "10.1.0.1");
+    a["metadata"]["labels"] = json!({"pod": "a"});
+    let objects = vec![
+        object("Namespace", None, "x", json!({})),
+        object("Namespace", None, "y", json!({})),
+        a,
+        pod("x", "b", "10.1.0.2"),
+        pod("y", "c", "10.1.0.3"),
+        // Readable podSelector, unreadable peer: x/a loses ingress.
+        object(
+            "NetworkPolicy",
+            Some("x"),
+            "bad-peer",
+            json!({"spec": {
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchExpressions": [
+                {"key": "pod", "operator": "Matches", "values": ["b"]}]}}]}]}}),
+        ),
+        // Unreadable podSelector: every pod of y loses egress.
+        object(
+            "NetworkPolicy",
+            Some("y"),
+            "bad-selector",
+            json!({"spec": {
+            "podSelector": {"matchExpressions": [{"key": "pod", "operator": "Matches"}]},
+            "policyTypes": ["Egress"],
+            "egress": [{}]}}),
+        ),
+    ];
+    let dir = std::env::temp_dir().join(format!("udl-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let snapshot = dir.join("snapshot.json");
+    std::fs::write(
+        &snapshot,
+        json!({"resourceVersion": "10", "objects": objects}).to_string(),
+    )
+    .unwrap();
+    let server = ApiServer::start(ApiConfig {
+        snapshot: Some(snapshot),
+        ..ApiConfig::default()
+    })
+    .await
+    .expect("api server");
+    let client = server.client().expect("client");
+
+    let fake = FakeDataplane::new();
+    let engine = Engine::new(fake.clone(), Config::default(), Metrics::default());
+    let agent = PolicyAgent::new(engine, Some(client.clone()), Options::default());
+    let tasks = agent.start();
+    for (ns, name, ip) in [
+        ("x", "a", "10.1.0.1"),
+        ("x", "b", "10.1.0.2"),
+        ("y", "c", "10.1.0.3"),
+    ] {
+        let ep = Endpoint {
+            pod: PodKey::new(ns, name),
+            interface: format!("udl{ns}{name}"),
+            ips: vec![ip.parse().unwrap()],
+        };
+        agent.attach(ep).await.expect("attach");
+    }
+    let isolated = |iface: &str, dir: Direction| {
+        chain(&fake, &endpoint_chain(iface, dir))
+            .iter()
+            .any(|r| r == "-j DROP")
+    };
+    let got: Vec<(&str, bool, bool)> = ["udlxa", "udlxb", "udlyc"]
+        .into_iter()
+        .map(|i| {
+            (
+                i,
+                isolated(i, Direction::Ingress),
+                isolated(i, Direction::Egress),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("udlxa", true, false),
+            ("udlxb", false, false),
+            ("udlyc", false, true)
+        ]
+    );
+
+    for (ns, name) in [("x", "bad-peer"), ("y", "bad-selector")] {
+        let events: Api<Event> = Api::namespaced(client.clone(), ns);
+        eventually_async(&format!("an event on {ns}/{name}"), async || {
+            events.list(&Default::default()).await.is_ok_and(|l| {
+                l.items.iter().any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                        && e.note.as_deref().is_some_and(|n| n.contains("Matches"))
+                })
+            })
+        })
+        .await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn eventually_async(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -189,3 +189,32 @@ pub fn mismatches(
     }
     out
 }
+
+/// The mark kube-proxy puts on packets it will masquerade; its
+/// `KUBE-FORWARD` chain accepts every packet carrying it.
+pub const KUBE_MARK_MASQ: u32 = 0x4000;
+
+/// What kube-proxy (iptables mode) does when it starts after us: its
+/// chains, and its jumps inserted at position 1 of FORWARD, INPUT and
+/// OUTPUT, above whatever was there. An `iptables-restore --noflush` script.
+pub fn kube_proxy_reinserts_its_jumps() -> String {
+    [
+        "*filter",
+        ":KUBE-FORWARD - [0:0]",
+        ":KUBE-SERVICES - [0:0]",
+        ":KUBE-EXTERNAL-SERVICES - [0:0]",
+        ":KUBE-NODEPORTS - [0:0]",
+        "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT",
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-I FORWARD 1 -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+        "-I FORWARD 1 -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        "-I FORWARD 1 -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+        "-I INPUT 1 -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS",
+        "-I INPUT 1 -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+        "-I OUTPUT 1 -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        "COMMIT",
+        "",
+    ]
+    .join("\n")
+}
