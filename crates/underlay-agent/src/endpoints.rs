@@ -212,9 +212,14 @@ impl Endpoints {
         }
     }
 
-    /// Every endpoint on record.
+    /// Every endpoint on record, oldest attachment first: restored in this
+    /// order, the newest sandbox of a pod is the one in force on its host
+    /// interface.
     pub fn endpoints(&self) -> Vec<EndpointInfo> {
-        self.inner.lock().records.values().map(info).collect()
+        let st = self.inner.lock();
+        let mut records: Vec<&Record> = st.records.values().collect();
+        records.sort_by_key(|r| r.created_unix_ms);
+        records.into_iter().map(info).collect()
     }
 
     /// Allocates (or returns) the attachment's addresses, records it

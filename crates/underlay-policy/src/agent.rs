@@ -10,7 +10,7 @@ use crate::convert;
 use crate::dataplane::Dataplane;
 use crate::engine::{Engine, Status};
 use crate::index::Index;
-use crate::model::{Endpoint, Namespace, Pod, PodKey, Policy};
+use crate::model::{Attachment, Endpoint, Namespace, Pod, PodKey, Policy};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
@@ -231,16 +231,18 @@ impl<D: Dataplane> PolicyAgent<D> {
         }
     }
 
-    /// Removes an endpoint and its chains.
-    pub async fn detach(&self, interface: &str) {
+    /// Removes `owner`'s endpoint on `interface` and its chains. An
+    /// endpoint a newer attachment holds on the same interface (a new
+    /// sandbox of the pod) is left in force.
+    pub async fn detach(&self, interface: &str, owner: &Attachment) {
         self.engine
             .lock()
             .await
-            .change(|i| i.delete_endpoint(interface));
+            .change(|i| i.delete_endpoint(interface, owner));
         if self.cache_ready()
             && let Err(e) = self.sync_now(false).await
         {
-            warn!(error = %e, interface, "removing endpoint policy failed; the next sync retries");
+            warn!(error = %e, interface, %owner, "removing endpoint policy failed; the next sync retries");
         }
     }
 
