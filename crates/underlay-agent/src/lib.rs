@@ -2,7 +2,8 @@
 //!
 //! Module map: [`args`] (command line), [`store`] (durable endpoint
 //! records), [`endpoints`] (allocation and records, the domain core),
-//! [`grpc`] (the wire edge), [`node`] (pod CIDRs from the Node object),
+//! [`grpc`] (the wire edge), [`conn`] (the plugin's connections),
+//! [`ops`] (one operation at a time per attachment), [`node`] (pod CIDRs from the Node object),
 //! [`hook`] (the policy engine's entry point), [`metrics`] (Prometheus,
 //! health and readiness). [`run`] wires them together.
 //!
@@ -14,11 +15,13 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod conn;
 pub mod endpoints;
 pub mod grpc;
 pub mod hook;
 pub mod metrics;
 pub mod node;
+pub mod ops;
 pub mod policy_hook;
 pub mod store;
 
@@ -237,10 +240,7 @@ pub async fn run_until(
     let bring = tokio::spawn(bring_up(endpoints, static_cidrs, client, node));
     let served = tonic::transport::Server::builder()
         .add_service(underlay_proto::v1::agent_server::AgentServer::new(service))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(conn::incoming(listener), shutdown)
         .await;
     bring.abort();
     let _ = std::fs::remove_file(&args.socket);
