@@ -18,7 +18,7 @@ use crate::conn::Lease;
 use crate::hook::{EndpointHook, EndpointInfo, HookError};
 use crate::metrics::Metrics;
 use crate::ops::KeyLocks;
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Record, Store, StoreError, now_ms};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -120,13 +120,6 @@ pub fn info(r: &Record) -> EndpointInfo {
         host_interface: r.host_interface.clone(),
         ips: r.ips.clone(),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn validate(key: &AttachmentKey) -> Result<()> {

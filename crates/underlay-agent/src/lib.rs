@@ -4,10 +4,13 @@
 //! records), [`endpoints`] (allocation and records, the domain core),
 //! [`grpc`] (the wire edge), [`conn`] (the plugin's connections),
 //! [`ops`] (one operation at a time per attachment), [`node`] (pod CIDRs from the Node object),
-//! [`hook`] (the policy engine's entry point), [`metrics`] (Prometheus,
+//! [`hook`] (the policy engine's entry point), [`recover`] (records
+//! rebuilt from the kernel), [`metrics`] (Prometheus,
 //! health and readiness). [`run`] wires them together.
 //!
-//! Start-up order: open the store and the hook, start serving gRPC (Attach
+//! Start-up order: open the store (a damaged one is moved aside), adopt
+//! every live pod link of the kernel that no record holds, open the hook,
+//! start serving gRPC (Attach
 //! answers UNAVAILABLE until ready, so the plugin reports "try again"),
 //! learn the pod CIDRs, restore every recorded attachment into the
 //! allocator, let the hook restore their policy, then become ready.
@@ -23,6 +26,7 @@ pub mod metrics;
 pub mod node;
 pub mod ops;
 pub mod policy_hook;
+pub mod recover;
 pub mod store;
 
 pub use args::Args;
@@ -124,6 +128,51 @@ async fn serve_http(addr: args::Listen, router: axum::Router, what: &'static str
     Ok(())
 }
 
+/// How long listing the node's links and routes may take.
+const KERNEL_LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens the endpoint store (moving a damaged file aside) and adopts every
+/// live pod link the kernel shows that no record holds, durably, before
+/// anything is served.
+fn open_store(args: &Args, metrics: &Metrics) -> Result<store::Store> {
+    let opened = store::Store::open_or_replace(&args.state_dir)?;
+    if let Some(damage) = &opened.damaged {
+        tracing::error!(%damage, "endpoint store damaged; rebuilding the live attachments from the kernel");
+    } else if opened.missing {
+        tracing::info!(state_dir = %args.state_dir.display(), "no endpoint store; adopting the live attachments the kernel shows");
+    }
+    let prefix = &args.policy_args.policy_interface_prefix;
+    let links = match recover::pod_links(prefix, KERNEL_LIST_TIMEOUT) {
+        Ok(links) => links,
+        // Without the store the kernel is the only record of live pods.
+        Err(e) if opened.damaged.is_some() || opened.missing => {
+            return Err(anyhow::Error::new(e).context(
+                "rebuild the endpoint store from the kernel (the store is missing or damaged)",
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the pod links; trusting the endpoint store alone");
+            Vec::new()
+        }
+    };
+    let adopted = recover::adopt(&opened.records, &links, args.mtu);
+    for r in &adopted {
+        tracing::warn!(key = %r.key(), ips = ?r.ips, host_interface = %r.host_interface, "recovered an attachment from the kernel");
+    }
+    if !adopted.is_empty() {
+        opened
+            .store
+            .apply(&adopted.iter().collect::<Vec<_>>(), &[])
+            .context("record the attachments recovered from the kernel")?;
+        tracing::warn!(
+            recovered = adopted.len(),
+            "recovered attachments the endpoint store did not hold; their DEL or GC releases them"
+        );
+    }
+    metrics.recovered.set(adopted.len() as i64);
+    Ok(opened.store)
+}
+
 /// Learns the pod CIDRs, restores the allocator and the hook, marks ready.
 async fn bring_up(
     endpoints: Endpoints,
@@ -213,7 +262,7 @@ pub async fn run_until(
     let mut metrics = Metrics::new();
     hook.register_metrics(metrics.registry_mut());
     let metrics = Arc::new(metrics);
-    let store = store::Store::open(&args.state_dir)?;
+    let store = open_store(&args, &metrics)?;
     let endpoints = Endpoints::open(store, hook, metrics.clone(), args.mtu)?;
     tracing::info!(node = %node, recorded = endpoints.endpoints().len(), state_dir = %args.state_dir.display(), "endpoint store open");
 

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub rpc_duration: HistogramFamily,
     pub rpc_errors: Family<RpcErrorLabel, Counter>,
     pub ready: Gauge,
+    pub recovered: Gauge,
 }
 
 impl Default for Metrics {
@@ -88,6 +89,7 @@ impl Metrics {
         let rpc_duration: HistogramFamily = Family::new_with_constructor(rpc_histogram);
         let rpc_errors = Family::default();
         let ready = Gauge::default();
+        let recovered = Gauge::default();
         registry.register(
             "allocations",
             "Pod address allocations (one per attachment)",
@@ -116,6 +118,11 @@ impl Metrics {
             rpc_errors.clone(),
         );
         registry.register("ready", "1 when the agent can serve Attach", ready.clone());
+        registry.register(
+            "recovered_endpoints",
+            "Attachments adopted from the kernel at start-up because the store did not hold them",
+            recovered.clone(),
+        );
         Self {
             registry: root,
             allocations,
@@ -126,6 +133,7 @@ impl Metrics {
             rpc_duration,
             rpc_errors,
             ready,
+            recovered,
         }
     }
 
