@@ -177,12 +177,15 @@ impl Endpoints {
     /// Records why Attach cannot be served yet (for Status).
     pub fn set_waiting(&self, reason: impl Into<String>) {
         self.inner.lock().waiting = reason.into();
+        self.inner.metrics.ready.set(0);
     }
 
-    /// Installs the node's pod CIDRs and restores every recorded attachment
-    /// into the allocator. Records that cannot be restored (outside the
-    /// CIDRs, or clashing) are kept so DEL and GC still find them, and are
-    /// returned for logging.
+    /// Installs the node's pod CIDRs (again, when they changed) and restores
+    /// every recorded attachment into the allocator. Records that cannot be
+    /// restored (outside the CIDRs, or clashing) are kept so DEL and GC
+    /// still find them, and their addresses are never handed out: new
+    /// addresses come from the new CIDRs only. They are returned for
+    /// logging.
     pub fn set_pools(&self, cidrs: &[Cidr]) -> Result<Vec<(AttachmentKey, String)>> {
         let mut alloc = PodAllocator::new(cidrs).map_err(|e| {
             EndpointError::NotReady(format!("the node's pod cidrs are unusable: {e}"))
@@ -196,6 +199,7 @@ impl Endpoints {
         }
         st.pools = Some(alloc);
         self.update_pool_metrics(&st);
+        self.inner.metrics.outside.set(rejected.len() as i64);
         Ok(rejected)
     }
 

@@ -179,10 +179,12 @@ async fn bring_up(
     static_cidrs: Vec<Cidr>,
     client: Option<kube::Client>,
     node: String,
+    metrics: Arc<Metrics>,
 ) {
+    let from_node = static_cidrs.is_empty();
     let cidrs = if !static_cidrs.is_empty() {
         static_cidrs
-    } else if let Some(client) = client {
+    } else if let Some(client) = client.clone() {
         let ep = endpoints.clone();
         node::wait_for_pod_cidrs(client, &node, move |why| ep.set_waiting(why)).await
     } else {
@@ -217,6 +219,99 @@ async fn bring_up(
     }
     endpoints.mark_ready();
     tracing::info!(endpoints = eps.len(), "agent ready");
+    if from_node && let Some(client) = client {
+        follow_node(endpoints, client, node, cidrs, metrics).await;
+    }
+}
+
+/// Keeps the pod CIDRs in step with the Node. While it is deleted Attach
+/// waits; pod CIDRs that changed replace the old ones for new pods, while
+/// pods in the old range keep their addresses until they are deleted. Each
+/// change is logged, counted and recorded as an Event on the Node.
+async fn follow_node(
+    endpoints: Endpoints,
+    client: kube::Client,
+    node: String,
+    cidrs: Vec<Cidr>,
+    metrics: Arc<Metrics>,
+) {
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "underlay-agent".into(),
+            instance: Some(node.clone()),
+        },
+    );
+    let mut in_use = cidrs;
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn(node::follow(client, node.clone(), Some(in_use.clone()), tx));
+    let show = |c: &[Cidr]| {
+        c.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    while let Some(change) = changes.recv().await {
+        let new = match change {
+            node::NodeChange::Gone => {
+                tracing::warn!(%node, "node deleted; attach waits until it is registered again");
+                endpoints.set_waiting(format!(
+                    "node {node} was deleted; waiting for it to be registered again with pod cidrs"
+                ));
+                continue;
+            }
+            node::NodeChange::PodCidrs(new) => new,
+        };
+        let outside = match endpoints.set_pools(&new) {
+            Ok(outside) => outside,
+            Err(e) => {
+                tracing::error!(%node, error = %e, "new node pod cidrs unusable");
+                endpoints.set_waiting(e.to_string());
+                continue;
+            }
+        };
+        endpoints.mark_ready();
+        if new == in_use {
+            continue;
+        }
+        metrics.pod_cidr_changes.inc();
+        let note = format!(
+            "pod cidrs changed from {} to {}: new pods get addresses from the new range; {} pods keep addresses outside it until they are deleted",
+            show(&in_use),
+            show(&new),
+            outside.len()
+        );
+        tracing::warn!(%node, old = %show(&in_use), new = %show(&new), outside = outside.len(), "node pod cidrs changed");
+        publish_node_event(&recorder, &node, "PodCIDRsChanged", note).await;
+        in_use = new;
+    }
+    watch.abort();
+}
+
+async fn publish_node_event(
+    recorder: &kube::runtime::events::Recorder,
+    node: &str,
+    reason: &str,
+    note: String,
+) {
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: "AllocatePodAddresses".into(),
+        secondary: None,
+    };
+    // Node events are keyed by name, as the kubelet does.
+    let regarding = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node.into()),
+        uid: Some(node.into()),
+        ..Default::default()
+    };
+    if let Err(e) = recorder.publish(&event, &regarding).await {
+        tracing::warn!(%node, reason, error = %e, "cannot record the node event");
+    }
 }
 
 /// Runs the agent until `shutdown` completes. `make_hook` builds the policy
@@ -281,12 +376,19 @@ pub async fn run_until(
 
     let listener = bind_socket(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), "grpc listening");
+    let service_metrics = metrics.clone();
     let service = grpc::AgentService {
         endpoints: endpoints.clone(),
         metrics,
         node_name: node.clone(),
     };
-    let bring = tokio::spawn(bring_up(endpoints, static_cidrs, client, node));
+    let bring = tokio::spawn(bring_up(
+        endpoints,
+        static_cidrs,
+        client,
+        node,
+        service_metrics,
+    ));
     let served = tonic::transport::Server::builder()
         .add_service(underlay_proto::v1::agent_server::AgentServer::new(service))
         .serve_with_incoming_shutdown(conn::incoming(listener), shutdown)

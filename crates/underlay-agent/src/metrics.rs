@@ -69,6 +69,8 @@ pub struct Metrics {
     pub rpc_errors: Family<RpcErrorLabel, Counter>,
     pub ready: Gauge,
     pub recovered: Gauge,
+    pub pod_cidr_changes: Counter,
+    pub outside: Gauge,
 }
 
 impl Default for Metrics {
@@ -90,6 +92,8 @@ impl Metrics {
         let rpc_errors = Family::default();
         let ready = Gauge::default();
         let recovered = Gauge::default();
+        let pod_cidr_changes = Counter::default();
+        let outside = Gauge::default();
         registry.register(
             "allocations",
             "Pod address allocations (one per attachment)",
@@ -123,6 +127,16 @@ impl Metrics {
             "Attachments adopted from the kernel at start-up because the store did not hold them",
             recovered.clone(),
         );
+        registry.register(
+            "pod_cidr_changes",
+            "Times the node's pod CIDRs changed after they were first known",
+            pod_cidr_changes.clone(),
+        );
+        registry.register(
+            "endpoints_outside_pod_cidrs",
+            "Attachments whose addresses lie outside the node's current pod CIDRs (kept until deleted)",
+            outside.clone(),
+        );
         Self {
             registry: root,
             allocations,
@@ -134,6 +148,8 @@ impl Metrics {
             rpc_errors,
             ready,
             recovered,
+            pod_cidr_changes,
+            outside,
         }
     }
 
