@@ -11,7 +11,7 @@ use underlay_lab::netns::{self, Netns};
 use underlay_proto::v1;
 
 mod support;
-use support::{Killed, client, try_client, wait_for};
+use support::{Killed, client, ready_client, try_client, wait_for};
 
 /// Live pods: (container ID, host veth, IPv4, IPv6).
 const LIVE: [(&str, &str, &str, &str); 2] = [
@@ -90,14 +90,7 @@ async fn check_recovery(case: &str, damage: impl FnOnce(&Path)) {
     // A first run creates the store; then the store is hurt.
     {
         let _agent = start_agent(&node, dir.path());
-        wait_for("the first agent", async || socket.exists()).await;
-        let mut c = client(&socket).await;
-        wait_for("ready", async || {
-            c.status(v1::StatusRequest {})
-                .await
-                .is_ok_and(|s| s.into_inner().ready)
-        })
-        .await;
+        ready_client(&socket).await;
     }
     damage(&dir.path().join("state/endpoints.redb"));
     let _ = std::fs::remove_file(&socket);

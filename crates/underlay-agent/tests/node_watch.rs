@@ -9,13 +9,13 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use underlay_lab::apiserver::{ApiServer, Config};
 use underlay_proto::v1;
 
 mod support;
-use support::{Killed, client, wait_for};
+use support::{Killed, client, ready_client, wait_for};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -38,14 +38,49 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     (code, out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_serves_attach_once_its_node_has_pod_cidrs() {
+/// The embedded API server and a kubeconfig for it in a temporary
+/// directory (which the agent's files share).
+async fn api_server() -> (underlay_lab::apiserver::Handle, tempfile::TempDir, PathBuf) {
     let api = ApiServer::start(Config::default())
         .await
         .expect("start the API server");
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
+    (api, dir, kubeconfig)
+}
+
+/// The agent binary for node worker-1 against the API server.
+fn start_agent(
+    kubeconfig: &Path,
+    socket: &Path,
+    state: &Path,
+    metrics_port: u16,
+    health: &str,
+) -> Killed {
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_underlay-agent"))
+            .args(["--node-name", "worker-1", "--policy=false"])
+            .args(["--log-format", "json"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .args(["--health-addr", health])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_attach_once_its_node_has_pod_cidrs() {
+    let (api, dir, kubeconfig) = api_server().await;
     let nodes: Api<Node> = Api::all(api.client().unwrap());
     let node: Node = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-1"}
@@ -55,29 +90,12 @@ async fn the_agent_serves_attach_once_its_node_has_pod_cidrs() {
 
     let socket: PathBuf = dir.path().join("sub/dir/agent.sock");
     let (metrics_port, health_port) = (free_port(), free_port());
-    let _agent = Killed(
-        Command::new(env!("CARGO_BIN_EXE_underlay-agent"))
-            .args([
-                "--node-name",
-                "worker-1",
-                "--policy=false",
-                "--log-format",
-                "json",
-            ])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .arg("--health-addr")
-            .arg(format!("127.0.0.1:{health_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the agent"),
+    let _agent = start_agent(
+        &kubeconfig,
+        &socket,
+        &dir.path().join("state"),
+        metrics_port,
+        &format!("127.0.0.1:{health_port}"),
     );
     wait_for("the socket", async || socket.exists()).await;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
@@ -173,12 +191,7 @@ fn node_with_cidr(cidr: &str) -> Node {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_registered_again_with_a_new_pod_cidr_moves_allocation_there() {
-    let api = ApiServer::start(Config::default())
-        .await
-        .expect("start the API server");
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
+    let (api, dir, kubeconfig) = api_server().await;
     let kube = api.client().unwrap();
     let nodes: Api<Node> = Api::all(kube.clone());
     nodes
@@ -187,31 +200,14 @@ async fn a_node_registered_again_with_a_new_pod_cidr_moves_allocation_there() {
         .unwrap();
     let socket: PathBuf = dir.path().join("agent.sock");
     let metrics_port = free_port();
-    let _agent = Killed(
-        Command::new(env!("CARGO_BIN_EXE_underlay-agent"))
-            .args(["--node-name", "worker-1", "--policy=false"])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .args(["--health-addr", "off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the agent"),
+    let _agent = start_agent(
+        &kubeconfig,
+        &socket,
+        &dir.path().join("state"),
+        metrics_port,
+        "off",
     );
-    wait_for("the socket", async || socket.exists()).await;
-    let mut c = client(&socket).await;
-    wait_for("ready", async || {
-        c.status(v1::StatusRequest {})
-            .await
-            .is_ok_and(|s| s.into_inner().ready)
-    })
-    .await;
+    let mut c = ready_client(&socket).await;
     let old = c.attach(attach_request("c1")).await.unwrap().into_inner();
     assert!(old.ips[0].address.starts_with("10.244.5."), "{old:?}");
 
