@@ -134,7 +134,12 @@ const KERNEL_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Opens the endpoint store (moving a damaged file aside) and adopts every
 /// live pod link the kernel shows that no record holds, durably, before
 /// anything is served.
-fn open_store(args: &Args, metrics: &Metrics) -> Result<store::Store> {
+async fn open_store(
+    args: &Args,
+    metrics: &Metrics,
+    client: Option<&kube::Client>,
+    node: &str,
+) -> Result<store::Store> {
     let opened = store::Store::open_or_replace(&args.state_dir)?;
     if let Some(damage) = &opened.damaged {
         tracing::error!(%damage, "endpoint store damaged; rebuilding the live attachments from the kernel");
@@ -155,9 +160,14 @@ fn open_store(args: &Args, metrics: &Metrics) -> Result<store::Store> {
             Vec::new()
         }
     };
-    let adopted = recover::adopt(&opened.records, &links, args.mtu);
+    let mut adopted = recover::adopt(&opened.records, &links, args.mtu);
+    if let Some(client) = client
+        && !adopted.is_empty()
+    {
+        recover::name_from_api(client, node, &mut adopted).await;
+    }
     for r in &adopted {
-        tracing::warn!(key = %r.key(), ips = ?r.ips, host_interface = %r.host_interface, "recovered an attachment from the kernel");
+        tracing::warn!(key = %r.key(), ips = ?r.ips, host_interface = %r.host_interface, pod = %format!("{}/{}", r.namespace, r.pod_name), "recovered an attachment from the kernel");
     }
     if !adopted.is_empty() {
         opened
@@ -357,7 +367,7 @@ pub async fn run_until(
     let mut metrics = Metrics::new();
     hook.register_metrics(metrics.registry_mut());
     let metrics = Arc::new(metrics);
-    let store = open_store(&args, &metrics)?;
+    let store = open_store(&args, &metrics, client.as_ref(), &node).await?;
     let endpoints = Endpoints::open(store, hook, metrics.clone(), args.mtu)?;
     tracing::info!(node = %node, recorded = endpoints.endpoints().len(), state_dir = %args.state_dir.display(), "endpoint store open");
 

@@ -4,8 +4,13 @@
 //! address. At start-up each such link whose addresses no record holds is
 //! adopted as a record, so a store that was damaged, deleted or silently
 //! lost records never lets a live pod's address be handed out again.
+//! When the API server is reachable, each adopted attachment is named after
+//! the pod of this node that holds its address, so its policy applies.
 
 use crate::store::{Record, now_ms};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -148,6 +153,46 @@ pub fn adopt(existing: &[Record], links: &[KernelLink], mtu: u32) -> Vec<Record>
         .collect()
 }
 
+/// Names the records that have no pod after the pod holding one of their
+/// addresses (`status.podIPs`).
+pub fn name_by_address(records: &mut [Record], pods: &[Pod]) {
+    let mut owners: BTreeMap<IpAddr, &Pod> = BTreeMap::new();
+    for pod in pods {
+        let status = pod.status.as_ref();
+        let ips = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|p| p.ip.as_str())
+            .chain(status.and_then(|s| s.pod_ip.as_deref()));
+        for ip in ips.filter_map(|ip| ip.parse().ok()) {
+            owners.insert(ip, pod);
+        }
+    }
+    for r in records.iter_mut().filter(|r| r.pod_name.is_empty()) {
+        if let Some(pod) = r.ips.iter().find_map(|ip| owners.get(ip)) {
+            r.namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            r.pod_name = pod.metadata.name.clone().unwrap_or_default();
+            r.pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+        }
+    }
+}
+
+/// [`name_by_address`] with the pods the API server lists on `node`.
+pub async fn name_from_api(client: &kube::Client, node: &str, records: &mut [Record]) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let params = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    match tokio::time::timeout(Duration::from_secs(10), pods.list(&params)).await {
+        Ok(Ok(list)) => name_by_address(records, &list.items),
+        Ok(Err(e)) => {
+            tracing::warn!(%node, error = %e, "cannot list this node's pods to name recovered attachments")
+        }
+        Err(_) => {
+            tracing::warn!(%node, "listing this node's pods to name recovered attachments timed out")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +231,29 @@ mod tests {
         );
         assert!(links_from_json("udl", "", &["", ""]).unwrap().is_empty());
         assert!(links_from_json("udl", "not json", &[]).is_err());
+    }
+
+    #[test]
+    fn recovered_attachments_are_named_after_the_pods_holding_their_addresses() {
+        let links = links_from_json("udl", LINKS, &[V4, V6]).unwrap();
+        let mut records = adopt(&[], &links, 1500);
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "a", "uid": "u-a"},
+            "status": {"podIP": "10.244.40.2", "podIPs": [{"ip": "10.244.40.2"}, {"ip": "fd00:40::2"}]}
+        }))
+        .unwrap();
+        name_by_address(&mut records, &[pod]);
+        let named: Vec<_> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.namespace.as_str(),
+                    r.pod_name.as_str(),
+                    r.pod_uid.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(named, [("x", "a", "u-a"), ("", "", "")]);
     }
 
     #[test]
