@@ -199,7 +199,6 @@ impl Endpoints {
         }
         st.pools = Some(alloc);
         self.update_pool_metrics(&st);
-        self.inner.metrics.outside.set(rejected.len() as i64);
         Ok(rejected)
     }
 
@@ -218,6 +217,13 @@ impl Endpoints {
         let m = &self.inner.metrics;
         m.endpoints.set(st.records.len() as i64);
         if let Some(p) = &st.pools {
+            let cidrs = p.node_cidrs();
+            let outside = st
+                .records
+                .values()
+                .filter(|r| !r.ips.iter().any(|ip| cidrs.iter().any(|c| c.contains(*ip))))
+                .count();
+            m.outside.set(outside as i64);
             for fam in [Family::V4, Family::V6] {
                 let label = crate::metrics::FamilyLabel::of(fam);
                 if p.capacity(fam) > 0 {

@@ -261,6 +261,11 @@ async fn a_node_registered_again_with_a_new_pod_cidr_moves_allocation_there() {
         .unwrap()
         .into_inner();
     assert!(released.released);
+    let (_, metrics) = http_get(metrics_port, "/metrics");
+    assert!(
+        metrics.contains("underlay_agent_endpoints_outside_pod_cidrs 0"),
+        "{metrics}"
+    );
 
     // And a Kubernetes Event on the Node says so.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(kube, "default");
