@@ -227,8 +227,15 @@ async fn an_attach_the_plugin_gave_up_on_is_released_by_gc() {
         "{err:?}"
     );
     drop(plugin);
-    // The runtime no longer knows the sandbox: GC reclaims its address.
-    let released = agent.plugin().await.gc(&[]).await.unwrap();
+    // The runtime no longer knows the sandbox: once the agent has noticed
+    // the call was abandoned, GC reclaims its address.
+    let mut gc = agent.plugin().await;
+    let mut released = Vec::new();
+    wait_for("GC to release the abandoned attachment", async || {
+        released.extend(gc.gc(&[]).await.unwrap());
+        !released.is_empty()
+    })
+    .await;
     assert_eq!(released, ["c1"]);
     let st = agent.status().await.unwrap();
     assert_eq!(st.endpoints, 0);
