@@ -45,6 +45,10 @@ pub struct Options {
     pub attach_wait: Duration,
     /// Timeout of the pod lookup attach makes when the cache lacks the pod.
     pub fetch_timeout: Duration,
+    /// Program nothing until [`PolicyAgent::restore`] has handed over the
+    /// endpoints a previous run attached: a sync before it would find their
+    /// rules unexpected and remove them.
+    pub await_restore: bool,
 }
 
 impl Default for Options {
@@ -54,6 +58,7 @@ impl Default for Options {
             batch_delay: Duration::from_millis(20),
             attach_wait: Duration::from_secs(10),
             fetch_timeout: Duration::from_secs(5),
+            await_restore: false,
         }
     }
 }
@@ -64,8 +69,9 @@ pub struct PolicyAgent<D: Dataplane> {
     client: Option<Client>,
     options: Options,
     kick: Arc<Notify>,
-    /// Which of (namespaces, pods, policies) had their first full list.
-    listed: watch::Sender<[bool; 3]>,
+    /// Which of (namespaces, pods, policies) had their first full list, and
+    /// whether the previous run's endpoints were restored.
+    listed: watch::Sender<[bool; 4]>,
     status: Arc<std::sync::Mutex<Status>>,
 }
 
@@ -73,11 +79,8 @@ impl<D: Dataplane> PolicyAgent<D> {
     /// `client: None` runs without an API server: no policies, every
     /// endpoint open (standalone mode).
     pub fn new(engine: Engine<D>, client: Option<Client>, options: Options) -> Arc<Self> {
-        let listed = if client.is_some() {
-            [false; 3]
-        } else {
-            [true; 3]
-        };
+        let cache = client.is_none();
+        let listed = [cache, cache, cache, !options.await_restore];
         Arc::new(PolicyAgent {
             engine: Arc::new(Mutex::new(engine)),
             client,
@@ -93,7 +96,8 @@ impl<D: Dataplane> PolicyAgent<D> {
         self.engine.clone()
     }
 
-    /// True once every watcher delivered its first full list.
+    /// True once every watcher delivered its first full list (and the
+    /// endpoints were restored, when that is awaited).
     pub fn cache_ready(&self) -> bool {
         self.listed.borrow().iter().all(|b| *b)
     }
@@ -256,6 +260,7 @@ impl<D: Dataplane> PolicyAgent<D> {
             }
         });
         drop(engine);
+        self.mark_listed(RESTORED);
         self.kick.notify_one();
         Ok(())
     }
@@ -268,6 +273,9 @@ impl<D: Dataplane> PolicyAgent<D> {
         self.kick.notify_one();
     }
 }
+
+/// The entry of [`PolicyAgent::listed`] that [`PolicyAgent::restore`] sets.
+const RESTORED: usize = 3;
 
 /// One kind of Kubernetes object the agent watches, and how it feeds the
 /// index. A single generic [`watch`] loop serves every kind; a kind only

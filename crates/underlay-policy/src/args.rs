@@ -70,6 +70,8 @@ impl PolicyArgs {
     pub fn options(&self) -> Options {
         Options {
             repair_interval: Duration::from_secs(self.policy_repair_interval.max(1)),
+            // The agent restores its recorded endpoints at every start.
+            await_restore: true,
             ..Options::default()
         }
     }
