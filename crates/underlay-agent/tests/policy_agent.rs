@@ -107,11 +107,8 @@ fn iptables_save(ns: &Netns) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_and_metrics_report_the_programmed_policy() {
-    if !netns::require_root("status_and_metrics_report_the_programmed_policy") {
-        return;
-    }
+/// The embedded API server with Node worker-1 (pod CIDR 10.244.5.0/24).
+async fn cluster() -> (underlay_lab::apiserver::Handle, kube::Client) {
     let api = ApiServer::start(Config::default())
         .await
         .expect("start the API server");
@@ -123,6 +120,33 @@ async fn status_and_metrics_report_the_programmed_policy() {
                "spec": {"podCIDR": "10.244.5.0/24", "podCIDRs": ["10.244.5.0/24"]}}),
     )
     .await;
+    (api, kube)
+}
+
+/// A relay inside `ns` to the API server, and a kubeconfig in `dir` that
+/// uses it (the agent in `ns` cannot reach the machine's loopback).
+fn relayed_kubeconfig(
+    api: &underlay_lab::apiserver::Handle,
+    ns: &Netns,
+    dir: &Path,
+) -> (underlay_lab::relay::Relay, PathBuf) {
+    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
+        .expect("relay");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
+    )
+    .unwrap();
+    (relay, kubeconfig)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_report_the_programmed_policy() {
+    if !netns::require_root("status_and_metrics_report_the_programmed_policy") {
+        return;
+    }
+    let (api, kube) = cluster().await;
     let namespaces: Api<Namespace> = Api::all(kube.clone());
     create(
         &namespaces,
@@ -147,15 +171,8 @@ async fn status_and_metrics_report_the_programmed_policy() {
     let ns = Netns::create(&format!("{}pa", netns::unique_prefix()))
         .await
         .expect("create the namespace");
-    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
-        .expect("relay");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
-    )
-    .unwrap();
+    let (relay, kubeconfig) = relayed_kubeconfig(&api, &ns, dir.path());
     let socket: PathBuf = dir.path().join("agent.sock");
     let mut agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
     wait_for("the socket", async || socket.exists()).await;
@@ -298,17 +315,7 @@ async fn a_pod_recovered_from_the_kernel_keeps_its_policy() {
     if !netns::require_root("a_pod_recovered_from_the_kernel_keeps_its_policy") {
         return;
     }
-    let api = ApiServer::start(Config::default())
-        .await
-        .expect("start the API server");
-    let kube = api.client().unwrap();
-    let nodes: Api<Node> = Api::all(kube.clone());
-    create(
-        &nodes,
-        json!({"metadata": {"name": "worker-1"},
-               "spec": {"podCIDR": "10.244.5.0/24", "podCIDRs": ["10.244.5.0/24"]}}),
-    )
-    .await;
+    let (api, kube) = cluster().await;
     let namespaces: Api<Namespace> = Api::all(kube.clone());
     create(&namespaces, json!({"metadata": {"name": "x"}})).await;
     running_pod(&kube, "a", "10.244.5.2").await;
@@ -336,15 +343,8 @@ async fn a_pod_recovered_from_the_kernel_keeps_its_policy() {
     ])
     .await
     .expect("wire pod x/a");
-    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
-        .expect("relay");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
-    )
-    .unwrap();
+    let (relay, kubeconfig) = relayed_kubeconfig(&api, &ns, dir.path());
     let socket: PathBuf = dir.path().join("agent.sock");
     let agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
     let mut c = ready_client(&socket).await;

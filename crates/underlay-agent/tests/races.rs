@@ -214,6 +214,18 @@ impl Plugin {
     }
 }
 
+/// GC with no valid attachment, repeated (bounded) until it releases one.
+async fn gc_until_released(agent: &Agent) -> Vec<String> {
+    let mut gc = agent.plugin().await;
+    let mut released = Vec::new();
+    wait_for("GC to release an attachment", async || {
+        released.extend(gc.gc(&[]).await.unwrap());
+        !released.is_empty()
+    })
+    .await;
+    released
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attach_the_plugin_gave_up_on_is_released_by_gc() {
     let agent = Agent::start("10.244.30.0/28").await;
@@ -229,14 +241,7 @@ async fn an_attach_the_plugin_gave_up_on_is_released_by_gc() {
     drop(plugin);
     // The runtime no longer knows the sandbox: once the agent has noticed
     // the call was abandoned, GC reclaims its address.
-    let mut gc = agent.plugin().await;
-    let mut released = Vec::new();
-    wait_for("GC to release the abandoned attachment", async || {
-        released.extend(gc.gc(&[]).await.unwrap());
-        !released.is_empty()
-    })
-    .await;
-    assert_eq!(released, ["c1"]);
+    assert_eq!(gc_until_released(&agent).await, ["c1"]);
     let st = agent.status().await.unwrap();
     assert_eq!(st.endpoints, 0);
     assert_eq!(st.pools[0].allocated, 0, "{:?}", st.pools);
@@ -254,14 +259,7 @@ async fn gc_keeps_an_attachment_while_its_plugin_is_still_wiring() {
     assert!(released.is_empty(), "released {released:?} mid-ADD");
     // The plugin is done (its process exits): GC may reclaim it now.
     drop(add);
-    let mut gc = agent.plugin().await;
-    let mut released = Vec::new();
-    wait_for("GC to release the finished attachment", async || {
-        released.extend(gc.gc(&[]).await.unwrap());
-        !released.is_empty()
-    })
-    .await;
-    assert_eq!(released, ["c1"]);
+    assert_eq!(gc_until_released(&agent).await, ["c1"]);
     // Its address is free again and is the only one in use by nobody.
     assert_eq!(agent.status().await.unwrap().pools[0].allocated, 0);
     assert_eq!(ips.len(), 1);
