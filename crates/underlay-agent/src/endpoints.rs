@@ -7,12 +7,19 @@
 //!   using is restored from the store and never handed out again.
 //! - The in-memory allocator and record map change together with the store,
 //!   under one lock; a failed commit leaves memory as it was.
-//! - GC never releases an attachment whose Attach is still running.
+//! - Attach, Detach and GC of one attachment never interleave
+//!   ([`crate::ops`]); an Attach abandoned by its plugin (timeout) ends
+//!   with its future, so it never holds its attachment forever.
+//! - GC never releases an attachment whose Attach is still running, nor
+//!   one whose plugin is still wiring it (its connection's
+//!   [`Lease`] is alive).
 
+use crate::conn::Lease;
 use crate::hook::{EndpointHook, EndpointInfo, HookError};
 use crate::metrics::Metrics;
-use crate::store::{Record, Store, StoreError};
-use std::collections::{BTreeMap, HashSet};
+use crate::ops::KeyLocks;
+use crate::store::{Record, Store, StoreError, now_ms};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use underlay_ipam::{AttachmentKey, Cidr, Family, PodAllocator};
@@ -52,6 +59,9 @@ pub struct AttachInput {
     pub netns: String,
     pub network_name: String,
     pub mtu: Option<u32>,
+    /// The plugin's connection: GC leaves the attachment alone while it
+    /// is open (the plugin is wiring the pod).
+    pub lease: Lease,
 }
 
 /// One pool's numbers for Status and metrics.
@@ -67,12 +77,24 @@ struct State {
     /// Why Attach cannot be served yet, when it cannot.
     waiting: String,
     records: BTreeMap<AttachmentKey, Record>,
-    inflight: HashSet<AttachmentKey>,
+    /// The connection of each attachment's last answered Attach.
+    leases: HashMap<AttachmentKey, Lease>,
+}
+
+impl State {
+    /// Whether GC called on `caller`'s connection may release `key`: not
+    /// while another plugin that was answered for it is still running.
+    fn collectable(&self, key: &AttachmentKey, caller: &Lease) -> bool {
+        self.leases
+            .get(key)
+            .is_none_or(|l| !l.alive() || l.same(caller))
+    }
 }
 
 struct Inner {
     store: Store,
     state: Mutex<State>,
+    ops: KeyLocks,
     hook: Arc<dyn EndpointHook>,
     metrics: Arc<Metrics>,
     default_mtu: u32,
@@ -101,13 +123,6 @@ pub fn info(r: &Record) -> EndpointInfo {
         host_interface: r.host_interface.clone(),
         ips: r.ips.clone(),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn validate(key: &AttachmentKey) -> Result<()> {
@@ -201,8 +216,9 @@ impl Endpoints {
                     pools: None,
                     waiting: "the node's pod cidrs are not known yet".into(),
                     records,
-                    inflight: HashSet::new(),
+                    leases: HashMap::new(),
                 }),
+                ops: KeyLocks::default(),
                 hook,
                 metrics,
                 default_mtu,
@@ -213,12 +229,15 @@ impl Endpoints {
     /// Records why Attach cannot be served yet (for Status).
     pub fn set_waiting(&self, reason: impl Into<String>) {
         self.inner.lock().waiting = reason.into();
+        self.inner.metrics.ready.set(0);
     }
 
-    /// Installs the node's pod CIDRs and restores every recorded attachment
-    /// into the allocator. Records that cannot be restored (outside the
-    /// CIDRs, or clashing) are kept so DEL and GC still find them, and are
-    /// returned for logging.
+    /// Installs the node's pod CIDRs (again, when they changed) and restores
+    /// every recorded attachment into the allocator. Records that cannot be
+    /// restored (outside the CIDRs, or clashing) are kept so DEL and GC
+    /// still find them, and their addresses are never handed out: new
+    /// addresses come from the new CIDRs only. They are returned for
+    /// logging.
     pub fn set_pools(&self, cidrs: &[Cidr]) -> Result<Vec<(AttachmentKey, String)>> {
         let mut alloc = PodAllocator::new(cidrs).map_err(|e| {
             EndpointError::NotReady(format!("the node's pod cidrs are unusable: {e}"))
@@ -250,6 +269,13 @@ impl Endpoints {
         let m = &self.inner.metrics;
         m.endpoints.set(st.records.len() as i64);
         if let Some(p) = &st.pools {
+            let cidrs = p.node_cidrs();
+            let outside = st
+                .records
+                .values()
+                .filter(|r| !r.ips.iter().any(|ip| cidrs.iter().any(|c| c.contains(*ip))))
+                .count();
+            m.outside.set(outside as i64);
             for fam in [Family::V4, Family::V6] {
                 let label = crate::metrics::FamilyLabel::of(fam);
                 if p.capacity(fam) > 0 {
@@ -264,9 +290,14 @@ impl Endpoints {
         }
     }
 
-    /// Every endpoint on record.
+    /// Every endpoint on record, oldest attachment first: restored in this
+    /// order, the newest sandbox of a pod is the one in force on its host
+    /// interface.
     pub fn endpoints(&self) -> Vec<EndpointInfo> {
-        self.inner.lock().records.values().map(info).collect()
+        let st = self.inner.lock();
+        let mut records: Vec<&Record> = st.records.values().collect();
+        records.sort_by_key(|r| r.created_unix_ms);
+        records.into_iter().map(info).collect()
     }
 
     /// Allocates (or returns) the attachment's addresses, records it
@@ -274,6 +305,10 @@ impl Endpoints {
     pub async fn attach(&self, input: AttachInput) -> Result<Record> {
         validate(&input.key)?;
         validate_host_interface(&input.host_interface)?;
+        // Held until answered, or dropped with this future when the plugin
+        // gave up: a Detach or GC of the key waits or skips meanwhile.
+        let _op = self.inner.ops.lock(&input.key).await;
+        let lease = input.lease.clone();
         let inner = self.inner.clone();
         let this = self.clone();
         let (rec, fresh) = blocking(move || {
@@ -285,9 +320,7 @@ impl Endpoints {
                 )));
             }
             if let Some(rec) = st.records.get(&input.key) {
-                let rec = rec.clone();
-                st.inflight.insert(input.key.clone());
-                return Ok((rec, false));
+                return Ok((rec.clone(), false));
             }
             if let Some(holder) = name_holder(&st.records, &input) {
                 return Err(EndpointError::NameTaken(format!(
@@ -321,7 +354,6 @@ impl Endpoints {
                 return Err(e.into());
             }
             st.records.insert(input.key.clone(), rec.clone());
-            st.inflight.insert(input.key.clone());
             inner.metrics.allocations.inc();
             this.update_pool_metrics(&st);
             Ok((rec, true))
@@ -329,14 +361,16 @@ impl Endpoints {
         .await?;
 
         let hooked = self.inner.hook.attached(&info(&rec)).await;
-        self.inner.lock().inflight.remove(&rec.key());
         match hooked {
-            Ok(()) => Ok(rec),
+            Ok(()) => {
+                self.inner.lock().leases.insert(rec.key(), lease);
+                Ok(rec)
+            }
             Err(e) => {
                 if fresh {
                     // Leave nothing behind: the plugin reports the failure and
                     // the runtime retries from scratch.
-                    if let Err(re) = self.remove(vec![rec.key()]).await {
+                    if let Err(re) = self.remove(vec![rec.key()], None).await {
                         tracing::error!(key = %rec.key(), error = %re, "cannot roll back an attachment after a policy failure");
                     }
                 }
@@ -346,7 +380,13 @@ impl Endpoints {
     }
 
     /// Releases `keys` durably and tells the hook; returns what was held.
-    async fn remove(&self, keys: Vec<AttachmentKey>) -> Result<Vec<Record>> {
+    /// With `gc_caller`, only keys GC on that connection may collect. The
+    /// caller holds each key's operation lock.
+    async fn remove(
+        &self,
+        keys: Vec<AttachmentKey>,
+        gc_caller: Option<Lease>,
+    ) -> Result<Vec<Record>> {
         let inner = self.inner.clone();
         let this = self.clone();
         let removed = blocking(move || {
@@ -354,6 +394,7 @@ impl Endpoints {
             let present: Vec<AttachmentKey> = keys
                 .into_iter()
                 .filter(|k| st.records.contains_key(k))
+                .filter(|k| gc_caller.as_ref().is_none_or(|c| st.collectable(k, c)))
                 .collect();
             if present.is_empty() {
                 return Ok(Vec::new());
@@ -364,6 +405,7 @@ impl Endpoints {
                 if let Some(rec) = st.records.remove(k) {
                     out.push(rec);
                 }
+                st.leases.remove(k);
                 if let Some(a) = st.pools.as_mut() {
                     a.release(k);
                 }
@@ -380,9 +422,11 @@ impl Endpoints {
     }
 
     /// Releases one attachment; `None` when it was not held.
+    /// An Attach of the same key still running finishes first.
     pub async fn detach(&self, key: AttachmentKey) -> Result<Option<Record>> {
         validate(&key)?;
-        Ok(self.remove(vec![key]).await?.into_iter().next())
+        let _op = self.inner.ops.lock(&key).await;
+        Ok(self.remove(vec![key], None).await?.into_iter().next())
     }
 
     /// The record of one attachment.
@@ -396,19 +440,30 @@ impl Endpoints {
             .ok_or_else(|| EndpointError::NotFound(key.clone()))
     }
 
-    /// Releases every attachment not in `valid`, except those being attached
-    /// right now (the runtime may not list them yet).
-    pub async fn gc(&self, valid: &[AttachmentKey]) -> Result<Vec<Record>> {
+    /// Releases every attachment not in `valid`, except those being
+    /// attached or detached right now, and those whose plugin (other than
+    /// `caller`) is still wiring them: the runtime may not list them yet.
+    pub async fn gc(&self, valid: &[AttachmentKey], caller: &Lease) -> Result<Vec<Record>> {
         let valid: HashSet<&AttachmentKey> = valid.iter().collect();
-        let doomed: Vec<AttachmentKey> = {
-            let st = self.inner.lock();
+        let candidates: Vec<AttachmentKey> = {
+            let mut st = self.inner.lock();
+            st.leases.retain(|_, l| l.alive());
             st.records
                 .keys()
-                .filter(|k| !valid.contains(k) && !st.inflight.contains(k))
+                .filter(|k| !valid.contains(k))
                 .cloned()
                 .collect()
         };
-        self.remove(doomed).await
+        // Held until the hook has been told, so an Attach of the same key
+        // right after starts from a clean slate.
+        let held: Vec<_> = candidates
+            .iter()
+            .filter_map(|k| self.inner.ops.try_lock(k))
+            .collect();
+        let keys = held.iter().map(|g| g.key().clone()).collect();
+        let released = self.remove(keys, Some(caller.clone())).await;
+        drop(held);
+        released
     }
 
     /// Pool usage, in configured order; empty before pod CIDRs are known.
@@ -470,6 +525,7 @@ mod tests {
             netns: String::new(),
             network_name: "underlay".into(),
             mtu: None,
+            lease: Lease::none(),
         }
     }
 
@@ -616,7 +672,10 @@ mod tests {
         for id in ["a", "b", "c"] {
             svc.attach(input(id)).await.unwrap();
         }
-        let released = svc.gc(&[AttachmentKey::new("b", "eth0")]).await.unwrap();
+        let released = svc
+            .gc(&[AttachmentKey::new("b", "eth0")], &Lease::none())
+            .await
+            .unwrap();
         let ids: Vec<_> = released.iter().map(|r| r.container_id.as_str()).collect();
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(svc.endpoints().len(), 1);

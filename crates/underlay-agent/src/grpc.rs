@@ -129,6 +129,7 @@ impl Agent for AgentService {
         &self,
         req: Request<v1::AttachRequest>,
     ) -> Result<Response<v1::AttachResponse>, Status> {
+        let lease = crate::conn::lease_of(&req);
         let req = req.into_inner();
         self.timed("Attach", async {
             let pod = req.pod.unwrap_or_default();
@@ -145,6 +146,7 @@ impl Agent for AgentService {
                     netns: req.netns,
                     network_name: req.network_name,
                     mtu: req.mtu,
+                    lease,
                 })
                 .await
                 .map_err(to_status)?;
@@ -195,6 +197,7 @@ impl Agent for AgentService {
 
     #[tracing::instrument(skip_all, fields(rpc = "Gc"))]
     async fn gc(&self, req: Request<v1::GcRequest>) -> Result<Response<v1::GcResponse>, Status> {
+        let caller = crate::conn::lease_of(&req);
         let req = req.into_inner();
         self.timed("Gc", async {
             let valid: Vec<AttachmentKey> = req
@@ -202,7 +205,11 @@ impl Agent for AgentService {
                 .into_iter()
                 .map(|k| AttachmentKey::new(k.container_id, k.ifname))
                 .collect();
-            let released = self.endpoints.gc(&valid).await.map_err(to_status)?;
+            let released = self
+                .endpoints
+                .gc(&valid, &caller)
+                .await
+                .map_err(to_status)?;
             tracing::info!(
                 valid = valid.len(),
                 released = released.len(),

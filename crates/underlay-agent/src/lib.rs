@@ -2,11 +2,15 @@
 //!
 //! Module map: [`args`] (command line), [`store`] (durable endpoint
 //! records), [`endpoints`] (allocation and records, the domain core),
-//! [`grpc`] (the wire edge), [`node`] (pod CIDRs from the Node object),
-//! [`hook`] (the policy engine's entry point), [`metrics`] (Prometheus,
+//! [`grpc`] (the wire edge), [`conn`] (the plugin's connections),
+//! [`ops`] (one operation at a time per attachment), [`node`] (pod CIDRs from the Node object),
+//! [`hook`] (the policy engine's entry point), [`recover`] (records
+//! rebuilt from the kernel), [`metrics`] (Prometheus,
 //! health and readiness). [`run`] wires them together.
 //!
-//! Start-up order: open the store and the hook, start serving gRPC (Attach
+//! Start-up order: open the store (a damaged one is moved aside), adopt
+//! every live pod link of the kernel that no record holds, open the hook,
+//! start serving gRPC (Attach
 //! answers UNAVAILABLE until ready, so the plugin reports "try again"),
 //! learn the pod CIDRs, restore every recorded attachment into the
 //! allocator, let the hook restore their policy, then become ready.
@@ -14,12 +18,15 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod conn;
 pub mod endpoints;
 pub mod grpc;
 pub mod hook;
 pub mod metrics;
 pub mod node;
+pub mod ops;
 pub mod policy_hook;
+pub mod recover;
 pub mod store;
 
 pub use args::Args;
@@ -123,16 +130,73 @@ async fn serve_http(addr: args::Listen, router: axum::Router, what: &'static str
     Ok(())
 }
 
+/// How long listing the node's links and routes may take.
+const KERNEL_LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens the endpoint store (moving a damaged file aside) and adopts every
+/// live pod link the kernel shows that no record holds, durably, before
+/// anything is served.
+async fn open_store(
+    args: &Args,
+    metrics: &Metrics,
+    client: Option<&kube::Client>,
+    node: &str,
+) -> Result<store::Store> {
+    let opened = store::Store::open_or_replace(&args.state_dir)?;
+    if let Some(damage) = &opened.damaged {
+        tracing::error!(%damage, "endpoint store damaged; rebuilding the live attachments from the kernel");
+    } else if opened.missing {
+        tracing::info!(state_dir = %args.state_dir.display(), "no endpoint store; adopting the live attachments the kernel shows");
+    }
+    let prefix = &args.policy_args.policy_interface_prefix;
+    let links = match recover::pod_links(prefix, KERNEL_LIST_TIMEOUT) {
+        Ok(links) => links,
+        // Without the store the kernel is the only record of live pods.
+        Err(e) if opened.damaged.is_some() || opened.missing => {
+            return Err(anyhow::Error::new(e).context(
+                "rebuild the endpoint store from the kernel (the store is missing or damaged)",
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the pod links; trusting the endpoint store alone");
+            Vec::new()
+        }
+    };
+    let mut adopted = recover::adopt(&opened.records, &links, args.mtu);
+    if let Some(client) = client
+        && !adopted.is_empty()
+    {
+        recover::name_from_api(client, node, &mut adopted).await;
+    }
+    for r in &adopted {
+        tracing::warn!(key = %r.key(), ips = ?r.ips, host_interface = %r.host_interface, pod = %format!("{}/{}", r.namespace, r.pod_name), "recovered an attachment from the kernel");
+    }
+    if !adopted.is_empty() {
+        opened
+            .store
+            .apply(&adopted.iter().collect::<Vec<_>>(), &[])
+            .context("record the attachments recovered from the kernel")?;
+        tracing::warn!(
+            recovered = adopted.len(),
+            "recovered attachments the endpoint store did not hold; their DEL or GC releases them"
+        );
+    }
+    metrics.recovered.set(adopted.len() as i64);
+    Ok(opened.store)
+}
+
 /// Learns the pod CIDRs, restores the allocator and the hook, marks ready.
 async fn bring_up(
     endpoints: Endpoints,
     static_cidrs: Vec<Cidr>,
     client: Option<kube::Client>,
     node: String,
+    metrics: Arc<Metrics>,
 ) {
+    let from_node = static_cidrs.is_empty();
     let cidrs = if !static_cidrs.is_empty() {
         static_cidrs
-    } else if let Some(client) = client {
+    } else if let Some(client) = client.clone() {
         let ep = endpoints.clone();
         node::wait_for_pod_cidrs(client, &node, move |why| ep.set_waiting(why)).await
     } else {
@@ -169,6 +233,99 @@ async fn bring_up(
     }
     endpoints.mark_ready();
     tracing::info!(endpoints = eps.len(), "agent ready");
+    if from_node && let Some(client) = client {
+        follow_node(endpoints, client, node, cidrs, metrics).await;
+    }
+}
+
+/// Keeps the pod CIDRs in step with the Node. While it is deleted Attach
+/// waits; pod CIDRs that changed replace the old ones for new pods, while
+/// pods in the old range keep their addresses until they are deleted. Each
+/// change is logged, counted and recorded as an Event on the Node.
+async fn follow_node(
+    endpoints: Endpoints,
+    client: kube::Client,
+    node: String,
+    cidrs: Vec<Cidr>,
+    metrics: Arc<Metrics>,
+) {
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "underlay-agent".into(),
+            instance: Some(node.clone()),
+        },
+    );
+    let mut in_use = cidrs;
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn(node::follow(client, node.clone(), Some(in_use.clone()), tx));
+    let show = |c: &[Cidr]| {
+        c.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    while let Some(change) = changes.recv().await {
+        let new = match change {
+            node::NodeChange::Gone => {
+                tracing::warn!(%node, "node deleted; attach waits until it is registered again");
+                endpoints.set_waiting(format!(
+                    "node {node} was deleted; waiting for it to be registered again with pod cidrs"
+                ));
+                continue;
+            }
+            node::NodeChange::PodCidrs(new) => new,
+        };
+        let outside = match endpoints.set_pools(&new) {
+            Ok(outside) => outside,
+            Err(e) => {
+                tracing::error!(%node, error = %e, "new node pod cidrs unusable");
+                endpoints.set_waiting(e.to_string());
+                continue;
+            }
+        };
+        endpoints.mark_ready();
+        if new == in_use {
+            continue;
+        }
+        metrics.pod_cidr_changes.inc();
+        let note = format!(
+            "pod cidrs changed from {} to {}: new pods get addresses from the new range; {} pods keep addresses outside it until they are deleted",
+            show(&in_use),
+            show(&new),
+            outside.len()
+        );
+        tracing::warn!(%node, old = %show(&in_use), new = %show(&new), outside = outside.len(), "node pod cidrs changed");
+        publish_node_event(&recorder, &node, "PodCIDRsChanged", note).await;
+        in_use = new;
+    }
+    watch.abort();
+}
+
+async fn publish_node_event(
+    recorder: &kube::runtime::events::Recorder,
+    node: &str,
+    reason: &str,
+    note: String,
+) {
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: "AllocatePodAddresses".into(),
+        secondary: None,
+    };
+    // Node events are keyed by name, as the kubelet does.
+    let regarding = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node.into()),
+        uid: Some(node.into()),
+        ..Default::default()
+    };
+    if let Err(e) = recorder.publish(&event, &regarding).await {
+        tracing::warn!(%node, reason, error = %e, "cannot record the node event");
+    }
 }
 
 /// Runs the agent until `shutdown` completes. `make_hook` builds the policy
@@ -220,7 +377,7 @@ pub async fn run_until(
     let mut metrics = Metrics::new();
     hook.register_metrics(metrics.registry_mut());
     let metrics = Arc::new(metrics);
-    let store = store::Store::open(&args.state_dir)?;
+    let store = open_store(&args, &metrics, client.as_ref(), &node).await?;
     let endpoints = Endpoints::open(store, hook, metrics.clone(), args.mtu)?;
     tracing::info!(node = %node, recorded = endpoints.endpoints().len(), state_dir = %args.state_dir.display(), "endpoint store open");
 
@@ -239,18 +396,22 @@ pub async fn run_until(
 
     let listener = bind_socket(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), "grpc listening");
+    let service_metrics = metrics.clone();
     let service = grpc::AgentService {
         endpoints: endpoints.clone(),
         metrics,
         node_name: node.clone(),
     };
-    let bring = tokio::spawn(bring_up(endpoints, static_cidrs, client, node));
+    let bring = tokio::spawn(bring_up(
+        endpoints,
+        static_cidrs,
+        client,
+        node,
+        service_metrics,
+    ));
     let served = tonic::transport::Server::builder()
         .add_service(underlay_proto::v1::agent_server::AgentServer::new(service))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(conn::incoming(listener), shutdown)
         .await;
     bring.abort();
     let _ = std::fs::remove_file(&args.socket);

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub rpc_duration: HistogramFamily,
     pub rpc_errors: Family<RpcErrorLabel, Counter>,
     pub ready: Gauge,
+    pub recovered: Gauge,
+    pub pod_cidr_changes: Counter,
+    pub outside: Gauge,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,9 @@ impl Metrics {
         let rpc_duration: HistogramFamily = Family::new_with_constructor(rpc_histogram);
         let rpc_errors = Family::default();
         let ready = Gauge::default();
+        let recovered = Gauge::default();
+        let pod_cidr_changes = Counter::default();
+        let outside = Gauge::default();
         registry.register(
             "allocations",
             "Pod address allocations (one per attachment)",
@@ -116,6 +122,21 @@ impl Metrics {
             rpc_errors.clone(),
         );
         registry.register("ready", "1 when the agent can serve Attach", ready.clone());
+        registry.register(
+            "recovered_endpoints",
+            "Attachments adopted from the kernel at start-up because the store did not hold them",
+            recovered.clone(),
+        );
+        registry.register(
+            "pod_cidr_changes",
+            "Times the node's pod CIDRs changed after they were first known",
+            pod_cidr_changes.clone(),
+        );
+        registry.register(
+            "endpoints_outside_pod_cidrs",
+            "Attachments whose addresses lie outside the node's current pod CIDRs (kept until deleted)",
+            outside.clone(),
+        );
         Self {
             registry: root,
             allocations,
@@ -126,6 +147,9 @@ impl Metrics {
             rpc_duration,
             rpc_errors,
             ready,
+            recovered,
+            pod_cidr_changes,
+            outside,
         }
     }
 

@@ -1,10 +1,12 @@
 //! The node's pod CIDRs from its Node object: watch the one Node by name
 //! until `spec.podCIDRs` (or the older `spec.podCIDR`) is set — the route
-//! controller fills it in when it allocates the node's range.
+//! controller fills it in when it allocates the node's range — and keep
+//! watching: a Node deleted and registered again can get another range.
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
+use kube::runtime::watcher::Event;
 use kube::runtime::{WatchStreamExt, watcher};
 use underlay_ipam::Cidr;
 
@@ -85,6 +87,71 @@ pub async fn wait_for_pod_cidrs(
                         "cannot watch node {node}: {e}; check the agent's kubeconfig and RBAC"
                     ));
                 }
+            }
+        }
+    }
+}
+
+/// What happened to the Node after its pod CIDRs were first known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeChange {
+    /// It has these pod CIDRs, different from the ones in use.
+    PodCidrs(Vec<Cidr>),
+    /// It was deleted (or is missing after a relist).
+    Gone,
+}
+
+/// Watches `node` until `changes` is closed, sending a change each time
+/// its pod CIDRs differ from `current` (the ones in use) or it disappears.
+/// Watch errors are retried with backoff.
+pub async fn follow(
+    client: kube::Client,
+    node: String,
+    mut current: Option<Vec<Cidr>>,
+    changes: tokio::sync::mpsc::UnboundedSender<NodeChange>,
+) {
+    let api: Api<Node> = Api::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut seen = false;
+    loop {
+        let event = match stream.try_next().await {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "node watch failed; retrying");
+                continue;
+            }
+        };
+        let change = match event {
+            Event::Init => {
+                seen = false;
+                None
+            }
+            Event::InitApply(obj) | Event::Apply(obj) => {
+                seen = true;
+                match pod_cidrs(&obj) {
+                    Ok(Some(cidrs)) if current.as_ref() != Some(&cidrs) => {
+                        Some(NodeChange::PodCidrs(cidrs))
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::error!(%node, error = %e, "node pod cidrs unusable; keeping the ones in use");
+                        None
+                    }
+                }
+            }
+            Event::InitDone if !seen && current.is_some() => Some(NodeChange::Gone),
+            Event::Delete(_) if current.is_some() => Some(NodeChange::Gone),
+            Event::InitDone | Event::Delete(_) => None,
+        };
+        if let Some(change) = change {
+            current = match &change {
+                NodeChange::PodCidrs(c) => Some(c.clone()),
+                NodeChange::Gone => None,
+            };
+            if changes.send(change).is_err() {
+                return;
             }
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 use underlay_policy::agent::{AttachError, PolicyAgent};
 use underlay_policy::metrics::Metrics;
-use underlay_policy::model::{Endpoint, PodKey};
+use underlay_policy::model::{Attachment, Endpoint, PodKey};
 use underlay_policy::{CommandDataplane, Engine, PolicyArgs};
 
 pub struct PolicyHook {
@@ -43,7 +43,12 @@ fn endpoint(ep: &EndpointInfo) -> Endpoint {
         pod: PodKey::new(&ep.namespace, &ep.pod_name),
         interface: ep.host_interface.clone(),
         ips: ep.ips.clone(),
+        owner: owner(ep),
     }
+}
+
+fn owner(ep: &EndpointInfo) -> Attachment {
+    Attachment::new(&ep.key.container_id, &ep.key.ifname)
 }
 
 impl EndpointHook for PolicyHook {
@@ -57,7 +62,7 @@ impl EndpointHook for PolicyHook {
     }
 
     fn detached<'a>(&'a self, ep: &'a EndpointInfo) -> BoxFuture<'a, ()> {
-        Box::pin(async move { self.agent.detach(&ep.host_interface).await })
+        Box::pin(async move { self.agent.detach(&ep.host_interface, &owner(ep)).await })
     }
 
     fn restored<'a>(&'a self, eps: &'a [EndpointInfo]) -> BoxFuture<'a, Result<(), HookError>> {

@@ -36,6 +36,14 @@ impl Record {
     }
 }
 
+/// Milliseconds since the epoch (record times, file names).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 fn db_key(key: &AttachmentKey) -> String {
     // Container IDs and interface names never contain '/'.
     format!("{}/{}", key.container_id, key.ifname)
@@ -51,9 +59,7 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "endpoint store {path}: {source}; if the file is corrupt, move it aside (pods keep running; GC reclaims their addresses)"
-    )]
+    #[error("endpoint store {path}: {source}")]
     Database {
         path: PathBuf,
         #[source]
@@ -65,6 +71,25 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "cannot move the damaged endpoint store {path} aside: {source}; check the permissions of --state-dir"
+    )]
+    MoveAside {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What [`Store::open_or_replace`] found.
+pub struct Opened {
+    pub store: Store,
+    /// The records it holds (none when the file was missing or damaged).
+    pub records: Vec<Record>,
+    /// Why the previous file could not be used, and where it went.
+    pub damaged: Option<String>,
+    /// There was no file: a new node, or one whose state was removed.
+    pub missing: bool,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -107,6 +132,38 @@ impl Store {
         // Make sure the table exists so reads never fail on a fresh file.
         store.write(|_| Ok(()))?;
         Ok(store)
+    }
+
+    /// Opens the store and reads every record. A file that cannot be opened
+    /// or holds a record that cannot be decoded is moved aside (kept for
+    /// inspection) and replaced by an empty store: the caller rebuilds the
+    /// live attachments from the kernel.
+    pub fn open_or_replace(state_dir: &Path) -> Result<Opened> {
+        let path = state_dir.join("endpoints.redb");
+        let missing = !path.exists();
+        let damage = match Store::open(state_dir).and_then(|s| Ok((s.load()?, s))) {
+            Ok((records, store)) => {
+                return Ok(Opened {
+                    store,
+                    records,
+                    damaged: None,
+                    missing,
+                });
+            }
+            Err(e @ StoreError::CreateDir { .. }) => return Err(e),
+            Err(e) => e,
+        };
+        let aside = state_dir.join(format!("endpoints.redb.damaged-{}", now_ms()));
+        std::fs::rename(&path, &aside).map_err(|source| StoreError::MoveAside {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Opened {
+            store: Store::open(state_dir)?,
+            records: Vec::new(),
+            damaged: Some(format!("{damage}; moved to {}", aside.display())),
+            missing,
+        })
     }
 
     fn err(&self) -> impl Fn(redb::Error) -> StoreError + '_ {

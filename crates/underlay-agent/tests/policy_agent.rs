@@ -21,7 +21,7 @@ use underlay_lab::netns::{self, Netns};
 use underlay_proto::v1;
 
 mod support;
-use support::{Killed, client, try_client, wait_for};
+use support::{Killed, client, ready_client, try_client, wait_for};
 
 /// Port of `/metrics` inside the test's namespace (nothing else listens
 /// there).
@@ -157,11 +157,8 @@ fn iptables_save(ns: &Netns) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_and_metrics_report_the_programmed_policy() {
-    if !netns::require_root("status_and_metrics_report_the_programmed_policy") {
-        return;
-    }
+/// The embedded API server with Node worker-1 (pod CIDR 10.244.5.0/24).
+async fn cluster() -> (underlay_lab::apiserver::Handle, kube::Client) {
     let api = ApiServer::start(Config::default())
         .await
         .expect("start the API server");
@@ -173,6 +170,33 @@ async fn status_and_metrics_report_the_programmed_policy() {
                "spec": {"podCIDR": "10.244.5.0/24", "podCIDRs": ["10.244.5.0/24"]}}),
     )
     .await;
+    (api, kube)
+}
+
+/// A relay inside `ns` to the API server, and a kubeconfig in `dir` that
+/// uses it (the agent in `ns` cannot reach the machine's loopback).
+fn relayed_kubeconfig(
+    api: &underlay_lab::apiserver::Handle,
+    ns: &Netns,
+    dir: &Path,
+) -> (underlay_lab::relay::Relay, PathBuf) {
+    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
+        .expect("relay");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
+    )
+    .unwrap();
+    (relay, kubeconfig)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_report_the_programmed_policy() {
+    if !netns::require_root("status_and_metrics_report_the_programmed_policy") {
+        return;
+    }
+    let (api, kube) = cluster().await;
     let namespaces: Api<Namespace> = Api::all(kube.clone());
     create(
         &namespaces,
@@ -437,4 +461,66 @@ async fn ready_only_once_the_policy_cache_has_listed_everything() {
         .expect("attach right after ready")
         .into_inner();
     assert!(got.policy_programmed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_recovered_from_the_kernel_keeps_its_policy() {
+    if !netns::require_root("a_pod_recovered_from_the_kernel_keeps_its_policy") {
+        return;
+    }
+    let (api, kube) = cluster().await;
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    create(&namespaces, json!({"metadata": {"name": "x"}})).await;
+    running_pod(&kube, "a", "10.244.5.2").await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(kube.clone(), "x");
+    create(
+        &policies,
+        json!({"metadata": {"name": "only-b"},
+               "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}}),
+    )
+    .await;
+
+    // Pod x/a is live on the node (wired by the plugin), and the agent's
+    // store is gone.
+    let prefix = netns::unique_prefix();
+    let ns = Netns::create(&format!("{prefix}pa")).await.unwrap();
+    let pod = Netns::create(&format!("{prefix}pp")).await.unwrap();
+    ns.ip_batch(&[
+        format!(
+            "link add udlrecovera01 type veth peer name eth0 netns {}",
+            pod.name()
+        ),
+        "link set udlrecovera01 alias sandbox-a up".to_string(),
+        "route add 10.244.5.2/32 dev udlrecovera01".to_string(),
+    ])
+    .await
+    .expect("wire pod x/a");
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, kubeconfig) = relayed_kubeconfig(&api, &ns, dir.path());
+    let socket: PathBuf = dir.path().join("agent.sock");
+    let agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
+    let mut c = ready_client(&socket).await;
+    wait_for("the recovered endpoint's policy", async || {
+        c.status(v1::StatusRequest {}).await.is_ok_and(|s| {
+            s.into_inner().policy.is_some_and(|p| {
+                p.endpoints == 1 && p.policies == 1 && p.last_sync_unix_ms.is_some()
+            })
+        })
+    })
+    .await;
+    // Its ingress chain sends traffic through the policy, not open.
+    let saved = iptables_save(&ns);
+    let chain = underlay_policy::compile::endpoint_chain(
+        "udlrecovera01",
+        underlay_policy::model::Direction::Ingress,
+    );
+    assert!(
+        saved
+            .lines()
+            .any(|l| l.starts_with(&format!("-A {chain} ")) && l.contains("-j UDL-PI-")),
+        "{saved}"
+    );
+    drop(agent);
+    drop(relay);
 }

@@ -183,6 +183,7 @@ fn a_not_ready_agent_is_try_again_later_and_status_50() {
         dir,
         cidrs: vec![],
         extra: vec!["--kubeconfig".into(), kubeconfig.display().to_string()],
+        policy_netns: None,
     };
     agent.spawn();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -192,6 +192,15 @@ fn gc_releases_attachments_the_runtime_no_longer_knows() {
     assert_eq!(cni(&node.ns, &gc, &old).error_code(), 1);
 }
 
+/// ADDs of pod shop/web-0: its old sandbox in `old`, its new one in `new`.
+fn two_sandboxes_of_one_pod(old: &Netns, new: &Netns) -> (Invocation, Invocation) {
+    let mut first = Invocation::new("ADD", "sandbox1", Some(&old.path()));
+    first.args = k8s_args("shop", "web-0", "sandbox1");
+    let mut second = Invocation::new("ADD", "sandbox2", Some(&new.path()));
+    second.args = k8s_args("shop", "web-0", "sandbox2");
+    (first, second)
+}
+
 #[test]
 fn a_new_sandbox_of_the_same_pod_takes_over_the_host_interface_name() {
     if skip_unless_root("a_new_sandbox_of_the_same_pod_takes_over_the_host_interface_name") {
@@ -202,10 +211,7 @@ fn a_new_sandbox_of_the_same_pod_takes_over_the_host_interface_name() {
     let old = Netns::new("old");
     let new = Netns::new("new");
     let c = conf("1.1.0", &agent.socket());
-    let mut first = Invocation::new("ADD", "sandbox1", Some(&old.path()));
-    first.args = k8s_args("shop", "web-0", "sandbox1");
-    let mut second = Invocation::new("ADD", "sandbox2", Some(&new.path()));
-    second.args = k8s_args("shop", "web-0", "sandbox2");
+    let (first, second) = two_sandboxes_of_one_pod(&old, &new);
     let r1 = cni(&node.ns, &first, &c).ok().json();
     let r2 = cni(&node.ns, &second, &c).ok().json();
     assert_eq!(r1["interfaces"][0]["name"], r2["interfaces"][0]["name"]);
@@ -259,4 +265,44 @@ fn a_pod_whose_name_hashes_like_another_never_takes_over_its_host_interface() {
     assert_eq!(node.pod_links(), vec![host_a]);
     cni(&node.ns, &a.with_command("DEL"), &c).ok();
     assert!(node.pod_links().is_empty());
+}
+
+#[test]
+fn a_late_del_of_a_replaced_sandbox_keeps_the_new_one_reachable_under_policy() {
+    if skip_unless_root("a_late_del_of_a_replaced_sandbox_keeps_the_new_one_reachable_under_policy")
+    {
+        return;
+    }
+    let node = Node::new();
+    node.upstream
+        .ip(&["route", "add", "10.244.24.0/24", "via", NODE_V4]);
+    let agent = Agent::start_with_policy_in(&node.ns, &["10.244.24.0/24"]);
+    let old = Netns::new("old");
+    let new = Netns::new("new");
+    let c = conf("1.1.0", &agent.socket());
+    let (first, second) = two_sandboxes_of_one_pod(&old, &new);
+    cni(&node.ns, &first, &c).ok();
+    let r2 = cni(&node.ns, &second, &c).ok().json();
+    let ip = result_ips(&r2)[0].clone();
+    let rules = || String::from_utf8_lossy(&node.ns.exec(&["iptables-save"]).stdout).into_owned();
+    // No policy selects the pod: it reaches out and is reached.
+    assert!(ping(&new, UPSTREAM_V4), "before the late DEL\n{}", rules());
+    assert!(
+        ping(&node.upstream, &ip),
+        "before the late DEL\n{}",
+        rules()
+    );
+
+    // The runtime deletes the old sandbox late: the new one stays open.
+    cni(&node.ns, &first.with_command("DEL"), &c).ok();
+    assert_eq!(node.pod_links().len(), 1);
+    assert!(ping(&new, UPSTREAM_V4), "after the late DEL\n{}", rules());
+    assert!(ping(&node.upstream, &ip), "after the late DEL\n{}", rules());
+    let st = agent.status().unwrap();
+    assert_eq!(st.endpoints, 1);
+    assert_eq!(st.policy.map(|p| p.endpoints), Some(1), "{}", rules());
+
+    cni(&node.ns, &second.with_command("DEL"), &c).ok();
+    assert!(node.pod_links().is_empty());
+    assert_eq!(agent.status().unwrap().policy.map(|p| p.endpoints), Some(0));
 }

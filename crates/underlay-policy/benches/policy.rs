@@ -22,8 +22,8 @@ use underlay_policy::eval::Flow;
 use underlay_policy::index::Index;
 use underlay_policy::metrics::Metrics;
 use underlay_policy::model::{
-    Endpoint, Expression, Namespace, Peer, Pod, PodKey, Policy, PolicyTypes, PortMatch, Protocol,
-    Rule, Selector,
+    Attachment, Endpoint, Expression, Namespace, Peer, Pod, PodKey, Policy, PolicyTypes, PortMatch,
+    Protocol, Rule, Selector,
 };
 use underlay_policy::{CommandDataplane, Config, Engine};
 
@@ -165,6 +165,7 @@ fn build(index: &mut Index, scale: &Scale) {
             pod: PodKey::new(ns_name(i % scale.namespaces), format!("pod-{i}")),
             interface: format!("udlb{i}"),
             ips: vec![ip_of(i).parse().unwrap()],
+            owner: Attachment::new(format!("sandbox-{i}"), "eth0"),
         });
     }
 }
@@ -287,6 +288,7 @@ fn main() {
             pod: p.key.clone(),
             interface: format!("udln{n}"),
             ips: p.ips.clone(),
+            owner: Attachment::new(format!("sandbox-{n}"), "eth0"),
         };
         let t = Instant::now();
         engine.change(|idx| {

@@ -10,7 +10,7 @@ use crate::convert;
 use crate::dataplane::Dataplane;
 use crate::engine::{Engine, Status};
 use crate::index::Index;
-use crate::model::{Endpoint, Namespace, Pod, PodKey, Policy};
+use crate::model::{Attachment, Endpoint, Namespace, Pod, PodKey, Policy};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
@@ -46,6 +46,10 @@ pub struct Options {
     pub attach_wait: Duration,
     /// Timeout of the pod lookup attach makes when the cache lacks the pod.
     pub fetch_timeout: Duration,
+    /// Program nothing until [`PolicyAgent::restore`] has handed over the
+    /// endpoints a previous run attached: a sync before it would find their
+    /// rules unexpected and remove them.
+    pub await_restore: bool,
 }
 
 impl Default for Options {
@@ -55,6 +59,7 @@ impl Default for Options {
             batch_delay: Duration::from_millis(20),
             attach_wait: Duration::from_secs(10),
             fetch_timeout: Duration::from_secs(5),
+            await_restore: false,
         }
     }
 }
@@ -65,8 +70,9 @@ pub struct PolicyAgent<D: Dataplane> {
     client: Option<Client>,
     options: Options,
     kick: Arc<Notify>,
-    /// Which of (namespaces, pods, policies) had their first full list.
-    listed: watch::Sender<[bool; 3]>,
+    /// Which of (namespaces, pods, policies) had their first full list, and
+    /// whether the previous run's endpoints were restored.
+    listed: watch::Sender<[bool; 4]>,
     status: Arc<std::sync::Mutex<Status>>,
     /// Publishes Events on objects the agent cannot understand.
     recorder: Option<Recorder>,
@@ -76,11 +82,8 @@ impl<D: Dataplane> PolicyAgent<D> {
     /// `client: None` runs without an API server: no policies, every
     /// endpoint open (standalone mode).
     pub fn new(engine: Engine<D>, client: Option<Client>, options: Options) -> Arc<Self> {
-        let listed = if client.is_some() {
-            [false; 3]
-        } else {
-            [true; 3]
-        };
+        let cache = client.is_none();
+        let listed = [cache, cache, cache, !options.await_restore];
         let recorder = client.as_ref().map(|c| {
             Recorder::new(
                 c.clone(),
@@ -106,7 +109,8 @@ impl<D: Dataplane> PolicyAgent<D> {
         self.engine.clone()
     }
 
-    /// True once every watcher delivered its first full list.
+    /// True once every watcher delivered its first full list (and the
+    /// endpoints were restored, when that is awaited).
     pub fn cache_ready(&self) -> bool {
         self.listed.borrow().iter().all(|b| *b)
     }
@@ -244,16 +248,18 @@ impl<D: Dataplane> PolicyAgent<D> {
         }
     }
 
-    /// Removes an endpoint and its chains.
-    pub async fn detach(&self, interface: &str) {
+    /// Removes `owner`'s endpoint on `interface` and its chains. An
+    /// endpoint a newer attachment holds on the same interface (a new
+    /// sandbox of the pod) is left in force.
+    pub async fn detach(&self, interface: &str, owner: &Attachment) {
         self.engine
             .lock()
             .await
-            .change(|i| i.delete_endpoint(interface));
+            .change(|i| i.delete_endpoint(interface, owner));
         if self.cache_ready()
             && let Err(e) = self.sync_now(false).await
         {
-            warn!(error = %e, interface, "removing endpoint policy failed; the next sync retries");
+            warn!(error = %e, interface, %owner, "removing endpoint policy failed; the next sync retries");
         }
     }
 
@@ -276,6 +282,8 @@ impl<D: Dataplane> PolicyAgent<D> {
             }
         });
         drop(engine);
+        self.mark_listed(RESTORED);
+        self.kick.notify_one();
         // Ready must mean an Attach succeeds now: wait for the complete
         // cache (however long the API server takes), then program it.
         let mut rx = self.listed.subscribe();
@@ -295,6 +303,9 @@ impl<D: Dataplane> PolicyAgent<D> {
         self.kick.notify_one();
     }
 }
+
+/// The entry of [`PolicyAgent::listed`] that [`PolicyAgent::restore`] sets.
+const RESTORED: usize = 3;
 
 /// One kind of Kubernetes object the agent watches, and how it feeds the
 /// index. A single generic [`watch`] loop serves every kind; a kind only

@@ -35,6 +35,10 @@ pub struct PolicyArgs {
     /// and the IPv6 variant is derived.
     #[arg(long, env = "UNDERLAY_POLICY_IPTABLES", default_value = "iptables")]
     pub policy_iptables: String,
+    /// Seconds one call of iptables, ipset or conntrack may run before it
+    /// is killed (and the sync retried).
+    #[arg(long, env = "UNDERLAY_POLICY_TOOL_TIMEOUT", default_value_t = 60)]
+    pub policy_tool_timeout: u64,
     /// Delete conntrack entries of connections a policy change denies.
     #[arg(long, env = "UNDERLAY_POLICY_CONNTRACK_CLEANUP", default_value_t = true, action = clap::ArgAction::Set)]
     pub policy_conntrack_cleanup: bool,
@@ -66,6 +70,8 @@ impl PolicyArgs {
     pub fn options(&self) -> Options {
         Options {
             repair_interval: Duration::from_secs(self.policy_repair_interval.max(1)),
+            // The agent restores its recorded endpoints at every start.
+            await_restore: true,
             ..Options::default()
         }
     }
@@ -77,6 +83,7 @@ impl PolicyArgs {
         };
         CommandDataplane {
             iptables: [self.policy_iptables.clone(), v6],
+            timeout: Duration::from_secs(self.policy_tool_timeout.max(1)),
             ..CommandDataplane::default()
         }
     }
@@ -111,6 +118,7 @@ mod tests {
         .unwrap()
         .policy;
         assert_eq!(c.dataplane().iptables[1], "ip6tables-legacy");
+        assert_eq!(c.dataplane().timeout, Duration::from_secs(60));
         assert_eq!(c.policy_mark, 4);
         assert!(Cli::try_parse_from(["x", "--policy-mark", "0x3"]).is_err());
         assert!(Cli::try_parse_from(["x", "--policy-mark", "zz"]).is_err());

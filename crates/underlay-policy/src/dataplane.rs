@@ -8,11 +8,12 @@
 
 use crate::eval::Flow;
 use crate::model::Family;
+use crate::tool::ToolError;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -27,6 +28,10 @@ pub enum DataplaneError {
         status: String,
         stderr: String,
     },
+    #[error(
+        "{program} {reason}; the policy sync retries (check what holds the xtables lock, or raise --policy-tool-timeout)"
+    )]
+    Hung { program: String, reason: String },
     #[error("{0}")]
     Rejected(String),
     #[error(
@@ -70,7 +75,12 @@ pub struct CommandDataplane {
     pub iptables: [String; 2],
     pub ipset: String,
     pub conntrack: String,
+    /// How long one tool call may run before it is killed.
+    pub timeout: Duration,
 }
+
+/// The default of [`CommandDataplane::timeout`].
+pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for CommandDataplane {
     fn default() -> Self {
@@ -79,6 +89,7 @@ impl Default for CommandDataplane {
             iptables: ["iptables".into(), "ip6tables".into()],
             ipset: "ipset".into(),
             conntrack: "conntrack".into(),
+            timeout: DEFAULT_TOOL_TIMEOUT,
         }
     }
 }
@@ -111,30 +122,30 @@ impl CommandDataplane {
         stdin: Option<&str>,
     ) -> Result<(bool, String, String)> {
         let mut cmd = self.command(program);
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let spawn_err = |source| DataplaneError::Spawn {
-            program: program.to_string(),
-            source,
-        };
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        if let Some(input) = stdin
-            && let Some(mut pipe) = child.stdin.take()
-        {
-            pipe.write_all(input.as_bytes()).map_err(spawn_err)?;
+        cmd.args(args);
+        let out = crate::tool::run(cmd, stdin, self.timeout).map_err(|e| match e {
+            ToolError::Spawn(source) => DataplaneError::Spawn {
+                program: program.to_string(),
+                source,
+            },
+            other => DataplaneError::Hung {
+                program: program.to_string(),
+                reason: other.to_string(),
+            },
+        })?;
+        let mut stderr = out.stderr.trim().to_string();
+        let ok = out.status.success() && out.input_error.is_none();
+        if let Some(e) = out.input_error {
+            stderr = format!(
+                "{stderr} (it stopped reading its input: {e}; {})",
+                out.status
+            )
+            .trim()
+            .to_string();
+        } else if !out.status.success() && stderr.is_empty() {
+            stderr = out.status.to_string();
         }
-        let out = child.wait_with_output().map_err(spawn_err)?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
+        Ok((ok, out.stdout, stderr))
     }
 
     fn run_ok(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
@@ -755,6 +766,116 @@ mod tests {
              -D -f ipv4 -p 1 -s 10.0.0.1 -d 10.0.0.2\n"
         );
         assert_eq!(delete_script(&[]), "");
+    }
+
+    /// An executable script in a fresh directory (removed on drop).
+    struct Script(std::path::PathBuf);
+
+    impl Script {
+        fn new(name: &str, body: &str) -> Script {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = std::env::temp_dir().join(format!("udl-tool-{}-{name}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            Script(path)
+        }
+        fn path(&self) -> String {
+            self.0.display().to_string()
+        }
+    }
+
+    impl Drop for Script {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    /// This process's children still in the process table (running or
+    /// zombies) whose command name starts with `name`.
+    fn children_named(name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for pid in list.split_whitespace() {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                if stat.contains(&format!("({name}")) {
+                    out.push(stat);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn five_thousand_deletions_echoed_while_the_batch_is_read_do_not_deadlock() {
+        // As `conntrack -R -` does: one line out per line in, while reading.
+        let tool = Script::new(
+            "udl-echo",
+            "while read -r line; do echo \"icmp 1 29 $line src=10.200.0.1 type=0 code=0 id=7 mark=0 use=1\"; done",
+        );
+        let dp = CommandDataplane {
+            conntrack: tool.path(),
+            ..CommandDataplane::default()
+        };
+        let flows: Vec<Flow> = (0..5000u32)
+            .map(|i| Flow {
+                protocol: 1,
+                src: IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8 + 1]),
+                dst: "10.200.0.1".parse().unwrap(),
+                sport: 0,
+                dport: 0,
+            })
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(dp.delete_flows_with_tool(&flows).map_err(|e| e.to_string()));
+        });
+        let deleted = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the batch deadlocked: both pipes full");
+        assert_eq!(deleted, Ok(5000));
+        assert_eq!(children_named("udl-echo"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_tool_that_exits_before_reading_its_input_is_reaped_and_reported() {
+        let tool = Script::new("udl-early", "exit 3");
+        let mut dp = CommandDataplane {
+            ipset: tool.path(),
+            ..CommandDataplane::default()
+        };
+        // Far more than a pipe holds.
+        let script = "add udl-x 10.0.0.1\n".repeat(20_000);
+        let err = dp.restore_sets(&script).unwrap_err().to_string();
+        assert!(err.contains("udl-early"), "{err}");
+        assert_eq!(children_named("udl-early"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_tool_that_hangs_is_killed_with_its_children_and_reaped_after_the_timeout() {
+        let tool = Script::new("udl-hang", "sleep 600");
+        let mut dp = CommandDataplane {
+            ipset: tool.path(),
+            timeout: std::time::Duration::from_millis(300),
+            ..CommandDataplane::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(dp.save_sets().map_err(|e| e.to_string()));
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the call never returned")
+            .unwrap_err();
+        assert!(
+            err.contains("udl-hang") && err.contains("did not finish"),
+            "{err}"
+        );
+        assert_eq!(children_named("udl-hang"), Vec::<String>::new());
     }
 
     #[test]

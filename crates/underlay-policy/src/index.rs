@@ -5,8 +5,8 @@
 //! size of the cluster.
 
 use crate::model::{
-    Cidr, Direction, Endpoint, Family, Namespace, Peer, Pod, PodKey, Policy, PortRef, Protocol,
-    Selector,
+    Attachment, Cidr, Direction, Endpoint, Family, Namespace, Peer, Pod, PodKey, Policy, PortRef,
+    Protocol, Selector,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -208,7 +208,13 @@ pub struct Index {
     pods_by_ns: HashMap<String, BTreeSet<String>>,
     policies: BTreeMap<PodKey, Arc<Policy>>,
     policies_by_ns: HashMap<String, BTreeSet<String>>,
+    /// The endpoint in force per host interface: the newest attachment.
     endpoints: BTreeMap<String, Endpoint>,
+    /// Older attachments of an interface a newer sandbox of the same pod
+    /// took over, oldest first. Detaching one changes nothing in force;
+    /// detaching the newest (a failed ADD's rollback) puts the previous
+    /// one back in force.
+    standby: BTreeMap<String, Vec<Endpoint>>,
     endpoints_by_pod: HashMap<PodKey, BTreeSet<String>>,
     sets: BTreeMap<SetKey, SetData>,
     /// Bumped by every change; the engine syncs when it moves.
@@ -404,14 +410,31 @@ impl Index {
     // ---- endpoints ----
 
     /// Adds or updates a local endpoint. The pod should be known (applied)
-    /// first; until it is, the endpoint is enforced with no labels.
+    /// first; until it is, the endpoint is enforced with no labels. The
+    /// newest attachment of an interface is the one in force; one it
+    /// replaces waits on standby until its owner detaches it.
     pub fn apply_endpoint(&mut self, ep: Endpoint) {
         if self.endpoints.get(&ep.interface) == Some(&ep) {
             return;
         }
-        if let Some(old) = self.endpoints.get(&ep.interface).cloned() {
-            self.remove_endpoint_inner(&old);
+        let replaced = self.endpoints.get(&ep.interface).cloned();
+        if let Some(old) = &replaced {
+            self.remove_endpoint_inner(old);
         }
+        let standby = self.standby.entry(ep.interface.clone()).or_default();
+        standby.retain(|s| s.owner != ep.owner);
+        if let Some(old) = replaced
+            && old.owner != ep.owner
+        {
+            standby.push(old);
+        }
+        if standby.is_empty() {
+            self.standby.remove(&ep.interface);
+        }
+        self.insert_endpoint(ep);
+    }
+
+    fn insert_endpoint(&mut self, ep: Endpoint) {
         let pod = ep.pod.clone();
         self.retract(&pod);
         self.endpoints_by_pod
@@ -424,13 +447,54 @@ impl Index {
         self.touch();
     }
 
-    pub fn delete_endpoint(&mut self, interface: &str) {
-        let Some(ep) = self.endpoints.get(interface).cloned() else {
+    /// Removes `owner`'s endpoint on `interface`. Another attachment's
+    /// endpoint on the same interface (a newer sandbox of the pod) stays in
+    /// force; if `owner`'s was in force, the previous attachment comes back.
+    pub fn delete_endpoint(&mut self, interface: &str, owner: &Attachment) {
+        let Some(ep) = self
+            .endpoints
+            .get(interface)
+            .filter(|ep| ep.owner == *owner)
+            .cloned()
+        else {
+            self.drop_standby(interface, owner);
             return;
         };
-        self.remove_endpoint_inner(&ep);
+        match self.pop_standby(interface) {
+            Some(previous) if previous.pod == ep.pod => {
+                // Same pod: swap in place, so a pod the API already
+                // deleted keeps its record (and its labels) meanwhile.
+                self.retract(&ep.pod);
+                self.endpoints.insert(interface.to_string(), previous);
+                self.assert(&ep.pod);
+            }
+            previous => {
+                self.remove_endpoint_inner(&ep);
+                if let Some(previous) = previous {
+                    self.insert_endpoint(previous);
+                }
+            }
+        }
         self.sets_stale = true;
         self.touch();
+    }
+
+    fn pop_standby(&mut self, interface: &str) -> Option<Endpoint> {
+        let list = self.standby.get_mut(interface)?;
+        let previous = list.pop();
+        if list.is_empty() {
+            self.standby.remove(interface);
+        }
+        previous
+    }
+
+    fn drop_standby(&mut self, interface: &str, owner: &Attachment) {
+        if let Some(list) = self.standby.get_mut(interface) {
+            list.retain(|s| s.owner != *owner);
+            if list.is_empty() {
+                self.standby.remove(interface);
+            }
+        }
     }
 
     fn remove_endpoint_inner(&mut self, ep: &Endpoint) {
@@ -750,7 +814,21 @@ mod tests {
             pod: PodKey::new(ns, pod),
             interface: iface.into(),
             ips: vec![ip.parse().unwrap()],
+            owner: Attachment::new(format!("sandbox-of-{pod}"), "eth0"),
         }
+    }
+
+    fn owned(ep: Endpoint, container: &str) -> Endpoint {
+        Endpoint {
+            owner: Attachment::new(container, "eth0"),
+            ..ep
+        }
+    }
+
+    /// Who is in force on `interface`: (owner's container, first address).
+    fn in_force(idx: &Index, interface: &str) -> Option<(String, String)> {
+        idx.endpoint(interface)
+            .map(|e| (e.owner.container_id.clone(), e.ips[0].to_string()))
     }
 
     fn members(idx: &Index, key: &SetKey, fam: Family) -> Vec<String> {
@@ -799,11 +877,54 @@ mod tests {
         // the endpoint's pod is deleted in the API while attached: kept
         idx.delete_pod(&PodKey::new("x", "c"));
         assert_eq!(members(&idx, &key, Family::V4), ["10.0.0.2", "10.0.0.3"]);
-        idx.delete_endpoint("udl1");
+        idx.delete_endpoint("udl1", &Attachment::new("sandbox-of-c", "eth0"));
         assert!(idx.pod(&PodKey::new("x", "c")).is_none());
         // no endpoint left: the policy is inactive and its set goes
         idx.refresh_sets();
         assert!(idx.sets().is_empty());
+    }
+
+    #[test]
+    fn a_late_detach_of_a_replaced_sandbox_leaves_the_new_one_in_force() {
+        let mut idx = Index::new();
+        idx.apply_pod(Pod::new("x", "web").ip("10.0.0.2"));
+        idx.apply_endpoint(owned(ep("x", "web", "udl1", "10.0.0.1"), "c1"));
+        idx.apply_endpoint(owned(ep("x", "web", "udl1", "10.0.0.2"), "c2"));
+        let want = Some(("c2".to_string(), "10.0.0.2".to_string()));
+        assert_eq!(in_force(&idx, "udl1"), want);
+        let generation = idx.generation();
+        idx.delete_endpoint("udl1", &Attachment::new("c1", "eth0"));
+        assert_eq!(in_force(&idx, "udl1"), want);
+        assert_eq!(idx.generation(), generation, "nothing in force changed");
+        assert_eq!(idx.endpoint_count(), 1);
+        // Its own detach removes it, and nothing is left to come back.
+        idx.delete_endpoint("udl1", &Attachment::new("c2", "eth0"));
+        assert_eq!(in_force(&idx, "udl1"), None);
+    }
+
+    #[test]
+    fn a_rolled_back_attach_puts_the_previous_sandbox_back_in_force() {
+        let mut idx = Index::new();
+        idx.apply_pod(Pod::new("x", "web"));
+        idx.apply_endpoint(owned(ep("x", "web", "udl1", "10.0.0.1"), "c1"));
+        idx.apply_endpoint(owned(ep("x", "web", "udl1", "10.0.0.2"), "c2"));
+        idx.delete_endpoint("udl1", &Attachment::new("c2", "eth0"));
+        assert_eq!(
+            in_force(&idx, "udl1"),
+            Some(("c1".to_string(), "10.0.0.1".to_string()))
+        );
+        assert_eq!(
+            idx.pod_ips(&PodKey::new("x", "web")),
+            ["10.0.0.1".parse().unwrap()].into()
+        );
+        // A repeated attach of the standby owner brings it to the front.
+        idx.apply_endpoint(owned(ep("x", "web", "udl1", "10.0.0.2"), "c2"));
+        idx.apply_endpoint(owned(ep("x", "web", "udl1", "10.0.0.1"), "c1"));
+        idx.delete_endpoint("udl1", &Attachment::new("c1", "eth0"));
+        assert_eq!(
+            in_force(&idx, "udl1"),
+            Some(("c2".to_string(), "10.0.0.2".to_string()))
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`eval`]: the same semantics evaluated for one flow (conntrack cleanup).
 //! - [`dataplane`]: the side-effect boundary (real tools, recording fake).
 //! - [`ctnetlink`]: conntrack deletion over netlink, for the real dataplane.
+//! - [`tool`]: running one external tool (concurrent I/O, deadline, reaped).
 //! - [`engine`]: diffs desired against programmed and writes the difference.
 //! - [`agent`]: the async runtime around the engine: kube watchers, attach
 //!   and detach of endpoints, periodic repair.
@@ -31,6 +32,7 @@ pub mod index;
 pub mod metrics;
 pub mod model;
 pub mod rtnl;
+pub mod tool;
 
 pub use args::PolicyArgs;
 pub use compile::Config;

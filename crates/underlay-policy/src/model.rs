@@ -594,13 +594,41 @@ impl Policy {
     }
 }
 
+/// The CNI attachment that owns an endpoint: a sandbox's container ID and
+/// its interface name inside the pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl Attachment {
+    pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Attachment {
+        Attachment {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
+    }
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.container_id, self.ifname)
+    }
+}
+
 /// A pod attached on this node: its host-side interface and addresses (from
 /// IPAM, authoritative even before the pod's status carries them).
+///
+/// A pod's host interface name is stable across its sandboxes, so two
+/// attachments (the old sandbox and the new) can name the same interface
+/// for a while; `owner` tells them apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub pod: PodKey,
     pub interface: String,
     pub ips: Vec<IpAddr>,
+    pub owner: Attachment,
 }
 
 #[cfg(test)]

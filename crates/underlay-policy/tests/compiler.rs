@@ -629,6 +629,7 @@ fn an_endpoint_whose_pod_is_unknown_is_denied_until_the_pod_is_known() {
         pod: PodKey::new("x", "ghost"),
         interface: "udlxghost".into(),
         ips: vec!["10.88.0.99".parse().unwrap()],
+        owner: underlay_policy::model::Attachment::new("sandbox-ghost", "eth0"),
     };
     engine.change(|idx| idx.apply_endpoint(ghost.clone()));
     engine.sync().unwrap();

@@ -14,7 +14,7 @@ use underlay_policy::agent::{AttachError, Options, PolicyAgent};
 use underlay_policy::compile::endpoint_chain;
 use underlay_policy::dataplane::FakeDataplane;
 use underlay_policy::metrics::Metrics;
-use underlay_policy::model::{Direction, Endpoint, PodKey};
+use underlay_policy::model::{Attachment, Direction, Endpoint, PodKey};
 use underlay_policy::{Config, Engine};
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -103,6 +103,7 @@ async fn watchers_feed_the_engine_and_survive_an_api_outage() {
         pod: PodKey::new("x", name),
         interface: format!("udlx{name}"),
         ips: vec![ip.parse().unwrap()],
+        owner: Attachment::new(format!("sandbox-{name}"), "eth0"),
     };
     agent.attach(ep("a", "10.1.0.1")).await.expect("attach x/a");
     let ingress = chain(&fake, &endpoint_chain("udlxa", Direction::Ingress));
@@ -264,6 +265,7 @@ async fn a_policy_the_agent_cannot_understand_isolates_what_it_names_and_says_wh
             pod: PodKey::new(ns, name),
             interface: format!("udl{ns}{name}"),
             ips: vec![ip.parse().unwrap()],
+            owner: Attachment::new(format!("sandbox-{ns}{name}"), "eth0"),
         };
         agent.attach(ep).await.expect("attach");
     }

@@ -47,3 +47,16 @@ pub async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A client of the agent on `socket` once the agent reports ready.
+pub async fn ready_client(socket: &Path) -> AgentClient<tonic::transport::Channel> {
+    wait_for("the agent's socket", async || socket.exists()).await;
+    let mut c = client(socket).await;
+    wait_for("the agent to be ready", async || {
+        c.status(underlay_proto::v1::StatusRequest {})
+            .await
+            .is_ok_and(|s| s.into_inner().ready)
+    })
+    .await;
+    c
+}

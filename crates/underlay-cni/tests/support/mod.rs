@@ -208,11 +208,16 @@ pub fn agent_bin() -> PathBuf {
             let dir = target_dir_of_cni();
             let bin = dir.join("underlay-agent");
             let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let sources = ["underlay-agent", "underlay-ipam", "underlay-proto"]
-                .iter()
-                .map(|c| newest_source(&crates.join(c)))
-                .max()
-                .unwrap_or(std::time::UNIX_EPOCH);
+            let sources = [
+                "underlay-agent",
+                "underlay-ipam",
+                "underlay-proto",
+                "underlay-policy",
+            ]
+            .iter()
+            .map(|c| newest_source(&crates.join(c)))
+            .max()
+            .unwrap_or(std::time::UNIX_EPOCH);
             let built = bin.metadata().and_then(|m| m.modified()).ok();
             if built.is_some_and(|b| b >= sources) {
                 return bin;
@@ -244,6 +249,10 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub cidrs: Vec<String>,
     pub extra: Vec<String>,
+    /// The namespace the agent runs in when it enforces policy (its
+    /// iptables rules and ipsets are that namespace's); `None`: the
+    /// agent runs without policy where the test runs.
+    pub policy_netns: Option<String>,
 }
 
 impl Agent {
@@ -252,11 +261,23 @@ impl Agent {
     }
 
     pub fn start_with(cidrs: &[&str], extra: &[&str]) -> Self {
+        Self::launch(cidrs, extra, None)
+    }
+
+    /// An agent enforcing policy inside `node` (standalone: no policies
+    /// exist, so every endpoint is open and any other pod interface is
+    /// dropped).
+    pub fn start_with_policy_in(node: &Netns, cidrs: &[&str]) -> Self {
+        Self::launch(cidrs, &[], Some(node.name.clone()))
+    }
+
+    fn launch(cidrs: &[&str], extra: &[&str], policy_netns: Option<String>) -> Self {
         let mut a = Self {
             child: None,
             dir: tempfile::tempdir().expect("temporary directory"),
             cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            policy_netns,
         };
         a.spawn();
         a.wait_ready();
@@ -277,21 +298,27 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
-        // starts: underlay-agent
-        let mut cmd = Command::new(agent_bin());
+        let mut cmd = match &self.policy_netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(agent_bin());
+                c.arg("--policy=true").env_remove("KUBECONFIG");
+                c
+            }
+            None => {
+                // starts: underlay-agent
+                let mut c = Command::new(agent_bin());
+                c.arg("--policy=false");
+                c
+            }
+        };
         cmd.arg("--node-name")
             .arg("test-node")
             .arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
-            .args([
-                "--metrics-addr",
-                "off",
-                "--health-addr",
-                "off",
-                "--policy=false",
-            ]);
+            .args(["--metrics-addr", "off", "--health-addr", "off"]);
         for c in &self.cidrs {
             cmd.arg("--pod-cidr").arg(c);
         }

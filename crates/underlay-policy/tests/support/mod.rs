@@ -10,7 +10,7 @@ pub mod scenarios;
 
 use std::net::IpAddr;
 use underlay_policy::index::Index;
-use underlay_policy::model::{Endpoint, Family, Namespace, Pod, PodKey, Protocol};
+use underlay_policy::model::{Attachment, Endpoint, Family, Namespace, Pod, PodKey, Protocol};
 
 pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 pub const PODS: [&str; 3] = ["a", "b", "c"];
@@ -91,6 +91,7 @@ impl Pid {
             pod: self.key(),
             interface: self.interface(),
             ips: vec![self.ip(Family::V4), self.ip(Family::V6)],
+            owner: Attachment::new(format!("sandbox-{}", self.interface()), "eth0"),
         }
     }
 }
