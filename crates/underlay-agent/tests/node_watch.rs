@@ -72,7 +72,6 @@ fn start_agent(
             .arg(format!("127.0.0.1:{metrics_port}"))
             .args(["--health-addr", health])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("start the agent"),
     )

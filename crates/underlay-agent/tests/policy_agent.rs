@@ -113,15 +113,8 @@ async fn place(api: &underlay_lab::apiserver::Handle, tag: &str) -> Placed {
     let ns = Netns::create(&format!("{}{tag}", netns::unique_prefix()))
         .await
         .expect("create the namespace");
-    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
-        .expect("relay");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
-    )
-    .unwrap();
+    let (relay, kubeconfig) = relayed_kubeconfig(api, &ns, dir.path());
     let socket = dir.path().join("agent.sock");
     Placed {
         ns,

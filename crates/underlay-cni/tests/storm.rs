@@ -4,10 +4,13 @@
 
 mod support;
 
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, PostParams};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use support::*;
+use underlay_lab::apiserver::{ApiServer, Config as ApiConfig};
 
 fn parallel<T: Send + 'static>(jobs: Vec<Box<dyn FnOnce() -> T + Send>>) -> Vec<T> {
     let handles: Vec<_> = jobs.into_iter().map(std::thread::spawn).collect();
@@ -276,7 +279,42 @@ fn a_late_del_of_a_replaced_sandbox_keeps_the_new_one_reachable_under_policy() {
     let node = Node::new();
     node.upstream
         .ip(&["route", "add", "10.244.24.0/24", "via", NODE_V4]);
-    let agent = Agent::start_with_policy_in(&node.ns, &["10.244.24.0/24"]);
+    // The API server knows pod shop/web-0; no policy selects it.
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let api = rt
+        .block_on(ApiServer::start(ApiConfig::default()))
+        .expect("start the API server");
+    rt.block_on(async {
+        let kube = api.client().expect("a client");
+        let params = PostParams::default();
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "shop"}})).unwrap();
+        Api::<Namespace>::all(kube.clone())
+            .create(&params, &ns)
+            .await
+            .expect("create namespace shop");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "web:1"}]}
+        }))
+        .unwrap();
+        Api::<Pod>::namespaced(kube, "shop")
+            .create(&params, &pod)
+            .await
+            .expect("create pod shop/web-0");
+    });
+    let _in_runtime = rt.enter();
+    let relay =
+        underlay_lab::relay::start(&node.ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
+            .expect("relay into the node namespace");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
+    )
+    .expect("write the kubeconfig");
+    let agent = Agent::start_with_policy_in(&node.ns, &["10.244.24.0/24"], &kubeconfig);
     let old = Netns::new("old");
     let new = Netns::new("new");
     let c = conf("1.1.0", &agent.socket());

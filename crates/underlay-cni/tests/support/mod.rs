@@ -264,11 +264,16 @@ impl Agent {
         Self::launch(cidrs, extra, None)
     }
 
-    /// An agent enforcing policy inside `node` (standalone: no policies
-    /// exist, so every endpoint is open and any other pod interface is
-    /// dropped).
-    pub fn start_with_policy_in(node: &Netns, cidrs: &[&str]) -> Self {
-        Self::launch(cidrs, &[], Some(node.name.clone()))
+    /// An agent enforcing policy inside `node`, reading pods and policies
+    /// from the API server `kubeconfig` names (policy needs one: without
+    /// it the agent refuses to attach rather than run pods open).
+    pub fn start_with_policy_in(node: &Netns, cidrs: &[&str], kubeconfig: &Path) -> Self {
+        let kubeconfig = kubeconfig.display().to_string();
+        Self::launch(
+            cidrs,
+            &["--kubeconfig", &kubeconfig],
+            Some(node.name.clone()),
+        )
     }
 
     fn launch(cidrs: &[&str], extra: &[&str], policy_netns: Option<String>) -> Self {
