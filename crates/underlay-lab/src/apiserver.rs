@@ -83,7 +83,7 @@ mod discovery;
 mod error;
 mod faults;
 mod kinds;
-mod meta;
+pub(crate) mod meta;
 mod openapi;
 mod openapi_v2;
 mod openapi_v2_pb;

@@ -20,6 +20,7 @@
 //! its `Ready` condition posted with a fresh `lastHeartbeatTime`, each on
 //! its own period ([`Timings`]).
 
+use crate::apiserver::meta;
 use crate::cni;
 use crate::netns::{self, Netns};
 use crate::traffic::{self, PortSpec, Protocol};
@@ -158,51 +159,6 @@ pub struct Kubelets {
     retry_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
 }
 
-/// RFC 3339 UTC timestamp of now, as Kubernetes writes them.
-pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    rfc3339(secs)
-}
-
-/// RFC 3339 UTC timestamp of now with microseconds (a Kubernetes
-/// `MicroTime`, as in a Lease's `renewTime`).
-pub fn now_rfc3339_micro() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339_micro(now.as_secs(), now.subsec_micros())
-}
-
-fn rfc3339_micro(secs: u64, micros: u32) -> String {
-    let mut s = rfc3339(secs);
-    s.pop();
-    format!("{s}.{micros:06}Z")
-}
-
-fn rfc3339(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 fn pod_key(pod: &Pod) -> String {
     format!(
         "{}/{}",
@@ -300,7 +256,7 @@ impl Kubelets {
             Err(kube::Error::Api(e)) if e.code == 409 => false,
             Err(e) => return Err(e.into()),
         };
-        let now = now_rfc3339();
+        let now = meta::now();
         if created {
             let status = json!({"status": {
                 "addresses": addresses,
@@ -384,7 +340,7 @@ impl Kubelets {
                 return;
             }
             if state.network_error.is_none() != error.is_none() {
-                state.ready_since = now_rfc3339();
+                state.ready_since = meta::now();
             }
             state.network_error = error.clone();
             if error.is_none() {
@@ -421,7 +377,7 @@ impl Kubelets {
         let (status, reason, message) = ready_condition(error.as_deref());
         let patch = json!({"status": {"conditions": [{
             "type": "Ready", "status": status, "reason": reason, "message": message,
-            "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": since}]}});
+            "lastHeartbeatTime": meta::now(), "lastTransitionTime": since}]}});
         Api::<Node>::all(self.client.clone())
             .patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
             .await?;
@@ -434,7 +390,7 @@ impl Kubelets {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), NODE_LEASE_NAMESPACE);
         let spec = json!({"holderIdentity": node,
             "leaseDurationSeconds": NODE_LEASE_DURATION_SECS,
-            "renewTime": now_rfc3339_micro()});
+            "renewTime": meta::now_micro()});
         match api
             .patch(
                 node,
@@ -726,7 +682,7 @@ impl Kubelets {
     async fn record_network_not_ready(&self, pod: &Pod, node: &str, error: &str) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let now = now_rfc3339();
+        let now = meta::now();
         let (_, _, message) = ready_condition(Some(error));
         let event = json!({"apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": format!("{name}."), "namespace": ns},
@@ -939,7 +895,7 @@ impl Kubelets {
                     .collect()
             })
             .unwrap_or_default();
-        let now = now_rfc3339();
+        let now = meta::now();
         let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
         let containers: Vec<serde_json::Value> = pod
             .spec
@@ -976,7 +932,7 @@ impl Kubelets {
     }
 
     async fn report_failure(&self, pod: &Pod, message: &str) {
-        let now = now_rfc3339();
+        let now = meta::now();
         let patch = json!({"status": {"phase": "Pending", "conditions": [
             {"type": "PodReadyToStartContainers", "status": "False", "reason": "FailedCreatePodSandBox",
              "message": message, "lastTransitionTime": now},
@@ -1091,22 +1047,6 @@ async fn node_loop(me: Weak<Kubelets>, node: String, timings: Timings) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
-    }
-
-    #[test]
-    fn micro_timestamps_carry_six_fraction_digits() {
-        assert_eq!(rfc3339_micro(0, 5), "1970-01-01T00:00:00.000005Z");
-        assert_eq!(
-            rfc3339_micro(1_798_761_599, 999_999),
-            "2026-12-31T23:59:59.999999Z"
-        );
-    }
 
     #[test]
     fn ready_conditions_say_what_kubelet_says() {
