@@ -9,9 +9,10 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, MatchedPath, Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use serde_json::Value;
@@ -64,15 +65,24 @@ struct ErrorCode(String);
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route(TABLE, get(get_table).put(put_table).delete(delete_table))
-        .route(ROUTES, get(list_routes))
-        .route(ROUTE, get(get_route).put(put_route).delete(delete_route))
-        .route(OPERATION, get(poll_operation))
-        .route(OPERATION_RESULT, get(poll_result))
+        .route(TABLE, reads(get_table).put(put_table).delete(delete_table))
+        .route(ROUTES, reads(list_routes))
+        .route(ROUTE, reads(get_route).put(put_route).delete(delete_route))
+        .route(OPERATION, reads(poll_operation))
+        .route(OPERATION_RESULT, reads(poll_result))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), front))
         .with_state(shared)
+}
+
+/// GET only: axum would answer HEAD with the GET handler, which this service never did.
+fn reads<H, T>(handler: H) -> MethodRouter<Arc<Shared>>
+where
+    H: Handler<T, Arc<Shared>>,
+    T: 'static,
+{
+    get(handler).head(method_not_allowed)
 }
 
 /// `uri` with the keywords of ARM's paths in ARM's case, so routing matches
