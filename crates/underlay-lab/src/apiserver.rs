@@ -83,7 +83,7 @@ mod discovery;
 mod error;
 mod faults;
 mod kinds;
-mod meta;
+pub(crate) mod meta;
 mod openapi;
 mod openapi_v2;
 mod openapi_v2_pb;
@@ -242,21 +242,10 @@ impl ApiServer {
                 }
             }),
         };
-        let saver = config.snapshot.clone().map(|path| {
-            let state = state.clone();
-            let every = config.snapshot_interval;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    if state.store.take_dirty()
-                        && let Err(error) = snapshot::save(&state.store, &path)
-                    {
-                        warn!(%error, "snapshot not written");
-                    }
-                }
-            })
-        });
+        let saver = config
+            .snapshot
+            .clone()
+            .map(|path| save_snapshots(state.clone(), path, config.snapshot_interval));
         let handle = Handle {
             addr,
             ca,
@@ -274,6 +263,21 @@ impl ApiServer {
         info!(%addr, "api server listening");
         Ok(handle)
     }
+}
+
+/// Writes the store to `path` every `every` when it changed since the last write.
+fn save_snapshots(state: Arc<ServerState>, path: PathBuf, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if state.store.take_dirty()
+                && let Err(error) = snapshot::save(&state.store, &path)
+            {
+                warn!(%error, "snapshot not written");
+            }
+        }
+    })
 }
 
 /// The namespaces and PriorityClasses every cluster starts with.

@@ -39,6 +39,7 @@
 
 mod faults;
 mod model;
+mod rest;
 mod server;
 mod state;
 

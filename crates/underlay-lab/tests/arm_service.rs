@@ -436,3 +436,26 @@ async fn faults_are_served_in_order_and_then_cleared() {
         vec![]
     );
 }
+
+#[tokio::test]
+async fn unknown_methods_and_head_are_refused_on_known_resources_and_logged_as_unknown() {
+    let arm = start(ArmConfig::default()).await;
+    for method in ["HEAD", "POST", "PATCH"] {
+        let r = send(&arm, method, &format!("{TABLE}?{API}"), &[], None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 405, "{method}");
+    }
+    let r = send(
+        &arm,
+        "GET",
+        &format!("/subscriptions/s/unknown?{API}"),
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["error"]["code"], "InvalidResourceType");
+    assert_eq!(arm.count(RequestKind::Unknown), 4);
+}

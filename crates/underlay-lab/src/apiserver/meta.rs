@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
+use time::format_description::FormatItem;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -54,74 +58,50 @@ pub fn name_suffix() -> String {
         .collect()
 }
 
-fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = if m <= 2 { y + 1 } else { y };
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        ((rem % 3600) / 60) as u32,
-        (rem % 60) as u32,
-    )
+const TIME: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+const MICRO_TIME: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+/// `t` as a UTC date, clamped to the years RFC 3339 can write (0000–9999).
+fn utc(t: SystemTime) -> OffsetDateTime {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = i64::try_from(since.as_secs()).unwrap_or(i64::MAX);
+    OffsetDateTime::from_unix_timestamp(secs)
+        .map(|d| d + time::Duration::nanoseconds(i64::from(since.subsec_nanos())))
+        .unwrap_or(PrimitiveDateTime::MAX.assume_utc())
+}
+
+fn format(t: SystemTime, format: &[FormatItem<'_>]) -> String {
+    // Infallible: every component of a clamped UTC date has a place in the format.
+    utc(t).format(format).unwrap_or_default()
 }
 
 /// RFC 3339 with second precision (`metav1.Time`).
 pub fn format_time(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    let (y, mo, d, h, mi, s) = civil(secs);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    format(t, TIME)
 }
 
-#[cfg(test)]
-/// RFC 3339 with microseconds (`metav1.MicroTime`).
-fn format_micro_time(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (y, mo, d, h, mi, s) = civil(since.as_secs() as i64);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
-        since.subsec_micros()
-    )
+/// RFC 3339 with microseconds (`metav1.MicroTime`, as in a Lease's `renewTime`).
+pub fn format_micro_time(t: SystemTime) -> String {
+    format(t, MICRO_TIME)
 }
 
 pub fn now() -> String {
     format_time(SystemTime::now())
 }
 
-/// Parse the RFC 3339 timestamps this server writes (and ones with offsets `Z`).
+pub fn now_micro() -> String {
+    format_micro_time(SystemTime::now())
+}
+
+/// Parse the UTC (`Z`) RFC 3339 timestamps this server writes, to the second.
 pub fn parse_time(s: &str) -> Option<SystemTime> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut dp = date.split('-');
-    let y: i64 = dp.next()?.parse().ok()?;
-    let m: i64 = dp.next()?.parse().ok()?;
-    let d: i64 = dp.next()?.parse().ok()?;
-    let time = time.split('.').next()?;
-    let mut tp = time.split(':');
-    let hh: i64 = tp.next()?.parse().ok()?;
-    let mm: i64 = tp.next()?.parse().ok()?;
-    let ss: i64 = tp.next()?.parse().ok()?;
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    (secs >= 0).then(|| UNIX_EPOCH + Duration::from_secs(secs as u64))
+    if !s.ends_with('Z') {
+        return None;
+    }
+    let secs = OffsetDateTime::parse(s, &Rfc3339).ok()?.unix_timestamp();
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
 /// A short age like kubectl prints (`5s`, `3m`, `2h`, `4d`).
@@ -198,6 +178,44 @@ mod tests {
         assert_eq!(parse_time(&s), Some(t));
         assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         assert!(format_micro_time(t).starts_with("2024-03-01T01:01:01.000000"));
+    }
+
+    fn at(secs: u64, micros: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(format_time(at(0, 0)), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(at(951_782_400, 0)), "2000-02-29T00:00:00Z");
+        assert_eq!(format_time(at(1_798_761_599, 0)), "2026-12-31T23:59:59Z");
+        assert_eq!(format_time(at(1_700_000_000, 0)), "2023-11-14T22:13:20Z");
+        assert_eq!(format_time(at(4_102_444_799, 0)), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn micro_timestamps_carry_six_fraction_digits() {
+        assert_eq!(format_micro_time(at(0, 5)), "1970-01-01T00:00:00.000005Z");
+        assert_eq!(
+            format_micro_time(at(1_798_761_599, 999_999)),
+            "2026-12-31T23:59:59.999999Z"
+        );
+    }
+
+    #[test]
+    fn parse_reads_utc_only_and_drops_the_fraction() {
+        assert_eq!(
+            parse_time("2024-03-01T01:01:01.5Z"),
+            Some(at(1_709_254_861, 0))
+        );
+        assert_eq!(parse_time("2024-03-01T01:01:01+02:00"), None);
+        assert_eq!(parse_time("1969-12-31T23:59:59Z"), None);
+        assert_eq!(parse_time("not a time"), None);
+    }
+
+    #[test]
+    fn times_past_year_9999_are_clamped_not_panicked_on() {
+        assert_eq!(format_time(at(1 << 40, 0)), "9999-12-31T23:59:59Z");
     }
 
     #[test]
