@@ -431,10 +431,43 @@ fn agent_image(rootfs: PathBuf) -> agent::Image {
     agent::Image {
         args: strings(&config["process"]["args"]),
         env: strings(&config["process"]["env"]),
-        settings: config_map_data("underlay-agent"),
+        settings: agent_settings(),
         mounts: agent_mounts(),
         rootfs,
     }
+}
+
+/// The agent container's settings as the kubelet hands them over: the
+/// ConfigMap's, then the container's own `env` values with `$(VAR)`
+/// expanded. `status.hostIP` is the node namespace's loopback here, where
+/// the test scrapes.
+fn agent_settings() -> serde_json::Map<String, Value> {
+    let mut settings = config_map_data("underlay-agent");
+    let daemon_set = deploy_object("underlay-agent", "DaemonSet", "underlay-agent");
+    let container = daemon_set["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "agent")
+        .expect("the DaemonSet has an agent container")
+        .clone();
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for e in container["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap().to_string();
+        let value = match (
+            e["value"].as_str(),
+            e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        ) {
+            (Some(v), _) => vars
+                .iter()
+                .fold(v.to_string(), |v, (k, x)| v.replace(&format!("$({k})"), x)),
+            (None, Some("status.hostIP")) => "127.0.0.1".to_string(),
+            _ => continue,
+        };
+        vars.push((name.clone(), value.clone()));
+        settings.insert(name, Value::String(value));
+    }
+    settings
 }
 
 /// The `hostPath` volumes the DaemonSet mounts into the agent container.

@@ -149,7 +149,7 @@ async fn open_store(
         tracing::info!(state_dir = %args.state_dir.display(), "no endpoint store; adopting the live attachments the kernel shows");
     }
     let prefix = &args.policy_args.policy_interface_prefix;
-    let links = match recover::pod_links(prefix, KERNEL_LIST_TIMEOUT) {
+    let links = match recover::pod_links(prefix, KERNEL_LIST_TIMEOUT).await {
         Ok(links) => links,
         // Without the store the kernel is the only record of live pods.
         Err(e) if opened.damaged.is_some() || opened.missing => {

@@ -11,10 +11,8 @@ use crate::store::{Record, now_ms};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
-use std::process::Command;
 use std::time::Duration;
 
 /// One plugin host veth as the kernel shows it.
@@ -29,93 +27,119 @@ pub struct KernelLink {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
-    #[error("cannot run ip {args}: {reason}; the agent needs iproute2 in its image")]
-    Tool { args: String, reason: String },
-    #[error("cannot read the output of ip {args}: {source}")]
-    Parse {
-        args: String,
+    #[error("cannot {op} over netlink: {source}")]
+    Netlink {
+        op: &'static str,
         #[source]
-        source: serde_json::Error,
+        source: rtnetlink::Error,
     },
+    #[error("cannot open a route netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("listing the pod links took longer than {0:?}")]
+    Timeout(Duration),
 }
 
-#[derive(Deserialize)]
-struct JsonLink {
-    ifname: String,
-    #[serde(default)]
-    ifalias: String,
+/// A link as the kernel lists it: (index, name, alias).
+pub type ListedLink = (u32, String, String);
+/// A route as the kernel lists it: (output interface, destination, prefix length).
+pub type ListedRoute = (u32, IpAddr, u8);
+
+/// The links named `prefix*` and their host routes (both families) in this
+/// network namespace, read over route netlink (the agent's image carries
+/// no iproute2).
+pub async fn pod_links(prefix: &str, timeout: Duration) -> Result<Vec<KernelLink>, RecoverError> {
+    let listing = async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(RecoverError::Socket)?;
+        let conn = tokio::spawn(conn);
+        let result = list(&handle).await;
+        conn.abort();
+        result
+    };
+    let (links, routes) = tokio::time::timeout(timeout, listing)
+        .await
+        .map_err(|_| RecoverError::Timeout(timeout))??;
+    Ok(links_from(prefix, links, &routes))
 }
 
-#[derive(Deserialize)]
-struct JsonRoute {
-    dst: String,
-    #[serde(default)]
-    dev: String,
-}
-
-fn ip_json(args: &[&str], timeout: Duration) -> Result<String, RecoverError> {
-    let shown = args.join(" ");
-    let mut cmd = Command::new("ip");
-    cmd.arg("-j").args(args);
-    let out = underlay_policy::tool::run(cmd, None, timeout).map_err(|e| RecoverError::Tool {
-        args: shown.clone(),
-        reason: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(RecoverError::Tool {
-            args: shown,
-            reason: format!("{}: {}", out.status, out.stderr.trim()),
-        });
+async fn list(
+    handle: &rtnetlink::Handle,
+) -> Result<(Vec<ListedLink>, Vec<ListedRoute>), RecoverError> {
+    use futures::TryStreamExt;
+    use netlink_packet_route::link::LinkAttribute;
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+    let netlink = |op| move |source| RecoverError::Netlink { op, source };
+    let mut links = Vec::new();
+    let mut stream = handle.link().get().execute();
+    while let Some(m) = stream.try_next().await.map_err(netlink("list links"))? {
+        let (mut name, mut alias) = (String::new(), String::new());
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => name = n.clone(),
+                LinkAttribute::IfAlias(s) => alias = s.clone(),
+                _ => {}
+            }
+        }
+        links.push((m.header.index, name, alias));
     }
-    Ok(out.stdout)
-}
-
-fn parse<T: serde::de::DeserializeOwned>(args: &str, text: &str) -> Result<Vec<T>, RecoverError> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_str(text).map_err(|source| RecoverError::Parse {
-        args: args.into(),
-        source,
-    })
-}
-
-/// The links named `prefix*` and their host routes, from `ip -j link` and
-/// `ip -j route` (both families) in this network namespace.
-pub fn pod_links(prefix: &str, timeout: Duration) -> Result<Vec<KernelLink>, RecoverError> {
-    let links = ip_json(&["link", "show"], timeout)?;
-    let v4 = ip_json(&["-4", "route", "show"], timeout)?;
-    let v6 = ip_json(&["-6", "route", "show"], timeout)?;
-    links_from_json(prefix, &links, &[&v4, &v6])
-}
-
-/// [`pod_links`] from the tools' JSON.
-pub fn links_from_json(
-    prefix: &str,
-    links: &str,
-    routes: &[&str],
-) -> Result<Vec<KernelLink>, RecoverError> {
-    let mut out: BTreeMap<String, KernelLink> = parse::<JsonLink>("link show", links)?
-        .into_iter()
-        .filter(|l| l.ifname.starts_with(prefix))
-        .map(|l| {
-            let link = KernelLink {
-                name: l.ifname.clone(),
-                owner: l.ifalias,
-                ips: Vec::new(),
-            };
-            (l.ifname, link)
-        })
-        .collect();
-    for text in routes {
-        for r in parse::<JsonRoute>("route show", text)? {
-            // Host routes show their destination without a prefix length.
-            if let (Some(link), Ok(ip)) = (out.get_mut(&r.dev), r.dst.parse::<IpAddr>()) {
-                link.ips.push(ip);
+    let mut routes = Vec::new();
+    for req in [
+        rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    ] {
+        let mut stream = handle.route().get(req).execute();
+        while let Some(m) = stream.try_next().await.map_err(netlink("list routes"))? {
+            let (mut oif, mut dst) = (None, None);
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+                        dst = Some(IpAddr::V4(*a))
+                    }
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                        dst = Some(IpAddr::V6(*a))
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(oif), Some(dst)) = (oif, dst) {
+                routes.push((oif, dst, m.header.destination_prefix_length));
             }
         }
     }
-    Ok(out.into_values().collect())
+    Ok((links, routes))
+}
+
+/// The links named `prefix*` with the destinations of their host routes
+/// (/32 and /128; wider routes over a pod link are not pod addresses).
+pub fn links_from(prefix: &str, links: Vec<ListedLink>, routes: &[ListedRoute]) -> Vec<KernelLink> {
+    let mut by_index: BTreeMap<u32, KernelLink> = links
+        .into_iter()
+        .filter(|(_, name, _)| name.starts_with(prefix))
+        .map(|(index, name, owner)| {
+            (
+                index,
+                KernelLink {
+                    name,
+                    owner,
+                    ips: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for (oif, dst, len) in routes {
+        let host = match dst {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        if *len == host
+            && let Some(link) = by_index.get_mut(oif)
+        {
+            link.ips.push(*dst);
+        }
+    }
+    let mut out: Vec<KernelLink> = by_index.into_values().collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// Records for the links whose addresses no record in `existing` holds.
@@ -197,20 +221,30 @@ pub async fn name_from_api(client: &kube::Client, node: &str, records: &mut [Rec
 mod tests {
     use super::*;
 
-    const LINKS: &str = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK"]},
-        {"ifindex":2,"ifname":"udl0000000a","ifalias":"cid-1","link_netnsid":0},
-        {"ifindex":3,"ifname":"udl0000000b"},
-        {"ifindex":4,"ifname":"eth0"}]"#;
-    const V4: &str = r#"[{"dst":"10.9.0.0/24","dev":"udl0000000a","scope":"link"},
-        {"dst":"10.244.40.2","dev":"udl0000000a","scope":"link"},
-        {"dst":"10.244.40.9","dev":"udl0000000b","scope":"link"},
-        {"dst":"default","dev":"eth0"}]"#;
-    const V6: &str = r#"[{"dst":"fd00:40::2","dev":"udl0000000a","metric":1024},
-        {"dst":"fe80::/64","dev":"udl0000000a","protocol":"kernel"}]"#;
+    fn listed_links() -> Vec<ListedLink> {
+        vec![
+            (1, "lo".into(), String::new()),
+            (2, "udl0000000a".into(), "cid-1".into()),
+            (3, "udl0000000b".into(), String::new()),
+            (4, "eth0".into(), String::new()),
+        ]
+    }
+
+    fn listed_routes() -> Vec<ListedRoute> {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        vec![
+            (2, ip("10.9.0.0"), 24),
+            (2, ip("10.244.40.2"), 32),
+            (3, ip("10.244.40.9"), 32),
+            (4, ip("0.0.0.0"), 0),
+            (2, ip("fd00:40::2"), 128),
+            (2, ip("fe80::"), 64),
+        ]
+    }
 
     #[test]
     fn host_routes_of_prefixed_links_are_their_addresses() {
-        let links = links_from_json("udl", LINKS, &[V4, V6]).unwrap();
+        let links = links_from("udl", listed_links(), &listed_routes());
         assert_eq!(
             links,
             [
@@ -229,13 +263,21 @@ mod tests {
                 },
             ]
         );
-        assert!(links_from_json("udl", "", &["", ""]).unwrap().is_empty());
-        assert!(links_from_json("udl", "not json", &[]).is_err());
+        assert!(links_from("udl", Vec::new(), &[]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_current_namespace_has_no_pod_links_of_an_unused_prefix() {
+        // The machine's own namespace holds no pod links of a made-up prefix.
+        let links = pod_links("udl-test-none-", Duration::from_secs(10))
+            .await
+            .expect("list over netlink");
+        assert!(links.is_empty(), "{links:?}");
     }
 
     #[test]
     fn recovered_attachments_are_named_after_the_pods_holding_their_addresses() {
-        let links = links_from_json("udl", LINKS, &[V4, V6]).unwrap();
+        let links = links_from("udl", listed_links(), &listed_routes());
         let mut records = adopt(&[], &links, 1500);
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": "x", "name": "a", "uid": "u-a"},
@@ -258,7 +300,7 @@ mod tests {
 
     #[test]
     fn only_links_whose_addresses_nobody_holds_are_adopted() {
-        let links = links_from_json("udl", LINKS, &[V4, V6]).unwrap();
+        let links = links_from("udl", listed_links(), &listed_routes());
         let all = adopt(&[], &links, 1500);
         let keys: Vec<_> = all.iter().map(|r| r.key().to_string()).collect();
         assert_eq!(keys, ["cid-1/eth0", "recovered-udl0000000b/eth0"]);
