@@ -196,18 +196,7 @@ fn git(args: &[&str]) -> Result<String> {
 
 /// The packages of the workspace that exist now (from `cargo metadata`).
 fn workspace_packages() -> Result<Vec<String>> {
-    let out = cargo()
-        .args(["metadata", "--no-deps", "--format-version", "1"])
-        .output()
-        .context("run cargo metadata")?;
-    if !out.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parse cargo metadata output")?;
+    let meta = crate::util::metadata(&["--no-deps"])?;
     Ok(meta["packages"]
         .as_array()
         .map(|pkgs| {

@@ -16,7 +16,7 @@
 //! stay out of it: they depend on no workspace crate and the plugin never
 //! on kube. Built alone they resolve on their own, as they always did.
 
-use crate::util::{cargo, root};
+use crate::util::root;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -82,24 +82,8 @@ pub fn manifest(packages: &[(String, String, Vec<String>)]) -> String {
 /// Every third-party package of the workspace's resolve (Linux x86_64)
 /// that has features to disagree on, with its resolved features.
 fn resolved() -> Result<Vec<(String, String, Vec<String>)>> {
-    let out = cargo()
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--locked",
-            "--filter-platform",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .output()
-        .context("run cargo metadata")?;
-    if !out.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let meta: Value = serde_json::from_slice(&out.stdout).context("parse cargo metadata")?;
+    let meta =
+        crate::util::metadata(&["--locked", "--filter-platform", "x86_64-unknown-linux-gnu"])?;
     let members: BTreeSet<&str> = meta["workspace_members"]
         .as_array()
         .context("no workspace_members")?

@@ -45,6 +45,22 @@ pub fn scrub_package_env(cmd: &mut Command) {
     }
 }
 
+/// `cargo metadata --format-version 1 ARGS`, parsed.
+pub fn metadata(args: &[&str]) -> Result<serde_json::Value> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1"])
+        .args(args)
+        .output()
+        .context("run cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parse cargo metadata output")
+}
+
 /// Runs a command to completion, echoing it first; fails on a non-zero exit.
 pub fn exec(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", display(cmd));
