@@ -46,6 +46,11 @@ pub fn run(args: &[String]) -> Result<()> {
             [flag, p] if flag == "--profile" => p.clone(),
             _ => bail!("usage: cargo xtask lab build [--profile dev|release]"),
         };
+        if is_root() {
+            // The end-to-end tests build through here: what they run comes
+            // from the same setup as everything else.
+            crate::setup::run_setup(false)?;
+        }
         let dir = build::build_local(&profile, true)?;
         #[allow(clippy::print_stdout)] // the one line callers read
         {
