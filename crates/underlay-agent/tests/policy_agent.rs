@@ -10,7 +10,7 @@
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use underlay_lab::netns::{self, Netns};
 use underlay_proto::v1;
 
 mod support;
-use support::{Killed, client, ready_client, try_client, wait_for};
+use support::{Killed, attach_x_a, client, create, ready_client, try_client, wait_for};
 
 /// Port of `/metrics` inside the test's namespace (nothing else listens
 /// there).
@@ -45,16 +45,6 @@ fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-async fn create<K>(api: &Api<K>, value: serde_json::Value)
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let obj: K = serde_json::from_value(value).expect("object json");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create");
 }
 
 async fn running_pod(client: &kube::Client, name: &str, ip: &str) {
@@ -122,23 +112,6 @@ async fn place(api: &underlay_lab::apiserver::Handle, tag: &str) -> Placed {
         dir,
         kubeconfig,
         socket,
-    }
-}
-
-/// Attach of pod x/a (container c1, eth0) on host interface `iface`.
-fn attach_x_a(iface: &str) -> v1::AttachRequest {
-    v1::AttachRequest {
-        key: Some(v1::AttachmentKey {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-        }),
-        pod: Some(v1::PodRef {
-            namespace: "x".into(),
-            name: "a".into(),
-            ..Default::default()
-        }),
-        host_interface: iface.into(),
-        ..Default::default()
     }
 }
 

@@ -126,7 +126,7 @@ pub struct Ack {
     pub error: i32,
 }
 
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
 }
 
@@ -159,8 +159,17 @@ pub fn parse_acks(buf: &[u8]) -> Result<Vec<Ack>, String> {
     Ok(acks)
 }
 
-fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
+pub(crate) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
     move |source| DataplaneError::Netlink { op, source }
+}
+
+/// A netlink socket of `protocol` bound and connected to the kernel; `ops`
+/// name the three steps in errors (open, bind, connect).
+pub(crate) fn kernel_socket(protocol: isize, ops: [&'static str; 3]) -> Result<Socket> {
+    let mut socket = Socket::new(protocol).map_err(io(ops[0]))?;
+    socket.bind_auto().map_err(io(ops[1]))?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(io(ops[2]))?;
+    Ok(socket)
 }
 
 /// Runs `work` in the named network namespace (a name under `/run/netns`,
@@ -207,13 +216,14 @@ pub fn delete(flows: &[Flow]) -> Result<usize> {
     if flows.is_empty() {
         return Ok(0);
     }
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("open a netfilter socket"))?;
-    socket
-        .bind_auto()
-        .map_err(io("bind the netfilter socket"))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(io("connect the netfilter socket"))?;
+    let socket = kernel_socket(
+        NETLINK_NETFILTER,
+        [
+            "open a netfilter socket",
+            "bind the netfilter socket",
+            "connect the netfilter socket",
+        ],
+    )?;
     let mut deleted = 0;
     let mut refused: Option<(Flow, i32)> = None;
     let mut recv = Vec::with_capacity(64 * 1024);

@@ -3,8 +3,9 @@
 //! not carry iproute2). Run it inside [`crate::ctnetlink::in_netns`] to
 //! read another namespace's addresses.
 
+use crate::ctnetlink::{io, kernel_socket, u32_at};
 use crate::dataplane::{DataplaneError, Result};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::protocols::NETLINK_ROUTE;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 // <linux/netlink.h>
@@ -23,10 +24,6 @@ const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
-    move |source| DataplaneError::Netlink { op, source }
-}
-
 /// The dump request for every address of every family.
 pub fn encode_getaddr(seq: u32) -> Vec<u8> {
     let len = (NLMSG_HDRLEN + IFADDRMSG_LEN) as u32;
@@ -44,10 +41,6 @@ pub fn encode_getaddr(seq: u32) -> Vec<u8> {
 
 fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
 }
 
 fn address(family: u8, payload: &[u8]) -> Option<IpAddr> {
@@ -131,13 +124,14 @@ pub fn parse_dump(buf: &[u8]) -> std::result::Result<Batch, String> {
 
 /// Every address of every interface of the current network namespace.
 pub fn host_addresses() -> Result<Vec<IpAddr>> {
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(io("open a route netlink socket"))?;
-    socket
-        .bind_auto()
-        .map_err(io("bind the route netlink socket"))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(io("connect the route netlink socket"))?;
+    let socket = kernel_socket(
+        NETLINK_ROUTE,
+        [
+            "open a route netlink socket",
+            "bind the route netlink socket",
+            "connect the route netlink socket",
+        ],
+    )?;
     socket
         .send(&encode_getaddr(1), 0)
         .map_err(io("send the address dump request"))?;

@@ -24,7 +24,7 @@
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::{Map, Value, json};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -36,7 +36,7 @@ use underlay_lab::netns::Netns;
 use underlay_proto::v1;
 use underlay_proto::v1::agent_client::AgentClient;
 
-use super::agent_support::try_client;
+use super::agent_support::{create, try_client};
 
 const NODE: &str = "worker-1";
 const POD_CIDR: &str = "10.244.5.0/24";
@@ -195,16 +195,6 @@ fn service_account(scratch: &Path, api: &Handle) -> PathBuf {
     dir
 }
 
-async fn create<K>(api: &Api<K>, value: Value)
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let obj: K = serde_json::from_value(value).expect("object json");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create");
-}
-
 /// The node with its pod CIDR (as the route controller leaves it), the
 /// pod's namespace and the pod, scheduled on the node.
 async fn seed(kube: &kube::Client) {
@@ -321,19 +311,7 @@ async fn ready_agent(socket: &Path, agent: &mut Agent) -> AgentClient<tonic::tra
 /// `Attach` as the CNI plugin calls it; returns the pod's IPv4 address.
 async fn attach(grpc: &mut AgentClient<tonic::transport::Channel>, host_if: &str) -> IpAddr {
     let got = grpc
-        .attach(v1::AttachRequest {
-            key: Some(v1::AttachmentKey {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-            }),
-            pod: Some(v1::PodRef {
-                namespace: "x".into(),
-                name: "a".into(),
-                ..Default::default()
-            }),
-            host_interface: host_if.into(),
-            ..Default::default()
-        })
+        .attach(super::agent_support::attach_x_a(host_if))
         .await
         .expect("attach x/a")
         .into_inner();

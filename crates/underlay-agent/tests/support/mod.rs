@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
-use underlay_proto::v1::agent_client::AgentClient;
+use underlay_proto::v1::{self, agent_client::AgentClient};
 
 /// An agent process killed and reaped on drop.
 pub struct Killed(pub Child);
@@ -59,4 +59,33 @@ pub async fn ready_client(socket: &Path) -> AgentClient<tonic::transport::Channe
     })
     .await;
     c
+}
+
+/// Creates the object `value` describes.
+pub async fn create<K>(api: &kube::Api<K>, value: serde_json::Value)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let obj: K = serde_json::from_value(value).expect("object json");
+    api.create(&kube::api::PostParams::default(), &obj)
+        .await
+        .expect("create");
+}
+
+/// Attach of pod x/a (container c1, eth0) on host interface `iface`, as
+/// the CNI plugin sends it.
+pub fn attach_x_a(iface: &str) -> v1::AttachRequest {
+    v1::AttachRequest {
+        key: Some(v1::AttachmentKey {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        }),
+        pod: Some(v1::PodRef {
+            namespace: "x".into(),
+            name: "a".into(),
+            ..Default::default()
+        }),
+        host_interface: iface.into(),
+        ..Default::default()
+    }
 }
