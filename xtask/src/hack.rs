@@ -12,9 +12,9 @@
 //! warm tree stays warm. Its manifest is generated here from `cargo
 //! metadata`; `--check` fails when it is stale (run by `xtask/tests/tidy.rs`).
 //!
-//! The pure crates (`underlay-ipam`, `underlay-proto`) and the CNI plugin
-//! stay out of it: they depend on no workspace crate and the plugin never
-//! on kube. Built alone they resolve on their own, as they always did.
+//! The pure crates (`underlay-ipam`, `underlay-proto`,
+//! `underlay-policy-core`) and the CNI plugin stay out of it: they depend on
+//! no impure workspace crate and the plugin never on kube. Built alone they resolve on their own, as they always did.
 
 use crate::util::root;
 use anyhow::{Context, Result, bail};

@@ -30,6 +30,14 @@ impl Family {
         }
     }
 
+    /// The position of the family in [`Family::ALL`], for per-family arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+
     /// The number of bits of an address of this family.
     pub fn bits(self) -> u8 {
         match self {
@@ -159,6 +167,27 @@ impl Cidr {
     /// The offset of `ip` from the network address, if it is inside.
     pub fn offset_of(&self, ip: IpAddr) -> Option<u128> {
         self.contains(ip).then(|| to_u128(ip) - self.first_u128())
+    }
+
+    /// The two networks one bit longer that together make up this one, or
+    /// `None` for a single address.
+    pub fn halves(&self) -> Option<[Cidr; 2]> {
+        let family = self.family();
+        if self.prefix_len >= family.bits() {
+            return None;
+        }
+        let prefix_len = self.prefix_len + 1;
+        let high = self.first_u128() | 1u128 << (family.bits() - prefix_len);
+        Some([
+            Cidr {
+                addr: self.addr,
+                prefix_len,
+            },
+            Cidr {
+                addr: from_u128(family, high),
+                prefix_len,
+            },
+        ])
     }
 
     pub(crate) fn first_u128(&self) -> u128 {
@@ -375,6 +404,33 @@ mod tests {
                 "{net} ∋ {ip}"
             );
         }
+    }
+
+    #[test]
+    fn halves_split_a_network_in_two_and_a_host_not_at_all() {
+        let halves = |s: &str| {
+            s.parse::<Cidr>()
+                .unwrap()
+                .halves()
+                .map(|[lo, hi]| (lo.to_string(), hi.to_string()))
+        };
+        assert_eq!(
+            halves("0.0.0.0/0"),
+            Some(("0.0.0.0/1".into(), "128.0.0.0/1".into()))
+        );
+        assert_eq!(
+            halves("10.1.0.0/16"),
+            Some(("10.1.0.0/17".into(), "10.1.128.0/17".into()))
+        );
+        assert_eq!(halves("::/0"), Some(("::/1".into(), "8000::/1".into())));
+        assert_eq!(
+            halves("fd00::/127"),
+            Some(("fd00::/128".into(), "fd00::1/128".into()))
+        );
+        assert_eq!(halves("10.0.0.1/32"), None);
+        assert_eq!(halves("fd00::1/128"), None);
+        assert_eq!(Family::V4.index(), 0);
+        assert_eq!(Family::ALL[Family::V6.index()], Family::V6);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! understand is reported and never half-applied.
 
 use crate::model::{
-    Cidr, Expression, LOG_ANNOTATION, Labels, NamedPort, Namespace, Peer, Pod, PodKey, Policy,
-    PolicyTypes, PortMatch, PortRef, Protocol, Rule, Selector,
+    Expression, LOG_ANNOTATION, Labels, NamedPort, Namespace, Peer, Pod, PodKey, Policy,
+    PolicyTypes, PortMatch, PortRef, Protocol, Rule, Selector, parse_cidr,
 };
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
@@ -157,11 +157,11 @@ fn peer(p: &net::NetworkPolicyPeer) -> Result<Peer, String> {
         if p.pod_selector.is_some() || p.namespace_selector.is_some() {
             return Err("a peer with ipBlock may not also have selectors".into());
         }
-        let cidr: Cidr = block.cidr.parse()?;
+        let cidr = parse_cidr(&block.cidr)?;
         let mut except = Vec::new();
         for e in block.except.iter().flatten() {
-            let c: Cidr = e.parse()?;
-            if !cidr.covers(&c) || c == cidr {
+            let c = parse_cidr(e)?;
+            if !cidr.contains_cidr(&c) || c == cidr {
                 return Err(format!(
                     "ipBlock except {c} must be strictly inside cidr {cidr}"
                 ));

@@ -251,7 +251,7 @@ impl Dataplane for CommandDataplane {
 pub fn delete_script(flows: &[Flow]) -> String {
     let mut script = String::new();
     for f in flows {
-        let fam = match Family::of(&f.src) {
+        let fam = match Family::of(f.src) {
             Family::V4 => "ipv4",
             Family::V6 => "ipv6",
         };
@@ -691,7 +691,7 @@ impl Dataplane for FakeDataplane {
         s.calls.push(Call::ListFlows(family));
         Ok(s.flows
             .iter()
-            .filter(|f| Family::of(&f.src) == family)
+            .filter(|f| Family::of(f.src) == family)
             .copied()
             .collect())
     }

@@ -35,6 +35,14 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The `family` word `ipset` uses.
+fn ipset_family(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "inet",
+        Family::V6 => "inet6",
+    }
+}
+
 /// Sets with more changes than this (and more than half their size) are
 /// rebuilt aside and swapped in, instead of edited member by member.
 pub const SWAP_THRESHOLD: usize = 1000;
@@ -277,7 +285,7 @@ impl<D: Dataplane> Engine<D> {
         }
 
         // 2. Chains, one transaction per family.
-        for family in Family::BOTH {
+        for family in Family::ALL {
             let script = self.chain_changes(&programmed, &desired, family, &mut report);
             if let Some(script) = script {
                 report.restore_calls += 1;
@@ -352,7 +360,7 @@ impl<D: Dataplane> Engine<D> {
     }
 
     fn matches(&self, programmed: &Programmed, desired: &Desired) -> bool {
-        for family in Family::BOTH {
+        for family in Family::ALL {
             let have = &programmed.chains[family.index()];
             let want = &desired.chains[family.index()];
             if have.len() != want.len() || programmed.hooks[family.index()] != [Hook::IN_PLACE; 3] {
@@ -379,7 +387,7 @@ impl<D: Dataplane> Engine<D> {
     /// Reads our chains and sets from the node.
     fn read_node(&mut self) -> Result<Programmed> {
         let mut p = Programmed::default();
-        for family in Family::BOTH {
+        for family in Family::ALL {
             let text = self
                 .dataplane
                 .save_filter(family)
@@ -412,7 +420,7 @@ impl<D: Dataplane> Engine<D> {
                     script,
                     "create {n} {} family {} maxelem {MAXELEM} -exist",
                     want.kind.ipset_type(),
-                    want.family.ipset_name()
+                    ipset_family(want.family)
                 );
             };
             match programmed.sets.get(name) {
@@ -560,7 +568,7 @@ impl<D: Dataplane> Engine<D> {
 
     fn clean_conntrack(&mut self) -> usize {
         let mut flows = Vec::new();
-        for family in Family::BOTH {
+        for family in Family::ALL {
             match self.dataplane.list_flows(family) {
                 Ok(f) => flows.extend(f),
                 Err(e) => {

@@ -2,12 +2,10 @@
 //! node, enforced in the filter table with iptables and ipsets, for both
 //! IP families.
 //!
-//! - [`model`]: the domain (pods, namespaces, policies, endpoints, selectors).
+//! The decisions live in `underlay-policy-core` (re-exported here as
+//! [`model`], [`index`], [`compile`] and [`eval`]), which does no I/O; this
+//! crate is everything around them:
 //! - [`convert`]: Kubernetes API objects into the domain, with validation.
-//! - [`index`]: the synchronous state machine fed with all of the above,
-//!   keeping peer-set membership up to date incrementally.
-//! - [`compile`]: pure: index into desired chains and sets.
-//! - [`eval`]: the same semantics evaluated for one flow (conntrack cleanup).
 //! - [`dataplane`]: the side-effect boundary (real tools, recording fake).
 //! - [`ctnetlink`]: conntrack deletion over netlink, for the real dataplane.
 //! - [`tool`]: running one external tool (concurrent I/O, deadline, reaped).
@@ -22,17 +20,15 @@
 
 pub mod agent;
 pub mod args;
-pub mod compile;
 pub mod convert;
 pub mod ctnetlink;
 pub mod dataplane;
 pub mod engine;
-pub mod eval;
-pub mod index;
 pub mod metrics;
-pub mod model;
 pub mod rtnl;
 pub mod tool;
+
+pub use underlay_policy_core::{compile, eval, index, model};
 
 pub use args::PolicyArgs;
 pub use compile::Config;

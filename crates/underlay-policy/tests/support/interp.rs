@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use underlay_policy::dataplane::{FakeSet, split_words};
-use underlay_policy::model::{Cidr, Protocol};
+use underlay_policy::model::{Protocol, parse_cidr};
 
 pub struct Packet {
     pub iif: Option<String>,
@@ -62,10 +62,10 @@ impl Tables<'_> {
                 let mut best: Option<(u8, bool)> = None;
                 for m in &set.members {
                     let mut w = m.split_whitespace();
-                    let c: Cidr = w.next().unwrap().parse().unwrap();
+                    let c = parse_cidr(w.next().unwrap()).unwrap();
                     let nomatch = w.next() == Some("nomatch");
-                    if c.contains(&ip) && best.is_none_or(|(p, _)| c.prefix() > p) {
-                        best = Some((c.prefix(), nomatch));
+                    if c.contains(ip) && best.is_none_or(|(p, _)| c.prefix_len() > p) {
+                        best = Some((c.prefix_len(), nomatch));
                     }
                 }
                 matches!(best, Some((_, false)))

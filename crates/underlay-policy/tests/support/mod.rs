@@ -138,7 +138,7 @@ impl Probe {
                 }
                 for protocol in Protocol::ALL {
                     for port in PORTS {
-                        for family in Family::BOTH {
+                        for family in Family::ALL {
                             v.push(Probe {
                                 src,
                                 dst,

@@ -6,7 +6,7 @@
 
 use crate::model::{
     Attachment, Cidr, Direction, Endpoint, Family, Namespace, Peer, Pod, PodKey, Policy, PortRef,
-    Protocol, Selector,
+    Protocol, Selector, parse_cidr,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -125,7 +125,7 @@ pub enum Member {
 impl Member {
     pub fn family(&self) -> Family {
         match self {
-            Member::Ip(ip) | Member::IpPort(ip, ..) => Family::of(ip),
+            Member::Ip(ip) | Member::IpPort(ip, ..) => Family::of(*ip),
             Member::Net { cidr, .. } => cidr.family(),
         }
     }
@@ -152,8 +152,7 @@ impl Member {
         let nomatch = words.any(|w| w == "nomatch");
         match kind {
             SetKind::HashIp => value.parse().ok().map(Member::Ip),
-            SetKind::HashNet => value
-                .parse::<Cidr>()
+            SetKind::HashNet => parse_cidr(value)
                 .ok()
                 .map(|cidr| Member::Net { cidr, nomatch }),
             SetKind::HashIpPort => {
@@ -648,7 +647,7 @@ impl Index {
             SetKey::Block { cidr, except } => {
                 // hash:net cannot hold a /0: split it in two halves.
                 let roots = match cidr.halves() {
-                    Some(h) if cidr.prefix() == 0 => h.to_vec(),
+                    Some(h) if cidr.prefix_len() == 0 => h.to_vec(),
                     _ => vec![*cidr],
                 };
                 for c in roots {
@@ -658,7 +657,7 @@ impl Index {
                     });
                 }
                 for c in except {
-                    if c.prefix() == 0 {
+                    if c.prefix_len() == 0 {
                         // Excepting everything: remove the positive entries.
                         data = SetData::default();
                         break;

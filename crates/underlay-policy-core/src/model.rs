@@ -9,54 +9,7 @@ use std::str::FromStr;
 
 pub type Labels = BTreeMap<String, String>;
 
-/// The IP family of a set, a chain or a packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
-
-    pub fn of(ip: &IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    pub fn index(self) -> usize {
-        match self {
-            Family::V4 => 0,
-            Family::V6 => 1,
-        }
-    }
-
-    /// The `family` word `ipset` uses.
-    pub fn ipset_name(self) -> &'static str {
-        match self {
-            Family::V4 => "inet",
-            Family::V6 => "inet6",
-        }
-    }
-
-    pub fn max_prefix(self) -> u8 {
-        match self {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        })
-    }
-}
+pub use underlay_ipam::{Cidr, Family};
 
 /// The transport protocols NetworkPolicy can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,128 +64,32 @@ impl FromStr for Protocol {
     }
 }
 
-/// An address prefix (`ipBlock.cidr` and its `except` entries).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// A prefix; host bits are cleared, as the API server's validation of
-    /// `ipBlock` accepts them and they do not change what matches.
-    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, String> {
-        let family = Family::of(&addr);
-        if prefix > family.max_prefix() {
-            return Err(format!(
-                "prefix length {prefix} is too long for {family}; use at most {}",
-                family.max_prefix()
-            ));
-        }
-        Ok(Cidr {
-            addr: mask(addr, prefix),
-            prefix,
-        })
+/// Parses an address prefix as the API server accepts `ipBlock.cidr` and
+/// its `except` entries: host bits are cleared (they do not change what
+/// matches), and a bare address is a single-address prefix (as `ipset`
+/// lists one).
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is not a CIDR; write it as ADDRESS/PREFIX"))?;
+    let Some(prefix) = prefix else {
+        return Ok(Cidr::host(addr));
+    };
+    let prefix = prefix
+        .parse::<u8>()
+        .map_err(|_| format!("{s:?} has a bad prefix length; write it as ADDRESS/PREFIX"))?;
+    let family = Family::of(addr);
+    if prefix > family.bits() {
+        return Err(format!(
+            "prefix length {prefix} is too long for {family}; use at most {}",
+            family.bits()
+        ));
     }
-
-    pub fn host(addr: IpAddr) -> Cidr {
-        Cidr {
-            addr,
-            prefix: Family::of(&addr).max_prefix(),
-        }
-    }
-
-    pub fn addr(&self) -> IpAddr {
-        self.addr
-    }
-
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    pub fn family(&self) -> Family {
-        Family::of(&self.addr)
-    }
-
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        Family::of(ip) == self.family() && mask(*ip, self.prefix) == self.addr
-    }
-
-    /// True when `other` lies entirely inside this prefix.
-    pub fn covers(&self, other: &Cidr) -> bool {
-        other.prefix >= self.prefix && self.contains(&other.addr)
-    }
-
-    /// The two halves of this prefix (used because `hash:net` sets cannot
-    /// hold a /0).
-    pub fn halves(&self) -> Option<[Cidr; 2]> {
-        if self.prefix >= self.family().max_prefix() {
-            return None;
-        }
-        let low = Cidr {
-            addr: self.addr,
-            prefix: self.prefix + 1,
-        };
-        let bit = self.family().max_prefix() - self.prefix - 1;
-        let high_addr = match self.addr {
-            IpAddr::V4(a) => IpAddr::from((u32::from(a) | (1u32 << bit)).to_be_bytes()),
-            IpAddr::V6(a) => IpAddr::from((u128::from(a) | (1u128 << bit)).to_be_bytes()),
-        };
-        Some([
-            low,
-            Cidr {
-                addr: high_addr,
-                prefix: self.prefix + 1,
-            },
-        ])
-    }
-}
-
-fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let m = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix))
-            };
-            IpAddr::from((u32::from(a) & m).to_be_bytes())
-        }
-        IpAddr::V6(a) => {
-            let m = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix))
-            };
-            IpAddr::from((u128::from(a) & m).to_be_bytes())
-        }
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not a CIDR; write it as ADDRESS/PREFIX"))?;
-        let prefix = match prefix {
-            Some(p) => p.parse::<u8>().map_err(|_| {
-                format!("{s:?} has a bad prefix length; write it as ADDRESS/PREFIX")
-            })?,
-            None => Family::of(&addr).max_prefix(),
-        };
-        Cidr::new(addr, prefix)
-    }
+    Cidr::containing(addr, prefix).map_err(|e| e.to_string())
 }
 
 /// One `matchExpressions` operator.
@@ -494,10 +351,10 @@ impl Peer {
 
     pub fn block(cidr: &str, except: &[&str]) -> Peer {
         Peer::IpBlock {
-            cidr: cidr.parse().expect("fixture cidr"),
+            cidr: parse_cidr(cidr).expect("fixture cidr"),
             except: except
                 .iter()
-                .map(|c| c.parse().expect("fixture cidr"))
+                .map(|c| parse_cidr(c).expect("fixture cidr"))
                 .collect(),
         }
     }
@@ -696,30 +553,29 @@ mod tests {
     }
 
     #[test]
-    fn cidrs_parse_mask_and_contain() {
-        let c: Cidr = "10.1.2.3/16".parse().unwrap();
+    fn ipblock_cidrs_parse_with_host_bits_cleared() {
+        let c = parse_cidr("10.1.2.3/16").unwrap();
         assert_eq!(c.to_string(), "10.1.0.0/16");
-        assert!(c.contains(&"10.1.255.1".parse().unwrap()));
-        assert!(!c.contains(&"10.2.0.1".parse().unwrap()));
-        assert!(!c.contains(&"fd00::1".parse().unwrap()));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains(&"1.2.3.4".parse().unwrap()));
+        assert!(c.contains("10.1.255.1".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(!c.contains("fd00::1".parse().unwrap()));
+        let all = parse_cidr("0.0.0.0/0").unwrap();
         let [lo, hi] = all.halves().unwrap();
         assert_eq!(
             (lo.to_string(), hi.to_string()),
             ("0.0.0.0/1".into(), "128.0.0.0/1".into())
         );
-        let v6: Cidr = "::/0".parse().unwrap();
-        let [lo, hi] = v6.halves().unwrap();
+        let [lo, hi] = parse_cidr("::/0").unwrap().halves().unwrap();
         assert_eq!(
             (lo.to_string(), hi.to_string()),
             ("::/1".into(), "8000::/1".into())
         );
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-        assert!("nonsense/8".parse::<Cidr>().is_err());
-        assert!("10.0.0.0/x".parse::<Cidr>().is_err());
-        assert_eq!("10.0.0.1".parse::<Cidr>().unwrap().prefix(), 32);
-        assert!(c.covers(&"10.1.3.0/24".parse().unwrap()));
-        assert!(!c.covers(&"10.0.0.0/8".parse().unwrap()));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("nonsense/8").is_err());
+        assert!(parse_cidr("10.0.0.0/x").is_err());
+        assert_eq!(parse_cidr("10.0.0.1").unwrap().prefix_len(), 32);
+        assert_eq!(parse_cidr("fd00::1").unwrap().prefix_len(), 128);
+        assert!(c.contains_cidr(&parse_cidr("10.1.3.0/24").unwrap()));
+        assert!(!c.contains_cidr(&parse_cidr("10.0.0.0/8").unwrap()));
     }
 }

@@ -190,7 +190,7 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
 
     // Sets.
     for (key, data) in index.sets() {
-        for family in Family::BOTH {
+        for family in Family::ALL {
             if let SetKey::Block { cidr, .. } = key
                 && cidr.family() != family
             {
@@ -220,7 +220,7 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
         }
     }
 
-    for family in Family::BOTH {
+    for family in Family::ALL {
         let chains = &mut out.chains[family.index()];
 
         let mut fwd = vec![

@@ -112,7 +112,7 @@ impl<'a> Evaluator<'a> {
     fn peer_matches(&self, policy_ns: &str, peer: &Peer, ip: &IpAddr) -> bool {
         match peer {
             Peer::IpBlock { cidr, except } => {
-                cidr.contains(ip) && !except.iter().any(|e| e.contains(ip))
+                cidr.contains(*ip) && !except.iter().any(|e| e.contains(*ip))
             }
             Peer::Pods { namespaces, pods } => {
                 let Some(key) = self.owners.get(ip) else {
