@@ -370,30 +370,59 @@ fn main() {
 /// Established TCP entries `10.9.x.y:port -> 10.8.0.2:80`, inserted with
 /// one `conntrack -R` batch.
 fn insert_flows(ns: &Netns, flows: &[Flow]) {
-    let mut script = String::new();
-    for f in flows {
-        script.push_str(&format!(
-            "-I -p tcp -s {} -d {} --sport {} --dport {} --state ESTABLISHED -t 600 -u ASSURED\n",
-            f.src, f.dst, f.sport, f.dport
-        ));
-    }
+    let script: String = flows
+        .iter()
+        .map(|f| {
+            format!(
+                "-I -p tcp -s {} -d {} --sport {} --dport {} --state ESTABLISHED -t 600 -u ASSURED\n",
+                f.src, f.dst, f.sport, f.dport
+            )
+        })
+        .collect();
+    conntrack_batch(ns, &script);
+}
+
+/// Deletes `flows` with one `conntrack -R` batch (one `-D` a line); returns
+/// how many entries it reported deleted.
+fn delete_flows_with_tool(ns: &Netns, flows: &[Flow]) -> usize {
+    let script: String = flows
+        .iter()
+        .map(|f| {
+            format!(
+                "-D -f ipv4 -p {} -s {} -d {} --sport {} --dport {}\n",
+                f.protocol, f.src, f.dst, f.sport, f.dport
+            )
+        })
+        .collect();
+    conntrack_batch(ns, &script)
+        .lines()
+        .filter(|l| l.contains("src="))
+        .count()
+}
+
+/// Runs `conntrack -R -` in `ns` on `script`; returns what it printed.
+fn conntrack_batch(ns: &Netns, script: &str) -> String {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.0, "conntrack", "-R", "-"])
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run conntrack");
-    if let Some(mut stdin) = child.stdin.take() {
+    let mut stdin = child.stdin.take().expect("conntrack's stdin");
+    let script = script.to_owned();
+    // Written on a thread: conntrack answers while it reads.
+    let writer = std::thread::spawn(move || {
         use std::io::Write;
-        stdin
-            .write_all(script.as_bytes())
-            .expect("write to conntrack");
-    }
-    assert!(
-        child.wait().is_ok_and(|s| s.success()),
-        "conntrack -R failed"
-    );
+        stdin.write_all(script.as_bytes())
+    });
+    let out = child.wait_with_output().expect("wait for conntrack");
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("write to conntrack");
+    assert!(out.status.success(), "conntrack -R failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn conntrack_deletion(n: usize) {
@@ -443,12 +472,12 @@ fn conntrack_deletion(n: usize) {
     let each = t.elapsed();
     // One conntrack -R batch.
     insert_flows(&ns, &flows);
-    let mut dp = CommandDataplane::in_netns(&ns.0);
     let t = Instant::now();
-    let removed_batch = dp.delete_flows_with_tool(&flows).expect("batch deletion");
+    let removed_batch = delete_flows_with_tool(&ns, &flows);
     let batch = t.elapsed();
     // The engine's way: ctnetlink deletions on one socket.
     insert_flows(&ns, &flows);
+    let mut dp = CommandDataplane::in_netns(&ns.0);
     let t = Instant::now();
     let removed_netlink = dp.delete_flows(&flows).expect("netlink deletion");
     let netlink = t.elapsed();

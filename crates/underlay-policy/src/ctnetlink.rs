@@ -1,30 +1,36 @@
-//! Deleting conntrack entries with ctnetlink messages on one
-//! `NETLINK_NETFILTER` socket: the wire encoding of `IPCTNL_MSG_CT_DELETE`
-//! by original tuple, the parser of the kernel's acks, and the pipelined
-//! exchange, run inside the dataplane's named network namespace.
+//! The conntrack table over ctnetlink, on `NETLINK_NETFILTER` sockets:
+//! listing a family's entries with one `IPCTNL_MSG_CT_GET` dump, and
+//! deleting entries with `IPCTNL_MSG_CT_DELETE` by original tuple,
+//! pipelined on one socket, run inside the dataplane's named network
+//! namespace. No `conntrack` tool: its `-D` spends a full table dump on
+//! every entry, and its text output is not an interface.
 //!
-//! The `conntrack` tool spends a full table dump on every `-D`; one message
-//! per entry looked up by tuple costs the kernel a hash lookup instead.
+//! A [`Flow`] carries the original tuple as the kernel keeps it: for ICMP
+//! and ICMPv6 the identifier sits where the source port would be and
+//! `type << 8 | code` where the destination port would be, so an echo's
+//! entry is found by its tuple like a TCP connection's.
 
 use crate::dataplane::{DataplaneError, Result};
 use crate::eval::Flow;
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use crate::nl::{
+    self, AF_INET, AF_INET6, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR, io, kernel_socket,
+};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-// <linux/netlink.h>
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLMSG_HDRLEN: usize = 16;
 // <linux/netfilter/nfnetlink.h>, <linux/netfilter/nfnetlink_conntrack.h>
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
+const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const NFNETLINK_V0: u8 = 0;
+const NFGENMSG_LEN: usize = 4;
 const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_STATUS: u16 = 3;
+const CTA_PROTOINFO: u16 = 4;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -34,9 +40,21 @@ const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
-// <linux/socket.h>
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
+const CTA_PROTO_ICMP_ID: u16 = 4;
+const CTA_PROTO_ICMP_TYPE: u16 = 5;
+const CTA_PROTO_ICMP_CODE: u16 = 6;
+const CTA_PROTO_ICMPV6_ID: u16 = 7;
+const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
+const CTA_PROTO_ICMPV6_CODE: u16 = 9;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+// <linux/netfilter/nf_conntrack_common.h>, <linux/netfilter/nf_conntrack_tcp.h>
+const IPS_SEEN_REPLY: u32 = 1 << 1;
+const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
+const TCP_CONNTRACK_CLOSE: u8 = 8;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// Requests in flight at once: their acks (a few hundred bytes at most
 /// each) stay far below the socket's receive buffer, so none is dropped.
@@ -45,77 +63,186 @@ const WINDOW: usize = 128;
 /// Where `ip netns add` bind-mounts named namespaces.
 const NETNS_DIR: &str = "/run/netns";
 
-/// Whether an entry of this protocol is found by ports alone: TCP, UDP and
-/// SCTP. The kernel needs more than addresses and ports for the others
-/// (ICMP's type, code and id), which a [`Flow`] does not carry.
-pub fn by_tuple(protocol: u8) -> bool {
+/// The attribute numbers of ICMP's identifier, type and code, by protocol.
+fn icmp_attrs(protocol: u8) -> Option<[u16; 3]> {
+    match protocol {
+        IPPROTO_ICMP => Some([CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE]),
+        IPPROTO_ICMPV6 => Some([
+            CTA_PROTO_ICMPV6_ID,
+            CTA_PROTO_ICMPV6_TYPE,
+            CTA_PROTO_ICMPV6_CODE,
+        ]),
+        _ => None,
+    }
+}
+
+/// Whether an entry of this protocol has ports in its tuple: TCP, UDP and
+/// SCTP. ICMP's tuple has an identifier, type and code instead (see the
+/// module's note); other protocols have addresses only.
+pub fn has_ports(protocol: u8) -> bool {
     matches!(protocol, 6 | 17 | 132)
-}
-
-fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-/// Starts a nested attribute; [`end_nest`] writes its length.
-fn begin_nest(buf: &mut Vec<u8>, kind: u16) -> usize {
-    let at = buf.len();
-    buf.extend_from_slice(&[0, 0]);
-    buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-    at
-}
-
-fn end_nest(buf: &mut [u8], at: usize) {
-    let len = (buf.len() - at) as u16;
-    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
 fn push_addr(buf: &mut Vec<u8>, v4: u16, v6: u16, addr: &IpAddr) {
     match addr {
-        IpAddr::V4(a) => push_attr(buf, v4, &a.octets()),
-        IpAddr::V6(a) => push_attr(buf, v6, &a.octets()),
+        IpAddr::V4(a) => nl::push_attr(buf, v4, &a.octets()),
+        IpAddr::V6(a) => nl::push_attr(buf, v6, &a.octets()),
+    }
+}
+
+fn nfgenmsg(buf: &mut Vec<u8>, family: u8) {
+    buf.extend_from_slice(&[family, NFNETLINK_V0]);
+    buf.extend_from_slice(&0u16.to_be_bytes());
+}
+
+fn family_of(ip: &IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
     }
 }
 
 /// One `IPCTNL_MSG_CT_DELETE` request (with `NLM_F_ACK`) for the entry
-/// whose original direction is `flow`. Ports are sent only for protocols
-/// that have them ([`by_tuple`]).
+/// whose original direction is `flow`: ports for protocols that have them
+/// ([`has_ports`]), identifier, type and code for ICMP and ICMPv6.
 pub fn encode_ct_delete(seq: u32, flow: &Flow) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(96);
-    // nlmsghdr: length written last, pid 0 (the kernel fills it in).
-    buf.extend_from_slice(&[0; 4]);
-    buf.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE).to_ne_bytes());
-    buf.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg
-    let family = match flow.src {
-        IpAddr::V4(_) => AF_INET,
-        IpAddr::V6(_) => AF_INET6,
-    };
-    buf.extend_from_slice(&[family, NFNETLINK_V0]);
-    buf.extend_from_slice(&0u16.to_be_bytes());
-
-    let orig = begin_nest(&mut buf, CTA_TUPLE_ORIG);
-    let ip = begin_nest(&mut buf, CTA_TUPLE_IP);
+    let mut buf = nl::begin_message(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    );
+    nfgenmsg(&mut buf, family_of(&flow.src));
+    let orig = nl::begin_nest(&mut buf, CTA_TUPLE_ORIG);
+    let ip = nl::begin_nest(&mut buf, CTA_TUPLE_IP);
     push_addr(&mut buf, CTA_IP_V4_SRC, CTA_IP_V6_SRC, &flow.src);
     push_addr(&mut buf, CTA_IP_V4_DST, CTA_IP_V6_DST, &flow.dst);
-    end_nest(&mut buf, ip);
-    let proto = begin_nest(&mut buf, CTA_TUPLE_PROTO);
-    push_attr(&mut buf, CTA_PROTO_NUM, &[flow.protocol]);
-    if by_tuple(flow.protocol) {
-        push_attr(&mut buf, CTA_PROTO_SRC_PORT, &flow.sport.to_be_bytes());
-        push_attr(&mut buf, CTA_PROTO_DST_PORT, &flow.dport.to_be_bytes());
+    nl::end_nest(&mut buf, ip);
+    let proto = nl::begin_nest(&mut buf, CTA_TUPLE_PROTO);
+    nl::push_attr(&mut buf, CTA_PROTO_NUM, &[flow.protocol]);
+    if has_ports(flow.protocol) {
+        nl::push_attr(&mut buf, CTA_PROTO_SRC_PORT, &flow.sport.to_be_bytes());
+        nl::push_attr(&mut buf, CTA_PROTO_DST_PORT, &flow.dport.to_be_bytes());
+    } else if let Some([id, kind, code]) = icmp_attrs(flow.protocol) {
+        nl::push_attr(&mut buf, id, &flow.sport.to_be_bytes());
+        let [icmp_type, icmp_code] = flow.dport.to_be_bytes();
+        nl::push_attr(&mut buf, kind, &[icmp_type]);
+        nl::push_attr(&mut buf, code, &[icmp_code]);
     }
-    end_nest(&mut buf, proto);
-    end_nest(&mut buf, orig);
-
-    let len = buf.len() as u32;
-    buf[..4].copy_from_slice(&len.to_ne_bytes());
+    nl::end_nest(&mut buf, proto);
+    nl::end_nest(&mut buf, orig);
+    nl::finish_message(&mut buf);
     buf
+}
+
+/// The dump request for every conntrack entry of one family.
+pub fn encode_ct_dump(seq: u32, family: u8) -> Vec<u8> {
+    let mut buf = nl::begin_message(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+    );
+    nfgenmsg(&mut buf, family);
+    nl::finish_message(&mut buf);
+    buf
+}
+
+fn ip_from(payload: &[u8]) -> Option<IpAddr> {
+    match payload.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(payload).ok()?,
+        ))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(payload).ok()?,
+        ))),
+        _ => None,
+    }
+}
+
+fn be16(payload: Option<&[u8]>) -> Option<u16> {
+    Some(u16::from_be_bytes(payload?.try_into().ok()?))
+}
+
+fn byte(payload: Option<&[u8]>) -> Option<u8> {
+    payload?.first().copied()
+}
+
+/// The original-direction tuple of one entry (`CTA_TUPLE_ORIG`'s payload).
+fn parse_tuple(tuple: &[u8]) -> Option<Flow> {
+    let ip = nl::attr(tuple, CTA_TUPLE_IP)?;
+    let proto = nl::attr(tuple, CTA_TUPLE_PROTO)?;
+    let src = ip_from(nl::attr(ip, CTA_IP_V4_SRC).or_else(|| nl::attr(ip, CTA_IP_V6_SRC))?)?;
+    let dst = ip_from(nl::attr(ip, CTA_IP_V4_DST).or_else(|| nl::attr(ip, CTA_IP_V6_DST))?)?;
+    let protocol = byte(nl::attr(proto, CTA_PROTO_NUM))?;
+    let (sport, dport) = if has_ports(protocol) {
+        (
+            be16(nl::attr(proto, CTA_PROTO_SRC_PORT))?,
+            be16(nl::attr(proto, CTA_PROTO_DST_PORT))?,
+        )
+    } else if let Some([id, kind, code]) = icmp_attrs(protocol) {
+        let icmp_type = byte(nl::attr(proto, kind))?;
+        let icmp_code = byte(nl::attr(proto, code))?;
+        (
+            be16(nl::attr(proto, id))?,
+            u16::from_be_bytes([icmp_type, icmp_code]),
+        )
+    } else {
+        (0, 0)
+    };
+    Some(Flow {
+        protocol,
+        src,
+        dst,
+        sport,
+        dport,
+    })
+}
+
+/// One `IPCTNL_MSG_CT_NEW` message of a dump: the entry's original tuple,
+/// or `None` for an entry that carries no live connection — never
+/// answered (the next packet is NEW and meets the policy anyway), or TCP
+/// already closing — and for an entry it cannot read.
+pub fn parse_entry(body: &[u8]) -> Option<Flow> {
+    let attrs = body.get(NFGENMSG_LEN..)?;
+    let status =
+        nl::attr(attrs, CTA_STATUS).and_then(|p| Some(u32::from_be_bytes(p.try_into().ok()?)))?;
+    if status & IPS_SEEN_REPLY == 0 {
+        return None;
+    }
+    let flow = parse_tuple(nl::attr(attrs, CTA_TUPLE_ORIG)?)?;
+    if flow.protocol == IPPROTO_TCP {
+        let state = nl::attr(attrs, CTA_PROTOINFO)
+            .and_then(|p| nl::attr(p, CTA_PROTOINFO_TCP))
+            .and_then(|p| byte(nl::attr(p, CTA_PROTOINFO_TCP_STATE)));
+        if matches!(state, Some(TCP_CONNTRACK_TIME_WAIT | TCP_CONNTRACK_CLOSE)) {
+            return None;
+        }
+    }
+    Some(flow)
+}
+
+fn netfilter_socket() -> Result<netlink_sys::Socket> {
+    kernel_socket(
+        NETLINK_NETFILTER,
+        [
+            "open a netfilter socket",
+            "bind the netfilter socket",
+            "connect the netfilter socket",
+        ],
+    )
+}
+
+/// The live entries of one family (`AF_INET` or `AF_INET6`) in the
+/// conntrack table of the current network namespace ([`parse_entry`]).
+pub fn list(family: u8) -> Result<Vec<Flow>> {
+    let socket = netfilter_socket()?;
+    let mut flows = Vec::new();
+    nl::dump(&socket, &encode_ct_dump(1, family), "conntrack dump", |m| {
+        if m.kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW {
+            flows.extend(parse_entry(m.body));
+        }
+        Ok(())
+    })?;
+    Ok(flows)
 }
 
 /// The kernel's answer to one request: `error` is 0 on success, else a
@@ -126,50 +253,20 @@ pub struct Ack {
     pub error: i32,
 }
 
-pub(crate) fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
-}
-
 /// The acks (`NLMSG_ERROR` messages carrying a `nlmsgerr`) in one datagram;
 /// other message types are skipped. A message whose length does not fit
 /// the datagram is an error.
 pub fn parse_acks(buf: &[u8]) -> Result<Vec<Ack>, String> {
-    let mut acks = Vec::new();
-    let mut at = 0;
-    while at < buf.len() {
-        let rest = &buf[at..];
-        let len = u32_at(rest, 0).ok_or_else(|| format!("netlink header cut short at byte {at}"))?
-            as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return Err(format!(
-                "netlink message at byte {at} claims {len} bytes of {}",
-                rest.len()
-            ));
-        }
-        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-        if kind == NLMSG_ERROR {
-            let seq = u32_at(rest, 8).unwrap_or_default();
-            let error = u32_at(&rest[..len], NLMSG_HDRLEN)
-                .ok_or_else(|| format!("netlink ack at byte {at} has no error code"))?
-                as i32;
-            acks.push(Ack { seq, error });
-        }
-        at += len.next_multiple_of(4);
-    }
-    Ok(acks)
-}
-
-pub(crate) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
-    move |source| DataplaneError::Netlink { op, source }
-}
-
-/// A netlink socket of `protocol` bound and connected to the kernel; `ops`
-/// name the three steps in errors (open, bind, connect).
-pub(crate) fn kernel_socket(protocol: isize, ops: [&'static str; 3]) -> Result<Socket> {
-    let mut socket = Socket::new(protocol).map_err(io(ops[0]))?;
-    socket.bind_auto().map_err(io(ops[1]))?;
-    socket.connect(&SocketAddr::new(0, 0)).map_err(io(ops[2]))?;
-    Ok(socket)
+    Ok(nl::messages(buf)?
+        .into_iter()
+        .filter(|m| m.kind == NLMSG_ERROR)
+        .filter_map(|m| {
+            Some(Ack {
+                seq: m.seq,
+                error: m.error()?,
+            })
+        })
+        .collect())
 }
 
 /// Runs `work` in the named network namespace (a name under `/run/netns`,
@@ -216,14 +313,7 @@ pub fn delete(flows: &[Flow]) -> Result<usize> {
     if flows.is_empty() {
         return Ok(0);
     }
-    let socket = kernel_socket(
-        NETLINK_NETFILTER,
-        [
-            "open a netfilter socket",
-            "bind the netfilter socket",
-            "connect the netfilter socket",
-        ],
-    )?;
+    let socket = netfilter_socket()?;
     let mut deleted = 0;
     let mut refused: Option<(Flow, i32)> = None;
     let mut recv = Vec::with_capacity(64 * 1024);
@@ -280,6 +370,7 @@ pub fn delete(flows: &[Flow]) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nl::NLMSG_HDRLEN;
 
     fn flow(protocol: u8, src: &str, dst: &str) -> Flow {
         Flow {
@@ -342,7 +433,110 @@ mod tests {
         let msg = encode_ct_delete(1, &flow(47, "10.0.0.1", "10.0.0.2"));
         assert_eq!(msg.len(), 56);
         assert_eq!(&msg[44..], &[12, 0, 0x02, 0x80, 5, 0, 1, 0, 47, 0, 0, 0]);
-        assert!(!by_tuple(1) && !by_tuple(58) && by_tuple(132));
+        assert!(!has_ports(1) && !has_ports(58) && has_ports(132));
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn an_icmp_deletion_carries_identifier_type_and_code() {
+        // an echo request (type 8, code 0) with identifier 0x1234
+        let echo = Flow {
+            protocol: 1,
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            sport: 0x1234,
+            dport: 8 << 8,
+        };
+        let msg = encode_ct_delete(1, &echo);
+        #[rustfmt::skip]
+        let proto: &[u8] = &[
+            36, 0, 0x02, 0x80,            // CTA_TUPLE_PROTO | NESTED
+            5, 0, 1, 0, 1, 0, 0, 0,       // CTA_PROTO_NUM 1
+            6, 0, 4, 0, 0x12, 0x34, 0, 0, // CTA_PROTO_ICMP_ID BE
+            5, 0, 5, 0, 8, 0, 0, 0,       // CTA_PROTO_ICMP_TYPE
+            5, 0, 6, 0, 0, 0, 0, 0,       // CTA_PROTO_ICMP_CODE
+        ];
+        assert_eq!(&msg[44..], proto);
+        let v6 = Flow {
+            protocol: 58,
+            src: "fd00::1".parse().unwrap(),
+            dst: "fd00::2".parse().unwrap(),
+            sport: 7,
+            dport: 128 << 8,
+        };
+        let msg = encode_ct_delete(1, &v6);
+        let attrs: Vec<u16> = nl::attrs(&msg[msg.len() - 32..]).map(|(k, _)| k).collect();
+        assert_eq!(attrs, [CTA_PROTO_NUM, 7, 8, 9]);
+    }
+
+    /// A dumped entry as the kernel sends it: nfgenmsg, original tuple,
+    /// status, and for TCP its state.
+    fn entry(flow: &Flow, status: u32, tcp_state: Option<u8>) -> Vec<u8> {
+        use crate::nl::testing::{encoded_attr as attr, nest};
+        let request = encode_ct_delete(0, flow);
+        // the delete request's body is nfgenmsg + CTA_TUPLE_ORIG
+        let mut body = request[nl::NLMSG_HDRLEN..].to_vec();
+        body.extend(attr(CTA_STATUS, &status.to_be_bytes()));
+        if let Some(state) = tcp_state {
+            body.extend(nest(
+                CTA_PROTOINFO,
+                &[nest(
+                    CTA_PROTOINFO_TCP,
+                    &[attr(CTA_PROTOINFO_TCP_STATE, &[state])],
+                )],
+            ));
+        }
+        body
+    }
+
+    #[test]
+    fn dumped_entries_parse_and_dead_ones_are_skipped() {
+        let tcp = flow(6, "10.0.0.1", "10.0.0.2");
+        let established = 3;
+        assert_eq!(
+            parse_entry(&entry(&tcp, 0x0e, Some(established))),
+            Some(tcp)
+        );
+        // never answered
+        assert_eq!(parse_entry(&entry(&tcp, 0x08, Some(established))), None);
+        // closing
+        assert_eq!(
+            parse_entry(&entry(&tcp, 0x0e, Some(TCP_CONNTRACK_TIME_WAIT))),
+            None
+        );
+        assert_eq!(
+            parse_entry(&entry(&tcp, 0x0e, Some(TCP_CONNTRACK_CLOSE))),
+            None
+        );
+        let udp6 = flow(17, "fd00::1", "fd00::2");
+        assert_eq!(parse_entry(&entry(&udp6, 0x02, None)), Some(udp6));
+        let echo = Flow {
+            protocol: 58,
+            src: "fd00::1".parse().unwrap(),
+            dst: "fd00::2".parse().unwrap(),
+            sport: 99,
+            dport: 128 << 8,
+        };
+        assert_eq!(parse_entry(&entry(&echo, 0x02, None)), Some(echo));
+        let gre = Flow {
+            sport: 0,
+            dport: 0,
+            ..flow(47, "10.0.0.1", "10.0.0.2")
+        };
+        assert_eq!(parse_entry(&entry(&gre, 0x02, None)), Some(gre));
+    }
+
+    #[test]
+    fn cut_entries_are_skipped_not_panics() {
+        let whole = entry(&flow(6, "10.0.0.1", "10.0.0.2"), 0x0e, Some(3));
+        for cut in 0..whole.len() {
+            let _ = parse_entry(&whole[..cut]);
+        }
+        assert_eq!(parse_entry(&whole[..whole.len() - 20]), None);
+        let dump = encode_ct_dump(5, AF_INET6);
+        assert_eq!(dump.len(), 20);
+        assert_eq!(nl::u16_at(&dump, 6), Some(NLM_F_REQUEST | NLM_F_DUMP));
+        assert_eq!(dump[16], AF_INET6);
     }
 
     fn ack(seq: u32, error: i32, payload: usize) -> Vec<u8> {

@@ -74,7 +74,6 @@ pub struct CommandDataplane {
     /// `-legacy` / `-nft` variants): `-save` and `-restore` are appended.
     pub iptables: [String; 2],
     pub ipset: String,
-    pub conntrack: String,
     /// How long one tool call may run before it is killed.
     pub timeout: Duration,
 }
@@ -88,7 +87,6 @@ impl Default for CommandDataplane {
             netns: None,
             iptables: ["iptables".into(), "ip6tables".into()],
             ipset: "ipset".into(),
-            conntrack: "conntrack".into(),
             timeout: DEFAULT_TOOL_TIMEOUT,
         }
     }
@@ -110,7 +108,7 @@ impl CommandDataplane {
                 c
             }
             // starts: iptables-save iptables-restore ip6tables-save ip6tables-restore
-            // starts: iptables-legacy-save iptables-legacy-restore ipset conntrack caller
+            // starts: iptables-legacy-save iptables-legacy-restore ipset caller
             None => Command::new(program),
         }
     }
@@ -162,29 +160,6 @@ impl CommandDataplane {
     }
 }
 
-impl CommandDataplane {
-    /// Deletes `flows` with one `conntrack -R -` process; returns how many
-    /// entries were deleted.
-    pub fn delete_flows_with_tool(&self, flows: &[Flow]) -> Result<usize> {
-        if flows.is_empty() {
-            return Ok(0);
-        }
-        let prog = self.conntrack.clone();
-        // One process for the whole batch: `-R -` runs one command per
-        // line; a line that matches nothing (the flow ended meanwhile) is
-        // skipped, and each deleted entry is printed.
-        let (ok, out, err) = self.run(&prog, &["-R", "-"], Some(&delete_script(flows)))?;
-        if !ok {
-            return Err(DataplaneError::Failed {
-                program: prog,
-                status: "non-zero exit".into(),
-                stderr: err,
-            });
-        }
-        Ok(out.lines().filter(|l| l.contains("src=")).count())
-    }
-}
-
 impl Dataplane for CommandDataplane {
     fn save_filter(&mut self, family: Family) -> Result<String> {
         let prog = format!("{}-save", self.iptables[family.index()]);
@@ -208,95 +183,23 @@ impl Dataplane for CommandDataplane {
     }
 
     fn list_flows(&mut self, family: Family) -> Result<Vec<Flow>> {
-        let prog = self.conntrack.clone();
-        let fam = match family {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
+        let af = match family {
+            Family::V4 => crate::nl::AF_INET,
+            Family::V6 => crate::nl::AF_INET6,
         };
-        let (ok, out, err) = self.run(&prog, &["-L", "-f", fam], None)?;
-        if !ok {
-            return Err(DataplaneError::Failed {
-                program: prog,
-                status: "non-zero exit".into(),
-                stderr: err,
-            });
-        }
-        Ok(out.lines().filter_map(parse_conntrack_line).collect())
+        crate::ctnetlink::in_netns(self.netns.as_deref(), || crate::ctnetlink::list(af))
     }
 
     fn delete_flows(&mut self, flows: &[Flow]) -> Result<usize> {
-        // Entries found by their tuple go over ctnetlink, one lookup each;
-        // the rest (ICMP: the tuple needs type, code and id) through the
-        // tool, which matches them by address.
-        let (tuple, other): (Vec<Flow>, Vec<Flow>) = flows
-            .iter()
-            .partition(|f| crate::ctnetlink::by_tuple(f.protocol));
-        let mut deleted = 0;
-        if !tuple.is_empty() {
-            deleted += crate::ctnetlink::in_netns(self.netns.as_deref(), || {
-                crate::ctnetlink::delete(&tuple)
-            })?;
+        if flows.is_empty() {
+            return Ok(0);
         }
-        Ok(deleted + self.delete_flows_with_tool(&other)?)
+        crate::ctnetlink::in_netns(self.netns.as_deref(), || crate::ctnetlink::delete(flows))
     }
 
     fn host_addresses(&mut self) -> Result<Vec<IpAddr>> {
         crate::ctnetlink::in_netns(self.netns.as_deref(), crate::rtnl::host_addresses)
     }
-}
-
-/// The `conntrack -R` batch that deletes `flows`: one `-D` command a line,
-/// matching the original direction's addresses (and ports, for protocols
-/// that have them).
-pub fn delete_script(flows: &[Flow]) -> String {
-    let mut script = String::new();
-    for f in flows {
-        let fam = match Family::of(f.src) {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        };
-        script.push_str(&format!(
-            "-D -f {fam} -p {} -s {} -d {}",
-            f.protocol, f.src, f.dst
-        ));
-        if matches!(f.protocol, 6 | 17 | 132) {
-            script.push_str(&format!(" --sport {} --dport {}", f.sport, f.dport));
-        }
-        script.push('\n');
-    }
-    script
-}
-
-/// Parses one line of `conntrack -L` (original direction only). Entries
-/// that carry no live connection are skipped: never answered (the next
-/// packet is NEW and meets the policy anyway), or TCP already closing.
-pub fn parse_conntrack_line(line: &str) -> Option<Flow> {
-    if line.contains("[UNREPLIED]") || line.contains(" TIME_WAIT ") || line.contains(" CLOSE ") {
-        return None;
-    }
-    let mut words = line.split_whitespace();
-    words.next()?;
-    let protocol: u8 = words.next()?.parse().ok()?;
-    let (mut src, mut dst, mut sport, mut dport) = (None, None, None, None);
-    for w in words {
-        let Some((k, v)) = w.split_once('=') else {
-            continue;
-        };
-        match k {
-            "src" if src.is_none() => src = v.parse().ok(),
-            "dst" if dst.is_none() => dst = v.parse().ok(),
-            "sport" if sport.is_none() => sport = v.parse().ok(),
-            "dport" if dport.is_none() => dport = v.parse().ok(),
-            _ => {}
-        }
-    }
-    Some(Flow {
-        protocol,
-        src: src?,
-        dst: dst?,
-        sport: sport.unwrap_or(0),
-        dport: dport.unwrap_or(0),
-    })
 }
 
 /// One call the fake received.
@@ -713,61 +616,6 @@ impl Dataplane for FakeDataplane {
 mod tests {
     use super::*;
 
-    #[test]
-    fn conntrack_lines_parse() {
-        let f = parse_conntrack_line(
-            "tcp      6 431999 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=40000 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=40000 [ASSURED] mark=0 use=1",
-        )
-        .unwrap();
-        assert_eq!(
-            (
-                f.protocol,
-                f.src.to_string(),
-                f.dst.to_string(),
-                f.sport,
-                f.dport
-            ),
-            (6, "10.0.0.1".into(), "10.0.0.2".into(), 40000, 80)
-        );
-        let icmp = parse_conntrack_line(
-            "icmp     1 29 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=7 src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=7 mark=0 use=1",
-        )
-        .unwrap();
-        assert_eq!((icmp.protocol, icmp.dport), (1, 0));
-        assert!(
-            parse_conntrack_line(
-                "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown."
-            )
-            .is_none()
-        );
-        assert!(parse_conntrack_line("").is_none());
-        assert!(parse_conntrack_line("tcp      6 119 SYN_SENT src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 [UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=80 dport=1 mark=0 use=1").is_none());
-        assert!(parse_conntrack_line("tcp      6 119 TIME_WAIT src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=1 [ASSURED] mark=0 use=1").is_none());
-    }
-
-    #[test]
-    fn conntrack_deletions_are_one_batch_script() {
-        let flow = |protocol, src: &str, dst: &str| Flow {
-            protocol,
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            sport: 40000,
-            dport: 80,
-        };
-        let script = delete_script(&[
-            flow(6, "10.0.0.1", "10.0.0.2"),
-            flow(132, "fd00::1", "fd00::2"),
-            flow(1, "10.0.0.1", "10.0.0.2"),
-        ]);
-        assert_eq!(
-            script,
-            "-D -f ipv4 -p 6 -s 10.0.0.1 -d 10.0.0.2 --sport 40000 --dport 80\n\
-             -D -f ipv6 -p 132 -s fd00::1 -d fd00::2 --sport 40000 --dport 80\n\
-             -D -f ipv4 -p 1 -s 10.0.0.1 -d 10.0.0.2\n"
-        );
-        assert_eq!(delete_script(&[]), "");
-    }
-
     /// An executable script in a fresh directory (removed on drop).
     struct Script(std::path::PathBuf);
 
@@ -811,33 +659,29 @@ mod tests {
     }
 
     #[test]
-    fn five_thousand_deletions_echoed_while_the_batch_is_read_do_not_deadlock() {
-        // As `conntrack -R -` does: one line out per line in, while reading.
+    fn five_thousand_lines_echoed_while_the_input_is_read_do_not_deadlock() {
+        // A tool that answers each line of its input while reading it: with
+        // both pipes full, a runner that writes all input before reading
+        // any output would wait forever.
         let tool = Script::new(
             "udl-echo",
-            "while read -r line; do echo \"icmp 1 29 $line src=10.200.0.1 type=0 code=0 id=7 mark=0 use=1\"; done",
+            "while read -r line; do echo \"$line added to the set\"; done",
         );
-        let dp = CommandDataplane {
-            conntrack: tool.path(),
+        let mut dp = CommandDataplane {
+            ipset: tool.path(),
             ..CommandDataplane::default()
         };
-        let flows: Vec<Flow> = (0..5000u32)
-            .map(|i| Flow {
-                protocol: 1,
-                src: IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8 + 1]),
-                dst: "10.200.0.1".parse().unwrap(),
-                sport: 0,
-                dport: 0,
-            })
+        let script: String = (0..5000u32)
+            .map(|i| format!("add udl-x 10.1.{}.{}\n", i / 250, i % 250 + 1))
             .collect();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(dp.delete_flows_with_tool(&flows).map_err(|e| e.to_string()));
+            let _ = tx.send(dp.restore_sets(&script).map_err(|e| e.to_string()));
         });
-        let deleted = rx
+        let restored = rx
             .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the batch deadlocked: both pipes full");
-        assert_eq!(deleted, Ok(5000));
+            .expect("the restore deadlocked: both pipes full");
+        assert_eq!(restored, Ok(()));
         assert_eq!(children_named("udl-echo"), Vec::<String>::new());
     }
 

@@ -25,6 +25,7 @@ pub mod ctnetlink;
 pub mod dataplane;
 pub mod engine;
 pub mod metrics;
+pub mod nl;
 pub mod rtnl;
 pub mod tool;
 

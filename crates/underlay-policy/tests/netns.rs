@@ -401,8 +401,9 @@ async fn conntrack_deletion_touches_only_its_own_namespace() {
         flow(6, "10.0.0.1", "10.0.0.2", 40000, 80),
         flow(17, "fd00::1", "fd00::2", 5353, 53),
         flow(132, "10.0.0.1", "10.0.0.3", 4000, 5000),
-        // ICMP goes through the tool: its tuple needs type, code and id.
-        flow(1, "10.0.0.1", "10.0.0.4", 0, 0),
+        // ICMP's tuple as the kernel keeps it: the id where the source
+        // port would be, type << 8 | code where the destination port would.
+        flow(1, "10.0.0.1", "10.0.0.4", 7, 8 << 8),
     ];
     let inserts: [&[&str]; 4] = [
         &[
@@ -465,7 +466,46 @@ async fn conntrack_deletion_touches_only_its_own_namespace() {
         assert_eq!(conntrack_entries(ns), 4, "{ns}");
     }
     let mut dp = CommandDataplane::in_netns(node.name());
-    assert_eq!(dp.delete_flows(&flows).unwrap(), 4);
+    // The dump reads every entry back with its whole tuple, and an entry
+    // that was never answered is not a live connection.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        node.name(),
+        "conntrack",
+        "-I",
+        "-p",
+        "udp",
+        "-s",
+        "10.0.0.9",
+        "-d",
+        "10.0.0.2",
+        "--sport",
+        "1",
+        "--dport",
+        "2",
+        "-t",
+        "600",
+    ]);
+    let mut listed = dp.list_flows(Family::V4).unwrap();
+    listed.extend(dp.list_flows(Family::V6).unwrap());
+    let key = |f: &underlay_policy::eval::Flow| (f.protocol, f.src, f.dst, f.sport, f.dport);
+    listed.sort_by_key(key);
+    let mut want = flows.to_vec();
+    want.sort_by_key(key);
+    assert_eq!(listed, want);
+    assert_eq!(dp.delete_flows(&listed).unwrap(), 4);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        node.name(),
+        "conntrack",
+        "-D",
+        "-s",
+        "10.0.0.9",
+    ]);
     assert_eq!(conntrack_entries(node.name()), 0);
     assert_eq!(
         conntrack_entries(other.name()),
