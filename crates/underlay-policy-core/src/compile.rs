@@ -184,11 +184,49 @@ pub fn endpoint_chain(interface: &str, dir: Direction) -> String {
 /// Compiles the index (after [`Index::refresh_sets`]) into the desired state.
 pub fn compile(index: &Index, config: &Config) -> Desired {
     let mut out = Desired::default();
-    let m = format!("0x{:x}/0x{:x}", config.mark, config.mark);
-    let any_pod = format!("{}+", config.interface_prefix);
     let mut names = Names::default();
+    compile_sets(index, &mut names, &mut out);
 
-    // Sets.
+    let endpoints: Vec<&Endpoint> = index.endpoints().collect();
+    out.endpoints = endpoints.len();
+    let active = index.active_policies();
+    out.policies = active.len();
+    // Policies claim their names in key order, not in the order endpoints
+    // happen to reference them.
+    for policy in active.values() {
+        for dir in Direction::BOTH {
+            names.policy_chain(policy, dir);
+        }
+    }
+
+    let mark = format!("0x{:x}/0x{:x}", config.mark, config.mark);
+    for family in Family::ALL {
+        let chains = &mut out.chains[family.index()];
+        chains.extend(hook_chains(family, config));
+        chains.extend(dispatch_chains(&endpoints));
+        for ep in &endpoints {
+            for dir in Direction::BOTH {
+                let rules = endpoint_rules(index, config, &mut names, ep, dir);
+                chains.insert(endpoint_chain(&ep.interface, dir), rules);
+            }
+        }
+        for policy in active.values() {
+            for dir in Direction::BOTH {
+                if policy.applies(dir) {
+                    chains.insert(
+                        names.policy_chain(policy, dir),
+                        policy_rules(policy, dir, family, &mark, &mut names),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One set per peer set of the index and family (an `ipBlock` only in its
+/// own family).
+fn compile_sets(index: &Index, names: &mut Names, out: &mut Desired) {
     for (key, data) in index.sets() {
         for family in Family::ALL {
             if let SetKey::Block { cidr, .. } = key
@@ -207,147 +245,140 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
             );
         }
     }
+}
 
-    let endpoints: Vec<&Endpoint> = index.endpoints().collect();
-    out.endpoints = endpoints.len();
-    let active = index.active_policies();
-    out.policies = active.len();
-    // Policies claim their names in key order, not in the order endpoints
-    // happen to reference them.
-    for policy in active.values() {
-        for dir in Direction::BOTH {
-            names.policy_chain(policy, dir);
-        }
-    }
+/// The chains the built-in chains jump to, and `UDL-ALLOW`: the same for
+/// every cluster, but for IPv6's neighbour discovery.
+fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 4] {
+    let any_pod = format!("{}+", config.interface_prefix);
+    let forward = vec![
+        format!("-i {any_pod} -m conntrack --ctstate INVALID -j DROP"),
+        format!("-o {any_pod} -m conntrack --ctstate INVALID -j DROP"),
+        format!("-i {any_pod} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+        format!("-o {any_pod} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+        format!("-i {any_pod} -j {FROM_POD}"),
+        format!("-o {any_pod} -j {TO_POD}"),
+        format!("-i {any_pod} -j ACCEPT"),
+        format!("-o {any_pod} -j ACCEPT"),
+    ];
 
-    for family in Family::ALL {
-        let chains = &mut out.chains[family.index()];
-
-        let mut fwd = vec![
-            format!("-i {any_pod} -m conntrack --ctstate INVALID -j DROP"),
-            format!("-o {any_pod} -m conntrack --ctstate INVALID -j DROP"),
-            format!("-i {any_pod} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
-            format!("-o {any_pod} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
-        ];
-        fwd.push(format!("-i {any_pod} -j {FROM_POD}"));
-        fwd.push(format!("-o {any_pod} -j {TO_POD}"));
-        fwd.push(format!("-i {any_pod} -j ACCEPT"));
-        fwd.push(format!("-o {any_pod} -j ACCEPT"));
-        chains.insert(FORWARD.into(), fwd);
-
-        // Pod to node: egress policy applies, but the host's own INPUT rules
-        // still decide afterwards (RETURN, not ACCEPT).
-        let mut input = vec![
-            format!("-i {any_pod} -m conntrack --ctstate INVALID -j DROP"),
-            format!("-i {any_pod} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"),
-        ];
-        if family == Family::V6 {
-            // Neighbour discovery with the gateway must work whatever the
-            // pod's egress policy says, or the pod loses its IPv6 link.
-            for t in [
-                "router-solicitation",
-                "neighbour-solicitation",
-                "neighbour-advertisement",
-            ] {
-                input.push(format!(
-                    "-i {any_pod} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN"
-                ));
-            }
-        }
-        input.push(format!("-i {any_pod} -j {FROM_POD}"));
-        chains.insert(INPUT.into(), input);
-
-        // Node to its local pods (kubelet probes) is always allowed:
-        // ingress policy is enforced in FORWARD only.
-        chains.insert(
-            OUTPUT.into(),
-            vec![format!(
-                "-o {any_pod} -m conntrack --ctstate INVALID -j DROP"
-            )],
-        );
-
-        chains.insert(
-            ALLOW.into(),
-            vec![format!("-j MARK --set-xmark 0x0/0x{:x}", config.mark)],
-        );
-
-        let mut from_pod = Vec::new();
-        let mut to_pod = Vec::new();
-        for ep in &endpoints {
-            from_pod.push(format!(
-                "-i {} -g {}",
-                ep.interface,
-                endpoint_chain(&ep.interface, Direction::Egress)
-            ));
-            to_pod.push(format!(
-                "-o {} -g {}",
-                ep.interface,
-                endpoint_chain(&ep.interface, Direction::Ingress)
+    // Pod to node: egress policy applies, but the host's own INPUT rules
+    // still decide afterwards (RETURN, not ACCEPT).
+    let mut input = vec![
+        format!("-i {any_pod} -m conntrack --ctstate INVALID -j DROP"),
+        format!("-i {any_pod} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"),
+    ];
+    if family == Family::V6 {
+        // Neighbour discovery with the gateway must work whatever the
+        // pod's egress policy says, or the pod loses its IPv6 link.
+        for t in [
+            "router-solicitation",
+            "neighbour-solicitation",
+            "neighbour-advertisement",
+        ] {
+            input.push(format!(
+                "-i {any_pod} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN"
             ));
         }
-        // Fail closed: a pod interface we hold no endpoint for.
-        from_pod.push("-j DROP".into());
-        to_pod.push("-j DROP".into());
-        chains.insert(FROM_POD.into(), from_pod);
-        chains.insert(TO_POD.into(), to_pod);
-
-        for ep in &endpoints {
-            if index.pod(&ep.pod).is_none() {
-                // Unknown means denied: without its Pod object nothing says
-                // which policies select it (e.g. deleted while we were down).
-                for dir in Direction::BOTH {
-                    chains.insert(endpoint_chain(&ep.interface, dir), vec!["-j DROP".into()]);
-                }
-                continue;
-            }
-            let selection = index.selection(ep);
-            let log = config.log_all
-                || index
-                    .namespace(&ep.pod.namespace)
-                    .is_some_and(|n| n.log_denied);
-            for dir in Direction::BOTH {
-                let policies = selection.get(dir);
-                let mut rules = Vec::new();
-                if !policies.is_empty() {
-                    rules.push(format!("-j MARK --set-xmark 0x0/0x{:x}", config.mark));
-                    for p in policies {
-                        rules.push(format!("-j {}", names.policy_chain(p, dir)));
-                        rules.push(format!("-m mark --mark {m} -g {ALLOW}"));
-                    }
-                    if log {
-                        let d = match dir {
-                            Direction::Ingress => "in",
-                            Direction::Egress => "out",
-                        };
-                        let mut prefix = format!("udl deny {d} {}", ep.pod);
-                        prefix.truncate(63);
-                        let prefix: String = prefix
-                            .chars()
-                            .map(|c| if c == '"' || c == '\\' { '_' } else { c })
-                            .collect();
-                        rules.push(format!(
-                            "-m limit --limit {} -j NFLOG --nflog-group {} --nflog-prefix \"{prefix}\"",
-                            config.log_rate, config.nflog_group
-                        ));
-                    }
-                    rules.push("-j DROP".into());
-                }
-                chains.insert(endpoint_chain(&ep.interface, dir), rules);
-            }
-        }
-
-        for policy in active.values() {
-            for dir in Direction::BOTH {
-                if policy.applies(dir) {
-                    chains.insert(
-                        names.policy_chain(policy, dir),
-                        policy_rules(policy, dir, family, &m, &mut names),
-                    );
-                }
-            }
-        }
     }
-    out
+    input.push(format!("-i {any_pod} -j {FROM_POD}"));
+
+    // Node to its local pods (kubelet probes) is always allowed: ingress
+    // policy is enforced in FORWARD only.
+    let output = vec![format!(
+        "-o {any_pod} -m conntrack --ctstate INVALID -j DROP"
+    )];
+    let allow = vec![format!("-j MARK --set-xmark 0x0/0x{:x}", config.mark)];
+    [
+        (FORWARD.into(), forward),
+        (INPUT.into(), input),
+        (OUTPUT.into(), output),
+        (ALLOW.into(), allow),
+    ]
+}
+
+/// `UDL-FROM-POD` and `UDL-TO-POD`: each endpoint's interface to its
+/// chain, and any other pod interface dropped (fail closed: a pod
+/// interface we hold no endpoint for).
+fn dispatch_chains(endpoints: &[&Endpoint]) -> [(String, Vec<String>); 2] {
+    let mut from_pod = Vec::new();
+    let mut to_pod = Vec::new();
+    for ep in endpoints {
+        from_pod.push(format!(
+            "-i {} -g {}",
+            ep.interface,
+            endpoint_chain(&ep.interface, Direction::Egress)
+        ));
+        to_pod.push(format!(
+            "-o {} -g {}",
+            ep.interface,
+            endpoint_chain(&ep.interface, Direction::Ingress)
+        ));
+    }
+    from_pod.push("-j DROP".into());
+    to_pod.push("-j DROP".into());
+    [(FROM_POD.into(), from_pod), (TO_POD.into(), to_pod)]
+}
+
+/// One endpoint's chain in one direction: empty (open) when no policy
+/// selects it; else a jump to each selecting policy's chain, accepting as
+/// soon as one allowed, then (maybe logged) drop; only a drop while the
+/// pod is unknown.
+fn endpoint_rules(
+    index: &Index,
+    config: &Config,
+    names: &mut Names,
+    ep: &Endpoint,
+    dir: Direction,
+) -> Vec<String> {
+    if index.pod(&ep.pod).is_none() {
+        // Unknown means denied: without its Pod object nothing says which
+        // policies select it (e.g. deleted while we were down).
+        return vec!["-j DROP".into()];
+    }
+    let selection = index.selection(ep);
+    let policies = selection.get(dir);
+    if policies.is_empty() {
+        return Vec::new();
+    }
+    let mark = format!("0x{:x}/0x{:x}", config.mark, config.mark);
+    let mut rules = vec![format!("-j MARK --set-xmark 0x0/0x{:x}", config.mark)];
+    for p in policies {
+        rules.push(format!("-j {}", names.policy_chain(p, dir)));
+        rules.push(format!("-m mark --mark {mark} -g {ALLOW}"));
+    }
+    let log = config.log_all
+        || index
+            .namespace(&ep.pod.namespace)
+            .is_some_and(|n| n.log_denied);
+    if log {
+        rules.push(deny_log_rule(config, ep, dir));
+    }
+    rules.push("-j DROP".into());
+    rules
+}
+
+/// The NFLOG rule logging a denied packet of `ep` (prefix at most 63
+/// bytes, no characters that would break the rule's quoting).
+fn deny_log_rule(config: &Config, ep: &Endpoint, dir: Direction) -> String {
+    let d = match dir {
+        Direction::Ingress => "in",
+        Direction::Egress => "out",
+    };
+    let mut prefix = format!("udl deny {d} {}", ep.pod);
+    let mut end = prefix.len().min(63);
+    while !prefix.is_char_boundary(end) {
+        end -= 1;
+    }
+    prefix.truncate(end);
+    let prefix: String = prefix
+        .chars()
+        .map(|c| if c == '"' || c == '\\' { '_' } else { c })
+        .collect();
+    format!(
+        "-m limit --limit {} -j NFLOG --nflog-group {} --nflog-prefix \"{prefix}\"",
+        config.log_rate, config.nflog_group
+    )
 }
 
 /// The rules of one policy chain.
@@ -421,5 +452,37 @@ fn port_match(p: &PortMatch, family: Family, names: &mut Names) -> String {
             // packet is addressed to.
             format!("-p {proto} -m set --match-set {set} dst,dst")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Attachment, PodKey};
+
+    fn endpoint(namespace: &str, name: &str) -> Endpoint {
+        Endpoint {
+            pod: PodKey::new(namespace, name),
+            interface: "udl0123456789a".into(),
+            ips: Vec::new(),
+            owner: Attachment::default(),
+        }
+    }
+
+    #[test]
+    fn a_deny_log_prefix_is_cut_to_63_bytes_on_a_character_boundary() {
+        let config = Config::default();
+        // 'é' is two bytes: byte 63 falls inside one of them.
+        let long = endpoint("x", &"é".repeat(40));
+        let rule = deny_log_rule(&config, &long, Direction::Ingress);
+        let prefix = rule.split('"').nth(1).unwrap();
+        assert!(prefix.len() <= 63, "{prefix}");
+        assert!(prefix.starts_with("udl deny in x/éé"), "{prefix}");
+        let quoted = endpoint("x", "a\"b\\c");
+        let rule = deny_log_rule(&config, &quoted, Direction::Egress);
+        assert!(
+            rule.ends_with("--nflog-prefix \"udl deny out x/a_b_c\""),
+            "{rule}"
+        );
     }
 }

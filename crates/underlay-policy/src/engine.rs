@@ -6,7 +6,7 @@
 //! left, so enforcement never has an open or closed window.
 
 use crate::compile::{
-    self, CHAIN_PREFIX, Config, Desired, FROM_POD, HOOKS, SET_PREFIX, TO_POD, fnv64,
+    self, CHAIN_PREFIX, Config, Desired, DesiredSet, FROM_POD, HOOKS, SET_PREFIX, TO_POD, fnv64,
 };
 use crate::dataplane::{Dataplane, DataplaneError, split_words};
 use crate::eval::Evaluator;
@@ -262,8 +262,37 @@ impl<D: Dataplane> Engine<D> {
             }
         }
 
-        // 1. Sets: create and fill first, so rules can reference them.
-        let (set_script, obsolete_sets) = self.set_changes(&programmed, &desired, &mut report);
+        // Sets first, so rules can reference them; then the chains; then
+        // the sets no rule references any more. A failed write leaves
+        // `programmed` unset: the next sync reads the node again.
+        let obsolete_sets = self.write_sets(&mut programmed, &desired, &mut report)?;
+        self.write_chains(&mut programmed, &desired, &mut report)?;
+        self.destroy_sets(&mut programmed, &obsolete_sets, &mut report)?;
+        programmed
+            .sets
+            .retain(|name, _| desired.sets.contains_key(name));
+
+        self.programmed = Some(programmed);
+        self.update_gauges(&desired);
+
+        // 4. Connections the change denies stop too.
+        let could_deny =
+            report.members_deleted > 0 || report.chains_deleted > 0 || report.rules_replaced > 0;
+        if self.conntrack_cleanup && could_deny {
+            report.conntrack_removed = self.clean_conntrack();
+        }
+        Ok(report)
+    }
+
+    /// Creates and fills the desired sets (one `ipset restore`); returns
+    /// the sets to destroy once no rule references them.
+    fn write_sets(
+        &mut self,
+        programmed: &mut Programmed,
+        desired: &Desired,
+        report: &mut SyncReport,
+    ) -> Result<Vec<String>> {
+        let (set_script, obsolete_sets) = self.set_changes(programmed, desired, report);
         if !set_script.is_empty() {
             report.restore_calls += 1;
             let r = self.dataplane.restore_sets(&set_script);
@@ -283,10 +312,19 @@ impl<D: Dataplane> Engine<D> {
                 },
             );
         }
+        Ok(obsolete_sets)
+    }
 
-        // 2. Chains, one transaction per family.
+    /// Brings the chains and hooks of each family to the desired ones, one
+    /// `iptables-restore` transaction per family.
+    fn write_chains(
+        &mut self,
+        programmed: &mut Programmed,
+        desired: &Desired,
+        report: &mut SyncReport,
+    ) -> Result<()> {
         for family in Family::ALL {
-            let script = self.chain_changes(&programmed, &desired, family, &mut report);
+            let script = self.chain_changes(programmed, desired, family, report);
             if let Some(script) = script {
                 report.restore_calls += 1;
                 let tool = match family {
@@ -313,37 +351,32 @@ impl<D: Dataplane> Engine<D> {
             }
             programmed.hooks[family.index()] = [Hook::IN_PLACE; 3];
         }
+        Ok(())
+    }
 
-        // 3. Sets no rule references any more.
-        if !obsolete_sets.is_empty() {
-            let mut script = String::new();
-            for name in &obsolete_sets {
-                let _ = writeln!(script, "destroy {name}");
-                programmed.sets.remove(name);
-            }
-            report.sets_destroyed = obsolete_sets.len();
-            report.restore_calls += 1;
-            let r = self.dataplane.restore_sets(&script);
-            self.count_restore("ipset", r.is_ok());
-            r.map_err(|source| Error::Write {
-                what: "ipsets",
-                source,
-            })?;
+    /// Destroys the sets no rule references any more.
+    fn destroy_sets(
+        &mut self,
+        programmed: &mut Programmed,
+        obsolete: &[String],
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        if obsolete.is_empty() {
+            return Ok(());
         }
-        programmed
-            .sets
-            .retain(|name, _| desired.sets.contains_key(name));
-
-        self.programmed = Some(programmed);
-        self.update_gauges(&desired);
-
-        // 4. Connections the change denies stop too.
-        let could_deny =
-            report.members_deleted > 0 || report.chains_deleted > 0 || report.rules_replaced > 0;
-        if self.conntrack_cleanup && could_deny {
-            report.conntrack_removed = self.clean_conntrack();
+        let mut script = String::new();
+        for name in obsolete {
+            let _ = writeln!(script, "destroy {name}");
+            programmed.sets.remove(name);
         }
-        Ok(report)
+        report.sets_destroyed = obsolete.len();
+        report.restore_calls += 1;
+        let r = self.dataplane.restore_sets(&script);
+        self.count_restore("ipset", r.is_ok());
+        r.map_err(|source| Error::Write {
+            what: "ipsets",
+            source,
+        })
     }
 
     fn update_gauges(&mut self, desired: &Desired) {
@@ -415,55 +448,9 @@ impl<D: Dataplane> Engine<D> {
     ) -> (String, Vec<String>) {
         let mut script = String::new();
         for (name, want) in &desired.sets {
-            let create = |script: &mut String, n: &str| {
-                let _ = writeln!(
-                    script,
-                    "create {n} {} family {} maxelem {MAXELEM} -exist",
-                    want.kind.ipset_type(),
-                    ipset_family(want.family)
-                );
-            };
             match programmed.sets.get(name) {
                 Some(have) if have.kind == want.kind && have.family == want.family => {
-                    if Arc::ptr_eq(&have.members, &want.members) {
-                        continue;
-                    }
-                    let adds: Vec<&Member> = want
-                        .members
-                        .keys()
-                        .filter(|m| !have.members.contains_key(m))
-                        .collect();
-                    let dels: Vec<&Member> = have
-                        .members
-                        .keys()
-                        .filter(|m| !want.members.contains_key(m))
-                        .collect();
-                    let changes = adds.len() + dels.len();
-                    if changes == 0 {
-                        continue;
-                    }
-                    report.members_added += adds.len();
-                    report.members_deleted += dels.len();
-                    if changes > SWAP_THRESHOLD && changes > want.members.len() / 2 {
-                        // Build aside and swap: one atomic switch instead of
-                        // many small edits the kernel would apply one by one.
-                        let tmp = format!("{name}-t");
-                        create(&mut script, &tmp);
-                        let _ = writeln!(script, "flush {tmp}");
-                        for m in want.members.keys() {
-                            let _ = writeln!(script, "add {tmp} {} -exist", m.render());
-                        }
-                        let _ = writeln!(script, "swap {tmp} {name}");
-                        let _ = writeln!(script, "destroy {tmp}");
-                        report.sets_swapped += 1;
-                    } else {
-                        for m in dels {
-                            let _ = writeln!(script, "del {name} {} -exist", plain(m));
-                        }
-                        for m in adds {
-                            let _ = writeln!(script, "add {name} {} -exist", m.render());
-                        }
-                    }
+                    update_set(&mut script, name, have, want, report);
                 }
                 Some(_) => {
                     // Same name, other type: only after a format change.
@@ -472,21 +459,17 @@ impl<D: Dataplane> Engine<D> {
                     warn!(set = %name, "ipset has an unexpected type; recreating it");
                     let _ = writeln!(script, "flush {name}");
                     let _ = writeln!(script, "destroy {name}");
-                    create(&mut script, name);
-                    for m in want.members.keys() {
-                        let _ = writeln!(script, "add {name} {} -exist", m.render());
-                    }
+                    create_set(&mut script, name, want);
+                    add_members(&mut script, name, want);
                     report.sets_created += 1;
                     report.members_added += want.members.len();
                 }
                 None => {
-                    create(&mut script, name);
+                    create_set(&mut script, name, want);
                     // `-exist` create keeps stale members of a set left by
                     // a run we did not see: flush it.
                     let _ = writeln!(script, "flush {name}");
-                    for m in want.members.keys() {
-                        let _ = writeln!(script, "add {name} {} -exist", m.render());
-                    }
+                    add_members(&mut script, name, want);
                     report.sets_created += 1;
                     report.members_added += want.members.len();
                 }
@@ -612,6 +595,70 @@ impl<D: Dataplane> Engine<D> {
             self.metrics.conntrack_removed.inc_by(removed as u64);
         }
         removed
+    }
+}
+
+/// The `ipset restore` line creating `name` as `want` says.
+fn create_set(script: &mut String, name: &str, want: &DesiredSet) {
+    let _ = writeln!(
+        script,
+        "create {name} {} family {} maxelem {MAXELEM} -exist",
+        want.kind.ipset_type(),
+        ipset_family(want.family)
+    );
+}
+
+fn add_members(script: &mut String, name: &str, want: &DesiredSet) {
+    for m in want.members.keys() {
+        let _ = writeln!(script, "add {name} {} -exist", m.render());
+    }
+}
+
+/// Brings an existing set of the right type to the desired members: the
+/// members that changed one by one, or, when most of them change, a new
+/// set built aside and swapped in (one atomic switch instead of many small
+/// edits the kernel would apply one by one).
+fn update_set(
+    script: &mut String,
+    name: &str,
+    have: &SetState,
+    want: &DesiredSet,
+    report: &mut SyncReport,
+) {
+    if Arc::ptr_eq(&have.members, &want.members) {
+        return;
+    }
+    let adds: Vec<&Member> = want
+        .members
+        .keys()
+        .filter(|m| !have.members.contains_key(m))
+        .collect();
+    let dels: Vec<&Member> = have
+        .members
+        .keys()
+        .filter(|m| !want.members.contains_key(m))
+        .collect();
+    let changes = adds.len() + dels.len();
+    if changes == 0 {
+        return;
+    }
+    report.members_added += adds.len();
+    report.members_deleted += dels.len();
+    if changes > SWAP_THRESHOLD && changes > want.members.len() / 2 {
+        let tmp = format!("{name}-t");
+        create_set(script, &tmp, want);
+        let _ = writeln!(script, "flush {tmp}");
+        add_members(script, &tmp, want);
+        let _ = writeln!(script, "swap {tmp} {name}");
+        let _ = writeln!(script, "destroy {tmp}");
+        report.sets_swapped += 1;
+    } else {
+        for m in dels {
+            let _ = writeln!(script, "del {name} {} -exist", plain(m));
+        }
+        for m in adds {
+            let _ = writeln!(script, "add {name} {} -exist", m.render());
+        }
     }
 }
 

@@ -138,67 +138,7 @@ impl FakeDataplane {
             if !table.contains_key(&chain) {
                 return Err(err("no such chain"));
             }
-            match op {
-                "-A" | "-I" => {
-                    let (pos, rest) = if op == "-I" {
-                        match words.get(2).and_then(|w| w.parse::<usize>().ok()) {
-                            Some(p) => (Some(p), &words[3..]),
-                            None => (Some(1), &words[2..]),
-                        }
-                    } else {
-                        (None, &words[2..])
-                    };
-                    for pair in rest.windows(2) {
-                        if (pair[0] == "-j" || pair[0] == "-g")
-                            && !TARGETS.contains(&pair[1].as_str())
-                            && !table.contains_key(&pair[1])
-                        {
-                            return Err(err("jump to a missing chain"));
-                        }
-                        if pair[0] == "--match-set" && !sets.contains_key(&pair[1]) {
-                            return Err(err("set does not exist"));
-                        }
-                    }
-                    let text = join_words(rest);
-                    let rules = table.get_mut(&chain).ok_or_else(|| err("no such chain"))?;
-                    match pos {
-                        Some(p) if p >= 1 && p <= rules.len() + 1 => rules.insert(p - 1, text),
-                        Some(_) => return Err(err("index of insertion too big")),
-                        None => rules.push(text),
-                    }
-                }
-                "-D" => {
-                    let text = join_words(&words[2..]);
-                    let rules = table.get_mut(&chain).ok_or_else(|| err("no such chain"))?;
-                    let at = rules.iter().position(|r| *r == text).ok_or_else(|| {
-                        err("bad rule (does a matching rule exist in that chain?)")
-                    })?;
-                    rules.remove(at);
-                }
-                "-F" => {
-                    if let Some(r) = table.get_mut(&chain) {
-                        r.clear();
-                    }
-                }
-                "-X" => {
-                    if BUILTINS.contains(&chain.as_str()) {
-                        return Err(err("cannot delete a built-in chain"));
-                    }
-                    if table.get(&chain).is_some_and(|r| !r.is_empty()) {
-                        return Err(err("directory not empty"));
-                    }
-                    let referenced = table.values().flatten().any(|r| {
-                        let w = split_words(r);
-                        w.windows(2)
-                            .any(|p| (p[0] == "-j" || p[0] == "-g") && p[1] == chain)
-                    });
-                    if referenced {
-                        return Err(err("too many links"));
-                    }
-                    table.remove(&chain);
-                }
-                _ => return Err(err("unknown command")),
-            }
+            filter_command(table, sets, op, &chain, &words[2..]).map_err(err)?;
         }
         if in_table {
             return Err("missing COMMIT".into());
@@ -216,85 +156,7 @@ impl FakeDataplane {
             let words: Vec<&str> = line.split_whitespace().collect();
             let exist = words.contains(&"-exist");
             let words: Vec<&str> = words.into_iter().filter(|w| *w != "-exist").collect();
-            match words.as_slice() {
-                [] => {}
-                ["create", name, kind, "family", fam, ..] => {
-                    if name.len() > 31 {
-                        return Err(err("set name too long"));
-                    }
-                    match sets.get(*name) {
-                        Some(s) if s.kind == *kind && s.family == *fam && exist => {}
-                        Some(_) => return Err(err("set with the same name already exists")),
-                        None => {
-                            sets.insert(
-                                name.to_string(),
-                                FakeSet {
-                                    kind: kind.to_string(),
-                                    family: fam.to_string(),
-                                    members: BTreeSet::new(),
-                                },
-                            );
-                        }
-                    }
-                }
-                ["add", name, member @ ..] => {
-                    let s = sets
-                        .get_mut(*name)
-                        .ok_or_else(|| err("set does not exist"))?;
-                    let m = member.join(" ");
-                    if !s.members.insert(m) && !exist {
-                        return Err(err("element is already added"));
-                    }
-                }
-                ["del", name, member @ ..] => {
-                    let s = sets
-                        .get_mut(*name)
-                        .ok_or_else(|| err("set does not exist"))?;
-                    let m = member.join(" ");
-                    let plain = member.first().map(|m| m.to_string()).unwrap_or_default();
-                    let removed = s.members.remove(&m)
-                        || s.members.remove(&format!("{plain} nomatch"))
-                        || s.members.remove(&plain);
-                    if !removed && !exist {
-                        return Err(err("element is missing"));
-                    }
-                }
-                ["swap", a, b] => {
-                    let sa = sets
-                        .get(*a)
-                        .cloned()
-                        .ok_or_else(|| err("set does not exist"))?;
-                    let sb = sets
-                        .get(*b)
-                        .cloned()
-                        .ok_or_else(|| err("set does not exist"))?;
-                    if sa.kind != sb.kind || sa.family != sb.family {
-                        return Err(err("sets of different types cannot be swapped"));
-                    }
-                    sets.insert(a.to_string(), sb);
-                    sets.insert(b.to_string(), sa);
-                }
-                ["flush", name] => {
-                    sets.get_mut(*name)
-                        .ok_or_else(|| err("set does not exist"))?
-                        .members
-                        .clear();
-                }
-                ["destroy", name] => {
-                    let used = tables.iter().flat_map(|t| t.values()).flatten().any(|r| {
-                        split_words(r)
-                            .windows(2)
-                            .any(|p| p[0] == "--match-set" && p[1] == *name)
-                    });
-                    if used {
-                        return Err(err("set is in use by a kernel component"));
-                    }
-                    if sets.remove(*name).is_none() && !exist {
-                        return Err(err("set does not exist"));
-                    }
-                }
-                _ => return Err(err("unknown command")),
-            }
+            set_command(sets, tables, &words, exist).map_err(err)?;
         }
         Ok(())
     }
@@ -389,6 +251,194 @@ impl Dataplane for FakeDataplane {
     fn host_addresses(&mut self) -> Result<Vec<IpAddr>> {
         Ok(self.state().host.clone())
     }
+}
+
+/// One `-A`/`-I`/`-D`/`-F`/`-X` line of an `iptables-restore` script on
+/// `chain`, with the words after the chain name; the error says what the
+/// kernel would refuse.
+fn filter_command(
+    table: &mut BTreeMap<String, Vec<String>>,
+    sets: &BTreeMap<String, FakeSet>,
+    op: &str,
+    chain: &str,
+    rest: &[String],
+) -> Result<(), &'static str> {
+    match op {
+        "-A" => add_rule(table, sets, chain, None, rest),
+        "-I" => match rest.first().and_then(|w| w.parse::<usize>().ok()) {
+            Some(p) => add_rule(table, sets, chain, Some(p), &rest[1..]),
+            None => add_rule(table, sets, chain, Some(1), rest),
+        },
+        "-D" => {
+            let text = join_words(rest);
+            let rules = table.get_mut(chain).ok_or("no such chain")?;
+            let at = rules
+                .iter()
+                .position(|r| *r == text)
+                .ok_or("bad rule (does a matching rule exist in that chain?)")?;
+            rules.remove(at);
+            Ok(())
+        }
+        "-F" => {
+            if let Some(r) = table.get_mut(chain) {
+                r.clear();
+            }
+            Ok(())
+        }
+        "-X" => delete_chain(table, chain),
+        _ => Err("unknown command"),
+    }
+}
+
+/// Appends (`position` `None`) or inserts a rule after checking that its
+/// jumps and sets exist.
+fn add_rule(
+    table: &mut BTreeMap<String, Vec<String>>,
+    sets: &BTreeMap<String, FakeSet>,
+    chain: &str,
+    position: Option<usize>,
+    rule: &[String],
+) -> Result<(), &'static str> {
+    for pair in rule.windows(2) {
+        if (pair[0] == "-j" || pair[0] == "-g")
+            && !TARGETS.contains(&pair[1].as_str())
+            && !table.contains_key(&pair[1])
+        {
+            return Err("jump to a missing chain");
+        }
+        if pair[0] == "--match-set" && !sets.contains_key(&pair[1]) {
+            return Err("set does not exist");
+        }
+    }
+    let text = join_words(rule);
+    let rules = table.get_mut(chain).ok_or("no such chain")?;
+    match position {
+        Some(p) if p >= 1 && p <= rules.len() + 1 => rules.insert(p - 1, text),
+        Some(_) => return Err("index of insertion too big"),
+        None => rules.push(text),
+    }
+    Ok(())
+}
+
+/// `-X`: only an empty user chain that no rule jumps to.
+fn delete_chain(
+    table: &mut BTreeMap<String, Vec<String>>,
+    chain: &str,
+) -> Result<(), &'static str> {
+    if BUILTINS.contains(&chain) {
+        return Err("cannot delete a built-in chain");
+    }
+    if table.get(chain).is_some_and(|r| !r.is_empty()) {
+        return Err("directory not empty");
+    }
+    let referenced = table.values().flatten().any(|r| {
+        let w = split_words(r);
+        w.windows(2)
+            .any(|p| (p[0] == "-j" || p[0] == "-g") && p[1] == chain)
+    });
+    if referenced {
+        return Err("too many links");
+    }
+    table.remove(chain);
+    Ok(())
+}
+
+/// One line of an `ipset restore` script, split into words (`-exist`
+/// taken out and given as `exist`); the error says what ipset would
+/// refuse.
+fn set_command(
+    sets: &mut BTreeMap<String, FakeSet>,
+    tables: &[BTreeMap<String, Vec<String>>; 2],
+    words: &[&str],
+    exist: bool,
+) -> Result<(), &'static str> {
+    match words {
+        [] => Ok(()),
+        ["create", name, kind, "family", fam, ..] => create_set(sets, name, kind, fam, exist),
+        ["add", name, member @ ..] => {
+            let s = sets.get_mut(*name).ok_or("set does not exist")?;
+            if !s.members.insert(member.join(" ")) && !exist {
+                return Err("element is already added");
+            }
+            Ok(())
+        }
+        ["del", name, member @ ..] => {
+            let s = sets.get_mut(*name).ok_or("set does not exist")?;
+            let plain = member.first().map(|m| m.to_string()).unwrap_or_default();
+            let removed = s.members.remove(&member.join(" "))
+                || s.members.remove(&format!("{plain} nomatch"))
+                || s.members.remove(&plain);
+            if !removed && !exist {
+                return Err("element is missing");
+            }
+            Ok(())
+        }
+        ["swap", a, b] => {
+            let sa = sets.get(*a).cloned().ok_or("set does not exist")?;
+            let sb = sets.get(*b).cloned().ok_or("set does not exist")?;
+            if sa.kind != sb.kind || sa.family != sb.family {
+                return Err("sets of different types cannot be swapped");
+            }
+            sets.insert(a.to_string(), sb);
+            sets.insert(b.to_string(), sa);
+            Ok(())
+        }
+        ["flush", name] => {
+            sets.get_mut(*name)
+                .ok_or("set does not exist")?
+                .members
+                .clear();
+            Ok(())
+        }
+        ["destroy", name] => destroy_set(sets, tables, name, exist),
+        _ => Err("unknown command"),
+    }
+}
+
+fn create_set(
+    sets: &mut BTreeMap<String, FakeSet>,
+    name: &str,
+    kind: &str,
+    family: &str,
+    exist: bool,
+) -> Result<(), &'static str> {
+    if name.len() > 31 {
+        return Err("set name too long");
+    }
+    match sets.get(name) {
+        Some(s) if s.kind == kind && s.family == family && exist => Ok(()),
+        Some(_) => Err("set with the same name already exists"),
+        None => {
+            let set = FakeSet {
+                kind: kind.to_string(),
+                family: family.to_string(),
+                members: BTreeSet::new(),
+            };
+            sets.insert(name.to_string(), set);
+            Ok(())
+        }
+    }
+}
+
+/// `destroy`: only a set no rule matches on.
+fn destroy_set(
+    sets: &mut BTreeMap<String, FakeSet>,
+    tables: &[BTreeMap<String, Vec<String>>; 2],
+    name: &str,
+    exist: bool,
+) -> Result<(), &'static str> {
+    let used = tables.iter().flat_map(|t| t.values()).flatten().any(|r| {
+        split_words(r)
+            .windows(2)
+            .any(|p| p[0] == "--match-set" && p[1] == name)
+    });
+    if used {
+        return Err("set is in use by a kernel component");
+    }
+    if sets.remove(name).is_none() && !exist {
+        return Err("set does not exist");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
