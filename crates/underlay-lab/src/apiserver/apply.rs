@@ -418,8 +418,43 @@ pub fn apply(
 ) -> ApiResult<Value> {
     let kind = rt.kind.as_str();
     let name = applied["metadata"]["name"].as_str().unwrap_or("");
+    let applied = within_scope(applied, scope);
+    let new_set = field_set(&applied, kind, scope);
+    let sub = scope.subresource().map(str::to_string);
+    let base = live.cloned().unwrap_or_else(|| json!({}));
+    let mut list = live.map(entries).unwrap_or_default();
+    let is_mine =
+        |e: &Entry| e.manager == manager && e.operation == "Apply" && e.subresource == sub;
+
+    let others = list.iter().filter(|e| !is_mine(e));
+    let (conflicts, taken) = conflicts(others, &new_set, &base, &applied);
+    if !conflicts.is_empty() && !force {
+        return Err(ApiError::apply_conflicts(rt, name, &conflicts));
+    }
+    for e in list.iter_mut().filter(|e| !is_mine(e)) {
+        e.set.retain(|p| !taken.contains(p));
+    }
+    let merged = without_unapplied(&base, &list, is_mine, &new_set);
+    let mut merged = structural_merge(merged, &configuration(&applied), "", kind);
+
+    let old_time = list.iter().find(|e| is_mine(e)).map(|e| e.time.clone());
+    list.retain(|e| !is_mine(e));
+    list.push(Entry {
+        manager: manager.to_string(),
+        operation: "Apply".into(),
+        api_version: rt.api_version(),
+        time: old_time.unwrap_or(Value::Null),
+        subresource: sub,
+        set: new_set,
+    });
+    write_apply_entries(&mut merged, list, live);
+    Ok(merged)
+}
+
+/// The applied object cut to the scope's fields (and `metadata` outside the
+/// status scope); the rest of the request is ignored.
+fn within_scope(applied: &Value, scope: Scope) -> Value {
     let mut applied = applied.clone();
-    // Only the scope's fields are applied; the rest of the request is ignored.
     if let Some(m) = applied.as_object_mut() {
         let keep_meta = scope != Scope::Status;
         m.retain(|k, _| {
@@ -429,30 +464,38 @@ pub fn apply(
                 || scope.includes_top(k)
         });
     }
-    let new_set = field_set(&applied, kind, scope);
-    let sub = scope.subresource().map(str::to_string);
-    let base = live.cloned().unwrap_or_else(|| json!({}));
-    let mut list = live.map(entries).unwrap_or_default();
-    let is_mine =
-        |e: &Entry| e.manager == manager && e.operation == "Apply" && e.subresource == sub;
+    applied
+}
 
+/// The fields of `others` that this apply would change, as `(manager, path)`
+/// for the 409 and as the set a forced apply takes over.
+fn conflicts<'a>(
+    others: impl Iterator<Item = &'a Entry>,
+    new_set: &FieldSet,
+    base: &Value,
+    applied: &Value,
+) -> (Vec<(String, String)>, FieldSet) {
     let mut conflicts = Vec::new();
     let mut taken = FieldSet::new();
-    for e in list.iter().filter(|e| !is_mine(e)) {
-        for p in e.set.intersection(&new_set) {
-            if !same_value(value_at(&base, p), value_at(&applied, p)) {
+    for e in others {
+        for p in e.set.intersection(new_set) {
+            if !same_value(value_at(base, p), value_at(applied, p)) {
                 conflicts.push((e.manager.clone(), display_path(p)));
                 taken.insert(p.clone());
             }
         }
     }
-    if !conflicts.is_empty() && !force {
-        return Err(ApiError::apply_conflicts(rt, name, &conflicts));
-    }
-    for e in list.iter_mut().filter(|e| !is_mine(e)) {
-        e.set.retain(|p| !taken.contains(p));
-    }
+    (conflicts, taken)
+}
 
+/// `base` without the fields this manager applied before and applies no
+/// longer, unless another manager or this apply still owns them.
+fn without_unapplied(
+    base: &Value,
+    list: &[Entry],
+    is_mine: impl Fn(&Entry) -> bool,
+    new_set: &FieldSet,
+) -> Value {
     let old_set = list
         .iter()
         .find(|e| is_mine(e))
@@ -464,7 +507,7 @@ pub fn apply(
         .flat_map(|e| e.set.iter().cloned())
         .collect();
     let mut merged = base.clone();
-    let mut dropped: Vec<&Path> = old_set.difference(&new_set).collect();
+    let mut dropped: Vec<&Path> = old_set.difference(new_set).collect();
     // Deepest first, so removing an element happens after its fields.
     dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in dropped {
@@ -474,35 +517,30 @@ pub fn apply(
             remove_at(&mut merged, p);
         }
     }
-    let mut applied_body = applied.clone();
-    if let Some(meta) = applied_body
-        .get_mut("metadata")
-        .and_then(Value::as_object_mut)
-    {
+    merged
+}
+
+/// What an apply merges into the object: the applied configuration without
+/// the system metadata the server owns (but with name and namespace).
+fn configuration(applied: &Value) -> Value {
+    let mut body = applied.clone();
+    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.retain(|k, _| !SYSTEM_META.contains(&k.as_str()) || k == "name" || k == "namespace");
     }
-    let mut merged = structural_merge(merged, &applied_body, "", kind);
+    body
+}
 
-    let old_time = list.iter().find(|e| is_mine(e)).map(|e| e.time.clone());
-    list.retain(|e| !is_mine(e));
-    let mine = Entry {
-        manager: manager.to_string(),
-        operation: "Apply".into(),
-        api_version: rt.api_version(),
-        time: old_time.clone().unwrap_or(Value::Null),
-        subresource: sub,
-        set: new_set,
-    };
-    list.push(mine);
-    write_entries(&mut merged, list.clone());
-    let unchanged = live.is_some_and(|l| same_ignoring_times(l, &merged));
+/// Writes the managed fields, the apply's entry last: stamped now when the
+/// apply changed the object, keeping its old time when it did not (a no-op).
+fn write_apply_entries(merged: &mut Value, mut list: Vec<Entry>, live: Option<&Value>) {
+    write_entries(merged, list.clone());
+    let unchanged = live.is_some_and(|l| same_ignoring_times(l, merged));
     if !unchanged {
         if let Some(e) = list.last_mut() {
             e.time = json!(super::meta::now());
         }
-        write_entries(&mut merged, list);
+        write_entries(merged, list);
     }
-    Ok(merged)
 }
 
 #[cfg(test)]

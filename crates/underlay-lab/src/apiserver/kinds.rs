@@ -94,38 +94,7 @@ pub fn workload(kind: &str, obj: &mut Value, old: Option<&Value>, causes: &mut V
         causes.push(Cause::invalid("spec", "", "must be an object"));
         return;
     };
-    set_default(spec, "revisionHistoryLimit", json!(10));
-    let strategy_field = if kind == "Deployment" {
-        set_default(spec, "replicas", json!(1));
-        set_default(spec, "progressDeadlineSeconds", json!(600));
-        "strategy"
-    } else {
-        "updateStrategy"
-    };
-    let strategy = spec.entry(strategy_field).or_insert_with(|| json!({}));
-    if let Some(s) = strategy.as_object_mut() {
-        set_default(s, "type", json!("RollingUpdate"));
-        if s["type"] == "RollingUpdate" {
-            let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
-            if let Some(ru) = ru.as_object_mut() {
-                if kind == "Deployment" {
-                    set_default(ru, "maxUnavailable", json!("25%"));
-                    set_default(ru, "maxSurge", json!("25%"));
-                } else {
-                    set_default(ru, "maxUnavailable", json!(1));
-                    set_default(ru, "maxSurge", json!(0));
-                }
-            }
-        }
-    }
-    if let Some(pod) = spec
-        .get_mut("template")
-        .and_then(|t| t.get_mut("spec"))
-        .and_then(Value::as_object_mut)
-    {
-        pod_spec_defaults(pod);
-    }
-
+    workload_defaults(kind, spec);
     let spec = &obj["spec"];
     if spec["replicas"].as_i64().is_some_and(|r| r < 0) {
         causes.push(Cause::invalid(
@@ -134,6 +103,74 @@ pub fn workload(kind: &str, obj: &mut Value, old: Option<&Value>, causes: &mut V
             "must be greater than or equal to 0",
         ));
     }
+    validate_workload_selector(spec, causes);
+    validate_template(spec, causes);
+    let field = strategy_field(kind);
+    validate_strategy(kind, &spec[field], &format!("spec.{field}"), causes);
+    if let Some(old) = old
+        && old["spec"]["selector"] != obj["spec"]["selector"]
+    {
+        causes.push(Cause::invalid(
+            "spec.selector",
+            &obj["spec"]["selector"],
+            "field is immutable",
+        ));
+    }
+}
+
+/// Where a workload keeps its update strategy.
+fn strategy_field(kind: &str) -> &'static str {
+    if kind == "Deployment" {
+        "strategy"
+    } else {
+        "updateStrategy"
+    }
+}
+
+/// The apps/v1 defaults: history, replicas and progress deadline (for
+/// Deployments), the update strategy, and the template's pod spec.
+fn workload_defaults(kind: &str, spec: &mut Map<String, Value>) {
+    set_default(spec, "revisionHistoryLimit", json!(10));
+    if kind == "Deployment" {
+        set_default(spec, "replicas", json!(1));
+        set_default(spec, "progressDeadlineSeconds", json!(600));
+    }
+    let strategy = spec
+        .entry(strategy_field(kind))
+        .or_insert_with(|| json!({}));
+    if let Some(s) = strategy.as_object_mut() {
+        strategy_defaults(kind, s);
+    }
+    if let Some(pod) = spec
+        .get_mut("template")
+        .and_then(|t| t.get_mut("spec"))
+        .and_then(Value::as_object_mut)
+    {
+        pod_spec_defaults(pod);
+    }
+}
+
+/// A rolling update by default: a quarter of the replicas at a time for a
+/// Deployment, one node at a time for a DaemonSet.
+fn strategy_defaults(kind: &str, strategy: &mut Map<String, Value>) {
+    set_default(strategy, "type", json!("RollingUpdate"));
+    if strategy["type"] != "RollingUpdate" {
+        return;
+    }
+    let ru = strategy.entry("rollingUpdate").or_insert_with(|| json!({}));
+    if let Some(ru) = ru.as_object_mut() {
+        if kind == "Deployment" {
+            set_default(ru, "maxUnavailable", json!("25%"));
+            set_default(ru, "maxSurge", json!("25%"));
+        } else {
+            set_default(ru, "maxUnavailable", json!(1));
+            set_default(ru, "maxSurge", json!(0));
+        }
+    }
+}
+
+/// A non-empty selector that selects the template's labels.
+fn validate_workload_selector(spec: &Value, causes: &mut Vec<Cause>) {
     let selector = &spec["selector"];
     if selector.is_null() || selector_is_empty(selector) {
         causes.push(Cause::required("spec.selector"));
@@ -141,17 +178,21 @@ pub fn workload(kind: &str, obj: &mut Value, old: Option<&Value>, causes: &mut V
             c.message = "Invalid value: \"null\": empty selector is invalid for deployment".into();
             c.reason = "FieldValueInvalid";
         }
-    } else {
-        validate_selector(selector, "spec.selector", causes);
-        let labels = &spec["template"]["metadata"]["labels"];
-        if !selector_matches(selector, labels) {
-            causes.push(Cause::invalid(
-                "spec.template.metadata.labels",
-                labels,
-                "`selector` does not match template `labels`",
-            ));
-        }
+        return;
     }
+    validate_selector(selector, "spec.selector", causes);
+    let labels = &spec["template"]["metadata"]["labels"];
+    if !selector_matches(selector, labels) {
+        causes.push(Cause::invalid(
+            "spec.template.metadata.labels",
+            labels,
+            "`selector` does not match template `labels`",
+        ));
+    }
+}
+
+/// The template's pod spec, whose pods must always restart.
+fn validate_template(spec: &Value, causes: &mut Vec<Cause>) {
     validate_pod_spec(&spec["template"]["spec"], "spec.template.spec", causes);
     let restart = spec["template"]["spec"]["restartPolicy"]
         .as_str()
@@ -163,7 +204,11 @@ pub fn workload(kind: &str, obj: &mut Value, old: Option<&Value>, causes: &mut V
             &["Always"],
         ));
     }
-    let strategy = &spec[strategy_field];
+}
+
+/// The strategy at `path`: a type the kind knows, and rolling-update
+/// parameters only for a rolling update.
+fn validate_strategy(kind: &str, strategy: &Value, path: &str, causes: &mut Vec<Cause>) {
     let stype = strategy["type"].as_str().unwrap_or("");
     let types: &[&str] = if kind == "Deployment" {
         &["Recreate", "RollingUpdate"]
@@ -171,41 +216,32 @@ pub fn workload(kind: &str, obj: &mut Value, old: Option<&Value>, causes: &mut V
         &["OnDelete", "RollingUpdate"]
     };
     if !types.contains(&stype) {
-        causes.push(Cause::unsupported(
-            format!("spec.{strategy_field}.type"),
-            stype,
-            types,
-        ));
+        causes.push(Cause::unsupported(format!("{path}.type"), stype, types));
     }
     let ru = &strategy["rollingUpdate"];
     if stype != "RollingUpdate" && !ru.is_null() {
         causes.push(Cause::forbidden(
-            format!("spec.{strategy_field}.rollingUpdate"),
+            format!("{path}.rollingUpdate"),
             "may not be specified when strategy `type` is not 'RollingUpdate'",
         ));
     } else if !ru.is_null() {
-        let path = format!("spec.{strategy_field}.rollingUpdate");
-        let unavailable = int_or_percent(
-            &ru["maxUnavailable"],
-            &format!("{path}.maxUnavailable"),
-            causes,
-        );
-        let surge = int_or_percent(&ru["maxSurge"], &format!("{path}.maxSurge"), causes);
-        if unavailable == Some(0) && surge.unwrap_or(0) == 0 {
-            causes.push(Cause::invalid(
-                format!("{path}.maxUnavailable"),
-                &ru["maxUnavailable"],
-                "may not be 0 when `maxSurge` is 0",
-            ));
-        }
+        validate_rolling_update(ru, &format!("{path}.rollingUpdate"), causes);
     }
-    if let Some(old) = old
-        && old["spec"]["selector"] != obj["spec"]["selector"]
-    {
+}
+
+/// `maxUnavailable` and `maxSurge`: ints or percentages, not both zero.
+fn validate_rolling_update(ru: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let unavailable = int_or_percent(
+        &ru["maxUnavailable"],
+        &format!("{path}.maxUnavailable"),
+        causes,
+    );
+    let surge = int_or_percent(&ru["maxSurge"], &format!("{path}.maxSurge"), causes);
+    if unavailable == Some(0) && surge.unwrap_or(0) == 0 {
         causes.push(Cause::invalid(
-            "spec.selector",
-            &obj["spec"]["selector"],
-            "field is immutable",
+            format!("{path}.maxUnavailable"),
+            &ru["maxUnavailable"],
+            "may not be 0 when `maxSurge` is 0",
         ));
     }
 }
@@ -259,6 +295,25 @@ pub fn role(cluster: bool, obj: &Value, causes: &mut Vec<Cause>) {
 /// RoleBindings and ClusterRoleBindings: `roleRef` and subjects defaulted and
 /// checked; `roleRef` cannot change once written.
 pub fn binding(cluster: bool, obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    binding_defaults(obj);
+    validate_role_ref(cluster, &obj["roleRef"], causes);
+    for (i, s) in obj["subjects"].as_array().into_iter().flatten().enumerate() {
+        validate_subject(cluster, s, &format!("subjects[{i}]"), causes);
+    }
+    if let Some(old) = old
+        && old["roleRef"] != obj["roleRef"]
+    {
+        causes.push(Cause::invalid(
+            "roleRef",
+            &obj["roleRef"],
+            "cannot change roleRef",
+        ));
+    }
+}
+
+/// The RBAC group for `roleRef` and for User and Group subjects; no group
+/// for ServiceAccounts.
+fn binding_defaults(obj: &mut Value) {
     if let Some(r) = object_at(obj, "roleRef") {
         set_default(r, "apiGroup", json!(RBAC_GROUP));
     }
@@ -281,7 +336,11 @@ pub fn binding(cluster: bool, obj: &mut Value, old: Option<&Value>, causes: &mut
             set_default(s, "apiGroup", json!(RBAC_GROUP));
         }
     }
-    let role_ref = &obj["roleRef"];
+}
+
+/// A named role of the RBAC group: a ClusterRole, or in a RoleBinding also a
+/// Role.
+fn validate_role_ref(cluster: bool, role_ref: &Value, causes: &mut Vec<Cause>) {
     let kinds: &[&str] = if cluster {
         &["ClusterRole"]
     } else {
@@ -298,49 +357,42 @@ pub fn binding(cluster: bool, obj: &mut Value, old: Option<&Value>, causes: &mut
     if role_ref["name"].as_str().unwrap_or("").is_empty() {
         causes.push(Cause::required("roleRef.name"));
     }
-    for (i, s) in obj["subjects"].as_array().into_iter().flatten().enumerate() {
-        let p = format!("subjects[{i}]");
-        let kind = s["kind"].as_str().unwrap_or("");
-        if s["name"].as_str().unwrap_or("").is_empty() {
-            causes.push(Cause::required(format!("{p}.name")));
-        }
-        match kind {
-            "ServiceAccount" => {
-                if !s["apiGroup"].as_str().unwrap_or("").is_empty() {
-                    causes.push(Cause::unsupported(
-                        format!("{p}.apiGroup"),
-                        &s["apiGroup"],
-                        &[""],
-                    ));
-                }
-                if cluster && s["namespace"].as_str().unwrap_or("").is_empty() {
-                    causes.push(Cause::required(format!("{p}.namespace")));
-                }
-            }
-            "User" | "Group" => {
-                if s["apiGroup"].as_str() != Some(RBAC_GROUP) {
-                    causes.push(Cause::unsupported(
-                        format!("{p}.apiGroup"),
-                        &s["apiGroup"],
-                        &[RBAC_GROUP],
-                    ));
-                }
-            }
-            other => causes.push(Cause::unsupported(
-                format!("{p}.kind"),
-                other,
-                &["Group", "ServiceAccount", "User"],
-            )),
-        }
+}
+
+/// A subject at `path`: named, of a known kind with that kind's group; a
+/// ServiceAccount in a ClusterRoleBinding also names its namespace.
+fn validate_subject(cluster: bool, s: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let kind = s["kind"].as_str().unwrap_or("");
+    if s["name"].as_str().unwrap_or("").is_empty() {
+        causes.push(Cause::required(format!("{path}.name")));
     }
-    if let Some(old) = old
-        && old["roleRef"] != obj["roleRef"]
-    {
-        causes.push(Cause::invalid(
-            "roleRef",
-            &obj["roleRef"],
-            "cannot change roleRef",
-        ));
+    match kind {
+        "ServiceAccount" => {
+            if !s["apiGroup"].as_str().unwrap_or("").is_empty() {
+                causes.push(Cause::unsupported(
+                    format!("{path}.apiGroup"),
+                    &s["apiGroup"],
+                    &[""],
+                ));
+            }
+            if cluster && s["namespace"].as_str().unwrap_or("").is_empty() {
+                causes.push(Cause::required(format!("{path}.namespace")));
+            }
+        }
+        "User" | "Group" => {
+            if s["apiGroup"].as_str() != Some(RBAC_GROUP) {
+                causes.push(Cause::unsupported(
+                    format!("{path}.apiGroup"),
+                    &s["apiGroup"],
+                    &[RBAC_GROUP],
+                ));
+            }
+        }
+        other => causes.push(Cause::unsupported(
+            format!("{path}.kind"),
+            other,
+            &["Group", "ServiceAccount", "User"],
+        )),
     }
 }
 

@@ -2,7 +2,7 @@
 //! fields pruned, defaults applied, and the type, enum, required, length and
 //! range constraints checked, as kube-apiserver does for custom resources.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 use super::error::Cause;
 
@@ -106,7 +106,25 @@ fn type_error(path: &str, v: &Value, want: &str) -> Cause {
     }
 }
 
+/// Prune, default and validate the value `v` at `path` against its schema.
 fn walk(schema: &Value, v: &mut Value, path: &str, causes: &mut Vec<Cause>) {
+    if !check_type(schema, v, path, causes) {
+        return;
+    }
+    check_enum(schema, v, path, causes);
+    match v {
+        Value::Object(map) => walk_object(schema, map, path, causes),
+        Value::Array(items) => walk_array(schema, items, path, causes),
+        Value::String(s) => check_string(schema, s, path, causes),
+        Value::Number(n) => check_number(schema, n, path, causes),
+        _ => {}
+    }
+}
+
+/// Whether the rest of the schema applies to `v`: not when `v` is null (an
+/// error unless nullable or untyped), an int-or-string (which has no further
+/// constraints), or of the wrong type.
+fn check_type(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) -> bool {
     if v.is_null() {
         if schema["nullable"].as_bool() != Some(true) && !schema["type"].is_null() {
             causes.push(type_error(
@@ -115,13 +133,13 @@ fn walk(schema: &Value, v: &mut Value, path: &str, causes: &mut Vec<Cause>) {
                 schema["type"].as_str().unwrap_or("object"),
             ));
         }
-        return;
+        return false;
     }
     if schema["x-kubernetes-int-or-string"].as_bool() == Some(true) {
         if !(v.is_string() || v.is_i64() || v.is_u64()) {
             causes.push(type_error(path, v, "integer or string"));
         }
-        return;
+        return false;
     }
     let want = schema["type"].as_str().unwrap_or("");
     let ok = match want {
@@ -131,8 +149,11 @@ fn walk(schema: &Value, v: &mut Value, path: &str, causes: &mut Vec<Cause>) {
     };
     if !ok {
         causes.push(type_error(path, v, want));
-        return;
     }
+    ok
+}
+
+fn check_enum(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
     if let Some(options) = schema["enum"].as_array()
         && !options.contains(v)
     {
@@ -146,98 +167,104 @@ fn walk(schema: &Value, v: &mut Value, path: &str, causes: &mut Vec<Cause>) {
             ),
         });
     }
-    match v {
-        Value::Object(map) => {
-            let props = schema["properties"].as_object();
-            let additional = &schema["additionalProperties"];
-            let preserve = schema["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true);
-            let keys: Vec<String> = map.keys().cloned().collect();
-            for key in keys {
-                let sub = props
-                    .and_then(|p| p.get(&key))
-                    .or(additional.is_object().then_some(additional));
-                match sub {
-                    Some(sub) => {
-                        if let Some(child) = map.get_mut(&key) {
-                            walk(sub, child, &join(path, &key), causes);
-                        }
-                    }
-                    None if preserve || additional.as_bool() == Some(true) => {}
-                    None => {
-                        map.remove(&key);
-                    }
+}
+
+/// Each field walked against its property (or `additionalProperties`), the
+/// unknown ones pruned unless preserved, then defaults and required fields.
+fn walk_object(schema: &Value, map: &mut Map<String, Value>, path: &str, causes: &mut Vec<Cause>) {
+    let props = schema["properties"].as_object();
+    let additional = &schema["additionalProperties"];
+    let preserve = schema["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true);
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for key in keys {
+        let sub = props
+            .and_then(|p| p.get(&key))
+            .or(additional.is_object().then_some(additional));
+        match sub {
+            Some(sub) => {
+                if let Some(child) = map.get_mut(&key) {
+                    walk(sub, child, &join(path, &key), causes);
                 }
             }
-            apply_defaults(schema, map, path, causes);
-        }
-        Value::Array(items) => {
-            if let Some(max) = schema["maxItems"].as_u64()
-                && items.len() as u64 > max
-            {
-                causes.push(Cause {
-                    reason: "FieldValueTooMany",
-                    field: path.into(),
-                    message: format!("Too many: {}: must have at most {max} items", items.len()),
-                });
-            }
-            if let Some(min) = schema["minItems"].as_u64()
-                && (items.len() as u64) < min
-            {
-                causes.push(Cause::invalid(
-                    path,
-                    items.len(),
-                    &format!("should have at least {min} items"),
-                ));
-            }
-            if schema["items"].is_object() {
-                for (i, item) in items.iter_mut().enumerate() {
-                    walk(&schema["items"], item, &format!("{path}[{i}]"), causes);
-                }
+            None if preserve || additional.as_bool() == Some(true) => {}
+            None => {
+                map.remove(&key);
             }
         }
-        Value::String(s) => {
-            let len = s.chars().count() as u64;
-            if let Some(max) = schema["maxLength"].as_u64()
-                && len > max
-            {
-                causes.push(Cause {
-                    reason: "FieldValueTooLong",
-                    field: path.into(),
-                    message: format!("Too long: may not be more than {max} bytes"),
-                });
-            }
-            if let Some(min) = schema["minLength"].as_u64()
-                && len < min
-            {
-                causes.push(Cause::invalid(
-                    path,
-                    s.clone(),
-                    &format!("{path} in body should be at least {min} chars long"),
-                ));
-            }
+    }
+    apply_defaults(schema, map, path, causes);
+}
+
+/// The item count bounds, then each item against `items`.
+fn walk_array(schema: &Value, items: &mut [Value], path: &str, causes: &mut Vec<Cause>) {
+    if let Some(max) = schema["maxItems"].as_u64()
+        && items.len() as u64 > max
+    {
+        causes.push(Cause {
+            reason: "FieldValueTooMany",
+            field: path.into(),
+            message: format!("Too many: {}: must have at most {max} items", items.len()),
+        });
+    }
+    if let Some(min) = schema["minItems"].as_u64()
+        && (items.len() as u64) < min
+    {
+        causes.push(Cause::invalid(
+            path,
+            items.len(),
+            &format!("should have at least {min} items"),
+        ));
+    }
+    if schema["items"].is_object() {
+        for (i, item) in items.iter_mut().enumerate() {
+            walk(&schema["items"], item, &format!("{path}[{i}]"), causes);
         }
-        Value::Number(n) => {
-            let x = n.as_f64().unwrap_or(0.0);
-            if let Some(max) = schema["maximum"].as_f64()
-                && x > max
-            {
-                causes.push(Cause::invalid(
-                    path,
-                    n.clone(),
-                    &format!("{path} in body should be less than or equal to {max}"),
-                ));
-            }
-            if let Some(min) = schema["minimum"].as_f64()
-                && x < min
-            {
-                causes.push(Cause::invalid(
-                    path,
-                    n.clone(),
-                    &format!("{path} in body should be greater than or equal to {min}"),
-                ));
-            }
-        }
-        _ => {}
+    }
+}
+
+/// `maxLength` and `minLength`, counted in characters.
+fn check_string(schema: &Value, s: &str, path: &str, causes: &mut Vec<Cause>) {
+    let len = s.chars().count() as u64;
+    if let Some(max) = schema["maxLength"].as_u64()
+        && len > max
+    {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            field: path.into(),
+            message: format!("Too long: may not be more than {max} bytes"),
+        });
+    }
+    if let Some(min) = schema["minLength"].as_u64()
+        && len < min
+    {
+        causes.push(Cause::invalid(
+            path,
+            s,
+            &format!("{path} in body should be at least {min} chars long"),
+        ));
+    }
+}
+
+/// `maximum` and `minimum`, inclusive.
+fn check_number(schema: &Value, n: &Number, path: &str, causes: &mut Vec<Cause>) {
+    let x = n.as_f64().unwrap_or(0.0);
+    if let Some(max) = schema["maximum"].as_f64()
+        && x > max
+    {
+        causes.push(Cause::invalid(
+            path,
+            n,
+            &format!("{path} in body should be less than or equal to {max}"),
+        ));
+    }
+    if let Some(min) = schema["minimum"].as_f64()
+        && x < min
+    {
+        causes.push(Cause::invalid(
+            path,
+            n,
+            &format!("{path} in body should be greater than or equal to {min}"),
+        ));
     }
 }
 

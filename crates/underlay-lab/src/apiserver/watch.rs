@@ -11,6 +11,7 @@
 //! from their last resourceVersion) rather than slowing everyone down.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,14 +21,15 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
 use super::convert;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, Cause};
 use super::resources::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
-use super::server::Ctx;
+use super::server::{Ctx, Params};
 use super::store::{Change, EventType};
 use super::table;
 
@@ -128,114 +130,158 @@ pub(crate) async fn watch(
     rt: Arc<ResourceType>,
     namespace: Option<String>,
 ) -> ApiResult<Response> {
-    let p = &ctx.params;
-    let labels = LabelSelector::parse(p.get("labelSelector").unwrap_or(""))?;
-    let fields = FieldSelector::parse(p.get("fieldSelector").unwrap_or(""), &rt.kind)?;
-    let bookmarks = p.flag("allowWatchBookmarks");
-    let send_initial = p.get("sendInitialEvents") == Some("true");
-    if send_initial {
-        let mut causes = Vec::new();
-        if p.get("resourceVersionMatch") != Some("NotOlderThan") {
-            causes.push(super::error::Cause::forbidden(
-                "resourceVersionMatch",
-                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-            ));
+    let request = WatchRequest::parse(&ctx.params, &rt.kind)?;
+    let filter = Filter {
+        rt: rt.clone(),
+        namespace,
+        labels: request.labels,
+        fields: request.fields,
+        table: ctx.wants_table(),
+    };
+    let (tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(ctx.st.watch_queue.max(1));
+    let feed = match subscribe(ctx, &filter, request.send_initial, request.requested) {
+        Ok(feed) => feed,
+        Err(expired) => {
+            // A full queue cannot happen: it is new and has room for one line.
+            let _ = tx.try_send(Ok(event_line("ERROR", &expired.status())));
+            return Ok(streaming(body_rx));
         }
-        if !bookmarks {
-            causes.push(super::error::Cause::required("allowWatchBookmarks"));
+    };
+    let options = WatchOptions {
+        start: feed.start,
+        send_initial: request.send_initial,
+        bookmarks: request.bookmarks,
+        timeout: request.timeout,
+        interval: ctx.st.bookmark_interval,
+    };
+    tokio::spawn(run(filter, tx, feed, ctx.st.faults.close_signal(), options));
+    Ok(streaming(body_rx))
+}
+
+/// What a watch asks for in its query parameters.
+struct WatchRequest {
+    labels: LabelSelector,
+    fields: FieldSelector,
+    bookmarks: bool,
+    /// A streaming list: the current objects, then a bookmark marking their end.
+    send_initial: bool,
+    timeout: Duration,
+    /// The version to resume after; None for the current state as ADDED events.
+    requested: Option<u64>,
+}
+
+impl WatchRequest {
+    fn parse(p: &Params, kind: &str) -> ApiResult<Self> {
+        let labels = LabelSelector::parse(p.get("labelSelector").unwrap_or(""))?;
+        let fields = FieldSelector::parse(p.get("fieldSelector").unwrap_or(""), kind)?;
+        let bookmarks = p.flag("allowWatchBookmarks");
+        let send_initial = p.get("sendInitialEvents") == Some("true");
+        if send_initial {
+            check_streaming_list(p, bookmarks)?;
         }
-        if !causes.is_empty() {
-            let list: Vec<String> = causes
-                .iter()
-                .map(|c| format!("{}: {}", c.field, c.message))
-                .collect();
-            return Err(ApiError::new(
-                422,
-                "Invalid",
-                format!(
-                    "ListOptions.meta.k8s.io \"\" is invalid: [{}]",
-                    list.join(", ")
-                ),
-            ));
-        }
-    }
-    let timeout =
-        match p.get("timeoutSeconds") {
+        let timeout = match p.get("timeoutSeconds") {
             Some(t) => Duration::from_secs(t.parse().map_err(|_| {
                 ApiError::bad_request("timeoutSeconds must be a non-negative integer")
             })?),
             None => DEFAULT_TIMEOUT,
         };
-    let rv_param = p.get("resourceVersion").unwrap_or("");
-    let requested: Option<u64> = match rv_param {
-        "" | "0" => None,
-        v => Some(v.parse().map_err(|_| {
-            ApiError::bad_request(format!(
-                "invalid resourceVersion {v:?}: use a value from a list or watch"
-            ))
-        })?),
-    };
-    let filter = Filter {
-        rt: rt.clone(),
-        namespace,
-        labels,
-        fields,
-        table: ctx.wants_table(),
-    };
-    let (tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(ctx.st.watch_queue.max(1));
+        let requested = match p.get("resourceVersion").unwrap_or("") {
+            "" | "0" => None,
+            v => Some(v.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid resourceVersion {v:?}: use a value from a list or watch"
+                ))
+            })?),
+        };
+        Ok(WatchRequest {
+            labels,
+            fields,
+            bookmarks,
+            send_initial,
+            timeout,
+            requested,
+        })
+    }
+}
 
-    let (initial, start, subscription) = {
-        let inner = ctx.st.store.lock();
-        let current = inner.resource_version();
-        let synthetic = send_initial || requested.is_none();
-        let start = if synthetic {
-            current
-        } else {
-            requested.unwrap_or(current)
-        };
-        let initial: Vec<Arc<Value>> = if synthetic {
-            inner
-                .range(&rt.storage, filter.namespace.as_deref())
-                .filter(|(_, o)| filter.matches(o))
-                .map(|(_, o)| o.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let sub = inner.watch_from(start);
-        if sub.is_none() {
-            let oldest = inner.oldest_watchable();
-            drop(inner);
-            let status =
-                ApiError::gone(format!("too old resource version: {start} ({oldest})")).status();
-            let line = event_line("ERROR", &status);
-            // A full queue cannot happen: it is new and has room for one line.
-            let _ = tx.try_send(Ok(line));
-            return Ok(streaming(body_rx));
-        }
-        (initial, start, sub)
+/// A streaming list needs `resourceVersionMatch=NotOlderThan` and bookmarks
+/// (its end is a bookmark); a 422 naming both otherwise.
+fn check_streaming_list(p: &Params, bookmarks: bool) -> ApiResult<()> {
+    let mut causes = Vec::new();
+    if p.get("resourceVersionMatch") != Some("NotOlderThan") {
+        causes.push(Cause::forbidden(
+            "resourceVersionMatch",
+            "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        ));
+    }
+    if !bookmarks {
+        causes.push(Cause::required("allowWatchBookmarks"));
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect();
+    Err(ApiError::new(
+        422,
+        "Invalid",
+        format!(
+            "ListOptions.meta.k8s.io \"\" is invalid: [{}]",
+            list.join(", ")
+        ),
+    ))
+}
+
+/// Where a watch starts and what it sends: the current objects (as ADDED
+/// events) when it starts from the current state, the retained changes after
+/// `start`, then the store's live broadcast.
+struct Feed {
+    start: u64,
+    initial: Vec<Arc<Value>>,
+    past: Vec<Arc<Change>>,
+    rx: broadcast::Receiver<Arc<Change>>,
+}
+
+/// Subscribes to the store's changes under its lock, so that nothing falls
+/// between the initial objects and the feed; 410 Expired when `requested`
+/// is older than the retained history.
+fn subscribe(
+    ctx: &Ctx,
+    filter: &Filter,
+    send_initial: bool,
+    requested: Option<u64>,
+) -> Result<Feed, ApiError> {
+    let inner = ctx.st.store.lock();
+    let current = inner.resource_version();
+    let synthetic = send_initial || requested.is_none();
+    let start = if synthetic {
+        current
+    } else {
+        requested.unwrap_or(current)
     };
-    let Some((past, rx)) = subscription else {
-        return Err(ApiError::internal("watch subscription lost"));
+    let initial: Vec<Arc<Value>> = if synthetic {
+        inner
+            .range(&filter.rt.storage, filter.namespace.as_deref())
+            .filter(|(_, o)| filter.matches(o))
+            .map(|(_, o)| o.clone())
+            .collect()
+    } else {
+        Vec::new()
     };
-    let closer = ctx.st.faults.close_signal();
-    let interval = ctx.st.bookmark_interval;
-    tokio::spawn(run(
-        filter,
-        tx,
+    let Some((past, rx)) = inner.watch_from(start) else {
+        let oldest = inner.oldest_watchable();
+        return Err(ApiError::gone(format!(
+            "too old resource version: {start} ({oldest})"
+        )));
+    };
+    Ok(Feed {
+        start,
         initial,
         past,
         rx,
-        closer,
-        WatchOptions {
-            start,
-            send_initial,
-            bookmarks,
-            timeout,
-            interval,
-        },
-    ));
-    Ok(streaming(body_rx))
+    })
 }
 
 struct WatchOptions {
@@ -246,77 +292,126 @@ struct WatchOptions {
     interval: Duration,
 }
 
+/// The task of one watch: replays its start, then follows the store.
 async fn run(
     filter: Filter,
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
-    initial: Vec<Arc<Value>>,
-    past: Vec<Arc<Change>>,
-    mut rx: broadcast::Receiver<Arc<Change>>,
+    feed: Feed,
     mut closer: tokio::sync::watch::Receiver<u64>,
     o: WatchOptions,
 ) {
     closer.mark_unchanged();
-    let mut first = true;
     let deadline = tokio::time::sleep(o.timeout);
     tokio::pin!(deadline);
-    let send = async |line: Bytes| tx.send(Ok(line)).await.is_ok();
-    for obj in initial {
-        let line = event_line("ADDED", &filter.object(&obj, &mut first));
-        if !send(line).await {
-            return;
-        }
-    }
-    if o.send_initial && !send(bookmark(&filter.rt, o.start, true)).await {
+    let mut watcher = Watcher {
+        filter,
+        tx,
+        first: true,
+        o,
+    };
+    let Some(last_rv) = watcher.replay(feed.initial, feed.past).await else {
         return;
+    };
+    watcher.follow(feed.rx, closer, deadline, last_rv).await;
+}
+
+/// A running watch: what it selects, the queue towards its connection, and
+/// whether the next object is its first (a Table's first carries the
+/// column definitions).
+struct Watcher {
+    filter: Filter,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
+    first: bool,
+    o: WatchOptions,
+}
+
+impl Watcher {
+    /// False when the connection is gone.
+    async fn send(&self, line: Bytes) -> bool {
+        self.tx.send(Ok(line)).await.is_ok()
     }
-    let mut last_rv = o.start;
-    let mut bookmarked = o.start;
-    for change in past {
-        last_rv = change.rv;
-        if let Some(line) = filter.line(&change, &mut first)
-            && !send(line).await
-        {
-            return;
+
+    /// The initial objects as ADDED events (ending with the bookmark of a
+    /// streaming list), then the retained changes after the start. The last
+    /// version sent, or None when the connection is gone.
+    async fn replay(&mut self, initial: Vec<Arc<Value>>, past: Vec<Arc<Change>>) -> Option<u64> {
+        for obj in initial {
+            let line = event_line("ADDED", &self.filter.object(&obj, &mut self.first));
+            if !self.send(line).await {
+                return None;
+            }
         }
+        if self.o.send_initial
+            && !self
+                .send(bookmark(&self.filter.rt, self.o.start, true))
+                .await
+        {
+            return None;
+        }
+        let mut last_rv = self.o.start;
+        for change in past {
+            last_rv = change.rv;
+            if let Some(line) = self.filter.line(&change, &mut self.first)
+                && !self.send(line).await
+            {
+                return None;
+            }
+        }
+        Some(last_rv)
     }
-    let mut ticker = tokio::time::interval(o.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            biased;
-            _ = closer.changed() => {
-                debug!(resource = %filter.rt.plural, "watch closed by fault injection");
-                return;
-            }
-            _ = tx.closed() => return,
-            _ = &mut deadline => {
-                if o.bookmarks && last_rv > bookmarked {
-                    send(bookmark(&filter.rt, last_rv, false)).await;
-                }
-                return;
-            }
-            received = rx.recv() => match received {
-                Ok(change) => {
-                    if change.rv <= last_rv {
-                        continue;
-                    }
-                    last_rv = change.rv;
-                    if let Some(line) = filter.line(&change, &mut first) && !send(line).await {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    warn!(resource = %filter.rt.plural, missed, "closing a watch that fell behind");
+
+    /// The store's changes after `last_rv` and periodic bookmarks, until the
+    /// connection closes, the timeout passes (with a last bookmark), the
+    /// watcher falls behind, or a fault closes it.
+    async fn follow(
+        &mut self,
+        mut rx: broadcast::Receiver<Arc<Change>>,
+        mut closer: tokio::sync::watch::Receiver<u64>,
+        mut deadline: Pin<&mut Sleep>,
+        mut last_rv: u64,
+    ) {
+        let mut bookmarked = self.o.start;
+        let mut ticker = tokio::time::interval(self.o.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                _ = closer.changed() => {
+                    debug!(resource = %self.filter.rt.plural, "watch closed by fault injection");
                     return;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = ticker.tick(), if o.bookmarks => {
-                if last_rv > bookmarked {
-                    bookmarked = last_rv;
-                    if !send(bookmark(&filter.rt, last_rv, false)).await {
+                _ = self.tx.closed() => return,
+                _ = &mut deadline => {
+                    if self.o.bookmarks && last_rv > bookmarked {
+                        self.send(bookmark(&self.filter.rt, last_rv, false)).await;
+                    }
+                    return;
+                }
+                received = rx.recv() => match received {
+                    Ok(change) => {
+                        if change.rv <= last_rv {
+                            continue;
+                        }
+                        last_rv = change.rv;
+                        if let Some(line) = self.filter.line(&change, &mut self.first)
+                            && !self.send(line).await
+                        {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        warn!(resource = %self.filter.rt.plural, missed, "closing a watch that fell behind");
                         return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = ticker.tick(), if self.o.bookmarks => {
+                    if last_rv > bookmarked {
+                        bookmarked = last_rv;
+                        if !self.send(bookmark(&self.filter.rt, last_rv, false)).await {
+                            return;
+                        }
                     }
                 }
             }
