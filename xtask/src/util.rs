@@ -82,18 +82,7 @@ fn display(cmd: &Command) -> String {
     out
 }
 
-/// True when the current process runs as root.
-pub fn is_root() -> bool {
-    // The effective uid is the 4th field of the Uid line in /proc/self/status.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
-}
+pub use underlay_netns::is_root;
 
 /// True when `name` is an executable on PATH or an absolute path that exists.
 pub fn have(name: &str) -> bool {

@@ -25,7 +25,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, Ro
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 const ENODEV: i32 = 19;
@@ -71,27 +71,25 @@ fn in_netns<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, DataplaneError> {
-    let fd = ns
-        .try_clone()
-        .map_err(DataplaneError::io("duplicate the namespace descriptor"))?;
-    let path_owned = path.to_path_buf();
-    let handle = std::thread::Builder::new()
-        .name("netns".into())
-        .spawn(move || -> Result<T, DataplaneError> {
-            nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                DataplaneError::NotANetns {
-                    path: path_owned,
-                    source: std::io::Error::from(e),
-                }
-            })?;
-            f().map_err(DataplaneError::io(
-                "work inside the pod's network namespace",
-            ))
-        })
-        .map_err(DataplaneError::io("start a thread"))?;
-    handle
-        .join()
-        .unwrap_or_else(|_| Err(DataplaneError::Mismatch("namespace thread panicked".into())))
+    match underlay_netns::run_in_file(ns, path, f) {
+        Ok(done) => done.map_err(DataplaneError::io(
+            "work inside the pod's network namespace",
+        )),
+        Err(underlay_netns::Error::Enter { path, source }) => {
+            Err(DataplaneError::NotANetns { path, source })
+        }
+        Err(underlay_netns::Error::Open { source, .. }) => Err(DataplaneError::Io {
+            op: format!("open network namespace {}", path.display()),
+            source,
+        }),
+        Err(underlay_netns::Error::Spawn { source, .. }) => Err(DataplaneError::Io {
+            op: "start a thread".into(),
+            source,
+        }),
+        Err(underlay_netns::Error::Panicked(_)) => {
+            Err(DataplaneError::Mismatch("namespace thread panicked".into()))
+        }
+    }
 }
 
 /// A netlink handle whose socket lives in the namespace `ns`.

@@ -6,13 +6,11 @@
 //! reach them by path, and so that `lab down` can find them after a crash.
 //! Nothing here ever touches the machine's own network namespace.
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Where `ip netns add` bind-mounts named namespaces.
-pub const NETNS_DIR: &str = "/run/netns";
+pub use underlay_netns::NETNS_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -186,23 +184,13 @@ pub fn in_netns<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
-    let file = std::fs::File::open(path).map_err(|source| Error::Enter {
-        path: path.to_owned(),
-        source,
-    })?;
-    let owned = path.to_owned();
-    let handle = std::thread::spawn(move || -> Result<T> {
-        // setns changes only this thread's namespace; the thread ends right
-        // after `f`, so no other work ever runs in the wrong namespace.
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| {
-            Error::Enter {
-                path: owned,
-                source: std::io::Error::from(errno),
-            }
-        })?;
-        Ok(f())
-    });
-    handle.join().map_err(|_| Error::Thread(path.to_owned()))?
+    underlay_netns::run_in(path, f).map_err(|e| match e {
+        underlay_netns::Error::Open { path, source }
+        | underlay_netns::Error::Enter { path, source } => Error::Enter { path, source },
+        underlay_netns::Error::Spawn { path, .. } | underlay_netns::Error::Panicked(path) => {
+            Error::Thread(path)
+        }
+    })
 }
 
 /// Runs `ip [-n netns] -batch -` with the given lines; stops at the first
@@ -283,23 +271,4 @@ fn check(cmd: &str, out: &std::process::Output) -> Result<()> {
     }
 }
 
-/// True when this process may create network namespaces.
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// For tests that need root: `true` means go on; `false` means the caller
-/// should return (a skip line was printed). Panics — failing the test — when
-/// not root and `UNDERLAY_REQUIRE_ROOT` is set.
-pub fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var_os("UNDERLAY_REQUIRE_ROOT").is_some() {
-        panic!("{test} needs root and UNDERLAY_REQUIRE_ROOT is set; run the tests as root");
-    }
-    eprintln!(
-        "skipped {test}: needs root (network namespaces); set UNDERLAY_REQUIRE_ROOT=1 to fail instead"
-    );
-    false
-}
+pub use underlay_netns::{is_root, require_root};

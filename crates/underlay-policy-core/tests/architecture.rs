@@ -81,12 +81,12 @@ fn policy_core_sources_do_no_io() {
 fn planted_io_in_the_core_is_caught() {
     let planted = "use k8s_openapi::api::core::v1::Pod;\n\
                    // tokio in a comment is fine\n\
-                   fn f() { std::process::Command::new(\"ipset\"); }\n\
+                   fn f() { std::process::exit(1); }\n\
                    fn g() { tracing::info!(\"compiled\"); }\n\
                    async fn h() { x.await }\n";
     let hits: Vec<usize> = forbidden_uses(planted, &forbidden())
         .into_iter()
         .map(|(line, _)| line)
         .collect();
-    assert_eq!(hits, [1, 3, 3, 4, 5, 5]);
+    assert_eq!(hits, [1, 3, 4, 5, 5]);
 }

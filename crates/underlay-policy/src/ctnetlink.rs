@@ -17,7 +17,6 @@ use crate::nl::{
 };
 use netlink_sys::protocols::NETLINK_NETFILTER;
 use nix::errno::Errno;
-use nix::sched::{CloneFlags, setns};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -59,9 +58,6 @@ const IPPROTO_ICMPV6: u8 = 58;
 /// Requests in flight at once: their acks (a few hundred bytes at most
 /// each) stay far below the socket's receive buffer, so none is dropped.
 const WINDOW: usize = 128;
-
-/// Where `ip netns add` bind-mounts named namespaces.
-const NETNS_DIR: &str = "/run/netns";
 
 /// The attribute numbers of ICMP's identifier, type and code, by protocol.
 fn icmp_attrs(protocol: u8) -> Option<[u16; 3]> {
@@ -271,38 +267,17 @@ pub fn parse_acks(buf: &[u8]) -> Result<Vec<Ack>, String> {
 
 /// Runs `work` in the named network namespace (a name under `/run/netns`,
 /// or a path, as `ip netns exec` takes it), or in the current one for
-/// `None`. Sockets belong to the namespace of the thread that opens them,
-/// so a namespaced run opens its socket on a thread of its own that entered
-/// the namespace and ends with the work; a namespace that cannot be entered
-/// is an error, never a fall-back to the current namespace.
+/// `None` ([`underlay_netns::run_in`]: a thread of its own that entered
+/// the namespace; one that cannot be entered is an error, never the
+/// current namespace).
 pub fn in_netns<T: Send>(
     netns: Option<&str>,
     work: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
-    let Some(name) = netns else {
-        return work();
-    };
-    let path = if name.contains('/') {
-        name.to_string()
-    } else {
-        format!("{NETNS_DIR}/{name}")
-    };
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).map_err(io("open the network namespace"))?;
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| DataplaneError::Netlink {
-                op: "enter the network namespace",
-                source: e.into(),
-            })?;
-            work()
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(DataplaneError::Rejected(
-                "the conntrack deletion thread panicked".into(),
-            ))
-        })
-    })
+    match netns {
+        None => work(),
+        Some(name) => underlay_netns::run_in(&underlay_netns::path_of(name), work)?,
+    }
 }
 
 /// Deletes the entries of `flows` from the conntrack table of the current

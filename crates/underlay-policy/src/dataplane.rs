@@ -42,6 +42,8 @@ pub enum DataplaneError {
         op: &'static str,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Netns(#[from] underlay_netns::Error),
 }
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;

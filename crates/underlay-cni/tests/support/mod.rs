@@ -586,13 +586,7 @@ pub fn exec_chain(
 
 /// Runs `f` on a thread inside the network namespace at `path`.
 pub fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = std::fs::File::open(path).expect("open netns");
-    std::thread::spawn(move || {
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
+    underlay_netns::run_in(path, f).expect("run inside the network namespace")
 }
 
 /// Pings `addr` from inside `ns`; true when it answered.
