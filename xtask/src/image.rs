@@ -247,6 +247,37 @@ pub fn agent_image(
     debian_layer: &Layer,
     pins: &[debian::Pin],
 ) -> Result<Image> {
+    require_iptables(debian_layer)?;
+    let layer = agent_layer(bins, pins)?;
+    Ok(Image {
+        name: AGENT.into(),
+        tags: vec![v.tag()],
+        layers: vec![
+            Blob::from_layer(
+                debian_layer,
+                v.source_date_epoch,
+                "cargo xtask image: Debian packages from images/agent/debian-packages.txt",
+            )?,
+            Blob::from_layer(
+                &layer,
+                v.source_date_epoch,
+                "cargo xtask image: underlay-agent",
+            )?,
+        ],
+        run: RunConfig {
+            user: "0:0".into(),
+            entrypoint: vec!["/usr/local/bin/underlay-entrypoint".into()],
+            cmd: vec![AGENT.into()],
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            working_dir: "/".into(),
+            labels: agent_labels(v, source, pins),
+        },
+        created: v.source_date_epoch,
+    })
+}
+
+/// The agent's policy dataplane needs both iptables back ends.
+fn require_iptables(debian_layer: &Layer) -> Result<()> {
     for tool in [
         "usr/sbin/xtables-nft-multi",
         "usr/sbin/xtables-legacy-multi",
@@ -257,6 +288,13 @@ pub fn agent_image(
             );
         }
     }
+    Ok(())
+}
+
+/// The agent image's own layer: the base files, the agent and the CNI
+/// plugin, the entrypoint, the iptables tools of each back end, and the
+/// inventory of the Debian packages.
+fn agent_layer(bins: &BTreeMap<String, PathBuf>, pins: &[debian::Pin]) -> Result<Layer> {
     let mut layer = Layer::new();
     base_files(&mut layer)?;
     for name in [AGENT, "underlay-cni"] {
@@ -282,6 +320,12 @@ pub fn agent_image(
         inventory.into_bytes(),
         0o644,
     )?;
+    Ok(layer)
+}
+
+/// The agent image's labels: ours and the Debian packages' licences, and
+/// the packages with their versions.
+fn agent_labels(v: &VersionInfo, source: &str, pins: &[debian::Pin]) -> BTreeMap<String, String> {
     let licences = combine_licences(
         std::iter::once("Apache-2.0").chain(pins.iter().map(|p| p.license.as_str())),
     );
@@ -299,31 +343,7 @@ pub fn agent_image(
             .collect::<Vec<_>>()
             .join(","),
     );
-    Ok(Image {
-        name: AGENT.into(),
-        tags: vec![v.tag()],
-        layers: vec![
-            Blob::from_layer(
-                debian_layer,
-                v.source_date_epoch,
-                "cargo xtask image: Debian packages from images/agent/debian-packages.txt",
-            )?,
-            Blob::from_layer(
-                &layer,
-                v.source_date_epoch,
-                "cargo xtask image: underlay-agent",
-            )?,
-        ],
-        run: RunConfig {
-            user: "0:0".into(),
-            entrypoint: vec!["/usr/local/bin/underlay-entrypoint".into()],
-            cmd: vec![AGENT.into()],
-            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            working_dir: "/".into(),
-            labels,
-        },
-        created: v.source_date_epoch,
-    })
+    labels
 }
 
 fn absolute(path: &Path) -> PathBuf {

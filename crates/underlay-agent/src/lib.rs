@@ -336,36 +336,8 @@ pub async fn run_until(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let node = node_name(&args)?;
-    let static_cidrs: Vec<Cidr> = args
-        .pod_cidrs
-        .iter()
-        .map(|c| {
-            c.parse::<Cidr>()
-                .with_context(|| format!("--pod-cidr {c:?}"))
-        })
-        .collect::<Result<_>>()?;
-    if !static_cidrs.is_empty() {
-        // Fail at start-up on a bad combination instead of never getting ready.
-        underlay_ipam::PodAllocator::new(&static_cidrs).context("--pod-cidr")?;
-    }
-    let mut client_error = None;
-    let client = if static_cidrs.is_empty() {
-        Some(kube_client(args.kubeconfig.as_deref()).await.context(
-            "the node's pod cidrs come from the API server: pass --kubeconfig, or --pod-cidr to run without it",
-        )?)
-    } else if args.kubeconfig.is_some() || args.policy {
-        match kube_client(args.kubeconfig.as_deref()).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                let e = format!("{e:#}");
-                tracing::warn!(error = %e, policy = args.policy, "standalone mode without a kubernetes client");
-                client_error = Some(e);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let static_cidrs = static_pod_cidrs(&args)?;
+    let (client, client_error) = connect(&args, static_cidrs.is_empty()).await?;
     let ctx = HookContext {
         client: client.clone(),
         client_error,
@@ -380,7 +352,73 @@ pub async fn run_until(
     let store = open_store(&args, &metrics, client.as_ref(), &node).await?;
     let endpoints = Endpoints::open(store, hook, metrics.clone(), args.mtu)?;
     tracing::info!(node = %node, recorded = endpoints.endpoints().len(), state_dir = %args.state_dir.display(), "endpoint store open");
+    serve_metrics_and_health(&args, &metrics, &endpoints).await?;
 
+    let listener = bind_socket(&args.socket)?;
+    tracing::info!(socket = %args.socket.display(), "grpc listening");
+    let service = grpc::AgentService {
+        endpoints: endpoints.clone(),
+        metrics: metrics.clone(),
+        node_name: node.clone(),
+    };
+    let bring = tokio::spawn(bring_up(endpoints, static_cidrs, client, node, metrics));
+    let served = tonic::transport::Server::builder()
+        .add_service(underlay_proto::v1::agent_server::AgentServer::new(service))
+        .serve_with_incoming_shutdown(conn::incoming(listener), shutdown)
+        .await;
+    bring.abort();
+    let _ = std::fs::remove_file(&args.socket);
+    served.context("grpc server")?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// `--pod-cidr`, parsed, and checked to be a combination the allocator
+/// takes: a bad one fails at start-up instead of never getting ready.
+fn static_pod_cidrs(args: &Args) -> Result<Vec<Cidr>> {
+    let static_cidrs: Vec<Cidr> = args
+        .pod_cidrs
+        .iter()
+        .map(|c| {
+            c.parse::<Cidr>()
+                .with_context(|| format!("--pod-cidr {c:?}"))
+        })
+        .collect::<Result<_>>()?;
+    if !static_cidrs.is_empty() {
+        underlay_ipam::PodAllocator::new(&static_cidrs).context("--pod-cidr")?;
+    }
+    Ok(static_cidrs)
+}
+
+/// The Kubernetes client, and why there is none. Required when the pod
+/// CIDRs come from the Node (`from_node`); in standalone mode tried only
+/// with a kubeconfig or policy on, and a failure is reported, not fatal.
+async fn connect(args: &Args, from_node: bool) -> Result<(Option<kube::Client>, Option<String>)> {
+    if from_node {
+        let client = kube_client(args.kubeconfig.as_deref()).await.context(
+            "the node's pod cidrs come from the API server: pass --kubeconfig, or --pod-cidr to run without it",
+        )?;
+        return Ok((Some(client), None));
+    }
+    if !(args.kubeconfig.is_some() || args.policy) {
+        return Ok((None, None));
+    }
+    match kube_client(args.kubeconfig.as_deref()).await {
+        Ok(c) => Ok((Some(c), None)),
+        Err(e) => {
+            let e = format!("{e:#}");
+            tracing::warn!(error = %e, policy = args.policy, "standalone mode without a kubernetes client");
+            Ok((None, Some(e)))
+        }
+    }
+}
+
+/// Serves `/metrics` and the health endpoints on their addresses, if set.
+async fn serve_metrics_and_health(
+    args: &Args,
+    metrics: &Arc<Metrics>,
+    endpoints: &Endpoints,
+) -> Result<()> {
     serve_http(
         args.metrics_addr,
         metrics::metrics_router(metrics.clone()),
@@ -392,32 +430,7 @@ pub async fn run_until(
         metrics::health_router(Arc::new(Ready(endpoints.clone()))),
         "health",
     )
-    .await?;
-
-    let listener = bind_socket(&args.socket)?;
-    tracing::info!(socket = %args.socket.display(), "grpc listening");
-    let service_metrics = metrics.clone();
-    let service = grpc::AgentService {
-        endpoints: endpoints.clone(),
-        metrics,
-        node_name: node.clone(),
-    };
-    let bring = tokio::spawn(bring_up(
-        endpoints,
-        static_cidrs,
-        client,
-        node,
-        service_metrics,
-    ));
-    let served = tonic::transport::Server::builder()
-        .add_service(underlay_proto::v1::agent_server::AgentServer::new(service))
-        .serve_with_incoming_shutdown(conn::incoming(listener), shutdown)
-        .await;
-    bring.abort();
-    let _ = std::fs::remove_file(&args.socket);
-    served.context("grpc server")?;
-    tracing::info!("agent stopped");
-    Ok(())
+    .await
 }
 
 /// Runs the agent until SIGTERM or SIGINT.

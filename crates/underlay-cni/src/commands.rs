@@ -4,7 +4,7 @@
 
 use crate::agent::Agent;
 use crate::config::NetConf;
-use crate::dataplane::{Dataplane, DataplaneError, PodLink, PodRoute};
+use crate::dataplane::{Dataplane, DataplaneError, PodLink, PodRoute, Wired};
 use crate::env::CniEnv;
 use crate::error::{CniError, Result, code};
 use crate::names;
@@ -129,24 +129,67 @@ pub async fn add<A: Agent, D: Dataplane>(
     agent: &A,
     dp: &D,
 ) -> Result<Value> {
-    let netns = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for ADD"))?;
+    let netns = require_netns(env, "ADD")?;
+    refuse_existing_interface(dp, netns, &env.ifname).await?;
+    let (attached, host_ifname) = attach(env, conf, agent).await?;
+    tracing::debug!(container_id = %env.container_id, host_interface = %host_ifname, "attached at the agent");
+    let (pod, wired) = match wire(env, conf, dp, netns, host_ifname, &attached).await {
+        Ok(done) => done,
+        Err(e) => {
+            detach_after_failed_add(env, agent).await;
+            return Err(e);
+        }
+    };
+    let result = pod.into_result(wired);
+    let result = match &conf.prev_result {
+        Some(prev) => prev.clone().chain(result),
+        None => result,
+    };
+    Ok(result.to_value(conf.version))
+}
+
+/// `CNI_NETNS`, which `command` cannot do without.
+fn require_netns<'e>(env: &'e CniEnv, command: &str) -> Result<&'e Path> {
+    env.netns.as_deref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_NETNS is required for {command}"),
+        )
+    })
+}
+
+/// Refuses an ADD whose interface already exists in the pod's namespace,
+/// before the agent is asked for anything.
+async fn refuse_existing_interface<D: Dataplane>(dp: &D, netns: &Path, ifname: &str) -> Result<()> {
     if dp
-        .has_interface(netns, &env.ifname)
+        .has_interface(netns, ifname)
         .await
         .map_err(dataplane_error)?
     {
         return Err(dataplane_error(DataplaneError::InterfaceExists {
             netns: netns.into(),
-            ifname: env.ifname.clone(),
+            ifname: ifname.to_string(),
         }));
     }
-    let (attached, host_ifname) = attach(env, conf, agent).await?;
-    tracing::debug!(container_id = %env.container_id, host_interface = %host_ifname, "attached at the agent");
+    Ok(())
+}
 
-    let wired = async {
+/// The pod as the agent's Attach answer describes it: the link to wire,
+/// and each address with its gateway for the result.
+struct AttachedPod {
+    link: PodLink,
+    ips: Vec<(IpPrefix, Option<IpAddr>)>,
+}
+
+impl AttachedPod {
+    /// Reads the agent's answer; the configured MTU wins over the agent's.
+    fn from_answer(
+        env: &CniEnv,
+        conf: &NetConf,
+        netns: &Path,
+        host_ifname: String,
+        attached: &v1::AttachResponse,
+    ) -> Result<Self> {
         let ips = parse_ips(&attached.ips)?;
         if ips.is_empty() {
             return Err(bad_agent_answer("no address"));
@@ -160,90 +203,106 @@ pub async fn add<A: Agent, D: Dataplane>(
         let link = PodLink {
             netns: netns.into(),
             ifname: env.ifname.clone(),
-            host_ifname: host_ifname.clone(),
+            host_ifname,
             container_id: env.container_id.clone(),
             mtu,
             addresses: ips.iter().map(|(a, _)| *a).collect(),
-            routes: routes.clone(),
+            routes,
         };
-        match dp.setup(&link).await {
-            Ok(w) => Ok((w, ips, routes, mtu)),
-            Err(e) => {
-                let exists = matches!(e, DataplaneError::InterfaceExists { .. });
-                // An interface that existed before is not ours to delete.
-                if !exists
-                    && let Err(te) = dp
-                        .teardown(Some(netns), &env.ifname, &host_ifname, &env.container_id)
-                        .await
-                {
-                    tracing::warn!(error = %te, "rollback of the pod's interfaces failed");
-                }
-                Err(dataplane_error(e))
-            }
+        Ok(Self { link, ips })
+    }
+
+    /// The CNI result of this plugin alone: the host and pod interfaces,
+    /// the pod's addresses (on the pod interface) and routes.
+    fn into_result(self, wired: Wired) -> CniResult {
+        let Self { link, ips } = self;
+        CniResult {
+            interfaces: vec![
+                Interface {
+                    name: link.host_ifname,
+                    mac: wired.host_mac,
+                    mtu: Some(link.mtu),
+                    ..Default::default()
+                },
+                Interface {
+                    name: link.ifname,
+                    mac: wired.pod_mac,
+                    mtu: Some(link.mtu),
+                    sandbox: Some(link.netns.display().to_string()),
+                    ..Default::default()
+                },
+            ],
+            ips: ips
+                .into_iter()
+                .map(|(address, gateway)| IpEntry {
+                    address,
+                    gateway,
+                    interface: Some(1),
+                })
+                .collect(),
+            routes: link
+                .routes
+                .into_iter()
+                .map(|r| RouteEntry {
+                    dst: r.dst,
+                    gw: r.gw,
+                    mtu: None,
+                    advmss: None,
+                    priority: None,
+                    table: None,
+                    scope: None,
+                })
+                .collect(),
+            dns: None,
         }
     }
-    .await;
+}
 
-    let (wired, ips, routes, mtu) = match wired {
-        Ok(w) => w,
+/// Wires the pod the agent's answer describes. A failed setup removes what
+/// it created, except an interface that existed before (not ours to delete).
+async fn wire<D: Dataplane>(
+    env: &CniEnv,
+    conf: &NetConf,
+    dp: &D,
+    netns: &Path,
+    host_ifname: String,
+    attached: &v1::AttachResponse,
+) -> Result<(AttachedPod, Wired)> {
+    let pod = AttachedPod::from_answer(env, conf, netns, host_ifname, attached)?;
+    match dp.setup(&pod.link).await {
+        Ok(wired) => Ok((pod, wired)),
         Err(e) => {
-            if let Err(de) = agent
-                .detach(v1::DetachRequest {
-                    key: Some(key(env)),
-                    netns: netns_str(env),
-                    pod: Some(pod_ref(env)),
-                })
-                .await
+            let exists = matches!(e, DataplaneError::InterfaceExists { .. });
+            if !exists
+                && let Err(te) = dp
+                    .teardown(
+                        Some(netns),
+                        &env.ifname,
+                        &pod.link.host_ifname,
+                        &env.container_id,
+                    )
+                    .await
             {
-                tracing::warn!(error = %de, "rollback at the agent failed; the agent's gc reclaims the address");
+                tracing::warn!(error = %te, "rollback of the pod's interfaces failed");
             }
-            return Err(e);
+            Err(dataplane_error(e))
         }
-    };
+    }
+}
 
-    let result = CniResult {
-        interfaces: vec![
-            Interface {
-                name: host_ifname,
-                mac: wired.host_mac,
-                mtu: Some(mtu),
-                ..Default::default()
-            },
-            Interface {
-                name: env.ifname.clone(),
-                mac: wired.pod_mac,
-                mtu: Some(mtu),
-                sandbox: Some(netns.display().to_string()),
-                ..Default::default()
-            },
-        ],
-        ips: ips
-            .into_iter()
-            .map(|(address, gateway)| IpEntry {
-                address,
-                gateway,
-                interface: Some(1),
-            })
-            .collect(),
-        routes: routes
-            .into_iter()
-            .map(|r| RouteEntry {
-                dst: r.dst,
-                gw: r.gw,
-                mtu: None,
-                advmss: None,
-                priority: None,
-                table: None,
-                scope: None,
-            })
-            .collect(),
-        dns: None,
-    };
-    let result = match &conf.prev_result {
-        Some(prev) => prev.clone().chain(result),
-        None => result,
-    };
-    Ok(result.to_value(conf.version))
+/// Releases the attachment at the agent after ADD failed; a failure is
+/// only logged, the agent's GC reclaims the address.
+async fn detach_after_failed_add<A: Agent>(env: &CniEnv, agent: &A) {
+    if let Err(de) = agent
+        .detach(v1::DetachRequest {
+            key: Some(key(env)),
+            netns: netns_str(env),
+            pod: Some(pod_ref(env)),
+        })
+        .await
+    {
+        tracing::warn!(error = %de, "rollback at the agent failed; the agent's gc reclaims the address");
+    }
 }
 
 /// Attach at the agent under the first host interface name it grants; it
@@ -326,37 +385,14 @@ pub async fn check<A: Agent, D: Dataplane>(
     agent: &A,
     dp: &D,
 ) -> Result<()> {
-    let netns = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for CHECK"))?;
+    let netns = require_netns(env, "CHECK")?;
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(
             code::INVALID_CONFIG,
             "CHECK needs prevResult in the network configuration: pass the result of ADD",
         )
     })?;
-    let failed = |m: String| CniError::new(code::CHECK_FAILED, m);
-    let index = prev
-        .interfaces
-        .iter()
-        .position(|i| {
-            i.name == env.ifname && i.sandbox.as_deref().is_none_or(|s| Path::new(s) == netns)
-        })
-        .ok_or_else(|| {
-            failed(format!(
-                "prevResult has no interface {} in {}",
-                env.ifname,
-                netns.display()
-            ))
-        })?;
-    let mut expected: Vec<IpPrefix> = prev
-        .ips
-        .iter()
-        .filter(|ip| ip.interface == Some(index))
-        .map(|ip| ip.address)
-        .collect();
-    expected.sort();
+    let expected = prev_addresses(prev, env, netns)?;
     let record = agent
         .check(v1::CheckRequest {
             key: Some(key(env)),
@@ -364,21 +400,7 @@ pub async fn check<A: Agent, D: Dataplane>(
             pod: Some(pod_ref(env)),
         })
         .await?;
-    let mut recorded: Vec<IpPrefix> = parse_ips(&record.ips)?
-        .into_iter()
-        .map(|(a, _)| a)
-        .collect();
-    recorded.sort();
-    if recorded != expected {
-        return Err(failed(format!(
-            "the agent records addresses {recorded:?} but prevResult has {expected:?}"
-        )));
-    }
-    let gateways: Vec<Option<IpAddr>> = parse_ips(&record.ips)?
-        .into_iter()
-        .map(|(_, g)| g)
-        .filter(Option::is_some)
-        .collect();
+    let gateways = recorded_gateways(&record, &expected)?;
     let routes = prev
         .routes
         .iter()
@@ -404,6 +426,56 @@ pub async fn check<A: Agent, D: Dataplane>(
     })
     .await
     .map_err(dataplane_error)
+}
+
+/// The addresses prevResult gives this invocation's interface, sorted.
+fn prev_addresses(prev: &CniResult, env: &CniEnv, netns: &Path) -> Result<Vec<IpPrefix>> {
+    let index = prev
+        .interfaces
+        .iter()
+        .position(|i| {
+            i.name == env.ifname && i.sandbox.as_deref().is_none_or(|s| Path::new(s) == netns)
+        })
+        .ok_or_else(|| {
+            CniError::new(
+                code::CHECK_FAILED,
+                format!(
+                    "prevResult has no interface {} in {}",
+                    env.ifname,
+                    netns.display()
+                ),
+            )
+        })?;
+    let mut expected: Vec<IpPrefix> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(index))
+        .map(|ip| ip.address)
+        .collect();
+    expected.sort();
+    Ok(expected)
+}
+
+/// Checks that the agent records exactly the `expected` addresses; returns
+/// the gateways it records for them.
+fn recorded_gateways(
+    record: &v1::CheckResponse,
+    expected: &[IpPrefix],
+) -> Result<Vec<Option<IpAddr>>> {
+    let ips = parse_ips(&record.ips)?;
+    let mut recorded: Vec<IpPrefix> = ips.iter().map(|(a, _)| *a).collect();
+    recorded.sort();
+    if recorded != expected {
+        return Err(CniError::new(
+            code::CHECK_FAILED,
+            format!("the agent records addresses {recorded:?} but prevResult has {expected:?}"),
+        ));
+    }
+    Ok(ips
+        .into_iter()
+        .map(|(_, g)| g)
+        .filter(Option::is_some)
+        .collect())
 }
 
 /// GC: the agent releases every attachment not in the valid list; the

@@ -70,75 +70,21 @@ pub fn peek_version(stdin: &[u8]) -> Option<String> {
 
 /// Parses and validates the network configuration.
 pub fn parse(stdin: &[u8]) -> Result<NetConf> {
-    let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            code::DECODE,
-            "the network configuration on stdin is not valid JSON",
-        )
-        .with_details(e)
-    })?;
-    if !value.is_object() {
-        return Err(CniError::new(
-            code::DECODE,
-            "the network configuration on stdin must be a JSON object",
-        ));
-    }
-    let wire = Wire::deserialize(&value).map_err(|e| {
-        CniError::new(
-            code::DECODE,
-            "a field of the network configuration has the wrong type",
-        )
-        .with_details(e)
-    })?;
-    let version = match wire.cni_version.as_deref() {
-        None => {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                "the network configuration must set cniVersion (0.4.0, 1.0.0 or 1.1.0)",
-            ));
-        }
-        Some(v) => Version::parse(v)?,
-    };
-    let invalid = |msg: String| CniError::new(code::INVALID_CONFIG, msg);
-    let name = wire
-        .name
-        .ok_or_else(|| invalid("the network configuration must set name".into()))?;
-    if !valid_network_name(&name) {
-        return Err(invalid(format!(
-            "network name {name:?} is invalid: it must start with a letter or digit and contain only letters, digits, '_', '.' and '-'"
-        )));
-    }
+    let wire = decode(stdin)?;
+    let version = cni_version(wire.cni_version.as_deref())?;
+    let name = network_name(wire.name)?;
     let plugin_type = wire
         .plugin_type
-        .ok_or_else(|| invalid("the network configuration must set type".into()))?;
+        .ok_or_else(|| invalid("the network configuration must set type"))?;
     if wire.ipam.is_some() {
         return Err(CniError::new(
             code::UNSUPPORTED_FIELD,
             "the ipam section is not supported: underlay's agent allocates pod addresses itself; remove ipam from the configuration",
         ));
     }
-    if let Some(mtu) = wire.mtu
-        && !(68..=65535).contains(&mtu)
-    {
-        return Err(invalid(format!(
-            "mtu {mtu} is out of range: use a value from 68 to 65535, or omit it"
-        )));
-    }
-    let agent_socket = PathBuf::from(
-        wire.agent_socket
-            .unwrap_or_else(|| DEFAULT_AGENT_SOCKET.to_string()),
-    );
-    if !agent_socket.is_absolute() {
-        return Err(invalid(format!(
-            "agentSocket {:?} must be an absolute path",
-            agent_socket.display()
-        )));
-    }
-    let agent_timeout = match wire.agent_timeout_seconds {
-        None => DEFAULT_AGENT_TIMEOUT,
-        Some(0) => return Err(invalid("agentTimeoutSeconds must be at least 1".into())),
-        Some(s) => Duration::from_secs(s.min(3600)),
-    };
+    check_mtu(wire.mtu)?;
+    let agent_socket = agent_socket(wire.agent_socket)?;
+    let agent_timeout = agent_timeout(wire.agent_timeout_seconds)?;
     let prev_result = wire
         .prev_result
         .as_ref()
@@ -154,6 +100,89 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf> {
         prev_result,
         valid_attachments: wire.valid_attachments,
     })
+}
+
+/// A configuration that decodes but breaks a rule (code 7).
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_CONFIG, msg)
+}
+
+/// Decodes stdin: a JSON object whose known fields have their types (code 6).
+fn decode(stdin: &[u8]) -> Result<Wire> {
+    let value: Value = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(
+            code::DECODE,
+            "the network configuration on stdin is not valid JSON",
+        )
+        .with_details(e)
+    })?;
+    if !value.is_object() {
+        return Err(CniError::new(
+            code::DECODE,
+            "the network configuration on stdin must be a JSON object",
+        ));
+    }
+    Wire::deserialize(&value).map_err(|e| {
+        CniError::new(
+            code::DECODE,
+            "a field of the network configuration has the wrong type",
+        )
+        .with_details(e)
+    })
+}
+
+/// The required `cniVersion`, one this plugin speaks.
+fn cni_version(version: Option<&str>) -> Result<Version> {
+    match version {
+        None => Err(invalid(
+            "the network configuration must set cniVersion (0.4.0, 1.0.0 or 1.1.0)",
+        )),
+        Some(v) => Version::parse(v),
+    }
+}
+
+/// The required network `name`, in the characters the spec allows.
+fn network_name(name: Option<String>) -> Result<String> {
+    let name = name.ok_or_else(|| invalid("the network configuration must set name"))?;
+    if !valid_network_name(&name) {
+        return Err(invalid(format!(
+            "network name {name:?} is invalid: it must start with a letter or digit and contain only letters, digits, '_', '.' and '-'"
+        )));
+    }
+    Ok(name)
+}
+
+/// An MTU, when set, must be one a link can have.
+fn check_mtu(mtu: Option<u32>) -> Result<()> {
+    if let Some(mtu) = mtu
+        && !(68..=65535).contains(&mtu)
+    {
+        return Err(invalid(format!(
+            "mtu {mtu} is out of range: use a value from 68 to 65535, or omit it"
+        )));
+    }
+    Ok(())
+}
+
+/// `agentSocket`, absolute, or the default.
+fn agent_socket(socket: Option<String>) -> Result<PathBuf> {
+    let agent_socket = PathBuf::from(socket.unwrap_or_else(|| DEFAULT_AGENT_SOCKET.to_string()));
+    if !agent_socket.is_absolute() {
+        return Err(invalid(format!(
+            "agentSocket {:?} must be an absolute path",
+            agent_socket.display()
+        )));
+    }
+    Ok(agent_socket)
+}
+
+/// `agentTimeoutSeconds`: at least one second, at most an hour, or the default.
+fn agent_timeout(seconds: Option<u64>) -> Result<Duration> {
+    match seconds {
+        None => Ok(DEFAULT_AGENT_TIMEOUT),
+        Some(0) => Err(invalid("agentTimeoutSeconds must be at least 1")),
+        Some(s) => Ok(Duration::from_secs(s.min(3600))),
+    }
 }
 
 fn valid_network_name(name: &str) -> bool {

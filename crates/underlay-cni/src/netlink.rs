@@ -283,28 +283,41 @@ async fn routes_via(
     Ok(out)
 }
 
-impl crate::dataplane::Dataplane for Netlink {
-    async fn has_interface(&self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
-        let ns = open_netns(netns)?;
-        let pod = connect_in(&ns, netns)?;
-        Ok(link_by_name(&pod, ifname).await?.is_some())
+/// True when the pod gets an IPv4 address.
+fn has_ipv4(link: &PodLink) -> bool {
+    link.addresses.iter().any(IpPrefix::is_ipv4)
+}
+
+/// True when the pod gets an IPv6 address.
+fn has_ipv6(link: &PodLink) -> bool {
+    link.addresses.iter().any(|a| !a.is_ipv4())
+}
+
+/// The host route's destination for a pod address: the address alone.
+fn host_prefix(a: &IpPrefix) -> IpPrefix {
+    IpPrefix::new(a.addr, if a.is_ipv4() { 32 } else { 128 }).expect("full-length prefix")
+}
+
+/// The routes to add in the pod: the configured ones, preceded by an
+/// on-link route to the IPv4 gateway when a route goes through it (the
+/// gateway is in no on-link prefix).
+fn pod_routes_with_gateway(routes: &[PodRoute]) -> Vec<PodRoute> {
+    let mut all = Vec::new();
+    if routes.iter().any(|r| r.gw == Some(IpAddr::V4(GATEWAY_V4))) {
+        all.push(PodRoute {
+            dst: IpPrefix::new(IpAddr::V4(GATEWAY_V4), 32).expect("valid"),
+            gw: None,
+        });
     }
+    all.extend(routes.iter().cloned());
+    all
+}
 
-    async fn setup(&self, link: &PodLink) -> Result<Wired, DataplaneError> {
-        let v4 = link.addresses.iter().any(IpPrefix::is_ipv4);
-        let v6 = link.addresses.iter().any(|a| !a.is_ipv4());
-        let ns = open_netns(&link.netns)?;
-        let pod = connect_in(&ns, &link.netns)?;
-
-        if link_by_name(&pod, &link.ifname).await?.is_some() {
-            return Err(DataplaneError::InterfaceExists {
-                netns: link.netns.clone(),
-                ifname: link.ifname.clone(),
-            });
-        }
-        // The host name belongs to this pod. A link already holding it is
-        // left over from this pod's previous sandbox (or an interrupted ADD
-        // of this one): its namespace is being replaced, so it goes.
+impl Netlink {
+    /// The host name belongs to this pod. A link already holding it is
+    /// left over from this pod's previous sandbox (or an interrupted ADD
+    /// of this one): its namespace is being replaced, so it goes.
+    async fn remove_stale_host_side(&self, link: &PodLink) -> Result<(), DataplaneError> {
         if let Some(stale) = link_by_name(&self.host, &link.host_ifname).await? {
             tracing::warn!(
                 host_interface = %link.host_ifname,
@@ -314,7 +327,12 @@ impl crate::dataplane::Dataplane for Netlink {
             );
             delete_link(&self.host, &stale, &link.host_ifname).await?;
         }
+        Ok(())
+    }
 
+    /// Creates the veth pair from inside the pod namespace (`pod`), its peer
+    /// placed directly in the host namespace.
+    async fn create_veth(&self, pod: &Handle, link: &PodLink) -> Result<(), DataplaneError> {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(link.host_ifname.clone())
             .mtu(link.mtu)
@@ -332,9 +350,13 @@ impl crate::dataplane::Dataplane for Netlink {
             .map_err(DataplaneError::netlink(format!(
                 "create veth {} (host side {})",
                 link.ifname, link.host_ifname
-            )))?;
+            )))
+    }
 
-        // Host side: owner alias, up, proxy ARP/NDP, host routes.
+    /// Host side: owner alias, up, proxy ARP/NDP, host routes. Returns the
+    /// host link as it was before it came up.
+    async fn configure_host_side(&self, link: &PodLink) -> Result<LinkMessage, DataplaneError> {
+        let v6 = has_ipv6(link);
         let host_link = link_by_name(&self.host, &link.host_ifname)
             .await?
             .ok_or_else(|| {
@@ -355,7 +377,8 @@ impl crate::dataplane::Dataplane for Netlink {
                 "bring up {}",
                 link.host_ifname
             )))?;
-        host_sysctls(&link.host_ifname, v4, v6).map_err(DataplaneError::io("host sysctls"))?;
+        host_sysctls(&link.host_ifname, has_ipv4(link), v6)
+            .map_err(DataplaneError::io("host sysctls"))?;
         if v6 {
             self.host
                 .neighbours()
@@ -368,8 +391,7 @@ impl crate::dataplane::Dataplane for Netlink {
                 ))?;
         }
         for a in &link.addresses {
-            let full = IpPrefix::new(a.addr, if a.is_ipv4() { 32 } else { 128 })
-                .expect("full-length prefix");
+            let full = host_prefix(a);
             self.host
                 .route()
                 .add(host_route(full, host_index)?)
@@ -378,52 +400,71 @@ impl crate::dataplane::Dataplane for Netlink {
                 .await
                 .map_err(DataplaneError::netlink(format!("add host route {full}")))?;
         }
+        Ok(host_link)
+    }
+}
 
-        // Pod side: sysctls, addresses, up, gateway and routes.
-        let pod_link = link_by_name(&pod, &link.ifname)
-            .await?
-            .ok_or_else(|| DataplaneError::Mismatch(format!("{} vanished", link.ifname)))?;
-        let pod_index = pod_link.header.index;
-        let ifname = link.ifname.clone();
-        in_netns(&ns, &link.netns, move || pod_sysctls(&ifname, v6))?;
-        for a in &link.addresses {
-            let mut req = pod.address().add(pod_index, a.addr, a.len);
-            if !a.is_ipv4() {
-                req.message_mut()
-                    .attributes
-                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
-            }
-            req.execute()
-                .await
-                .map_err(DataplaneError::netlink(format!("add address {a}")))?;
+/// Pod side: sysctls, addresses, up, gateway and routes. Returns the pod
+/// link as it is once up.
+async fn configure_pod_side(
+    pod: &Handle,
+    ns: &File,
+    link: &PodLink,
+) -> Result<LinkMessage, DataplaneError> {
+    let pod_link = link_by_name(pod, &link.ifname)
+        .await?
+        .ok_or_else(|| DataplaneError::Mismatch(format!("{} vanished", link.ifname)))?;
+    let pod_index = pod_link.header.index;
+    let ifname = link.ifname.clone();
+    let v6 = has_ipv6(link);
+    in_netns(ns, &link.netns, move || pod_sysctls(&ifname, v6))?;
+    for a in &link.addresses {
+        let mut req = pod.address().add(pod_index, a.addr, a.len);
+        if !a.is_ipv4() {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-        pod.link()
-            .set(LinkUnspec::new_with_index(pod_index).up().build())
+        req.execute()
+            .await
+            .map_err(DataplaneError::netlink(format!("add address {a}")))?;
+    }
+    pod.link()
+        .set(LinkUnspec::new_with_index(pod_index).up().build())
+        .execute()
+        .await
+        .map_err(DataplaneError::netlink(format!("bring up {}", link.ifname)))?;
+    for r in &pod_routes_with_gateway(&link.routes) {
+        pod.route()
+            .add(pod_route(r, pod_index)?)
+            .replace()
             .execute()
             .await
-            .map_err(DataplaneError::netlink(format!("bring up {}", link.ifname)))?;
-        let mut routes = Vec::new();
-        if link
-            .routes
-            .iter()
-            .any(|r| r.gw == Some(IpAddr::V4(GATEWAY_V4)))
-        {
-            // The IPv4 gateway is not in any on-link prefix: make it one.
-            routes.push(PodRoute {
-                dst: IpPrefix::new(IpAddr::V4(GATEWAY_V4), 32).expect("valid"),
-                gw: None,
+            .map_err(DataplaneError::netlink(format!("add pod route {}", r.dst)))?;
+    }
+    Ok(link_by_name(pod, &link.ifname).await?.unwrap_or(pod_link))
+}
+
+impl crate::dataplane::Dataplane for Netlink {
+    async fn has_interface(&self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
+        let ns = open_netns(netns)?;
+        let pod = connect_in(&ns, netns)?;
+        Ok(link_by_name(&pod, ifname).await?.is_some())
+    }
+
+    async fn setup(&self, link: &PodLink) -> Result<Wired, DataplaneError> {
+        let ns = open_netns(&link.netns)?;
+        let pod = connect_in(&ns, &link.netns)?;
+        if link_by_name(&pod, &link.ifname).await?.is_some() {
+            return Err(DataplaneError::InterfaceExists {
+                netns: link.netns.clone(),
+                ifname: link.ifname.clone(),
             });
         }
-        routes.extend(link.routes.iter().cloned());
-        for r in &routes {
-            pod.route()
-                .add(pod_route(r, pod_index)?)
-                .replace()
-                .execute()
-                .await
-                .map_err(DataplaneError::netlink(format!("add pod route {}", r.dst)))?;
-        }
-        let pod_link = link_by_name(&pod, &link.ifname).await?.unwrap_or(pod_link);
+        self.remove_stale_host_side(link).await?;
+        self.create_veth(&pod, link).await?;
+        let host_link = self.configure_host_side(link).await?;
+        let pod_link = configure_pod_side(&pod, &ns, link).await?;
         Ok(Wired {
             host_mac: mac_of(&host_link),
             pod_mac: mac_of(&pod_link),
@@ -474,7 +515,7 @@ impl crate::dataplane::Dataplane for Netlink {
         }
         let host_routes = routes_via(&self.host, host.header.index).await?;
         for a in &link.addresses {
-            let full = IpPrefix::new(a.addr, if a.is_ipv4() { 32 } else { 128 }).expect("valid");
+            let full = host_prefix(a);
             if !host_routes.iter().any(|(d, _)| *d == full) {
                 return mismatch(format!(
                     "host route {full} via {} is missing",

@@ -186,79 +186,13 @@ impl CniResult {
 
     /// The result document for `version`.
     pub fn to_value(&self, version: Version) -> Value {
-        let v11 = version >= Version::V1_1_0;
         let interfaces: Vec<Value> = self
             .interfaces
             .iter()
-            .map(|i| {
-                let mut m = Map::new();
-                m.insert("name".into(), json!(i.name));
-                if !i.mac.is_empty() {
-                    m.insert("mac".into(), json!(i.mac));
-                }
-                if v11 {
-                    if let Some(mtu) = i.mtu {
-                        m.insert("mtu".into(), json!(mtu));
-                    }
-                    if let Some(p) = &i.socket_path {
-                        m.insert("socketPath".into(), json!(p));
-                    }
-                    if let Some(p) = &i.pci_id {
-                        m.insert("pciID".into(), json!(p));
-                    }
-                }
-                if let Some(s) = &i.sandbox {
-                    m.insert("sandbox".into(), json!(s));
-                }
-                Value::Object(m)
-            })
+            .map(|i| i.to_value(version))
             .collect();
-        let ips: Vec<Value> = self
-            .ips
-            .iter()
-            .map(|ip| {
-                let mut m = Map::new();
-                if version == Version::V0_4_0 {
-                    m.insert(
-                        "version".into(),
-                        json!(if ip.address.is_ipv4() { "4" } else { "6" }),
-                    );
-                }
-                m.insert("address".into(), json!(ip.address.to_string()));
-                if let Some(gw) = ip.gateway {
-                    m.insert("gateway".into(), json!(gw.to_string()));
-                }
-                if let Some(i) = ip.interface {
-                    m.insert("interface".into(), json!(i));
-                }
-                Value::Object(m)
-            })
-            .collect();
-        let routes: Vec<Value> = self
-            .routes
-            .iter()
-            .map(|r| {
-                let mut m = Map::new();
-                m.insert("dst".into(), json!(r.dst.to_string()));
-                if let Some(gw) = r.gw {
-                    m.insert("gw".into(), json!(gw.to_string()));
-                }
-                if v11 {
-                    for (k, v) in [
-                        ("mtu", r.mtu),
-                        ("advmss", r.advmss),
-                        ("priority", r.priority),
-                        ("table", r.table),
-                        ("scope", r.scope),
-                    ] {
-                        if let Some(v) = v {
-                            m.insert(k.into(), json!(v));
-                        }
-                    }
-                }
-                Value::Object(m)
-            })
-            .collect();
+        let ips: Vec<Value> = self.ips.iter().map(|ip| ip.to_value(version)).collect();
+        let routes: Vec<Value> = self.routes.iter().map(|r| r.to_value(version)).collect();
         let mut doc = Map::new();
         doc.insert("cniVersion".into(), json!(version.as_str()));
         if !interfaces.is_empty() {
@@ -277,6 +211,79 @@ impl CniResult {
                 .unwrap_or_else(|| Value::Object(Map::new())),
         );
         Value::Object(doc)
+    }
+}
+
+impl Interface {
+    /// The interface as `version` prints it (1.1.0 adds `mtu`, `socketPath`
+    /// and `pciID`).
+    fn to_value(&self, version: Version) -> Value {
+        let mut m = Map::new();
+        m.insert("name".into(), json!(self.name));
+        if !self.mac.is_empty() {
+            m.insert("mac".into(), json!(self.mac));
+        }
+        if version >= Version::V1_1_0 {
+            if let Some(mtu) = self.mtu {
+                m.insert("mtu".into(), json!(mtu));
+            }
+            if let Some(p) = &self.socket_path {
+                m.insert("socketPath".into(), json!(p));
+            }
+            if let Some(p) = &self.pci_id {
+                m.insert("pciID".into(), json!(p));
+            }
+        }
+        if let Some(s) = &self.sandbox {
+            m.insert("sandbox".into(), json!(s));
+        }
+        Value::Object(m)
+    }
+}
+
+impl IpEntry {
+    /// The address as `version` prints it (0.4.0 adds `"version"`).
+    fn to_value(&self, version: Version) -> Value {
+        let mut m = Map::new();
+        if version == Version::V0_4_0 {
+            m.insert(
+                "version".into(),
+                json!(if self.address.is_ipv4() { "4" } else { "6" }),
+            );
+        }
+        m.insert("address".into(), json!(self.address.to_string()));
+        if let Some(gw) = self.gateway {
+            m.insert("gateway".into(), json!(gw.to_string()));
+        }
+        if let Some(i) = self.interface {
+            m.insert("interface".into(), json!(i));
+        }
+        Value::Object(m)
+    }
+}
+
+impl RouteEntry {
+    /// The route as `version` prints it (1.1.0 adds the route attributes).
+    fn to_value(&self, version: Version) -> Value {
+        let mut m = Map::new();
+        m.insert("dst".into(), json!(self.dst.to_string()));
+        if let Some(gw) = self.gw {
+            m.insert("gw".into(), json!(gw.to_string()));
+        }
+        if version >= Version::V1_1_0 {
+            for (k, v) in [
+                ("mtu", self.mtu),
+                ("advmss", self.advmss),
+                ("priority", self.priority),
+                ("table", self.table),
+                ("scope", self.scope),
+            ] {
+                if let Some(v) = v {
+                    m.insert(k.into(), json!(v));
+                }
+            }
+        }
+        Value::Object(m)
     }
 }
 

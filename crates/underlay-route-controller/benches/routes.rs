@@ -28,7 +28,7 @@ use underlay_route_controller::azure::arm::ArmRouteTable;
 use underlay_route_controller::azure::{
     OperationState, PendingWrite, Precondition, RouteTable, TableWrite,
 };
-use underlay_route_controller::nodes::RecordingSink;
+use underlay_route_controller::nodes::fake::RecordingSink;
 use underlay_route_controller::plan::{NodeRoutes, Ownership, desired_routes, plan};
 use underlay_route_controller::reconciler::{Reconciler, ReconcilerConfig, RouteInput};
 

@@ -218,44 +218,134 @@ pub fn plan(
     ownership: &Ownership,
     limit: usize,
 ) -> Plan {
-    let (owned, foreign): (Vec<&TableRoute>, Vec<&TableRoute>) =
-        current.iter().partition(|r| ownership.owns(r));
-    let foreign_prefixes: BTreeMap<String, &str> = foreign
+    let table = SplitTable::split(current, ownership);
+    let candidates = table.candidates(desired, &mut left_out);
+    let capacity = limit.saturating_sub(table.foreign.len());
+    let programmed = within_limit(candidates, capacity, limit, &mut left_out);
+    let wanted: BTreeMap<&str, TableRoute> = programmed
         .iter()
-        .filter_map(|r| {
-            r.address_prefix
-                .parse::<Cidr>()
-                .ok()
-                .map(|c| (c.to_string(), r.name.as_str()))
-        })
+        .map(|d| (d.name.as_str(), d.to_table_route()))
         .collect();
-    let owned_by_name: BTreeMap<&str, &TableRoute> =
-        owned.iter().map(|r| (r.name.as_str(), *r)).collect();
+    let Changes {
+        added,
+        updated,
+        removed,
+    } = table.changes(&wanted);
+    let mut routes: Vec<TableRoute> = table.foreign.into_iter().cloned().collect();
+    routes.extend(wanted.into_values());
+    left_out.sort();
+    left_out.dedup();
+    Plan {
+        routes,
+        programmed,
+        left_out,
+        added,
+        removed,
+        updated,
+    }
+}
 
-    // Routes already in the table first, so reaching the limit never evicts
-    // a working route in favour of a new one.
-    let mut candidates: Vec<&DesiredRoute> = Vec::new();
-    for d in desired {
-        if let Some(name) = foreign_prefixes.get(&d.cidr.to_string()) {
-            left_out.push((
-                d.node.clone(),
-                LeftOut::ForeignRoute {
-                    cidr: d.cidr,
-                    route: (*name).to_string(),
-                },
-            ));
-        } else {
-            candidates.push(d);
+/// The table as read: the routes the controller owns, by name, and
+/// everyone else's.
+struct SplitTable<'a> {
+    owned_by_name: BTreeMap<&'a str, &'a TableRoute>,
+    foreign: Vec<&'a TableRoute>,
+}
+
+/// The route names a write adds, updates and removes.
+struct Changes {
+    added: Vec<String>,
+    updated: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl<'a> SplitTable<'a> {
+    fn split(current: &'a [TableRoute], ownership: &Ownership) -> Self {
+        let (owned, foreign): (Vec<&TableRoute>, Vec<&TableRoute>) =
+            current.iter().partition(|r| ownership.owns(r));
+        let owned_by_name = owned.iter().map(|r| (r.name.as_str(), *r)).collect();
+        SplitTable {
+            owned_by_name,
+            foreign,
         }
     }
-    candidates.sort_by_key(|d| {
-        (
-            !owned_by_name.contains_key(d.name.as_str()),
-            d.node.clone(),
-            d.cidr,
-        )
-    });
-    let capacity = limit.saturating_sub(foreign.len());
+
+    /// The desired routes that may go in the table, in the order they get
+    /// its room: routes already in the table first, so reaching the limit
+    /// never evicts a working route in favour of a new one, then by node.
+    /// A route whose prefix a foreign route uses is left out.
+    fn candidates<'d>(
+        &self,
+        desired: &'d [DesiredRoute],
+        left_out: &mut Vec<(String, LeftOut)>,
+    ) -> Vec<&'d DesiredRoute> {
+        let foreign_prefixes: BTreeMap<String, &str> = self
+            .foreign
+            .iter()
+            .filter_map(|r| {
+                r.address_prefix
+                    .parse::<Cidr>()
+                    .ok()
+                    .map(|c| (c.to_string(), r.name.as_str()))
+            })
+            .collect();
+        let mut candidates: Vec<&DesiredRoute> = Vec::new();
+        for d in desired {
+            if let Some(name) = foreign_prefixes.get(&d.cidr.to_string()) {
+                left_out.push((
+                    d.node.clone(),
+                    LeftOut::ForeignRoute {
+                        cidr: d.cidr,
+                        route: (*name).to_string(),
+                    },
+                ));
+            } else {
+                candidates.push(d);
+            }
+        }
+        candidates.sort_by_key(|d| {
+            (
+                !self.owned_by_name.contains_key(d.name.as_str()),
+                d.node.clone(),
+                d.cidr,
+            )
+        });
+        candidates
+    }
+
+    /// What writing `wanted` changes among the owned routes as read.
+    fn changes(&self, wanted: &BTreeMap<&str, TableRoute>) -> Changes {
+        let mut added = Vec::new();
+        let mut updated = Vec::new();
+        for (name, route) in wanted {
+            match self.owned_by_name.get(name) {
+                None => added.push((*name).to_string()),
+                Some(old) if *old != route => updated.push((*name).to_string()),
+                Some(_) => {}
+            }
+        }
+        let removed = self
+            .owned_by_name
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .map(|n| (*n).to_string())
+            .collect();
+        Changes {
+            added,
+            updated,
+            removed,
+        }
+    }
+}
+
+/// The first `capacity` candidates, sorted; the rest are left out at the
+/// table's `limit`.
+fn within_limit(
+    candidates: Vec<&DesiredRoute>,
+    capacity: usize,
+    limit: usize,
+    left_out: &mut Vec<(String, LeftOut)>,
+) -> Vec<DesiredRoute> {
     let mut programmed: Vec<DesiredRoute> = Vec::new();
     for d in candidates {
         if programmed.len() < capacity {
@@ -271,38 +361,7 @@ pub fn plan(
         }
     }
     programmed.sort();
-
-    let mut added = Vec::new();
-    let mut updated = Vec::new();
-    let wanted: BTreeMap<&str, TableRoute> = programmed
-        .iter()
-        .map(|d| (d.name.as_str(), d.to_table_route()))
-        .collect();
-    for (name, route) in &wanted {
-        match owned_by_name.get(name) {
-            None => added.push((*name).to_string()),
-            Some(old) if *old != route => updated.push((*name).to_string()),
-            Some(_) => {}
-        }
-    }
-    let removed: Vec<String> = owned_by_name
-        .keys()
-        .filter(|n| !wanted.contains_key(*n))
-        .map(|n| (*n).to_string())
-        .collect();
-
-    let mut routes: Vec<TableRoute> = foreign.into_iter().cloned().collect();
-    routes.extend(wanted.into_values());
-    left_out.sort();
-    left_out.dedup();
-    Plan {
-        routes,
-        programmed,
-        left_out,
-        added,
-        removed,
-        updated,
-    }
+    programmed
 }
 
 #[cfg(test)]

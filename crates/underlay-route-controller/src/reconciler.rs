@@ -277,6 +277,17 @@ impl RouteInput {
     }
 }
 
+/// The table as one GET found it, and what a write over it starts from.
+struct TableRead {
+    routes: Vec<TableRoute>,
+    precondition: Precondition,
+    location: Option<String>,
+    /// `Succeeded`, `Updating`, `Failed`, ...
+    provisioning: Option<String>,
+    /// The whole resource as read ([`TableWrite::base`]).
+    base: serde_json::Value,
+}
+
 /// What a successful pass did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncReport {
@@ -432,49 +443,13 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
         let mut contention = 0;
         let mut updating_since: Option<Instant> = None;
         loop {
-            let state: Option<TableState> = self.call(|| self.table.get()).await?;
-            let (current, precondition, location, provisioning, base) = match state {
-                Some(t) => (
-                    t.routes,
-                    match t.etag {
-                        Some(etag) => Precondition::IfMatch(etag),
-                        // Without an ETag there is nothing to guard the
-                        // write with; any version will do.
-                        None => Precondition::IfMatch("*".to_string()),
-                    },
-                    t.location,
-                    t.provisioning_state,
-                    t.resource,
-                ),
-                None if self.config.create_missing_table => (
-                    Vec::new(),
-                    Precondition::IfNoneMatch,
-                    None,
-                    None,
-                    serde_json::Value::Null,
-                ),
-                None => {
-                    // A table that does not exist holds no routes.
-                    *known = Some(Vec::new());
-                    return Err(SyncError::TableMissing);
-                }
-            };
-            *known = Some(current.clone());
-            if provisioning.as_deref() == Some("Updating") {
-                // Someone's write is in flight; its outcome decides what we
-                // see. Waited for no longer than an operation of our own:
-                // the nodes this pass plans for are a snapshot, and the next
-                // pass takes a fresh one along with a fresh read.
-                let since = *updating_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.config.operation_timeout {
-                    return Err(SyncError::TableUpdating(self.config.operation_timeout));
-                }
-                debug!("route table is updating; waiting");
-                tokio::time::sleep(self.config.poll_interval).await;
+            let read = self.read_table(known).await?;
+            if read.provisioning.as_deref() == Some("Updating") {
+                self.wait_out_update(&mut updating_since).await?;
                 continue;
             }
             let plan = plan(
-                &current,
+                &read.routes,
                 &desired,
                 left_out.clone(),
                 &self.ownership,
@@ -483,39 +458,14 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
             if let Some(m) = &self.metrics {
                 m.routes_owned(plan.owned_count());
             }
-            let failed_state = provisioning.as_deref() == Some("Failed");
+            let failed_state = read.provisioning.as_deref() == Some("Failed");
             if !plan.changes() && !failed_state {
                 return Ok(SyncReport { plan, wrote: false });
             }
-            let location = location
-                .or_else(|| self.config.location.clone())
-                .ok_or(SyncError::NoLocation)?;
-            let write = TableWrite {
-                base,
-                location,
-                routes: plan.routes.clone(),
-                precondition,
-            };
-            info!(
-                added = plan.added.len(),
-                removed = plan.removed.len(),
-                updated = plan.updated.len(),
-                left_out = plan.left_out.len(),
-                "writing route table"
-            );
-            let pending = match self.call(|| self.table.put(&write)).await {
-                Err(ArmError::PreconditionFailed) => {
+            let pending = match self.write_table(read, &plan).await {
+                Err(SyncError::Arm(ArmError::PreconditionFailed)) => {
                     contention += 1;
-                    if let Some(m) = &self.metrics {
-                        m.write("precondition_failed");
-                    }
-                    if contention > self.config.precondition_retries {
-                        return Err(SyncError::Contended(contention));
-                    }
-                    debug!(
-                        attempt = contention,
-                        "route table changed since read; re-reading"
-                    );
+                    self.precondition_failed(contention)?;
                     continue;
                 }
                 other => other?,
@@ -530,6 +480,100 @@ impl<T: RouteTable, S: NodeSink> Reconciler<T, S> {
             }
             return Ok(SyncReport { plan, wrote: true });
         }
+    }
+
+    /// GETs the table and records its routes in `known`. A missing table is
+    /// one to create (with `--create-route-table`) or an error.
+    async fn read_table(
+        &self,
+        known: &mut Option<Vec<TableRoute>>,
+    ) -> Result<TableRead, SyncError> {
+        let state: Option<TableState> = self.call(|| self.table.get()).await?;
+        let read = match state {
+            Some(t) => TableRead {
+                routes: t.routes,
+                precondition: match t.etag {
+                    Some(etag) => Precondition::IfMatch(etag),
+                    // Without an ETag there is nothing to guard the
+                    // write with; any version will do.
+                    None => Precondition::IfMatch("*".to_string()),
+                },
+                location: t.location,
+                provisioning: t.provisioning_state,
+                base: t.resource,
+            },
+            None if self.config.create_missing_table => TableRead {
+                routes: Vec::new(),
+                precondition: Precondition::IfNoneMatch,
+                location: None,
+                provisioning: None,
+                base: serde_json::Value::Null,
+            },
+            None => {
+                // A table that does not exist holds no routes.
+                *known = Some(Vec::new());
+                return Err(SyncError::TableMissing);
+            }
+        };
+        *known = Some(read.routes.clone());
+        Ok(read)
+    }
+
+    /// Someone's write is in flight; its outcome decides what we see. Waits
+    /// one poll interval before the next read, and fails the pass once the
+    /// table has been `Updating` for as long as an operation of our own may
+    /// take: the nodes this pass plans for are a snapshot, and the next pass
+    /// takes a fresh one along with a fresh read.
+    async fn wait_out_update(&self, updating_since: &mut Option<Instant>) -> Result<(), SyncError> {
+        let since = *updating_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.config.operation_timeout {
+            return Err(SyncError::TableUpdating(self.config.operation_timeout));
+        }
+        debug!("route table is updating; waiting");
+        tokio::time::sleep(self.config.poll_interval).await;
+        Ok(())
+    }
+
+    /// PUTs the planned table over the one read, guarded by its ETag.
+    async fn write_table(
+        &self,
+        read: TableRead,
+        plan: &Plan,
+    ) -> Result<crate::azure::PendingWrite, SyncError> {
+        let location = read
+            .location
+            .or_else(|| self.config.location.clone())
+            .ok_or(SyncError::NoLocation)?;
+        let write = TableWrite {
+            base: read.base,
+            location,
+            routes: plan.routes.clone(),
+            precondition: read.precondition,
+        };
+        info!(
+            added = plan.added.len(),
+            removed = plan.removed.len(),
+            updated = plan.updated.len(),
+            left_out = plan.left_out.len(),
+            "writing route table"
+        );
+        Ok(self.call(|| self.table.put(&write)).await?)
+    }
+
+    /// The table changed since it was read (412, the `contention`-th time
+    /// this pass): re-read at once, or give up after the configured retries.
+    fn precondition_failed(&self, contention: usize) -> Result<(), SyncError> {
+        if let Some(m) = &self.metrics {
+            m.write("precondition_failed");
+        }
+        if contention > self.config.precondition_retries {
+            return Err(SyncError::Contended(contention));
+        }
+        debug!(
+            attempt = contention,
+            "route table changed since read; re-reading"
+        );
+        Ok(())
     }
 
     async fn wait_for(&self, pending: &crate::azure::PendingWrite) -> Result<(), SyncError> {

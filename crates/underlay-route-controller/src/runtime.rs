@@ -199,6 +199,51 @@ async fn kube_client(args: &Args) -> Result<kube::Client> {
 
 /// Runs the controller until SIGTERM/SIGINT or lost leadership.
 pub async fn run(args: Args) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let (arm, location) = arm_route_table(&args, metrics.clone())?;
+    let alloc = cidr_allocator(&args)?;
+    if args.cluster_cidr.is_empty() {
+        bail!("no --cluster-cidr given; give one per address family");
+    }
+    let client = kube_client(&args).await?;
+    let readiness = Arc::new(Readiness::default());
+    let _servers = serve_http(&args, metrics.clone(), readiness.clone()).await?;
+    let identity = lease_identity(&args);
+    // The node informer runs on every instance: a standby's synced cache
+    // makes it ready, and hands a new leader the nodes without a relist.
+    let (feed, _feed_tasks) = start_node_feed(client.clone(), readiness.clone());
+    let sink = KubeNodeSink::new(client.clone(), Some(identity.clone()));
+    let elector = args
+        .leader_elect
+        .then(|| Arc::new(leader_elector(&args, client, identity)));
+    let work = LeaderWork {
+        table: arm,
+        sink,
+        reconciler: ReconcilerConfig {
+            batch_interval: args.route_batch_interval,
+            route_limit: args.route_limit,
+            create_missing_table: args.create_route_table,
+            location,
+            poll_interval: args.arm_poll_interval,
+            ..ReconcilerConfig::default()
+        },
+        ownership: Ownership {
+            cluster_cidrs: args.cluster_cidr.clone(),
+        },
+        alloc,
+        node_cidr_retry_interval: args.node_cidr_retry_interval,
+        fence: elector.clone(),
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        feed,
+    }
+    .run();
+    run_until_shutdown(elector, work, metrics, readiness).await
+}
+
+/// The Azure route table client from the cloud config and the overrides,
+/// and the table's region (to create it when missing).
+fn arm_route_table(args: &Args, metrics: Arc<Metrics>) -> Result<(ArmRouteTable, Option<String>)> {
     let cloud = CloudConfig::load(&args.cloud_config)?;
     let table = cloud.table()?;
     let endpoint = match &args.arm_endpoint {
@@ -206,22 +251,7 @@ pub async fn run(args: Args) -> Result<()> {
         None => cloud.endpoints()?.resource_manager,
     };
     let identity = cloud.identity(args.arm_token_file.as_deref())?;
-    let cloud_authority = match cloud.endpoints() {
-        Ok(e) => e.authority,
-        // A custom --arm-endpoint needs no known cloud; its authority comes
-        // from the overrides, else the public cloud's.
-        Err(_) if args.arm_endpoint.is_some() => "https://login.microsoftonline.com".to_string(),
-        Err(e) => return Err(e.into()),
-    };
-    let env = |name: &str| std::env::var(name).ok();
-    let aad = AadEndpoints::resolve(
-        args.aad_authority_host.as_deref(),
-        env("AZURE_AUTHORITY_HOST").as_deref(),
-        cloud.active_directory_endpoint.as_deref(),
-        &cloud_authority,
-        args.imds_endpoint.as_deref(),
-        env("AZURE_POD_IDENTITY_AUTHORITY_HOST").as_deref(),
-    )?;
+    let aad = aad_endpoints(args, &cloud)?;
     info!(
         subscription = %table.subscription_id,
         resource_group = %table.resource_group,
@@ -232,7 +262,6 @@ pub async fn run(args: Args) -> Result<()> {
         "starting route controller"
     );
     let credential = credential_for(&identity, &aad)?;
-    let metrics = Arc::new(Metrics::new());
     let arm = ArmRouteTable::new(
         ArmTableConfig {
             endpoint,
@@ -242,123 +271,169 @@ pub async fn run(args: Args) -> Result<()> {
             request_timeout: args.arm_request_timeout,
         },
         credential,
-        Some(metrics.clone()),
+        Some(metrics),
     )?;
-    let alloc = if args.allocate_node_cidrs {
-        Some(CidrAllocator::new(
-            &args.cluster_cidr,
-            args.node_cidr_mask_size_ipv4,
-            args.node_cidr_mask_size_ipv6,
-            &args.reserved_cidr,
-        )?)
-    } else {
-        None
+    Ok((arm, table.location))
+}
+
+/// Where Azure AD tokens come from: the flags, the environment, the cloud
+/// config, then the cloud's own authority.
+fn aad_endpoints(args: &Args, cloud: &CloudConfig) -> Result<AadEndpoints> {
+    let cloud_authority = match cloud.endpoints() {
+        Ok(e) => e.authority,
+        // A custom --arm-endpoint needs no known cloud; its authority comes
+        // from the overrides, else the public cloud's.
+        Err(_) if args.arm_endpoint.is_some() => "https://login.microsoftonline.com".to_string(),
+        Err(e) => return Err(e.into()),
     };
-    if args.cluster_cidr.is_empty() {
-        bail!("no --cluster-cidr given; give one per address family");
+    let env = |name: &str| std::env::var(name).ok();
+    Ok(AadEndpoints::resolve(
+        args.aad_authority_host.as_deref(),
+        env("AZURE_AUTHORITY_HOST").as_deref(),
+        cloud.active_directory_endpoint.as_deref(),
+        &cloud_authority,
+        args.imds_endpoint.as_deref(),
+        env("AZURE_POD_IDENTITY_AUTHORITY_HOST").as_deref(),
+    )?)
+}
+
+/// The node CIDR allocator, with `--allocate-node-cidrs` only.
+fn cidr_allocator(args: &Args) -> Result<Option<CidrAllocator>> {
+    if !args.allocate_node_cidrs {
+        return Ok(None);
     }
-    let client = kube_client(&args).await?;
-    let readiness = Arc::new(Readiness::default());
-    let app = router(metrics.clone(), readiness.clone());
-    let _metrics_server = serve(args.metrics_addr, app.clone())
-        .await
-        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
-    let _health_server = if args.health_addr != args.metrics_addr {
-        Some(
+    Ok(Some(CidrAllocator::new(
+        &args.cluster_cidr,
+        args.node_cidr_mask_size_ipv4,
+        args.node_cidr_mask_size_ipv6,
+        &args.reserved_cidr,
+    )?))
+}
+
+/// Serves /metrics, /healthz and /readyz, on one address or two.
+async fn serve_http(
+    args: &Args,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let app = router(metrics, readiness);
+    let mut servers = vec![
+        serve(args.metrics_addr, app.clone())
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?,
+    ];
+    if args.health_addr != args.metrics_addr {
+        servers.push(
             serve(args.health_addr, app)
                 .await
                 .with_context(|| format!("cannot listen on --health-addr {}", args.health_addr))?,
-        )
-    } else {
-        None
-    };
+        );
+    }
+    Ok(servers)
+}
 
-    let identity_name = args.leader_elect_identity.clone().unwrap_or_else(|| {
+/// This instance's name in the Lease and in Events: the flag, else the
+/// hostname and pid.
+fn lease_identity(args: &Args) -> String {
+    args.leader_elect_identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown".to_string());
         format!("{host}_{}", std::process::id())
-    });
+    })
+}
 
-    // The node informer runs on every instance: a standby's synced cache
-    // makes it ready, and hands a new leader the nodes without a relist.
+/// Starts the node informer and marks the caches synced once it has
+/// listed; both tasks end when the returned guards are dropped.
+fn start_node_feed(
+    client: kube::Client,
+    readiness: Arc<Readiness>,
+) -> (NodeFeed, [AbortOnDrop; 2]) {
     let feed = NodeFeed::new();
-    let _feed_task = AbortOnDrop(tokio::spawn(feed.clone().run(client.clone())));
-    let _synced_task = {
-        let mut synced = feed.synced();
-        let readiness = readiness.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            if synced.wait_for(|s| *s).await.is_ok() {
-                readiness.set_caches_synced(true);
-            }
-        }))
-    };
-
-    let sink = KubeNodeSink::new(client.clone(), Some(identity_name.clone()));
-    let reconciler_config = ReconcilerConfig {
-        batch_interval: args.route_batch_interval,
-        route_limit: args.route_limit,
-        create_missing_table: args.create_route_table,
-        location: table.location.clone(),
-        poll_interval: args.arm_poll_interval,
-        ..ReconcilerConfig::default()
-    };
-    let ownership = Ownership {
-        cluster_cidrs: args.cluster_cidr.clone(),
-    };
-    let node_cidr_retry_interval = args.node_cidr_retry_interval;
-    let elector = args.leader_elect.then(|| {
-        Arc::new(LeaderElector::new(
-            client.clone(),
-            LeaderConfig {
-                namespace: args.leader_elect_namespace.clone(),
-                name: args.leader_elect_name.clone(),
-                identity: identity_name,
-                lease_duration: args.leader_elect_lease_duration,
-                renew_deadline: args.leader_elect_renew_deadline,
-                retry_period: args.leader_elect_retry_period,
-            },
-        ))
-    });
-    let work = {
-        let fence = elector.clone();
-        let metrics = metrics.clone();
-        let readiness = readiness.clone();
-        let feed = feed.clone();
-        async move {
-            let input = RouteInput::until_listed();
-            let reconciler = Reconciler::new(
-                arm,
-                sink.clone(),
-                reconciler_config,
-                ownership,
-                Some(metrics.clone()),
-            );
-            let status = reconciler.status();
-            let mut controller = NodeController::new(sink, input.clone(), alloc, Some(metrics))
-                .with_retry_interval(node_cidr_retry_interval);
-            if let Some(fence) = fence {
-                // A pod CIDR is written only while the lease is as this
-                // instance last renewed it.
-                controller = controller.with_fence(fence);
-            }
-            let listed = controller.listed();
-            tokio::join!(
-                reconciler.run(input),
-                controller.run(feed.subscribe()),
-                first_sync(listed, status, readiness),
-            );
+    let feed_task = AbortOnDrop(tokio::spawn(feed.clone().run(client)));
+    let mut synced = feed.synced();
+    let synced_task = AbortOnDrop(tokio::spawn(async move {
+        if synced.wait_for(|s| *s).await.is_ok() {
+            readiness.set_caches_synced(true);
         }
-    };
+    }));
+    (feed, [feed_task, synced_task])
+}
+
+/// The Lease elector the `--leader-elect-*` flags describe.
+fn leader_elector(args: &Args, client: kube::Client, identity: String) -> LeaderElector {
+    LeaderElector::new(
+        client,
+        LeaderConfig {
+            namespace: args.leader_elect_namespace.clone(),
+            name: args.leader_elect_name.clone(),
+            identity,
+            lease_duration: args.leader_elect_lease_duration,
+            renew_deadline: args.leader_elect_renew_deadline,
+            retry_period: args.leader_elect_retry_period,
+        },
+    )
+}
+
+/// What the leader runs: the node controller (pod CIDRs, the reconciler's
+/// input), the route reconciler, and the readiness of its first full sync.
+struct LeaderWork {
+    table: ArmRouteTable,
+    sink: KubeNodeSink,
+    reconciler: ReconcilerConfig,
+    ownership: Ownership,
+    alloc: Option<CidrAllocator>,
+    node_cidr_retry_interval: Duration,
+    /// The elector, when there is one: pod CIDR writes are fenced by it.
+    fence: Option<Arc<LeaderElector>>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    feed: NodeFeed,
+}
+
+impl LeaderWork {
+    async fn run(self) {
+        let input = RouteInput::until_listed();
+        let reconciler = Reconciler::new(
+            self.table,
+            self.sink.clone(),
+            self.reconciler,
+            self.ownership,
+            Some(self.metrics.clone()),
+        );
+        let status = reconciler.status();
+        let mut controller =
+            NodeController::new(self.sink, input.clone(), self.alloc, Some(self.metrics))
+                .with_retry_interval(self.node_cidr_retry_interval);
+        if let Some(fence) = self.fence {
+            // A pod CIDR is written only while the lease is as this
+            // instance last renewed it.
+            controller = controller.with_fence(fence);
+        }
+        let listed = controller.listed();
+        tokio::join!(
+            reconciler.run(input),
+            controller.run(self.feed.subscribe()),
+            first_sync(listed, status, self.readiness),
+        );
+    }
+}
+
+/// Runs `work` until shutdown: while holding the lease (given up on the way
+/// out) when there is an elector, else at once.
+async fn run_until_shutdown(
+    elector: Option<Arc<LeaderElector>>,
+    work: impl Future<Output = ()>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+) -> Result<()> {
     let shutdown = shutdown_signal();
     if let Some(elector) = elector {
-        let m = metrics.clone();
-        let r = readiness.clone();
         // Readiness first: whoever sees the leader gauge at 1 also sees
         // readiness waiting for this term's first sync.
         let on_leader = move |leading| {
-            r.set_leading(leading);
-            m.set_leader(leading);
+            readiness.set_leading(leading);
+            metrics.set_leader(leading);
         };
         let outcome = tokio::select! {
             r = elector.run(work, on_leader) => r.map_err(anyhow::Error::from),

@@ -10,7 +10,8 @@ use underlay_route_controller::azure::arm::ArmRouteTable;
 use underlay_route_controller::azure::{
     ArmError, OperationState, Precondition, RouteTable, TableRoute, TableWrite,
 };
-use underlay_route_controller::nodes::{RecordingSink, RouteCondition};
+use underlay_route_controller::nodes::RouteCondition;
+use underlay_route_controller::nodes::fake::RecordingSink;
 use underlay_route_controller::plan::{NodeRoutes, Ownership};
 use underlay_route_controller::reconciler::{Reconciler, ReconcilerConfig, RouteInput};
 

@@ -6,7 +6,8 @@ use tokio::time::Instant;
 use underlay_route_controller::azure::fake::{Call, FakeRouteTable, Scripted};
 use underlay_route_controller::azure::{ArmError, OperationState, Precondition, TableRoute};
 use underlay_route_controller::naming::route_name;
-use underlay_route_controller::nodes::{EventType, RecordingSink, RouteCondition};
+use underlay_route_controller::nodes::fake::RecordingSink;
+use underlay_route_controller::nodes::{EventType, RouteCondition};
 use underlay_route_controller::plan::{NodeRoutes, Ownership};
 use underlay_route_controller::reconciler::{Reconciler, ReconcilerConfig, RouteInput, Status};
 
@@ -277,11 +278,11 @@ async fn failed_and_canceled_operations_are_retried() {
     assert_eq!(fake.puts().len(), 2);
     assert_eq!(fake.routes(), vec![route("a", "10.244.1.0/24", "10.0.0.1")]);
     assert!(matches!(
-        h.sink
-            .records()
-            .iter()
-            .find(|r| matches!(r, underlay_route_controller::nodes::Recorded::Condition(..))),
-        Some(underlay_route_controller::nodes::Recorded::Condition(
+        h.sink.records().iter().find(|r| matches!(
+            r,
+            underlay_route_controller::nodes::fake::Recorded::Condition(..)
+        )),
+        Some(underlay_route_controller::nodes::fake::Recorded::Condition(
             _,
             RouteCondition::NotCreated { .. }
         ))
@@ -479,7 +480,7 @@ fn marked_unavailable(sink: &RecordingSink) -> Vec<String> {
         .records()
         .into_iter()
         .filter_map(|r| match r {
-            underlay_route_controller::nodes::Recorded::Condition(
+            underlay_route_controller::nodes::fake::Recorded::Condition(
                 n,
                 RouteCondition::NotCreated { .. },
             ) => Some(n),

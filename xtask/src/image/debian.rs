@@ -231,19 +231,9 @@ pub fn keep(path: &str, kind: &Kind) -> bool {
 /// Unpacks a .deb's files into `layer` (owner root, mtime fixed later by the
 /// layer writer). Hard links become copies of their target.
 pub fn unpack_into(deb: &Path, layer: &mut Layer) -> Result<()> {
-    let out = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .output()
-        .context("run dpkg-deb --fsys-tarfile (install dpkg)")?;
-    if !out.status.success() {
-        bail!(
-            "dpkg-deb --fsys-tarfile {} failed: {}; delete it so it is downloaded again",
-            deb.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let mut archive = tar::Archive::new(out.stdout.as_slice());
+    let tarball = fsys_tarfile(deb)?;
+    let mut archive = tar::Archive::new(tarball.as_slice());
+    // The regular files so far, for the hard links that follow them.
     let mut files: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
     for entry in archive
         .entries()
@@ -255,41 +245,7 @@ pub fn unpack_into(deb: &Path, layer: &mut Layer) -> Result<()> {
             continue;
         };
         let mode = entry.header().mode()? & 0o7777;
-        let kind = match entry.header().entry_type() {
-            tar::EntryType::Directory => Kind::Dir,
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut data = Vec::new();
-                entry.read_to_end(&mut data)?;
-                files.insert(path.clone(), (data.clone(), mode));
-                Kind::File(data)
-            }
-            tar::EntryType::Symlink => Kind::Symlink(
-                entry
-                    .link_name()?
-                    .context("symlink without a target")?
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name()?
-                    .context("hard link without a target")?
-                    .to_string_lossy()
-                    .into_owned();
-                let target = normalize(&target)?.unwrap_or_default();
-                let (data, _) = files.get(&target).cloned().with_context(|| {
-                    format!(
-                        "{}: hard link {path} to {target}, which comes later or is missing",
-                        deb.display()
-                    )
-                })?;
-                Kind::File(data)
-            }
-            other => bail!(
-                "{}: {path} has entry type {other:?}, which images do not carry",
-                deb.display()
-            ),
-        };
+        let kind = entry_kind(deb, &mut entry, &path, mode, &mut files)?;
         if keep(&path, &kind) {
             let mode = if matches!(kind, Kind::Symlink(_)) {
                 0o777
@@ -310,6 +266,69 @@ pub fn unpack_into(deb: &Path, layer: &mut Layer) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The package's files as a tar archive (`dpkg-deb --fsys-tarfile`).
+fn fsys_tarfile(deb: &Path) -> Result<Vec<u8>> {
+    let out = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .output()
+        .context("run dpkg-deb --fsys-tarfile (install dpkg)")?;
+    if !out.status.success() {
+        bail!(
+            "dpkg-deb --fsys-tarfile {} failed: {}; delete it so it is downloaded again",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// What one archive entry at `path` becomes in the image. A regular file is
+/// also remembered in `files`, where a later hard link to it finds its data.
+fn entry_kind<R: Read>(
+    deb: &Path,
+    entry: &mut tar::Entry<'_, R>,
+    path: &str,
+    mode: u32,
+    files: &mut BTreeMap<String, (Vec<u8>, u32)>,
+) -> Result<Kind> {
+    Ok(match entry.header().entry_type() {
+        tar::EntryType::Directory => Kind::Dir,
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data)?;
+            files.insert(path.to_string(), (data.clone(), mode));
+            Kind::File(data)
+        }
+        tar::EntryType::Symlink => Kind::Symlink(
+            entry
+                .link_name()?
+                .context("symlink without a target")?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        tar::EntryType::Link => {
+            let target = entry
+                .link_name()?
+                .context("hard link without a target")?
+                .to_string_lossy()
+                .into_owned();
+            let target = normalize(&target)?.unwrap_or_default();
+            let (data, _) = files.get(&target).cloned().with_context(|| {
+                format!(
+                    "{}: hard link {path} to {target}, which comes later or is missing",
+                    deb.display()
+                )
+            })?;
+            Kind::File(data)
+        }
+        other => bail!(
+            "{}: {path} has entry type {other:?}, which images do not carry",
+            deb.display()
+        ),
+    })
 }
 
 /// Checks that the layer carries a copyright file for every package, directly

@@ -99,34 +99,52 @@ impl LeaderElector {
     /// One attempt to acquire or renew. `Ok(true)`: this instance holds the lease.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        let me = &self.config.identity;
         let Some(lease) = self.api.get_opt(&self.config.name).await? else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.config.name.clone()),
-                    namespace: Some(self.config.namespace.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(me.clone()),
-                    lease_duration_seconds: Some(self.lease_secs()),
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                    ..LeaseSpec::default()
-                }),
-            };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(created) => {
-                    self.set_written(Some(&created));
-                    Ok(true)
-                }
-                Err(e) if is_conflict(&e) => Ok(false),
-                Err(e) => Err(e),
-            };
+            return self.create_lease(now).await;
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
+        let expired = self.has_expired(&spec, &holder);
+        let taking_over = holder != self.config.identity;
+        if taking_over && !expired {
+            return Ok(false);
+        }
+        let next = self.held_lease(lease.metadata, spec, now, taking_over);
+        self.replace_lease(&next, taking_over, &holder).await
+    }
+
+    /// No lease yet: creates it held by this instance. A conflict means
+    /// another candidate created it first.
+    async fn create_lease(&self, now: MicroTime) -> Result<bool, kube::Error> {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(self.config.name.clone()),
+                namespace: Some(self.config.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.config.identity.clone()),
+                lease_duration_seconds: Some(self.lease_secs()),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        match self.api.create(&PostParams::default(), &lease).await {
+            Ok(created) => {
+                self.set_written(Some(&created));
+                Ok(true)
+            }
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the lease is free: nobody holds it, or its record (holder,
+    /// renewTime, duration) has not changed for its duration as measured on
+    /// this instance's monotonic clock from when it was first seen so.
+    fn has_expired(&self, spec: &LeaseSpec, holder: &str) -> bool {
         let record = format!(
             "{holder}|{:?}|{:?}",
             spec.renew_time.as_ref().map(|t| t.0),
@@ -147,15 +165,22 @@ impl LeaderElector {
             .lease_duration_seconds
             .and_then(|s| u64::try_from(s).ok())
             .map_or(self.config.lease_duration, Duration::from_secs);
-        let expired = holder.is_empty() || first_seen.elapsed() >= duration;
-        if holder != *me && !expired {
-            return Ok(false);
-        }
-        let taking_over = holder != *me;
-        let next = Lease {
-            metadata: lease.metadata.clone(),
+        holder.is_empty() || first_seen.elapsed() >= duration
+    }
+
+    /// The lease as this instance writes it: held by it, renewed `now`, and
+    /// acquired `now` with one more transition when `taking_over`.
+    fn held_lease(
+        &self,
+        metadata: ObjectMeta,
+        spec: LeaseSpec,
+        now: MicroTime,
+        taking_over: bool,
+    ) -> Lease {
+        Lease {
+            metadata,
             spec: Some(LeaseSpec {
-                holder_identity: Some(me.clone()),
+                holder_identity: Some(self.config.identity.clone()),
                 lease_duration_seconds: Some(self.lease_secs()),
                 acquire_time: if taking_over {
                     Some(now.clone())
@@ -168,16 +193,26 @@ impl LeaderElector {
                 ),
                 ..spec
             }),
-        };
+        }
+    }
+
+    /// Writes `next` over the lease as read; a conflict means someone else
+    /// wrote it since, and this attempt lost.
+    async fn replace_lease(
+        &self,
+        next: &Lease,
+        taking_over: bool,
+        previous_holder: &str,
+    ) -> Result<bool, kube::Error> {
         match self
             .api
-            .replace(&self.config.name, &PostParams::default(), &next)
+            .replace(&self.config.name, &PostParams::default(), next)
             .await
         {
             Ok(written) => {
                 self.set_written(Some(&written));
                 if taking_over {
-                    info!(lease = %self.config.name, previous = %holder, "acquired leader lease");
+                    info!(lease = %self.config.name, previous = %previous_holder, "acquired leader lease");
                 }
                 Ok(true)
             }
