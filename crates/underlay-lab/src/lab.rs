@@ -19,10 +19,12 @@ use crate::vnet::{FabricRoute, NodeNet, Vnet, VnetConfig};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::process::Child;
 
 /// Where agents find the API server inside their node namespace (the relay).
 pub const NODE_API_ADDR: &str = "127.0.0.1:6443";
@@ -435,6 +437,37 @@ impl Lab {
         let _ = self.save_state();
     }
 
+    /// Starts the lab's `binary` as the daemon `what`: inside the namespace
+    /// at `namespace` when given, `RUST_LOG=info`, output appended to its log,
+    /// killed when its handle drops, and its pid recorded in the state file.
+    fn spawn_daemon<S: AsRef<OsStr>>(
+        &self,
+        what: &str,
+        binary: &str,
+        namespace: Option<&Path>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Result<Child> {
+        let program = self.config.bin_dir.join(binary);
+        let mut cmd = match namespace {
+            Some(path) => netns::command_in(path, program),
+            // starts: underlay-agent underlay-route-controller (the lab's daemons)
+            None => tokio::process::Command::new(program),
+        };
+        let log = self.log_file(what)?;
+        let err = log.try_clone().map_err(io("cannot open a log"))?;
+        let child = cmd
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io(format!("cannot start {binary}")))?;
+        self.record_process(child.id(), what)?;
+        Ok(child)
+    }
+
     fn log_file(&self, name: &str) -> Result<std::fs::File> {
         std::fs::OpenOptions::new()
             .create(true)
@@ -512,20 +545,8 @@ impl Lab {
     /// it only talks HTTP to 127.0.0.1).
     pub async fn start_route_controller(&self, index: usize) -> Result<()> {
         let name = format!("route-controller-{index}");
-        let log = self.log_file(&name)?;
-        let err = log.try_clone().map_err(io("cannot open a log"))?;
-        let child =
-            // starts: underlay-route-controller
-            tokio::process::Command::new(self.config.bin_dir.join("underlay-route-controller"))
-                .args(self.route_controller_args(index))
-                .env("RUST_LOG", "info")
-                .stdin(std::process::Stdio::null())
-                .stdout(log)
-                .stderr(err)
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(io("cannot start underlay-route-controller"))?;
-        self.record_process(child.id(), &name)?;
+        let args = self.route_controller_args(index);
+        let child = self.spawn_daemon(&name, "underlay-route-controller", None, args)?;
         self.procs.lock().await.controllers.insert(index, child);
         Ok(())
     }
@@ -611,43 +632,41 @@ impl Lab {
         Ok(net)
     }
 
+    /// The agent's command line on `node`.
+    fn agent_args(&self, node: &str) -> Vec<OsString> {
+        let node_dir = self.config.dir.join("nodes").join(node);
+        let mut args: Vec<OsString> = vec![
+            "--node-name".into(),
+            node.into(),
+            "--socket".into(),
+            node_dir.join("agent.sock").into(),
+            "--state-dir".into(),
+            node_dir.join("state").into(),
+            "--kubeconfig".into(),
+            self.node_kubeconfig.clone().into(),
+            "--metrics-addr".into(),
+            "127.0.0.1:9962".into(),
+            "--health-addr".into(),
+            NODE_AGENT_HEALTH.into(),
+        ];
+        args.extend(self.config.agent_args.iter().map(OsString::from));
+        args
+    }
+
     /// Starts (or restarts) the agent of `node` inside its namespace.
     pub async fn start_agent(&self, node: &str) -> Result<()> {
         let net = self
             .vnet
             .node(node)
             .ok_or_else(|| Error::Usage(format!("no node {node}")))?;
-        let node_dir = self.config.dir.join("nodes").join(node);
         let what = format!("agent-{node}");
-        let log = self.log_file(&what)?;
-        let err = log.try_clone().map_err(io("cannot open a log"))?;
-        let child = netns::command_in(
-            &Netns::existing(&net.netns).path(),
-            self.config.bin_dir.join("underlay-agent"),
-        )
-        .arg("--node-name")
-        .arg(node)
-        .arg("--socket")
-        .arg(node_dir.join("agent.sock"))
-        .arg("--state-dir")
-        .arg(node_dir.join("state"))
-        .arg("--kubeconfig")
-        .arg(&self.node_kubeconfig)
-        .args([
-            "--metrics-addr",
-            "127.0.0.1:9962",
-            "--health-addr",
-            NODE_AGENT_HEALTH,
-        ])
-        .args(&self.config.agent_args)
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(io("cannot start underlay-agent"))?;
-        self.record_process(child.id(), &what)?;
+        let namespace = Netns::existing(&net.netns).path();
+        let child = self.spawn_daemon(
+            &what,
+            "underlay-agent",
+            Some(&namespace),
+            self.agent_args(node),
+        )?;
         self.procs
             .lock()
             .await
