@@ -576,6 +576,16 @@ async fn leader_failover(lab: &Lab, demo: &mut Demo) -> Result<Seen> {
 /// timings.
 pub async fn report(lab: &Lab, rec: &Record) -> String {
     let mut out = String::new();
+    write_nodes(&mut out, lab).await;
+    write_routes(&mut out, lab);
+    write_reachability(&mut out, lab).await;
+    write_timings(&mut out, rec);
+    write_steps(&mut out, rec);
+    out
+}
+
+/// Each node with its address, pod CIDRs and NetworkUnavailable condition.
+async fn write_nodes(out: &mut String, lab: &Lab) {
     let _ = writeln!(out, "\n== nodes");
     let _ = writeln!(
         out,
@@ -599,10 +609,18 @@ pub async fn report(lab: &Lab, rec: &Record) -> String {
             unavailable.map_or("unknown".into(), |u| u.to_string())
         );
     }
+}
+
+/// The routes the fabric applies.
+fn write_routes(out: &mut String, lab: &Lab) {
     let _ = writeln!(out, "\n== route table (applied by the fabric)");
     for r in lab.vnet().routes() {
         let _ = writeln!(out, "{:<40} {:<20} -> {}", r.name, r.prefix, r.next_hop);
     }
+}
+
+/// Every pod probing every pod on TCP 80, as a matrix (row -> column).
+async fn write_reachability(out: &mut String, lab: &Lab) {
     let pods = lab.pods();
     let _ = writeln!(out, "\n== pod-to-pod reachability, TCP 80 (row -> column)");
     let _ = write!(out, "{:<8}", "");
@@ -633,6 +651,10 @@ pub async fn report(lab: &Lab, rec: &Record) -> String {
         }
         let _ = writeln!(out);
     }
+}
+
+/// The measured intervals and how each was measured.
+fn write_timings(out: &mut String, rec: &Record) {
     let _ = writeln!(out, "\n== timings");
     for t in &rec.timings {
         let _ = writeln!(
@@ -643,6 +665,10 @@ pub async fn report(lab: &Lab, rec: &Record) -> String {
             t.how
         );
     }
+}
+
+/// Each step's verdict and duration, and how many met their expectation.
+fn write_steps(out: &mut String, rec: &Record) {
     let _ = writeln!(out, "\n== steps");
     for s in &rec.steps {
         let _ = writeln!(
@@ -659,5 +685,4 @@ pub async fn report(lab: &Lab, rec: &Record) -> String {
         "\n{passed}/{} steps met their expectation",
         rec.steps.len()
     );
-    out
 }
