@@ -2,7 +2,7 @@
 //! states its expectation and what was observed; the run fails if any
 //! expectation is not met.
 //!
-//! The demo is the list [`STEPS`], run in order; each step is a function
+//! The demo is the list `STEPS`, run in order; each step is a function
 //! that returns what it observed, and may record measured intervals.
 
 use crate::lab::{Error, Lab, Result, network_unavailable};
