@@ -189,16 +189,29 @@ pub async fn up(args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let log_path = dir.join("supervisor.log");
     let log = std::fs::File::create(&log_path).context("cannot create the supervisor log")?;
+    let mut child = supervisor_command(&args, &dir)?
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start the lab supervisor")?;
+    wait_supervisor_ready(&mut child, &log_path, &state_path).await?;
+    print_kubeconfig(&dir.join("kubeconfig"))
+}
+
+/// The command line of the supervisor `up` starts: this binary's hidden
+/// `supervise` with the same settings, in its own process group and with
+/// no stdin.
+fn supervisor_command(args: &UpArgs, dir: &Path) -> Result<std::process::Command> {
     let exe = std::env::current_exe().context("cannot find this binary")?;
     // starts: underlay-lab (this binary, as the supervisor)
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("supervise")
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
         .arg("--nodes")
         .arg(args.nodes.to_string())
         .arg("--bin-dir")
-        .arg(bin_dir(&args)?)
+        .arg(bin_dir(args)?)
         .arg("--propagation-delay-ms")
         .arg(args.propagation_delay_ms.to_string())
         .arg("--route-controllers")
@@ -215,15 +228,22 @@ pub async fn up(args: UpArgs) -> Result<()> {
     // Its own process group: the supervisor outlives this command and is
     // not hit by the terminal's Ctrl-C.
     use std::os::unix::process::CommandExt;
-    cmd.process_group(0)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    let mut child = cmd.spawn().context("cannot start the lab supervisor")?;
+    cmd.process_group(0).stdin(std::process::Stdio::null());
+    Ok(cmd)
+}
+
+/// Waits until the supervisor marks the lab ready in its state file,
+/// echoing the progress and error lines of its log; fails if it exits
+/// first or the lab is not ready within 300 s.
+async fn wait_supervisor_ready(
+    child: &mut std::process::Child,
+    log_path: &Path,
+    state_path: &Path,
+) -> Result<()> {
     let start = Instant::now();
     let mut shown = 0usize;
     loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let text = std::fs::read_to_string(log_path).unwrap_or_default();
         for line in text.lines().skip(shown) {
             if line.starts_with("lab: ") || line.contains("ERROR") || line.starts_with("Error") {
                 eprintln!("{line}");
@@ -236,11 +256,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
                 log_path.display()
             );
         }
-        if LabState::load(&state_path)
-            .map(|s| s.ready)
-            .unwrap_or(false)
-        {
-            break;
+        if LabState::load(state_path).map(|s| s.ready).unwrap_or(false) {
+            return Ok(());
         }
         if start.elapsed() > Duration::from_secs(300) {
             bail!(
@@ -250,12 +267,15 @@ pub async fn up(args: UpArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let kubeconfig = dir.join("kubeconfig");
+}
+
+/// Prints where the running lab's kubeconfig is, and the kubeconfig.
+fn print_kubeconfig(kubeconfig: &Path) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "# lab is up; kubeconfig: {}", kubeconfig.display())?;
     writeln!(out, "# export KUBECONFIG={}", kubeconfig.display())?;
     out.write_all(
-        std::fs::read_to_string(&kubeconfig)
+        std::fs::read_to_string(kubeconfig)
             .unwrap_or_default()
             .as_bytes(),
     )?;

@@ -9,7 +9,7 @@ use crate::lab::{Lab, LabConfig};
 use crate::netns::{self, Netns};
 use crate::scenario;
 use crate::traffic::{self, PortSpec, Protocol};
-use crate::vnet::{self, FabricRoute, Vnet, VnetConfig, overlay};
+use crate::vnet::{self, FabricRoute, NodeNet, Vnet, VnetConfig, overlay};
 use serde_json::json;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -150,92 +150,117 @@ pub async fn native_vs_overlay(settings: &Settings) -> Result<Vec<Sample>, BoxEr
         propagation_delay: Duration::ZERO,
     })
     .await?;
-    let result = async {
-        let n1 = v.add_node("node-1").await?;
-        let n2 = v.add_node("node-2").await?;
-        let prefix = v.config().prefix.clone();
-        let a = Netns::create(&format!("{prefix}-pa")).await?;
-        let b = Netns::create(&format!("{prefix}-pb")).await?;
-        let (ip_a, ip_b) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10));
-        vnet::plug_pod(&Netns::existing(&n1.netns), &a, "hpa", ip_a).await?;
-        vnet::plug_pod(&Netns::existing(&n2.netns), &b, "hpb", ip_b).await?;
-        let ports = vec![PortSpec {
-            port: 80,
-            protocol: Protocol::Tcp,
-        }];
-        let listeners = b.enter(move || traffic::open(&ports))??;
-        let _servers = traffic::serve(listeners, "b")?;
-        let _iperf = IperfServer::start(&b.path())?;
-
-        let fabric = vec![
-            FabricRoute {
-                name: "n1".into(),
-                prefix: "10.244.1.0/24".into(),
-                next_hop: n1.ipv4.into(),
-            },
-            FabricRoute {
-                name: "n2".into(),
-                prefix: "10.244.2.0/24".into(),
-                next_hop: n2.ipv4.into(),
-            },
-        ];
-        // The overlay's devices exist throughout; switching modes swaps the
-        // routes only: fabric routes (native) or routes via vxlan0 (overlay).
-        let pairs = [
-            (&n1, [(&n2, "10.244.2.0/24")]),
-            (&n2, [(&n1, "10.244.1.0/24")]),
-        ];
-        for (node, peers) in &pairs {
-            let lines: Vec<String> = overlay::lines(node, peers)
-                .into_iter()
-                .filter(|l| !l.starts_with("route "))
-                .collect();
-            Netns::existing(&node.netns).ip_batch(&lines).await?;
-            for args in overlay::fdb_commands(peers) {
-                let mut full = vec!["-n", node.netns.as_str()];
-                full.extend(args.iter().map(String::as_str));
-                netns::run("bridge", &full).await?;
-            }
-        }
-        let overlay_routes = |on: bool| {
-            async move {
-                for (node, peers) in &pairs {
-                    let lines: Vec<String> = overlay::lines(node, peers)
-                        .into_iter()
-                        .filter(|l| l.starts_with("route "))
-                        .map(|l| if on { l } else { format!("route del {}", l.split_whitespace().nth(2).unwrap_or_default()) })
-                        .collect();
-                    let _ = Netns::existing(&node.netns).ip_batch(&lines).await;
-                }
-            }
-        };
-        // Neither mode's routes: pods must not connect, or the comparison
-        // would measure something else.
-        v.apply_routes(Vec::new()).await?;
-        let target: SocketAddr = (ip_b, 80).into();
-        let path = a.path();
-        let cut = netns::in_netns(&path, move || {
-            traffic::probe(target, Protocol::Tcp, Duration::from_millis(500))
-        })?;
-        if cut.connected() {
-            return Err("pods connect with neither fabric nor overlay routes; the measurement would be wrong".into());
-        }
-        // Alternate the modes so that load from elsewhere on the machine
-        // falls on both alike; report the median of each.
-        let (mut native, mut vxlan) = (Vec::new(), Vec::new());
-        for _ in 0..settings.rounds.max(1) {
-            overlay_routes(false).await;
-            v.apply_routes(fabric.clone()).await?;
-            native.push(measure("native routing", &a.path(), ip_b.into(), settings)?);
-            v.apply_routes(Vec::new()).await?;
-            overlay_routes(true).await;
-            vxlan.push(measure("VXLAN overlay", &a.path(), ip_b.into(), settings)?);
-        }
-        Ok::<_, BoxError>(vec![median(native), median(vxlan)])
-    }
-    .await;
+    let result = compare_routing_modes(&v, settings).await;
     v.destroy().await?;
     result
+}
+
+/// The two nodes' overlay peers: each reaches the other's pod CIDR.
+type OverlayPairs<'a> = [(&'a NodeNet, [(&'a NodeNet, &'static str); 1]); 2];
+
+/// On the VNet `v`: pod a on node-1 and pod b (a server) on node-2, then
+/// native routing and the overlay measured from a to b in alternating
+/// rounds; the median of each.
+async fn compare_routing_modes(v: &Vnet, settings: &Settings) -> Result<Vec<Sample>, BoxError> {
+    let n1 = v.add_node("node-1").await?;
+    let n2 = v.add_node("node-2").await?;
+    let prefix = v.config().prefix.clone();
+    let a = Netns::create(&format!("{prefix}-pa")).await?;
+    let b = Netns::create(&format!("{prefix}-pb")).await?;
+    let (ip_a, ip_b) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10));
+    vnet::plug_pod(&Netns::existing(&n1.netns), &a, "hpa", ip_a).await?;
+    vnet::plug_pod(&Netns::existing(&n2.netns), &b, "hpb", ip_b).await?;
+    let ports = vec![PortSpec {
+        port: 80,
+        protocol: Protocol::Tcp,
+    }];
+    let listeners = b.enter(move || traffic::open(&ports))??;
+    let _servers = traffic::serve(listeners, "b")?;
+    let _iperf = IperfServer::start(&b.path())?;
+
+    let fabric = vec![
+        FabricRoute {
+            name: "n1".into(),
+            prefix: "10.244.1.0/24".into(),
+            next_hop: n1.ipv4.into(),
+        },
+        FabricRoute {
+            name: "n2".into(),
+            prefix: "10.244.2.0/24".into(),
+            next_hop: n2.ipv4.into(),
+        },
+    ];
+    let pairs: OverlayPairs<'_> = [
+        (&n1, [(&n2, "10.244.2.0/24")]),
+        (&n2, [(&n1, "10.244.1.0/24")]),
+    ];
+    create_overlay_devices(&pairs).await?;
+    // Neither mode's routes: pods must not connect, or the comparison
+    // would measure something else.
+    v.apply_routes(Vec::new()).await?;
+    let target: SocketAddr = (ip_b, 80).into();
+    let path = a.path();
+    let cut = netns::in_netns(&path, move || {
+        traffic::probe(target, Protocol::Tcp, Duration::from_millis(500))
+    })?;
+    if cut.connected() {
+        return Err(
+            "pods connect with neither fabric nor overlay routes; the measurement would be wrong"
+                .into(),
+        );
+    }
+    // Alternate the modes so that load from elsewhere on the machine
+    // falls on both alike; report the median of each.
+    let (mut native, mut vxlan) = (Vec::new(), Vec::new());
+    for _ in 0..settings.rounds.max(1) {
+        overlay_routes(&pairs, false).await;
+        v.apply_routes(fabric.clone()).await?;
+        native.push(measure("native routing", &a.path(), ip_b.into(), settings)?);
+        v.apply_routes(Vec::new()).await?;
+        overlay_routes(&pairs, true).await;
+        vxlan.push(measure("VXLAN overlay", &a.path(), ip_b.into(), settings)?);
+    }
+    Ok(vec![median(native), median(vxlan)])
+}
+
+/// The overlay's devices and forwarding entries on both nodes, without its
+/// routes: they exist throughout, and switching modes swaps the routes
+/// only (fabric routes for native, routes via vxlan0 for the overlay).
+async fn create_overlay_devices(pairs: &OverlayPairs<'_>) -> Result<(), BoxError> {
+    for (node, peers) in pairs {
+        let lines: Vec<String> = overlay::lines(node, peers)
+            .into_iter()
+            .filter(|l| !l.starts_with("route "))
+            .collect();
+        Netns::existing(&node.netns).ip_batch(&lines).await?;
+        for args in overlay::fdb_commands(peers) {
+            let mut full = vec!["-n", node.netns.as_str()];
+            full.extend(args.iter().map(String::as_str));
+            netns::run("bridge", &full).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds (`on`) or deletes the overlay's routes on both nodes.
+async fn overlay_routes(pairs: &OverlayPairs<'_>, on: bool) {
+    for (node, peers) in pairs {
+        let lines: Vec<String> = overlay::lines(node, peers)
+            .into_iter()
+            .filter(|l| l.starts_with("route "))
+            .map(|l| {
+                if on {
+                    l
+                } else {
+                    format!(
+                        "route del {}",
+                        l.split_whitespace().nth(2).unwrap_or_default()
+                    )
+                }
+            })
+            .collect();
+        let _ = Netns::existing(&node.netns).ip_batch(&lines).await;
+    }
 }
 
 /// Underlay on a full lab (real CNI, agents, route controller) with no
@@ -260,6 +285,23 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
 }
 
 async fn policies_on(lab: &Lab, settings: &Settings) -> Result<Vec<Sample>, BoxError> {
+    let (pa, pb, ip) = client_and_server(lab).await?;
+    let _iperf = IperfServer::start(&pb)?;
+    let zero = measure("underlay, 0 policies", &pa, ip, settings)?;
+    create_policies(lab, settings.policies).await?;
+    wait_policies_in_force(lab).await?;
+    let many = measure(
+        &format!("underlay, {} policies", settings.policies),
+        &pa,
+        ip,
+        settings,
+    )?;
+    Ok(vec![zero, many])
+}
+
+/// Pods x/a on node-1 and y/b on node-2, once x/a reaches y/b: the client's
+/// and the server's namespace, and the server's address.
+async fn client_and_server(lab: &Lab) -> Result<(PathBuf, PathBuf, IpAddr), BoxError> {
     for ns in ["x", "y"] {
         scenario::namespace(lab, ns).await?;
     }
@@ -283,12 +325,15 @@ async fn policies_on(lab: &Lab, settings: &Settings) -> Result<Vec<Sample>, BoxE
     if !o.matched {
         return Err(format!("x/a cannot reach y/b: {}", o.outcome).into());
     }
-    let _iperf = IperfServer::start(&pb)?;
-    let zero = measure("underlay, 0 policies", &pa, ip, settings)?;
-    // Many policies select the server: each allows a different source range
-    // and port, so the destination's rules grow with the policy count; one
-    // more allows the client, whose traffic must still flow.
-    for i in 0..settings.policies {
+    Ok((pa, pb, ip))
+}
+
+/// `count` policies selecting the server y/b, then one allowing the client's
+/// namespace x. Each of the many allows a different source range and port,
+/// so the destination's rules grow with the policy count; the client's
+/// traffic must still flow.
+async fn create_policies(lab: &Lab, count: usize) -> Result<(), BoxError> {
+    for i in 0..count {
         let third = i % 250;
         let second = i / 250;
         scenario::policy(lab, json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -301,7 +346,12 @@ async fn policies_on(lab: &Lab, settings: &Settings) -> Result<Vec<Sample>, BoxE
         "metadata": {"name": "bench-allow-x", "namespace": "y"},
         "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"],
           "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}]}]}})).await?;
-    // Wait until the policies are in force: a source no policy allows is cut off.
+    Ok(())
+}
+
+/// Waits until the policies are in force: a source no policy allows (a new
+/// pod z/c) is cut off from y/b, and x/a still reaches it.
+async fn wait_policies_in_force(lab: &Lab) -> Result<(), BoxError> {
     scenario::namespace(lab, "z").await?;
     scenario::pod(lab, "z/c", Some("node-1"), json!({})).await?;
     lab.wait_pod_running("z/c", Duration::from_secs(60)).await?;
@@ -332,13 +382,7 @@ async fn policies_on(lab: &Lab, settings: &Settings) -> Result<Vec<Sample>, BoxE
         )
         .into());
     }
-    let many = measure(
-        &format!("underlay, {} policies", settings.policies),
-        &pa,
-        ip,
-        settings,
-    )?;
-    Ok(vec![zero, many])
+    Ok(())
 }
 
 /// The median of each figure over repeated samples.

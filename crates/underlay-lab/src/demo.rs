@@ -1,12 +1,18 @@
 //! The demo `cargo xtask lab` runs, and the report it prints: every step
 //! states its expectation and what was observed; the run fails if any
 //! expectation is not met.
+//!
+//! The demo is the list `STEPS`, run in order; each step is a function
+//! that returns what it observed, and may record measured intervals.
 
-use crate::lab::{Lab, Result, network_unavailable};
+use crate::lab::{Error, Lab, Result, network_unavailable};
 use crate::scenario::{self, POD_PORTS};
 use crate::traffic::Protocol;
+use futures::future::LocalBoxFuture;
 use serde_json::json;
 use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// One step of the demo.
@@ -73,6 +79,149 @@ impl Record {
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
+/// A step of the demo before it runs: its title and expectation as the
+/// report prints them, and what it does.
+struct DemoStep {
+    title: &'static str,
+    expectation: &'static str,
+    /// The steps after it need what it sets up: if it misses its
+    /// expectation, the demo ends there.
+    later_steps_need_it: bool,
+    run: for<'a> fn(&'a Lab, &'a mut Demo) -> LocalBoxFuture<'a, Result<Seen>>,
+}
+
+/// What a step observed, and whether that met its expectation.
+struct Seen {
+    observation: String,
+    ok: bool,
+}
+
+/// The demo as it runs: what it recorded so far, when the current step
+/// started, and what earlier steps leave for later ones.
+struct Demo {
+    rec: Record,
+    started: Instant,
+    /// The lab's nodes when the demo began, in order: pods are placed on
+    /// them.
+    nodes: Vec<String>,
+    /// The node the join step added, for the leave step.
+    joined: Option<String>,
+}
+
+impl Demo {
+    /// Records the interval from the start of the current step until now.
+    fn time_step(&mut self, what: &str, how: &'static str) {
+        self.rec.time(what, self.started.elapsed(), how);
+    }
+}
+
+/// The demo, in order.
+const STEPS: &[DemoStep] = &[
+    DemoStep {
+        title: "nodes join and get routes",
+        expectation: "every node gets a pod CIDR, one route per node is applied, NetworkUnavailable becomes False",
+        later_steps_need_it: false,
+        run: |lab, demo| Box::pin(nodes_are_routed(lab, demo)),
+    },
+    DemoStep {
+        title: "pods start on three nodes",
+        expectation: "x/a, y/b, z/c run on node-1..3 with addresses from their node's pod CIDR",
+        later_steps_need_it: true,
+        run: |lab, demo| Box::pin(pods_start(lab, demo)),
+    },
+    DemoStep {
+        title: "cross-node pod traffic",
+        expectation: "TCP, UDP and SCTP connect between pods on different nodes, through the route table",
+        later_steps_need_it: false,
+        run: |lab, _| Box::pin(cross_node_traffic(lab)),
+    },
+    DemoStep {
+        title: "default-deny ingress in namespace y",
+        expectation: "nothing reaches y/b on any protocol; x/a -> z/c still connects",
+        later_steps_need_it: false,
+        run: |lab, demo| Box::pin(default_deny(lab, demo)),
+    },
+    DemoStep {
+        title: "allow rules",
+        expectation: "x/a reaches y/b on 80/TCP and 9000/SCTP only; z/c is still denied",
+        later_steps_need_it: false,
+        run: |lab, _| Box::pin(allow_rules(lab)),
+    },
+    DemoStep {
+        title: "a node joins",
+        expectation: "the new node gets a route, NetworkUnavailable clears, its pods are reachable",
+        later_steps_need_it: false,
+        run: |lab, demo| Box::pin(a_node_joins(lab, demo)),
+    },
+    DemoStep {
+        title: "a node leaves",
+        expectation: "its route is removed from the route table and the fabric",
+        later_steps_need_it: false,
+        run: |lab, demo| Box::pin(a_node_leaves(lab, demo)),
+    },
+    DemoStep {
+        title: "agent restart under traffic",
+        expectation: "no probe to z/c fails while its node's agent restarts; afterwards new pods start and policy still holds",
+        later_steps_need_it: false,
+        run: |lab, demo| Box::pin(agent_restart_under_traffic(lab, demo)),
+    },
+    DemoStep {
+        title: "route-controller leader failover",
+        expectation: "when the leader dies the other replica takes the lease and routes a joining node",
+        later_steps_need_it: false,
+        run: |lab, demo| Box::pin(leader_failover(lab, demo)),
+    },
+];
+
+/// Runs the demo on a lab that is up with three nodes.
+pub async fn run(lab: &Lab) -> Record {
+    let mut demo = Demo {
+        rec: Record::default(),
+        started: Instant::now(),
+        nodes: lab.nodes().iter().map(|n| n.name.clone()).collect(),
+        joined: None,
+    };
+    if let Err(e) = run_steps(lab, &mut demo).await {
+        demo.rec.push(
+            "demo aborted",
+            "every step runs",
+            e.to_string(),
+            false,
+            Duration::ZERO,
+        );
+    }
+    demo.rec
+}
+
+/// Runs [`STEPS`] in order, recording each; an error aborts the demo.
+async fn run_steps(lab: &Lab, demo: &mut Demo) -> Result<()> {
+    for step in STEPS {
+        demo.started = Instant::now();
+        let seen = (step.run)(lab, demo).await?;
+        let took = demo.started.elapsed();
+        demo.rec.push(
+            step.title,
+            step.expectation,
+            seen.observation,
+            seen.ok,
+            took,
+        );
+        if !seen.ok && step.later_steps_need_it {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A wait that timed out is something a step observes (`Ok(Err(_))`); any
+/// other error aborts the demo.
+fn timeout_observed<T>(result: Result<T>) -> Result<Result<T>> {
+    match result {
+        Err(e @ Error::Timeout { .. }) => Ok(Err(e)),
+        other => other.map(Ok),
+    }
+}
+
 async fn reach(
     lab: &Lab,
     from: &str,
@@ -98,7 +247,7 @@ async fn reach(
 /// unanswered started (probes back to back, each with a short timeout).
 async fn first_denied(lab: &Lab, from: &str, to: &str, since: Instant) -> Result<Duration> {
     let ip = scenario::pod_ip(lab, to, false)
-        .ok_or_else(|| crate::lab::Error::Usage(format!("pod {to} has no IPv4 address")))?;
+        .ok_or_else(|| Error::Usage(format!("pod {to} has no IPv4 address")))?;
     loop {
         let started = Instant::now();
         let outcome = lab
@@ -113,14 +262,14 @@ async fn first_denied(lab: &Lab, from: &str, to: &str, since: Instant) -> Result
             return Ok(started - since);
         }
         if since.elapsed() > CONVERGE {
-            return Err(crate::lab::Error::Usage(format!(
+            return Err(Error::Usage(format!(
                 "{from} -> {to} still connects {CONVERGE:?} after the policy was created"
             )));
         }
     }
 }
 
-async fn reach_all(lab: &Lab, checks: &[(&str, &str, u16, Protocol, bool)]) -> (bool, String) {
+async fn reach_all(lab: &Lab, checks: &[(&str, &str, u16, Protocol, bool)]) -> Seen {
     let mut ok = true;
     let mut obs = Vec::new();
     for (from, to, port, proto, want) in checks {
@@ -128,31 +277,18 @@ async fn reach_all(lab: &Lab, checks: &[(&str, &str, u16, Protocol, bool)]) -> (
         ok &= m;
         obs.push(o);
     }
-    (ok, obs.join("; "))
-}
-
-/// Runs the demo on a lab that is up with three nodes.
-pub async fn run(lab: &Lab) -> Record {
-    let mut rec = Record::default();
-    if let Err(e) = steps(lab, &mut rec).await {
-        rec.push(
-            "demo aborted",
-            "every step runs",
-            e.to_string(),
-            false,
-            Duration::ZERO,
-        );
+    Seen {
+        observation: obs.join("; "),
+        ok,
     }
-    rec
 }
 
-async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
-    // 1. Nodes are routed.
-    let t = Instant::now();
-    let nodes: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
+/// Every node of the lab has a pod CIDR, NetworkUnavailable=False and its
+/// route in the fabric.
+async fn nodes_are_routed(lab: &Lab, demo: &mut Demo) -> Result<Seen> {
     let mut obs = Vec::new();
     let mut ok = true;
-    for n in &nodes {
+    for n in &demo.nodes {
         let r = lab.wait_network_available(n, CONVERGE).await;
         let node = lab.node_object(n).await?;
         let cidrs = node
@@ -166,29 +302,27 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
         ));
     }
     let routes = lab.vnet().routes();
-    ok &= routes.len() >= nodes.len();
+    ok &= routes.len() >= demo.nodes.len();
     obs.push(format!("{} routes in the fabric", routes.len()));
-    rec.push(
-        "nodes join and get routes",
-        "every node gets a pod CIDR, one route per node is applied, NetworkUnavailable becomes False",
-        obs.join("; "),
-        ok,
-        t.elapsed(),
-    );
-    rec.time(
+    demo.time_step(
         "lab started -> every node routed",
-        t.elapsed(),
         "the wait after the lab's start returned (it waits for Ready nodes) until every node has a pod CIDR, its route in the fabric and NetworkUnavailable=False",
     );
+    Ok(Seen {
+        observation: obs.join("; "),
+        ok,
+    })
+}
 
-    // 2. Pods on different nodes.
-    let t = Instant::now();
+/// Pods x/a, y/b and z/c, one on each of the first three nodes.
+async fn pods_start(lab: &Lab, demo: &mut Demo) -> Result<Seen> {
     for ns in ["x", "y", "z"] {
         scenario::namespace(lab, ns).await?;
     }
     let placement = [("x/a", 0), ("y/b", 1), ("z/c", 2)];
     for (key, i) in placement {
-        scenario::pod(lab, key, nodes.get(i).map(String::as_str), json!({})).await?;
+        let node = demo.nodes.get(i).map(String::as_str);
+        scenario::pod(lab, key, node, json!({})).await?;
     }
     let mut obs = Vec::new();
     let mut ok = true;
@@ -201,41 +335,29 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
             }
         }
     }
-    rec.push(
-        "pods start on three nodes",
-        "x/a, y/b, z/c run on node-1..3 with addresses from their node's pod CIDR",
-        obs.join("; "),
-        ok,
-        t.elapsed(),
-    );
-    rec.time(
+    demo.time_step(
         "pods created -> running",
-        t.elapsed(),
         "from the first namespace's creation until all three pods report Running with addresses",
     );
-    if !ok {
-        return Ok(());
-    }
+    Ok(Seen {
+        observation: obs.join("; "),
+        ok,
+    })
+}
 
-    // 3. Cross-node traffic over the routes.
-    let t = Instant::now();
+/// Every pod port, pod to pod around the three nodes.
+async fn cross_node_traffic(lab: &Lab) -> Result<Seen> {
     let mut checks = Vec::new();
     for (port, proto) in POD_PORTS {
         checks.push(("x/a", "y/b", port, proto, true));
         checks.push(("y/b", "z/c", port, proto, true));
         checks.push(("z/c", "x/a", port, proto, true));
     }
-    let (ok, obs) = reach_all(lab, &checks).await;
-    rec.push(
-        "cross-node pod traffic",
-        "TCP, UDP and SCTP connect between pods on different nodes, through the route table",
-        obs,
-        ok,
-        t.elapsed(),
-    );
+    Ok(reach_all(lab, &checks).await)
+}
 
-    // 4. Default deny.
-    let t = Instant::now();
+/// A default-deny ingress policy in namespace y, and how soon it denies.
+async fn default_deny(lab: &Lab, demo: &mut Demo) -> Result<Seen> {
     scenario::policy(
         lab,
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -243,8 +365,8 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
         "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
     )
     .await?;
-    match first_denied(lab, "x/a", "y/b", t).await {
-        Ok(took) => rec.time(
+    match first_denied(lab, "x/a", "y/b", demo.started).await {
+        Ok(took) => demo.rec.time(
             "policy created -> first probe denied",
             took,
             "from the API server accepting the policy to the start of the first TCP probe x/a -> y/b:80 that was not answered (probes back to back, 100 ms timeout each)",
@@ -257,23 +379,17 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
         checks.push(("z/c", "y/b", port, proto, false));
     }
     checks.push(("x/a", "z/c", 80, Protocol::Tcp, true));
-    let (ok, obs) = reach_all(lab, &checks).await;
-    rec.push(
-        "default-deny ingress in namespace y",
-        "nothing reaches y/b on any protocol; x/a -> z/c still connects",
-        obs,
-        ok,
-        t.elapsed(),
-    );
+    Ok(reach_all(lab, &checks).await)
+}
 
-    // 5. Allow rules.
-    let t = Instant::now();
+/// A policy allowing namespace x into y/b on two ports.
+async fn allow_rules(lab: &Lab) -> Result<Seen> {
     scenario::policy(lab, json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "allow-x-http", "namespace": "y"},
         "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"],
           "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}],
                        "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "SCTP", "port": 9000}]}]}})).await?;
-    let (ok, obs) = reach_all(
+    Ok(reach_all(
         lab,
         &[
             ("x/a", "y/b", 80, Protocol::Tcp, true),
@@ -282,25 +398,24 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
             ("z/c", "y/b", 80, Protocol::Tcp, false),
         ],
     )
-    .await;
-    rec.push(
-        "allow rules",
-        "x/a reaches y/b on 80/TCP and 9000/SCTP only; z/c is still denied",
-        obs,
-        ok,
-        t.elapsed(),
-    );
+    .await)
+}
 
-    // 6. Node join.
-    let t = Instant::now();
-    let new = lab.add_node().await?;
-    let avail = lab.wait_network_available(&new, CONVERGE).await;
-    lab.wait_agent_ready(&new, CONVERGE).await?;
-    let routes = lab.vnet().routes();
-    let hop = lab.vnet().node(&new).map(|n| n.ipv4);
-    let routed = routes
-        .iter()
-        .any(|r| Some(r.next_hop) == hop.map(Into::into));
+/// The next node joins the lab ([`Lab::join_node`]) and a pod on it is
+/// reached from x/a.
+async fn a_node_joins(lab: &Lab, demo: &mut Demo) -> Result<Seen> {
+    let new = lab.next_node_name();
+    demo.joined = Some(new.clone());
+    if let Err(e) = timeout_observed(lab.join_node(&new, CONVERGE).await)? {
+        return Ok(Seen {
+            observation: format!("{new} did not join: {e}"),
+            ok: false,
+        });
+    }
+    let hop = lab.vnet().node(&new).map(|n| IpAddr::V4(n.ipv4));
+    let routed = lab.vnet().routes().iter().any(|r| Some(r.next_hop) == hop);
+    let node = lab.node_object(&new).await?;
+    let available = node.as_ref().and_then(network_unavailable) == Some(false);
     scenario::namespace(lab, "w").await?;
     scenario::pod(lab, "w/d", Some(&new), json!({})).await?;
     let running = lab.wait_pod_running("w/d", CONVERGE).await;
@@ -309,181 +424,168 @@ async fn steps(lab: &Lab, rec: &mut Record) -> Result<()> {
     } else {
         (false, format!("w/d did not run: {:?}", running.err()))
     };
-    rec.push(
-        "a node joins",
-        "the new node gets a route, NetworkUnavailable clears, its pods are reachable",
-        format!(
-            "{new}: route applied={routed}, NetworkUnavailable cleared={}, {reach_obs}",
-            avail.is_ok()
-        ),
-        routed && avail.is_ok() && reach_ok,
-        t.elapsed(),
-    );
-    rec.time(
+    demo.time_step(
         "node added -> pod on it reachable",
-        t.elapsed(),
         "from adding the node until a TCP probe from x/a reaches a pod scheduled on it (includes route write, agent readiness and pod start)",
     );
-
-    // 7. Node leave.
-    let t = Instant::now();
-    lab.remove_node(&new).await?;
-    let gone = lab
-        .wait_for("the node's route to be removed", CONVERGE, || async {
-            let routes = lab.vnet().routes();
-            (!routes
-                .iter()
-                .any(|r| Some(r.next_hop) == hop.map(Into::into)))
-            .then_some(())
-        })
-        .await;
-    rec.push(
-        "a node leaves",
-        "its route is removed from the route table and the fabric",
-        format!(
-            "route removed={} ({} routes left)",
-            gone.is_ok(),
-            lab.vnet().routes().len()
+    Ok(Seen {
+        observation: format!(
+            "{new}: route applied={routed}, NetworkUnavailable cleared={available}, {reach_obs}"
         ),
-        gone.is_ok(),
-        t.elapsed(),
-    );
-    rec.time(
+        ok: routed && available && reach_ok,
+    })
+}
+
+/// The node the join step added leaves ([`Lab::leave_node`]).
+async fn a_node_leaves(lab: &Lab, demo: &mut Demo) -> Result<Seen> {
+    let Some(node) = demo.joined.take() else {
+        return Ok(Seen {
+            observation: "no node joined".into(),
+            ok: false,
+        });
+    };
+    let gone = timeout_observed(lab.leave_node(&node, CONVERGE).await)?.is_ok();
+    demo.time_step(
         "node removed -> route gone",
-        t.elapsed(),
         "from deleting the node until its route is gone from the fabric",
     );
+    Ok(Seen {
+        observation: format!(
+            "route removed={gone} ({} routes left)",
+            lab.vnet().routes().len()
+        ),
+        ok: gone,
+    })
+}
 
-    // 8. Agent restart under traffic.
-    let t = Instant::now();
-    let node3 = nodes.get(2).cloned().unwrap_or_default();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (sent, failed) = {
-        let traffic = async {
-            let (mut sent, mut failed) = (0u32, 0u32);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let ip = scenario::pod_ip(lab, "z/c", false);
-                if let Some(ip) = ip {
-                    let o = lab
-                        .probe(
-                            "x/a",
-                            (ip, 80).into(),
-                            Protocol::Tcp,
-                            scenario::PROBE_TIMEOUT,
-                        )
-                        .await;
-                    sent += 1;
-                    if !o.map(|o| o.reply() == Some("z/c")).unwrap_or(false) {
-                        failed += 1;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (sent, failed)
-        };
-        let restart = async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let r = async {
-                lab.kill_agent(&node3).await?;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                lab.start_agent(&node3).await?;
-                lab.wait_agent_ready(&node3, CONVERGE).await
-            }
-            .await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            r
-        };
-        let (counts, restarted) = tokio::join!(traffic, restart);
-        restarted?;
-        counts
-    };
+/// x/a probes z/c while the agent of z/c's node is killed and restarted;
+/// then a new pod starts there and policy still holds.
+async fn agent_restart_under_traffic(lab: &Lab, demo: &mut Demo) -> Result<Seen> {
+    let node3 = demo.nodes.get(2).cloned().unwrap_or_default();
+    let stop = AtomicBool::new(false);
+    let ((sent, failed), restarted) = tokio::join!(
+        probe_until(lab, "x/a", "z/c", &stop),
+        restart_agent(lab, &node3, &stop)
+    );
+    restarted?;
     scenario::pod(lab, "z/c2", Some(&node3), json!({})).await?;
     let new_pod = lab.wait_pod_running("z/c2", CONVERGE).await;
     let (still_denied, deny_obs) = reach(lab, "z/c", "y/b", 80, Protocol::Tcp, false).await;
-    rec.push(
-        "agent restart under traffic",
-        "no probe to z/c fails while its node's agent restarts; afterwards new pods start and policy still holds",
-        format!(
+    Ok(Seen {
+        observation: format!(
             "{failed}/{sent} probes failed; new pod z/c2 running={}; {deny_obs}",
             new_pod.is_ok()
         ),
-        failed == 0 && sent > 0 && new_pod.is_ok() && still_denied,
-        t.elapsed(),
-    );
+        ok: failed == 0 && sent > 0 && new_pod.is_ok() && still_denied,
+    })
+}
 
-    // 9. Route controller leader failover.
-    let t = Instant::now();
-    let leader = lab
-        .wait_for("a route-controller leader", CONVERGE, || lab.leader())
-        .await;
-    let obs;
-    let ok;
-    match leader {
-        Ok(leader) => {
-            let index: usize = leader
-                .rsplit('-')
-                .next()
-                .and_then(|i| i.parse().ok())
-                .unwrap_or(0);
-            let killed = Instant::now();
-            lab.kill_route_controller(index).await?;
-            let next = lab
-                .wait_for(
-                    "another replica to take the lease",
-                    Duration::from_secs(60),
-                    || async { lab.leader().await.filter(|l| *l != leader) },
+/// Probes `to`:80/TCP from `from` every 50 ms until `stop` is set; returns
+/// how many probes were sent and how many did not get `to`'s answer.
+async fn probe_until(lab: &Lab, from: &str, to: &str, stop: &AtomicBool) -> (u32, u32) {
+    let (mut sent, mut failed) = (0u32, 0u32);
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(ip) = scenario::pod_ip(lab, to, false) {
+            let o = lab
+                .probe(
+                    from,
+                    (ip, 80).into(),
+                    Protocol::Tcp,
+                    scenario::PROBE_TIMEOUT,
                 )
                 .await;
-            if next.is_ok() {
-                rec.time(
-                    "leader killed -> new leader",
-                    killed.elapsed(),
-                    "from SIGKILL of the leading replica until another replica holds the Lease (lab lease duration 4 s)",
-                );
+            sent += 1;
+            if !o.map(|o| o.reply() == Some(to)).unwrap_or(false) {
+                failed += 1;
             }
-            let joined = lab.add_node().await?;
-            let routed = lab
-                .wait_network_available(&joined, Duration::from_secs(30))
-                .await;
-            lab.start_route_controller(index).await?;
-            ok = next.is_ok() && routed.is_ok();
-            obs = format!(
-                "leader {leader} killed; new leader {:?}; {joined} routed by it: {}",
-                next.as_ref().ok(),
-                routed.is_ok()
-            );
-            let hop = lab
-                .vnet()
-                .node(&joined)
-                .map(|n| std::net::IpAddr::V4(n.ipv4));
-            lab.remove_node(&joined).await?;
-            // Leave the route table as the report will show it.
-            let _ = lab
-                .wait_for("the joined node's route to go", CONVERGE, || async {
-                    (!lab.vnet().routes().iter().any(|r| Some(r.next_hop) == hop)).then_some(())
-                })
-                .await;
         }
-        Err(e) => {
-            ok = false;
-            obs = e.to_string();
-        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    rec.push(
-        "route-controller leader failover",
-        "when the leader dies the other replica takes the lease and routes a joining node",
-        obs,
-        ok,
-        t.elapsed(),
-    );
-    Ok(())
+    (sent, failed)
+}
+
+/// Kills the agent of `node` and starts it again, with half a second of
+/// traffic before, between and after; then sets `stop`.
+async fn restart_agent(lab: &Lab, node: &str, stop: &AtomicBool) -> Result<()> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = async {
+        lab.kill_agent(node).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        lab.start_agent(node).await?;
+        lab.wait_agent_ready(node, CONVERGE).await
+    }
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    r
+}
+
+/// The leading route controller is killed; another replica takes the Lease
+/// and routes a node that joins meanwhile.
+async fn leader_failover(lab: &Lab, demo: &mut Demo) -> Result<Seen> {
+    let leader = match lab
+        .wait_for("a route-controller leader", CONVERGE, || lab.leader())
+        .await
+    {
+        Ok(leader) => leader,
+        Err(e) => {
+            return Ok(Seen {
+                observation: e.to_string(),
+                ok: false,
+            });
+        }
+    };
+    let index: usize = leader
+        .rsplit('-')
+        .next()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0);
+    let killed = Instant::now();
+    lab.kill_route_controller(index).await?;
+    let next = lab
+        .wait_for(
+            "another replica to take the lease",
+            Duration::from_secs(60),
+            || async { lab.leader().await.filter(|l| *l != leader) },
+        )
+        .await;
+    if next.is_ok() {
+        demo.rec.time(
+            "leader killed -> new leader",
+            killed.elapsed(),
+            "from SIGKILL of the leading replica until another replica holds the Lease (lab lease duration 4 s)",
+        );
+    }
+    let joined = lab.next_node_name();
+    let routed = timeout_observed(lab.join_node(&joined, Duration::from_secs(30)).await)?;
+    lab.start_route_controller(index).await?;
+    // Leave the route table as the report will show it; a route slow to go
+    // shows there.
+    let _ = timeout_observed(lab.leave_node(&joined, CONVERGE).await)?;
+    Ok(Seen {
+        observation: format!(
+            "leader {leader} killed; new leader {:?}; {joined} routed by it: {}",
+            next.as_ref().ok(),
+            routed.is_ok()
+        ),
+        ok: next.is_ok() && routed.is_ok(),
+    })
 }
 
 /// The final report: nodes, routes, pod-to-pod reachability (TCP 80) and
 /// timings.
 pub async fn report(lab: &Lab, rec: &Record) -> String {
     let mut out = String::new();
+    write_nodes(&mut out, lab).await;
+    write_routes(&mut out, lab);
+    write_reachability(&mut out, lab).await;
+    write_timings(&mut out, rec);
+    write_steps(&mut out, rec);
+    out
+}
+
+/// Each node with its address, pod CIDRs and NetworkUnavailable condition.
+async fn write_nodes(out: &mut String, lab: &Lab) {
     let _ = writeln!(out, "\n== nodes");
     let _ = writeln!(
         out,
@@ -507,10 +609,18 @@ pub async fn report(lab: &Lab, rec: &Record) -> String {
             unavailable.map_or("unknown".into(), |u| u.to_string())
         );
     }
+}
+
+/// The routes the fabric applies.
+fn write_routes(out: &mut String, lab: &Lab) {
     let _ = writeln!(out, "\n== route table (applied by the fabric)");
     for r in lab.vnet().routes() {
         let _ = writeln!(out, "{:<40} {:<20} -> {}", r.name, r.prefix, r.next_hop);
     }
+}
+
+/// Every pod probing every pod on TCP 80, as a matrix (row -> column).
+async fn write_reachability(out: &mut String, lab: &Lab) {
     let pods = lab.pods();
     let _ = writeln!(out, "\n== pod-to-pod reachability, TCP 80 (row -> column)");
     let _ = write!(out, "{:<8}", "");
@@ -541,6 +651,10 @@ pub async fn report(lab: &Lab, rec: &Record) -> String {
         }
         let _ = writeln!(out);
     }
+}
+
+/// The measured intervals and how each was measured.
+fn write_timings(out: &mut String, rec: &Record) {
     let _ = writeln!(out, "\n== timings");
     for t in &rec.timings {
         let _ = writeln!(
@@ -551,6 +665,10 @@ pub async fn report(lab: &Lab, rec: &Record) -> String {
             t.how
         );
     }
+}
+
+/// Each step's verdict and duration, and how many met their expectation.
+fn write_steps(out: &mut String, rec: &Record) {
     let _ = writeln!(out, "\n== steps");
     for s in &rec.steps {
         let _ = writeln!(
@@ -567,5 +685,4 @@ pub async fn report(lab: &Lab, rec: &Record) -> String {
         "\n{passed}/{} steps met their expectation",
         rec.steps.len()
     );
-    out
 }
