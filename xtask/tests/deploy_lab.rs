@@ -10,6 +10,8 @@
 //! writes through `/status` what those controllers write once the new pods
 //! are up.
 
+mod common;
+use common::root;
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -17,20 +19,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use underlay_lab::apiserver::{ApiServer, Config};
 
 const NAMESPACE: &str = "underlay-system";
 /// The nodes the stand-in daemon set controller schedules agents on.
 const NODES: i32 = 3;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn deploy(kubeconfig: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))

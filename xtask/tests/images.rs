@@ -19,17 +19,12 @@ mod agent;
 #[path = "../../crates/underlay-agent/tests/support/mod.rs"]
 mod agent_support;
 
+mod common;
+use common::root;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use underlay_lab::netns::{self, Netns};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

@@ -3,6 +3,8 @@
 //! --dry-run` as with `kubectl kustomize`, and the workloads have what the
 //! stack needs (replicas, probes, capabilities, host paths, tolerations...).
 
+mod common;
+use common::root;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -11,15 +13,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn base() -> PathBuf {
     root().join("deploy/base")

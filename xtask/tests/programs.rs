@@ -18,13 +18,11 @@
 //! table in `xtask/src/setup.rs`), come from an Essential or required
 //! Debian package, be underlay's own, or be the Rust toolchain's.
 
+mod common;
+use common::root;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Started, but provided by the Rust toolchain that builds the workspace.
 const TOOLCHAIN: &[&str] = &["cargo", "rustc", "rustfmt"];

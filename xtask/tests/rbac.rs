@@ -6,18 +6,13 @@
 //! patch). A binding whose calls the scanner cannot see fails the test, so a
 //! new way of calling the API cannot slip past it.
 
+mod common;
+use common::root;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 type Access = BTreeSet<(String, String, String)>; // (group, resource, verb)
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// (group, plural) of the kinds the components may use.
 fn resource_of(kind: &str) -> Option<(&'static str, &'static str)> {

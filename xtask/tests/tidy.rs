@@ -1,11 +1,9 @@
 //! Architecture invariants checked as ordinary tests (see ARCHITECTURE.md).
 
+mod common;
+use common::root;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Normal (non-dev, non-build) dependency names of every crate under crates/.
 fn crate_dependencies() -> BTreeMap<String, Vec<String>> {

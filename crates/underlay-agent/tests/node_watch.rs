@@ -15,7 +15,7 @@ use underlay_lab::apiserver::{ApiServer, Config};
 use underlay_proto::v1;
 
 mod support;
-use support::{Killed, client, ready_client, wait_for};
+use support::{Killed, client, ready_client, wait_for, wait_ready};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -131,13 +131,7 @@ async fn the_agent_serves_attach_once_its_node_has_pod_cidrs() {
         )
         .await
         .unwrap();
-    wait_for("ready", async || {
-        c.status(v1::StatusRequest {})
-            .await
-            .map(|s| s.into_inner().ready)
-            .unwrap_or(false)
-    })
-    .await;
+    wait_ready(&mut c).await;
     let got = c.attach(attach).await.unwrap().into_inner();
     assert_eq!(got.ips.len(), 2);
     assert!(got.ips[0].address.starts_with("10.244.5."), "{got:?}");

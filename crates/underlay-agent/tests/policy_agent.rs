@@ -21,7 +21,7 @@ use underlay_lab::netns::{self, Netns};
 use underlay_proto::v1;
 
 mod support;
-use support::{Killed, attach_x_a, client, create, ready_client, try_client, wait_for};
+use support::{Killed, attach_x_a, client, create, ready_client, try_client, wait_for, wait_ready};
 
 /// Port of `/metrics` inside the test's namespace (nothing else listens
 /// there).
@@ -192,13 +192,7 @@ async fn status_and_metrics_report_the_programmed_policy() {
     let mut agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
     wait_for("the socket", async || socket.exists()).await;
     let mut c = client(&socket).await;
-    wait_for("ready", async || {
-        c.status(v1::StatusRequest {})
-            .await
-            .map(|s| s.into_inner().ready)
-            .unwrap_or(false)
-    })
-    .await;
+    wait_ready(&mut c).await;
 
     let before = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -24,17 +24,12 @@ const ALLOWED_CRATE_IMPORTS: &[&str] = &[
     "crate::nodes::NodeEvent",
 ];
 
-/// Source text that means I/O or a runtime, with why each is banned.
-const FORBIDDEN: &[(&str, &str)] = &[
-    ("std::fs", "file system access"),
-    ("std::net::Tcp", "TCP sockets"),
-    ("std::process", "processes"),
-    ("std::env", "environment access"),
-    ("std::time::SystemTime", "the clock"),
-    ("std::time::Instant", "the clock"),
-    ("std::thread", "threads"),
-    ("tokio", "an async runtime"),
-    ("async fn", "async code"),
+#[path = "../../underlay-ipam/tests/support/purity.rs"]
+mod purity;
+
+/// What a deciding module must not reach for beyond plain I/O
+/// ([`purity::IO`]), with why each is banned.
+const ALSO_FORBIDDEN: &[(&str, &str)] = &[
     (".await", "async code"),
     ("kube", "the Kubernetes client"),
     ("k8s_openapi", "Kubernetes wire types"),
@@ -45,8 +40,6 @@ const FORBIDDEN: &[(&str, &str)] = &[
         "tracing::",
         "logging (the caller logs what a decision means)",
     ),
-    ("println!", "printing"),
-    ("eprintln!", "printing"),
 ];
 
 /// The non-test part of a source file (everything before `#[cfg(test)]`).
@@ -60,7 +53,7 @@ fn violations(file: &str, text: &str) -> Vec<String> {
     let mut found = Vec::new();
     for (n, line) in code.lines().enumerate() {
         let line = line.split("//").next().unwrap_or(line);
-        for (needle, why) in FORBIDDEN {
+        for (needle, why) in purity::IO.iter().chain(ALSO_FORBIDDEN) {
             if line.contains(needle) {
                 found.push(format!("{file}:{}: `{needle}` ({why})", n + 1));
             }

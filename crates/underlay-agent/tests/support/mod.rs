@@ -52,13 +52,18 @@ pub async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
 pub async fn ready_client(socket: &Path) -> AgentClient<tonic::transport::Channel> {
     wait_for("the agent's socket", async || socket.exists()).await;
     let mut c = client(socket).await;
+    wait_ready(&mut c).await;
+    c
+}
+
+/// Waits until the agent behind `c` reports ready.
+pub async fn wait_ready(c: &mut AgentClient<tonic::transport::Channel>) {
     wait_for("the agent to be ready", async || {
         c.status(underlay_proto::v1::StatusRequest {})
             .await
             .is_ok_and(|s| s.into_inner().ready)
     })
     .await;
-    c
 }
 
 /// Creates the object `value` describes.
