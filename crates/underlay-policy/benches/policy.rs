@@ -193,7 +193,7 @@ fn ms(d: Duration) -> f64 {
 
 fn main() {
     let scale = parse_args();
-    if !nix::unistd::geteuid().is_root() {
+    if !underlay_lab::netns::is_root() {
         eprintln!(
             "bench policy: needs root to create a network namespace; run `sudo -E cargo xtask bench policy`"
         );

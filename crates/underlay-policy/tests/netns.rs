@@ -7,11 +7,12 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::lab::{Lab, root_or_skip, sh};
+use support::lab::{Lab, sh};
 use support::scenarios;
 use support::{Pid, Probe, load_world};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
+use underlay_lab::netns::require_root;
 use underlay_policy::agent::{Options, PolicyAgent};
 use underlay_policy::metrics::Metrics;
 use underlay_policy::model::{Family, Peer, Policy, Protocol, Rule, Selector};
@@ -68,7 +69,7 @@ fn only_b_to_a() -> Policy {
 }
 
 /// A long-lived TCP connection from one pod to another; each `echo` sends
-/// a byte and reports whether it came back in time.
+/// a line and reports whether the server's answer line came back in time.
 struct Conn {
     tx: mpsc::Sender<oneshot::Sender<bool>>,
 }
@@ -79,16 +80,17 @@ impl Conn {
         let (ready_tx, ready_rx) = oneshot::channel();
         let dst = std::net::SocketAddr::new(p.dst.ip(p.family), p.port);
         lab.handle(p.src).spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(dst).await.expect("connect");
+            let s = tokio::net::TcpStream::connect(dst).await.expect("connect");
+            let mut s = BufReader::new(s);
             let _ = ready_tx.send(());
             while let Some(reply) = rx.recv().await {
+                let mut line = String::new();
                 let ok = tokio::time::timeout(Duration::from_millis(700), async {
-                    s.write_all(b"x").await?;
-                    let mut b = [0u8; 1];
-                    s.read_exact(&mut b).await
+                    s.write_all(b"x\n").await?;
+                    s.read_line(&mut line).await
                 })
                 .await
-                .is_ok_and(|r| r.is_ok());
+                .is_ok_and(|r| r.is_ok_and(|_| line.ends_with('\n')));
                 let _ = reply.send(ok);
             }
         });
@@ -107,7 +109,7 @@ impl Conn {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_holds_for_real_packets() {
-    if !root_or_skip("every_scenario_holds_for_real_packets") {
+    if !require_root("every_scenario_holds_for_real_packets") {
         return;
     }
     let lab = Lab::new("scen").await;
@@ -155,7 +157,7 @@ async fn every_scenario_holds_for_real_packets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_packets_are_logged_when_the_namespace_asks() {
-    if !root_or_skip("denied_packets_are_logged_when_the_namespace_asks") {
+    if !require_root("denied_packets_are_logged_when_the_namespace_asks") {
         return;
     }
     let lab = Lab::new("log").await;
@@ -196,7 +198,7 @@ async fn denied_packets_are_logged_when_the_namespace_asks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_under_traffic_adopts_the_rules_with_no_window() {
-    if !root_or_skip("a_restart_under_traffic_adopts_the_rules_with_no_window") {
+    if !require_root("a_restart_under_traffic_adopts_the_rules_with_no_window") {
         return;
     }
     let lab = Lab::new("restart").await;
@@ -253,7 +255,7 @@ async fn a_restart_under_traffic_adopts_the_rules_with_no_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_flush_is_repaired_by_the_periodic_check() {
-    if !root_or_skip("an_external_flush_is_repaired_by_the_periodic_check") {
+    if !require_root("an_external_flush_is_repaired_by_the_periodic_check") {
         return;
     }
     let lab = Lab::new("flush").await;
@@ -312,7 +314,7 @@ async fn an_external_flush_is_repaired_by_the_periodic_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newly_denied_established_connections_are_cut() {
-    if !root_or_skip("newly_denied_established_connections_are_cut") {
+    if !require_root("newly_denied_established_connections_are_cut") {
         return;
     }
     let lab = Lab::new("ct").await;
@@ -380,7 +382,7 @@ fn conntrack_entries(ns: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conntrack_deletion_touches_only_its_own_namespace() {
-    if !root_or_skip("conntrack_deletion_touches_only_its_own_namespace") {
+    if !require_root("conntrack_deletion_touches_only_its_own_namespace") {
         return;
     }
     let prefix = underlay_lab::netns::unique_prefix();
@@ -524,7 +526,7 @@ async fn conntrack_deletion_touches_only_its_own_namespace() {
 /// moves ours back to the top, and real packets are denied again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps() {
-    if !root_or_skip("repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps") {
+    if !require_root("repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps") {
         return;
     }
     let lab = Lab::new("kproxy").await;
