@@ -214,3 +214,92 @@ fn the_workspace_hack_holds_the_features_the_workspace_resolves() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The `struct` items named like test doubles (`Fake…`, `Recording…`) in
+/// product source that live outside a `fake.rs` file, as `file: name`.
+fn doubles_outside_fake_files(files: &[(String, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (path, text) in files {
+        if path.ends_with("/fake.rs") {
+            continue;
+        }
+        let product = text.split("#[cfg(test)]").next().unwrap_or(text);
+        for line in product.lines() {
+            let item = line.trim_start();
+            let item = item.strip_prefix("pub ").unwrap_or(item);
+            let Some(name) = item.strip_prefix("struct ") else {
+                continue;
+            };
+            let name: String = name
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if name.starts_with("Fake") || name.starts_with("Recording") {
+                found.push(format!("{path}: {name}"));
+            }
+        }
+    }
+    found
+}
+
+fn product_sources() -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut stack = vec![root().join("crates"), root().join("xtask/src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read a source directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                // Only `src` trees are product code.
+                let name = path.file_name().unwrap_or_default();
+                if name != "tests" && name != "benches" && name != "target" {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && path.to_string_lossy().contains("/src/")
+            {
+                let text = std::fs::read_to_string(&path).expect("read a source file");
+                files.push((path.display().to_string(), text));
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn recording_fakes_live_in_files_of_their_own() {
+    let sources = product_sources();
+    assert!(
+        sources
+            .iter()
+            .any(|(p, _)| p.ends_with("dataplane/fake.rs")),
+        "expected the fakes' files among {} sources",
+        sources.len()
+    );
+    let found = doubles_outside_fake_files(&sources);
+    assert!(
+        found.is_empty(),
+        "test doubles belong in a fake.rs beside the port they stand in for, not in product code:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn a_planted_fake_beside_product_code_is_caught() {
+    let files = vec![
+        (
+            "crates/x/src/port.rs".to_owned(),
+            "pub trait Port {}\npub struct FakePort;\nstruct RecordingSink {}\n#[cfg(test)]\nmod tests { struct FakeInTests; }\n".to_owned(),
+        ),
+        (
+            "crates/x/src/port/fake.rs".to_owned(),
+            "pub struct FakePort;\n".to_owned(),
+        ),
+    ];
+    assert_eq!(
+        doubles_outside_fake_files(&files),
+        [
+            "crates/x/src/port.rs: FakePort",
+            "crates/x/src/port.rs: RecordingSink"
+        ]
+    );
+}

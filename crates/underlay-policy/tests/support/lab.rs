@@ -99,24 +99,27 @@ fn spawn_in_netns(
     tokio::sync::oneshot::Sender<()>,
     std::thread::JoinHandle<()>,
 ) {
-    let path = format!("/run/netns/{netns}");
+    let path = underlay_netns::path_of(netns);
     let (htx, hrx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let servers = rt
-            .block_on(async { traffic::serve(traffic::open(&served_ports())?, &identity) })
-            .unwrap_or_else(|e| panic!("serve {identity} in {path}: {e}"));
-        htx.send(rt.handle().clone()).unwrap();
-        rt.block_on(async move {
-            let _ = stop_rx.await;
-        });
-        drop(servers);
+        // The runtime lives on the thread that entered the namespace, for
+        // as long as the lab.
+        underlay_netns::run_in(&path, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let servers = rt
+                .block_on(async { traffic::serve(traffic::open(&served_ports())?, &identity) })
+                .unwrap_or_else(|e| panic!("serve {identity} in {}: {e}", path.display()));
+            htx.send(rt.handle().clone()).unwrap();
+            rt.block_on(async move {
+                let _ = stop_rx.await;
+            });
+            drop(servers);
+        })
+        .expect("enter the pod's network namespace");
     });
     (hrx.recv().expect("pod servers started"), stop_tx, thread)
 }
