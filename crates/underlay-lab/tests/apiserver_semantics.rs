@@ -312,20 +312,24 @@ async fn network_policy_defaulting_and_validation() {
         Some("TCP")
     );
     assert_eq!(created.metadata.generation, Some(1));
-    let bad = np(
-        "bad",
-        json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}),
-    );
-    match nps.create(&PostParams::default(), &bad).await.unwrap_err() {
-        kube::Error::Api(s) => {
-            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
-            assert!(
-                s.message.contains("spec.ingress[0].from[0].ipBlock.cidr"),
-                "{}",
-                s.message
-            );
+    // A prefix length is plain decimal digits: Rust's integer parser takes
+    // "+8" for 8, kube-apiserver does not.
+    for cidr in ["10.0.0.0/33", "10.0.0.0/+8"] {
+        let bad = np(
+            "bad",
+            json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": cidr}}]}]}),
+        );
+        match nps.create(&PostParams::default(), &bad).await.unwrap_err() {
+            kube::Error::Api(s) => {
+                assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{cidr}");
+                assert!(
+                    s.message.contains("spec.ingress[0].from[0].ipBlock.cidr"),
+                    "{cidr}: {}",
+                    s.message
+                );
+            }
+            other => panic!("{cidr}: {other:?}"),
         }
-        other => panic!("{other:?}"),
     }
     let bad = np(
         "bad",

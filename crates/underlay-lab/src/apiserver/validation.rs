@@ -146,6 +146,14 @@ mod tests {
                 "spec.ingress[0].from[0].ipBlock.cidr",
             ),
             (
+                json!({"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/+8"}}]}]}),
+                "spec.ingress[0].from[0].ipBlock.cidr",
+            ),
+            (
+                json!({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/+16"]}}]}]}),
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
+            (
                 json!({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}]}]}),
                 "spec.egress[0].to[0].ipBlock.except[0]",
             ),
@@ -241,13 +249,16 @@ mod tests {
                 .code,
             422
         );
-        let mut bad = node(json!(["10.0.1.0/99"]));
-        assert_eq!(
-            default_and_validate(&rt("Node"), &mut bad, None)
-                .unwrap_err()
-                .code,
-            422
-        );
+        for cidr in ["10.0.1.0/99", "10.0.1.0/+24"] {
+            let mut bad = node(json!([cidr]));
+            let err = default_and_validate(&rt("Node"), &mut bad, None).unwrap_err();
+            assert_eq!(err.code, 422, "{cidr}");
+            assert!(
+                err.message.contains("spec.podCIDRs[0]"),
+                "{cidr}: {}",
+                err.message
+            );
+        }
     }
 
     #[test]
