@@ -328,11 +328,9 @@ impl Table {
         let mut routes: Vec<AppliedRoute> = self
             .routes
             .iter()
-            .map(|r| AppliedRoute {
-                name: r.name.clone(),
-                address_prefix: r.address_prefix.clone(),
-                next_hop_type: r.next_hop_type.clone(),
-                next_hop_ip: r.next_hop_ip.clone(),
+            .map(|r| {
+                let hop = r.next_hop_ip.as_deref();
+                AppliedRoute::new(&r.name, &r.address_prefix, &r.next_hop_type, hop)
             })
             .collect();
         routes.sort();
