@@ -204,6 +204,27 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+impl ExecOutput {
+    /// A plugin that succeeded, printing `stdout` (its result, or nothing).
+    pub fn success(stdout: Vec<u8>) -> ExecOutput {
+        ExecOutput {
+            success: true,
+            stdout,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// A plugin that failed, printing a CNI error result.
+    pub fn error(code: u32, msg: &str, details: &str) -> ExecOutput {
+        let result = json!({"cniVersion": "1.1.0", "code": code, "msg": msg, "details": details});
+        ExecOutput {
+            success: false,
+            stdout: result.to_string().into_bytes(),
+            stderr: Vec::new(),
+        }
+    }
+}
+
 /// Runs a plugin binary.
 #[async_trait::async_trait]
 pub trait PluginExec: Send + Sync {
@@ -271,13 +292,7 @@ impl PluginExec for FakeExec {
         if let Some((cmd, code)) = self.fail.lock().expect("fake fail lock").get(&ty)
             && *cmd == command
         {
-            return Ok(ExecOutput {
-                success: false,
-                stdout: serde_json::to_vec(
-                    &json!({"cniVersion":"1.1.0","code":code,"msg":"fake failure","details":ty}),
-                )?,
-                stderr: Vec::new(),
-            });
+            return Ok(ExecOutput::error(*code, "fake failure", &ty));
         }
         let stdout = if command == "ADD" {
             let mut prev = inv
@@ -295,11 +310,7 @@ impl PluginExec for FakeExec {
         } else {
             Vec::new()
         };
-        Ok(ExecOutput {
-            success: true,
-            stdout,
-            stderr: Vec::new(),
-        })
+        Ok(ExecOutput::success(stdout))
     }
 }
 

@@ -28,7 +28,7 @@ use crate::netns::{self, Netns};
 use crate::traffic::{self, PortSpec, Protocol};
 use crate::vnet::NodeNet;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::BTreeMap;
@@ -124,6 +124,12 @@ pub fn ready_condition(network_error: Option<&str>) -> (&'static str, &'static s
             ),
         ),
     }
+}
+
+/// The node's condition of type `type_` (`Ready`, `NetworkUnavailable`, ...).
+pub fn node_condition<'a>(node: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.into_iter().flatten().find(|c| c.type_ == type_)
 }
 
 /// A running pod sandbox.

@@ -33,6 +33,17 @@ where
     }
 }
 
+async fn delete_ignoring_absent<K>(api: Api<K>, name: &str) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn from_json<K: serde::de::DeserializeOwned>(v: Value) -> Result<K> {
     serde_json::from_value(v).map_err(|e| crate::lab::Error::Usage(format!("invalid object: {e}")))
 }
@@ -77,14 +88,7 @@ pub async fn delete_pod(lab: &Lab, key: &str) -> Result<()> {
     let Some((ns, name)) = key.split_once('/') else {
         return Ok(());
     };
-    match Api::<Pod>::namespaced(lab.client(), ns)
-        .delete(name, &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    delete_ignoring_absent(Api::<Pod>::namespaced(lab.client(), ns), name).await
 }
 
 /// Creates or replaces a NetworkPolicy given as JSON (namespace in metadata).
@@ -104,15 +108,9 @@ pub async fn policy(lab: &Lab, value: Value) -> Result<()> {
     Ok(())
 }
 
+/// Deletes a NetworkPolicy.
 pub async fn delete_policy(lab: &Lab, ns: &str, name: &str) -> Result<()> {
-    match Api::<NetworkPolicy>::namespaced(lab.client(), ns)
-        .delete(name, &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    delete_ignoring_absent(Api::<NetworkPolicy>::namespaced(lab.client(), ns), name).await
 }
 
 /// The first IP of a running pod of the family asked for.

@@ -58,6 +58,18 @@ pub struct NodeNet {
 }
 
 impl NodeNet {
+    /// Node `name` at `index` of the subnet, living in namespace `netns`.
+    pub fn at(name: &str, index: u8, netns: &str, dual_stack: bool) -> NodeNet {
+        NodeNet {
+            name: name.to_owned(),
+            index,
+            netns: netns.to_owned(),
+            ipv4: node_ipv4(index),
+            ipv6: dual_stack.then(|| node_ipv6(index)),
+            router_if: format!("vn{index}"),
+        }
+    }
+
     /// Addresses as a kubelet reports them in `status.addresses`.
     pub fn addresses(&self) -> Vec<IpAddr> {
         let mut out = vec![IpAddr::V4(self.ipv4)];
@@ -246,14 +258,7 @@ impl Vnet {
             });
         };
         let netns = Netns::create(&self.node_netns_name(index)).await?;
-        let node = NodeNet {
-            name: name.to_owned(),
-            index,
-            netns: netns.name().to_owned(),
-            ipv4: node_ipv4(index),
-            ipv6: self.config.dual_stack.then(|| node_ipv6(index)),
-            router_if: format!("vn{index}"),
-        };
+        let node = NodeNet::at(name, index, netns.name(), self.config.dual_stack);
         netns
             .sysctl(&[
                 "net.ipv4.ip_forward=1",
@@ -511,14 +516,12 @@ mod tests {
     use super::*;
 
     fn node(index: u8, dual: bool) -> NodeNet {
-        NodeNet {
-            name: format!("node-{index}"),
+        NodeNet::at(
+            &format!("node-{index}"),
             index,
-            netns: format!("lab-n{index}"),
-            ipv4: node_ipv4(index),
-            ipv6: dual.then(|| node_ipv6(index)),
-            router_if: format!("vn{index}"),
-        }
+            &format!("lab-n{index}"),
+            dual,
+        )
     }
 
     fn route(prefix: &str, hop: &str) -> FabricRoute {

@@ -1,6 +1,8 @@
 //! The embedded API server through kube-rs: CRUD, errors, lists, watches,
 //! watchers and reflectors, as the underlay daemons use it.
 
+mod support;
+
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -10,22 +12,8 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchPara
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use underlay_lab::apiserver::{ApiServer, Config, Failure, Handle, Match};
-
-async fn start() -> (Handle, Client) {
-    let handle = ApiServer::start(Config::default())
-        .await
-        .expect("server starts");
-    let client = handle.client().expect("client");
-    (handle, client)
-}
-
-fn api_status(err: kube::Error) -> (u16, String) {
-    match err {
-        kube::Error::Api(s) => (s.code, s.reason.clone()),
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
+use support::api::{api_status, start};
+use underlay_lab::apiserver::{Failure, Match};
 
 fn pod(name: &str, labels: serde_json::Value) -> Pod {
     serde_json::from_value(json!({

@@ -9,7 +9,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{Lab, kubectl, ok};
+use support::kubectl::{Lab, apply, kubectl, ok, present_or_skip};
 
 const POLICY: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -78,18 +78,8 @@ async fn kubectl_create_apply_label_patch_delete() {
     assert_eq!(out, "cQ==");
 
     // Client-side apply: create, then update by strategic merge patch.
-    ok(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&POLICY.replace("PORT", "80")),
-    )
-    .await;
-    let out = ok(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&POLICY.replace("PORT", "443")),
-    )
-    .await;
+    apply(&kc, &POLICY.replace("PORT", "80")).await;
+    let out = apply(&kc, &POLICY.replace("PORT", "443")).await;
     assert!(out.contains("configured"), "{out}");
     let out = ok(
         &kc,
@@ -117,12 +107,7 @@ async fn kubectl_create_apply_label_patch_delete() {
         "jsonpath={.metadata.resourceVersion}",
     ];
     let before = ok(&kc, &rv, None).await;
-    ok(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&POLICY.replace("PORT", "443")),
-    )
-    .await;
+    apply(&kc, &POLICY.replace("PORT", "443")).await;
     assert_eq!(ok(&kc, &rv, None).await, before);
 
     // Invalid objects are refused with the server's message.
@@ -160,50 +145,25 @@ async fn kubectl_create_apply_label_patch_delete() {
     )
     .await;
     assert_eq!(out.trim(), "configmap/c1");
-    ok(
-        &kc,
-        &[
+    // Every patch type kubectl sends.
+    for (patch_type, patch) in [
+        ("strategic", r#"{"data":{"s":"1"}}"#),
+        ("merge", r#"{"data":{"m":"2"}}"#),
+        ("json", r#"[{"op":"add","path":"/data/j","value":"3"}]"#),
+    ] {
+        let patch_type = format!("--type={patch_type}");
+        let args = [
             "-n",
             "demo",
             "patch",
             "configmap",
             "c1",
+            &patch_type,
             "-p",
-            r#"{"data":{"s":"1"}}"#,
-        ],
-        None,
-    )
-    .await;
-    ok(
-        &kc,
-        &[
-            "-n",
-            "demo",
-            "patch",
-            "configmap",
-            "c1",
-            "--type=merge",
-            "-p",
-            r#"{"data":{"m":"2"}}"#,
-        ],
-        None,
-    )
-    .await;
-    ok(
-        &kc,
-        &[
-            "-n",
-            "demo",
-            "patch",
-            "configmap",
-            "c1",
-            "--type=json",
-            "-p",
-            r#"[{"op":"add","path":"/data/j","value":"3"}]"#,
-        ],
-        None,
-    )
-    .await;
+            patch,
+        ];
+        ok(&kc, &args, None).await;
+    }
     let out = ok(
         &kc,
         &[
@@ -377,12 +337,7 @@ async fn kubectl_applies_and_lists_workloads_and_roles() {
         return;
     };
     let kc = lab.kc.clone();
-    let out = ok(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&WORKLOADS.replace("IMAGE", "1")),
-    )
-    .await;
+    let out = apply(&kc, &WORKLOADS.replace("IMAGE", "1")).await;
     assert!(out.contains("deployment.apps/web created"), "{out}");
     assert!(out.contains("daemonset.apps/agent created"), "{out}");
     assert!(
@@ -391,12 +346,7 @@ async fn kubectl_applies_and_lists_workloads_and_roles() {
     );
     // A client-side re-apply with a new image is a strategic merge patch
     // of the template.
-    let out = ok(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&WORKLOADS.replace("IMAGE", "2")),
-    )
-    .await;
+    let out = apply(&kc, &WORKLOADS.replace("IMAGE", "2")).await;
     assert!(out.contains("deployment.apps/web configured"), "{out}");
     assert!(out.contains("daemonset.apps/agent unchanged"), "{out}");
     let image = ok(
@@ -429,4 +379,17 @@ async fn kubectl_applies_and_lists_workloads_and_roles() {
         out.contains("system-node-critical") && out.contains("2000001000"),
         "{out}"
     );
+}
+
+#[test]
+fn missing_kubectl_fails_when_required_and_skips_otherwise() {
+    let missing = "underlay-no-such-kubectl";
+    assert!(!present_or_skip(missing, "probe", false));
+    let required = std::panic::catch_unwind(|| present_or_skip(missing, "probe", true));
+    let message = required.expect_err("a required, missing kubectl fails the test");
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(text.contains("UNDERLAY_REQUIRE_KUBECTL"), "{text}");
 }

@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{Lab, kubectl, kubectl_code, ok};
+use support::kubectl::{Lab, apply, kubectl, kubectl_code, ok};
 
 const LIST: &str = "apiVersion: v1
 kind: List
@@ -114,7 +114,7 @@ async fn unknown_fields_of_custom_resources_are_refused_alone_and_in_a_list() {
         return;
     };
     let kc = lab.kc.clone();
-    ok(&kc, &["apply", "-f", "-"], Some(CRD)).await;
+    apply(&kc, CRD).await;
     // Alone: the server checks (kubectl asks for strict field validation).
     let alone = widget("w1", "{size: 1, colour: red}");
     let (success, _, err) = kubectl(&kc, &["apply", "-f", "-"], Some(&alone)).await;
@@ -142,7 +142,7 @@ async fn unknown_fields_of_custom_resources_are_refused_alone_and_in_a_list() {
         "{err}"
     );
     assert!(missing(&kc, "widget/w1").await);
-    let out = ok(&kc, &["apply", "-f", "-"], Some(&list("{size: 2}"))).await;
+    let out = apply(&kc, &list("{size: 2}")).await;
     assert!(
         out.contains("widget.example.com/w1 created")
             && out.contains("widget.example.com/w2 created"),
@@ -286,7 +286,7 @@ async fn get_as_yaml_applies_back_without_changing_specs() {
         return;
     };
     let kc = lab.kc.clone();
-    ok(&kc, &["apply", "-f", "-"], Some(&LIST.replace("EXTRA", ""))).await;
+    apply(&kc, &LIST.replace("EXTRA", "")).await;
     ok(
         &kc,
         &["create", "configmap", "made", "--from-literal=x=y"],
@@ -302,7 +302,7 @@ async fn get_as_yaml_applies_back_without_changing_specs() {
     let before = ok(&kc, &["get", "deploy", "web", "-o", spec], None).await;
     // As on kube-apiserver every object is configured: the last-applied
     // annotation now records the whole object as read.
-    let out = ok(&kc, &["apply", "-f", "-"], Some(&yaml)).await;
+    let out = apply(&kc, &yaml).await;
     for want in [
         "deployment.apps/web configured",
         "configmap/first configured",
@@ -319,7 +319,7 @@ async fn get_as_yaml_applies_back_without_changing_specs() {
     assert_eq!(data, r#"{"x":"y"}"#);
     // And what it wrote reads back and applies again.
     let yaml = ok(&kc, &["get", "cm,deploy", "-o", "yaml"], None).await;
-    ok(&kc, &["apply", "-f", "-"], Some(&yaml)).await;
+    apply(&kc, &yaml).await;
 }
 
 const CONFIG: &str = "apiVersion: v1
@@ -344,7 +344,7 @@ async fn diff_shows_changes_with_exit_1_and_none_with_exit_0_and_stores_nothing(
     assert!(out.contains("+  mode: fast"), "{out}");
     assert!(missing(&kc, "configmap/settings").await);
 
-    ok(&kc, &["apply", "-f", "-"], Some(&manifest("fast"))).await;
+    apply(&kc, &manifest("fast")).await;
     let rv = lab.server.resource_version();
     let (code, out, err) = kubectl_code(&kc, &["diff", "-f", "-"], Some(&manifest("fast"))).await;
     assert_eq!(code, Some(0), "{out}{err}");
@@ -439,7 +439,7 @@ async fn wait_for_a_condition_and_for_deletion() {
         return;
     };
     let kc = lab.kc.clone();
-    ok(&kc, &["apply", "-f", "-"], Some(&LIST.replace("EXTRA", ""))).await;
+    apply(&kc, &LIST.replace("EXTRA", "")).await;
 
     let waiter = {
         let kc = kc.clone();

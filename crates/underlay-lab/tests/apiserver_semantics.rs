@@ -2,6 +2,8 @@
 //! type on Nodes and Pods, status subresources, server-side apply, networking
 //! defaulting and validation, custom resources, events, faults and snapshots.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Event as CoreEvent;
@@ -11,22 +13,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use underlay_lab::apiserver::{ApiServer, Config, Failure, Handle, Match};
-
-async fn start() -> (Handle, Client) {
-    let handle = ApiServer::start(Config::default())
-        .await
-        .expect("server starts");
-    let client = handle.client().expect("client");
-    (handle, client)
-}
-
-fn code(err: kube::Error) -> u16 {
-    match err {
-        kube::Error::Api(s) => s.code,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
+use support::api::{assert_refused, code, refusal, start};
+use underlay_lab::apiserver::{ApiServer, Config, Failure, Match};
 
 /// A JSON patch (kube's own `Patch::Json` uses another json-patch major).
 async fn json_patch(
@@ -99,18 +87,8 @@ async fn node_patches_of_every_type() {
         )
         .await
         .unwrap_err();
-    match err {
-        kube::Error::Api(s) => {
-            assert_eq!(s.code, 422);
-            assert!(
-                s.message
-                    .contains("node updates may not change podCIDR except from \"\" to valid"),
-                "{}",
-                s.message
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let rule = "node updates may not change podCIDR except from \"\" to valid";
+    assert_refused(err, 422, "Invalid", rule);
     // JSON patch, with a failing test op.
     let n = json_patch(
         &client,
@@ -312,20 +290,15 @@ async fn network_policy_defaulting_and_validation() {
         Some("TCP")
     );
     assert_eq!(created.metadata.generation, Some(1));
-    let bad = np(
-        "bad",
-        json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}),
-    );
-    match nps.create(&PostParams::default(), &bad).await.unwrap_err() {
-        kube::Error::Api(s) => {
-            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
-            assert!(
-                s.message.contains("spec.ingress[0].from[0].ipBlock.cidr"),
-                "{}",
-                s.message
-            );
-        }
-        other => panic!("{other:?}"),
+    // A prefix length is plain decimal digits: Rust's integer parser takes
+    // "+8" for 8, kube-apiserver does not.
+    for cidr in ["10.0.0.0/33", "10.0.0.0/+8"] {
+        let bad = np(
+            "bad",
+            json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": cidr}}]}]}),
+        );
+        let err = nps.create(&PostParams::default(), &bad).await.unwrap_err();
+        assert_refused(err, 422, "Invalid", "spec.ingress[0].from[0].ipBlock.cidr");
     }
     let bad = np(
         "bad",
@@ -462,13 +435,9 @@ async fn injected_failures_and_delays() {
         },
         Match::any(),
     );
-    match raw.list(&ListParams::default()).await.unwrap_err() {
-        kube::Error::Api(s) => {
-            assert_eq!((s.code, s.reason.as_str()), (429, "TooManyRequests"));
-            assert_eq!(s.details.unwrap().retry_after_seconds, 1);
-        }
-        other => panic!("{other:?}"),
-    }
+    let s = refusal(raw.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!((s.code, s.reason.as_str()), (429, "TooManyRequests"));
+    assert_eq!(s.details.unwrap().retry_after_seconds, 1);
     // kube-rs' default client waits as told and succeeds.
     h.faults().fail_next(
         1,

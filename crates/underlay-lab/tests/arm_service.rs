@@ -87,6 +87,28 @@ fn table_body(routes: &[(&str, &str, &str)]) -> Value {
     })
 }
 
+/// `method` on `path` under the service's API version: the answer.
+async fn call(
+    arm: &ArmHandle,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
+    send(arm, method, &format!("{path}?{API}"), headers, body)
+        .await
+        .unwrap()
+}
+
+async fn get(arm: &ArmHandle, path: &str) -> Reply {
+    call(arm, "GET", path, &[], None).await
+}
+
+/// A PUT of the route table with `headers`.
+async fn put_table(arm: &ArmHandle, headers: &[(&str, &str)], body: Value) -> Reply {
+    call(arm, "PUT", TABLE, headers, Some(body)).await
+}
+
 async fn wait_op(arm: &ArmHandle, url: &str) -> Value {
     let path = url.strip_prefix(arm.endpoint()).unwrap();
     loop {
@@ -111,21 +133,16 @@ async fn a_table_is_created_updated_and_read_with_etags_and_async_operations() {
     })
     .await;
     let mut applied = arm.routes_watch();
-    let r = send(&arm, "GET", &format!("{TABLE}?{API}"), &[], None)
-        .await
-        .unwrap();
+    let r = get(&arm, TABLE).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.body["error"]["code"], "ResourceNotFound");
 
-    let r = send(
+    let r = put_table(
         &arm,
-        "PUT",
-        &format!("{TABLE}?{API}"),
         &[("if-none-match", "*")],
-        Some(table_body(&[("r1", "10.244.1.0/24", "10.0.0.1")])),
+        table_body(&[("r1", "10.244.1.0/24", "10.0.0.1")]),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status, 201);
     assert_eq!(r.body["properties"]["provisioningState"], "Updating");
     let op = r.header("azure-asyncoperation").unwrap().to_string();
@@ -144,9 +161,7 @@ async fn a_table_is_created_updated_and_read_with_etags_and_async_operations() {
         .await
         .unwrap();
 
-    let r = send(&arm, "GET", &format!("{TABLE}?{API}"), &[], None)
-        .await
-        .unwrap();
+    let r = get(&arm, TABLE).await;
     assert_eq!(r.status, 200);
     let etag = r.body["etag"].as_str().unwrap().to_string();
     assert!(etag.starts_with("W/\""));
@@ -159,9 +174,7 @@ async fn a_table_is_created_updated_and_read_with_etags_and_async_operations() {
 
     // Paths and names are case-insensitive, as in ARM.
     let lower = TABLE.to_ascii_lowercase();
-    let r = send(&arm, "GET", &format!("{lower}?{API}"), &[], None)
-        .await
-        .unwrap();
+    let r = get(&arm, &lower).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["name"], "rt");
 
@@ -170,27 +183,11 @@ async fn a_table_is_created_updated_and_read_with_etags_and_async_operations() {
         ("r1", "10.244.1.0/24", "10.0.0.1"),
         ("r2", "10.244.2.0/24", "10.0.0.2"),
     ]);
-    let r = send(
-        &arm,
-        "PUT",
-        &format!("{TABLE}?{API}"),
-        &[("if-match", &etag)],
-        Some(body.clone()),
-    )
-    .await
-    .unwrap();
+    let r = put_table(&arm, &[("if-match", &etag)], body.clone()).await;
     assert_eq!(r.status, 200);
     // A second write while the first is in flight is refused like Azure does.
     let current = r.body["etag"].as_str().unwrap().to_string();
-    let busy = send(
-        &arm,
-        "PUT",
-        &format!("{TABLE}?{API}"),
-        &[("if-match", &current)],
-        Some(body.clone()),
-    )
-    .await
-    .unwrap();
+    let busy = put_table(&arm, &[("if-match", &current)], body.clone()).await;
     assert_eq!(busy.status, 429);
     assert_eq!(
         busy.body["error"]["details"][0]["code"],
@@ -198,15 +195,7 @@ async fn a_table_is_created_updated_and_read_with_etags_and_async_operations() {
     );
     assert!(busy.header("retry-after").is_some());
     wait_op(&arm, r.header("azure-asyncoperation").unwrap()).await;
-    let stale = send(
-        &arm,
-        "PUT",
-        &format!("{TABLE}?{API}"),
-        &[("if-match", &etag)],
-        Some(body),
-    )
-    .await
-    .unwrap();
+    let stale = put_table(&arm, &[("if-match", &etag)], body).await;
     assert_eq!(stale.status, 412);
     assert_eq!(stale.body["error"]["code"], "PreconditionFailed");
     assert_eq!(arm.count(RequestKind::PutTable), 4);
@@ -251,31 +240,13 @@ async fn requests_are_authenticated_versioned_and_validated() {
             "InvalidRequestFormat",
         ),
     ] {
-        let r = send(
-            &arm,
-            "PUT",
-            &format!("{TABLE}?{API}"),
-            &[],
-            Some(table_body(&routes)),
-        )
-        .await
-        .unwrap();
+        let r = put_table(&arm, &[], table_body(&routes)).await;
         assert_eq!(r.status, 400, "{routes:?}");
         assert_eq!(r.body["error"]["code"], code, "{routes:?}");
     }
-    let r = send(
-        &arm,
-        "PUT",
-        &format!("{TABLE}?{API}"),
-        &[],
-        Some(json!({"properties": {}})),
-    )
-    .await
-    .unwrap();
+    let r = put_table(&arm, &[], json!({"properties": {}})).await;
     assert_eq!(r.body["error"]["code"], "LocationRequired");
-    let r = send(&arm, "PUT", &format!("{TABLE}?{API}"), &[], None)
-        .await
-        .unwrap();
+    let r = call(&arm, "PUT", TABLE, &[], None).await;
     assert_eq!(r.body["error"]["code"], "InvalidRequestFormat");
     assert_eq!(arm.writes(), 6, "refused writes are still logged");
 }
@@ -292,83 +263,31 @@ async fn the_route_limit_is_enforced() {
         ("b", "10.0.2.0/24", "10.1.0.2"),
         ("c", "10.0.3.0/24", "10.1.0.3"),
     ];
-    let r = send(
-        &arm,
-        "PUT",
-        &format!("{TABLE}?{API}"),
-        &[],
-        Some(table_body(&routes)),
-    )
-    .await
-    .unwrap();
+    let r = put_table(&arm, &[], table_body(&routes)).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error"]["code"], "RouteTableRoutesLimitExceeded");
-    let r = send(
-        &arm,
-        "PUT",
-        &format!("{TABLE}?{API}"),
-        &[],
-        Some(table_body(&routes[..2])),
-    )
-    .await
-    .unwrap();
+    let r = put_table(&arm, &[], table_body(&routes[..2])).await;
     assert_eq!(r.status, 201);
 }
 
 #[tokio::test]
 async fn single_routes_are_written_and_deleted_through_the_routes_api() {
     let arm = start(ArmConfig::default()).await;
-    let r = send(
-        &arm,
-        "PUT",
-        &format!("{TABLE}?{API}"),
-        &[],
-        Some(table_body(&[])),
-    )
-    .await
-    .unwrap();
+    let r = put_table(&arm, &[], table_body(&[])).await;
     wait_op(&arm, r.header("azure-asyncoperation").unwrap()).await;
     let route = json!({"properties": {"addressPrefix": "10.244.9.0/24", "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.0.9"}});
-    let r = send(
-        &arm,
-        "PUT",
-        &format!("{TABLE}/routes/n9?{API}"),
-        &[],
-        Some(route),
-    )
-    .await
-    .unwrap();
+    let r = call(&arm, "PUT", &format!("{TABLE}/routes/n9"), &[], Some(route)).await;
     assert_eq!(r.status, 201);
     wait_op(&arm, r.header("azure-asyncoperation").unwrap()).await;
-    let r = send(&arm, "GET", &format!("{TABLE}/routes?{API}"), &[], None)
-        .await
-        .unwrap();
+    let r = get(&arm, &format!("{TABLE}/routes")).await;
     assert_eq!(r.body["value"][0]["name"], "n9");
-    let r = send(
-        &arm,
-        "DELETE",
-        &format!("{TABLE}/routes/n9?{API}"),
-        &[],
-        None,
-    )
-    .await
-    .unwrap();
+    let r = call(&arm, "DELETE", &format!("{TABLE}/routes/n9"), &[], None).await;
     assert_eq!(r.status, 202);
     assert!(r.header("location").unwrap().contains("/operationResults/"));
     wait_op(&arm, r.header("azure-asyncoperation").unwrap()).await;
-    let r = send(
-        &arm,
-        "DELETE",
-        &format!("{TABLE}/routes/n9?{API}"),
-        &[],
-        None,
-    )
-    .await
-    .unwrap();
+    let r = call(&arm, "DELETE", &format!("{TABLE}/routes/n9"), &[], None).await;
     assert_eq!(r.status, 204);
-    let r = send(&arm, "GET", &format!("{TABLE}/routes/n9?{API}"), &[], None)
-        .await
-        .unwrap();
+    let r = get(&arm, &format!("{TABLE}/routes/n9")).await;
     assert_eq!(r.status, 404);
 }
 
@@ -386,48 +305,26 @@ async fn faults_are_served_in_order_and_then_cleared() {
         .inject(FaultTarget::Any, Fault::InternalError, 1);
     arm.faults()
         .inject(FaultTarget::Any, Fault::DropConnection, 1);
-    let r = send(&arm, "GET", &format!("{TABLE}?{API}"), &[], None)
-        .await
-        .unwrap();
+    let r = get(&arm, TABLE).await;
     assert_eq!((r.status, r.header("retry-after")), (429, Some("3")));
-    let r = send(&arm, "GET", &format!("{TABLE}?{API}"), &[], None)
-        .await
-        .unwrap();
+    let r = get(&arm, TABLE).await;
     assert_eq!(r.status, 500);
     assert!(
         send(&arm, "GET", &format!("{TABLE}?{API}"), &[], None)
             .await
             .is_err()
     );
-    let r = send(&arm, "GET", &format!("{TABLE}?{API}"), &[], None)
-        .await
-        .unwrap();
+    let r = get(&arm, TABLE).await;
     assert_eq!(r.status, 404);
     let statuses: Vec<Option<u16>> = arm.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [Some(429), Some(500), None, Some(404)]);
 
     // A failing operation leaves the table as it was.
-    let r = send(
-        &arm,
-        "PUT",
-        &format!("{TABLE}?{API}"),
-        &[],
-        Some(table_body(&[])),
-    )
-    .await
-    .unwrap();
+    let r = put_table(&arm, &[], table_body(&[])).await;
     wait_op(&arm, r.header("azure-asyncoperation").unwrap()).await;
     arm.faults()
         .inject(FaultTarget::Write, Fault::OperationFailed, 1);
-    let r = send(
-        &arm,
-        "PUT",
-        &format!("{TABLE}?{API}"),
-        &[],
-        Some(table_body(&[("a", "10.0.1.0/24", "10.1.0.1")])),
-    )
-    .await
-    .unwrap();
+    let r = put_table(&arm, &[], table_body(&[("a", "10.0.1.0/24", "10.1.0.1")])).await;
     let done = wait_op(&arm, r.header("azure-asyncoperation").unwrap()).await;
     assert_eq!(done["status"], "Failed");
     assert!(done["error"]["code"].is_string());
@@ -441,20 +338,10 @@ async fn faults_are_served_in_order_and_then_cleared() {
 async fn unknown_methods_and_head_are_refused_on_known_resources_and_logged_as_unknown() {
     let arm = start(ArmConfig::default()).await;
     for method in ["HEAD", "POST", "PATCH"] {
-        let r = send(&arm, method, &format!("{TABLE}?{API}"), &[], None)
-            .await
-            .unwrap();
+        let r = call(&arm, method, TABLE, &[], None).await;
         assert_eq!(r.status, 405, "{method}");
     }
-    let r = send(
-        &arm,
-        "GET",
-        &format!("/subscriptions/s/unknown?{API}"),
-        &[],
-        None,
-    )
-    .await
-    .unwrap();
+    let r = get(&arm, "/subscriptions/s/unknown").await;
     assert_eq!(r.status, 404);
     assert_eq!(r.body["error"]["code"], "InvalidResourceType");
     assert_eq!(arm.count(RequestKind::Unknown), 4);

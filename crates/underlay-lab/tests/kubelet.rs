@@ -5,6 +5,8 @@
 //! (CNI STATUS) gating pod sandboxes and the node's `Ready`; the node Lease
 //! and status heartbeats. Needs root (pod namespaces).
 
+mod support;
+
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -13,9 +15,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use underlay_lab::apiserver::{ApiServer, Config};
+use underlay_lab::apiserver::Handle;
 use underlay_lab::cni::{ExecOutput, Invocation, NetworkConfigList, PluginExec, Runtime};
-use underlay_lab::kubelet::{Kubelets, NodeRuntime, Timings};
+use underlay_lab::kubelet::{Kubelets, NodeRuntime, Timings, node_condition};
 use underlay_lab::netns::{self, Netns};
 use underlay_lab::traffic::{self, Protocol};
 use underlay_lab::vnet::NodeNet;
@@ -40,18 +42,11 @@ impl PluginExec for Shared {
         let command = inv.env.get("CNI_COMMAND").cloned().unwrap_or_default();
         if command == "STATUS" {
             me.statuses.fetch_add(1, Ordering::Relaxed);
-            let ready = !me.not_ready.load(Ordering::Relaxed);
-            let stdout = if ready {
-                Vec::new()
-            } else {
-                serde_json::to_vec(&json!({"cniVersion": "1.1.0", "code": 50,
-                    "msg": "the plugin cannot add pods: agent socket refused"}))?
-            };
-            return Ok(ExecOutput {
-                success: ready,
-                stdout,
-                stderr: Vec::new(),
-            });
+            if me.not_ready.load(Ordering::Relaxed) {
+                let msg = "the plugin cannot add pods: agent socket refused";
+                return Ok(ExecOutput::error(50, msg, ""));
+            }
+            return Ok(ExecOutput::success(Vec::new()));
         }
         let pod = inv
             .env
@@ -67,11 +62,46 @@ impl PluginExec for Shared {
         } else {
             Vec::new()
         };
-        Ok(ExecOutput {
-            success: true,
-            stdout,
-            stderr: Vec::new(),
+        Ok(ExecOutput::success(stdout))
+    }
+}
+
+/// What each test starts from: an API server, node-1's namespace and the
+/// plugin its CNI chain runs.
+struct Fixture {
+    _server: Handle,
+    client: kube::Client,
+    /// The prefix of every namespace the test makes.
+    prefix: String,
+    node_ns: Netns,
+    dir: tempfile::TempDir,
+    plugin: Arc<Plugin>,
+}
+
+impl Fixture {
+    /// The fixture of `test`, or `None` (the test skipped) when not root.
+    async fn start(test: &str) -> Option<Fixture> {
+        if !netns::require_root(test) {
+            return None;
+        }
+        let (server, client) = support::api::start().await;
+        let prefix = netns::unique_prefix();
+        Some(Fixture {
+            _server: server,
+            client,
+            node_ns: Netns::create(&format!("{prefix}-n1")).await.unwrap(),
+            prefix,
+            dir: tempfile::tempdir().unwrap(),
+            plugin: Arc::default(),
         })
+    }
+
+    /// `node-1` (10.0.0.4) in its namespace, its CNI chain the plugin.
+    fn node_1(&self) -> NodeRuntime {
+        NodeRuntime {
+            net: NodeNet::at("node-1", 1, self.node_ns.name(), false),
+            cni: runtime(&self.plugin, self.dir.path()),
+        }
     }
 }
 
@@ -95,45 +125,15 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubelet_registers_its_node_and_runs_and_removes_pods_through_cni() {
-    if !netns::require_root("the_kubelet_registers_its_node_and_runs_and_removes_pods_through_cni")
-    {
+    let test = "the_kubelet_registers_its_node_and_runs_and_removes_pods_through_cni";
+    let Some(fx) = Fixture::start(test).await else {
         return;
-    }
-    let server = ApiServer::start(Config::default()).await.unwrap();
-    let client = server.client().unwrap();
-    let prefix = netns::unique_prefix();
-    let node_ns = Netns::create(&format!("{prefix}-n1")).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::write(bin.join("fake"), "").unwrap();
-    let plugin = Arc::new(Plugin::default());
-    let runtime = Runtime {
-        config: NetworkConfigList::parse(
-            "test",
-            br#"{"cniVersion":"1.1.0","name":"lab","plugins":[{"type":"fake"}]}"#,
-        )
-        .unwrap(),
-        bin_dirs: vec![bin],
-        cache_dir: dir.path().join("cache"),
-        exec: Box::new(Shared(plugin.clone())),
     };
-    let kubelets = Kubelets::new(client.clone(), &prefix);
-    let net = NodeNet {
-        name: "node-1".into(),
-        index: 1,
-        netns: node_ns.name().into(),
-        ipv4: "10.0.0.4".parse().unwrap(),
-        ipv6: None,
-        router_if: "vn1".into(),
-    };
-    kubelets
-        .add_node(NodeRuntime { net, cni: runtime })
-        .await
-        .unwrap();
+    let kubelets = Kubelets::new(fx.client.clone(), &fx.prefix);
+    kubelets.add_node(fx.node_1()).await.unwrap();
     let run = tokio::spawn(kubelets.clone().run());
 
-    let node = Api::<Node>::all(client.clone())
+    let node = Api::<Node>::all(fx.client.clone())
         .get("node-1")
         .await
         .unwrap();
@@ -157,7 +157,7 @@ async fn the_kubelet_registers_its_node_and_runs_and_removes_pods_through_cni() 
     );
 
     // An unscheduled pod is bound to the node and started.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(fx.client.clone(), "default");
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web"},
         "spec": {"containers": [{"name": "c", "image": "i", "ports": [
             {"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}]}]}}))
@@ -178,7 +178,7 @@ async fn the_kubelet_registers_its_node_and_runs_and_removes_pods_through_cni() 
         .into_iter()
         .find(|p| p.key == "default/web")
         .unwrap();
-    assert!(netns::list(&prefix).contains(&info.netns));
+    assert!(netns::list(&fx.prefix).contains(&info.netns));
     // The declared ports are served inside the pod's namespace.
     let pod_ns = Netns::existing(&info.netns);
     for (port, proto) in [(80, Protocol::Tcp), (53, Protocol::Udp)] {
@@ -199,10 +199,10 @@ async fn the_kubelet_registers_its_node_and_runs_and_removes_pods_through_cni() 
     })
     .await;
     assert!(
-        !netns::list(&prefix).contains(&info.netns),
+        !netns::list(&fx.prefix).contains(&info.netns),
         "the pod namespace was removed"
     );
-    assert_eq!(*plugin.calls.lock().unwrap(), vec!["ADD web", "DEL web"]);
+    assert_eq!(*fx.plugin.calls.lock().unwrap(), vec!["ADD web", "DEL web"]);
 
     // A node selector that no node matches leaves the pod pending.
     let pinned: Pod = serde_json::from_value(json!({"metadata": {"name": "pinned"},
@@ -219,7 +219,7 @@ async fn the_kubelet_registers_its_node_and_runs_and_removes_pods_through_cni() 
 
     run.abort();
     kubelets.shutdown().await;
-    node_ns.delete().await.unwrap();
+    fx.node_ns.delete().await.unwrap();
 }
 
 fn runtime(plugin: &Arc<Plugin>, dir: &std::path::Path) -> Runtime {
@@ -238,16 +238,6 @@ fn runtime(plugin: &Arc<Plugin>, dir: &std::path::Path) -> Runtime {
     }
 }
 
-fn condition(node: &Node, type_: &str) -> Option<k8s_openapi::api::core::v1::NodeCondition> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .cloned()
-}
-
 fn time_text<T: serde::Serialize>(t: &Option<T>) -> String {
     serde_json::to_value(t)
         .ok()
@@ -258,16 +248,10 @@ fn time_text<T: serde::Serialize>(t: &Option<T>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_network_plugin_is_not_ready_is_not_ready_and_starts_pods_once_it_is() {
     let test = "a_node_whose_network_plugin_is_not_ready_is_not_ready_and_starts_pods_once_it_is";
-    if !netns::require_root(test) {
+    let Some(fx) = Fixture::start(test).await else {
         return;
-    }
-    let server = ApiServer::start(Config::default()).await.unwrap();
-    let client = server.client().unwrap();
-    let prefix = netns::unique_prefix();
-    let node_ns = Netns::create(&format!("{prefix}-n1")).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let plugin = Arc::new(Plugin::default());
-    plugin.not_ready.store(true, Ordering::Relaxed);
+    };
+    fx.plugin.not_ready.store(true, Ordering::Relaxed);
     // Kubelet's periods scaled down so that the test sees several rounds.
     let timings = Timings {
         runtime_status: Duration::from_millis(200),
@@ -276,28 +260,14 @@ async fn a_node_whose_network_plugin_is_not_ready_is_not_ready_and_starts_pods_o
         retry: Duration::from_millis(200),
         gc: Duration::from_secs(60),
     };
-    let kubelets = Kubelets::with_timings(client.clone(), &prefix, timings);
-    let net = NodeNet {
-        name: "node-1".into(),
-        index: 1,
-        netns: node_ns.name().into(),
-        ipv4: "10.0.0.4".parse().unwrap(),
-        ipv6: None,
-        router_if: "vn1".into(),
-    };
-    kubelets
-        .add_node(NodeRuntime {
-            net,
-            cni: runtime(&plugin, dir.path()),
-        })
-        .await
-        .unwrap();
+    let kubelets = Kubelets::with_timings(fx.client.clone(), &fx.prefix, timings);
+    kubelets.add_node(fx.node_1()).await.unwrap();
     let run = tokio::spawn(kubelets.clone().run());
-    let nodes: Api<Node> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(fx.client.clone());
 
     // Not ready: kubelet's reason, and the plugin's own message.
     let node = nodes.get("node-1").await.unwrap();
-    let ready = condition(&node, "Ready").expect("a Ready condition");
+    let ready = node_condition(&node, "Ready").expect("a Ready condition");
     assert_eq!(ready.status, "False");
     assert_eq!(ready.reason.as_deref(), Some("KubeletNotReady"));
     let message = ready.message.clone().unwrap_or_default();
@@ -313,7 +283,7 @@ async fn a_node_whose_network_plugin_is_not_ready_is_not_ready_and_starts_pods_o
 
     // A pod bound to the node waits: no CNI ADD, no namespace, Pending,
     // and the NetworkNotReady event kubelet records.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(fx.client.clone(), "default");
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web"},
         "spec": {"nodeSelector": {"kubernetes.io/hostname": "node-1"},
                  "containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}]}]}}))
@@ -326,7 +296,7 @@ async fn a_node_whose_network_plugin_is_not_ready_is_not_ready_and_starts_pods_o
             .then_some(())
     })
     .await;
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(fx.client.clone(), "default");
     let event = eventually("the NetworkNotReady event", || async {
         events
             .list(&Default::default())
@@ -342,9 +312,9 @@ async fn a_node_whose_network_plugin_is_not_ready_is_not_ready_and_starts_pods_o
     .await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     // Several more status rounds fail, and the pod still has no sandbox.
-    let seen = plugin.statuses.load(Ordering::Relaxed);
+    let seen = fx.plugin.statuses.load(Ordering::Relaxed);
     eventually("two more STATUS rounds", || async {
-        (plugin.statuses.load(Ordering::Relaxed) >= seen + 2).then_some(())
+        (fx.plugin.statuses.load(Ordering::Relaxed) >= seen + 2).then_some(())
     })
     .await;
     let waiting = pods.get("web").await.unwrap();
@@ -353,18 +323,18 @@ async fn a_node_whose_network_plugin_is_not_ready_is_not_ready_and_starts_pods_o
     assert_eq!(st.phase.as_deref(), Some("Pending"));
     assert!(st.pod_ips.unwrap_or_default().is_empty());
     assert!(
-        plugin.calls.lock().unwrap().is_empty(),
+        fx.plugin.calls.lock().unwrap().is_empty(),
         "CNI ran on a node that is not ready"
     );
     assert!(kubelets.pods().is_empty());
     assert!(
-        !netns::list(&prefix).iter().any(|n| n.contains("-p")),
+        !netns::list(&fx.prefix).iter().any(|n| n.contains("-p")),
         "a pod namespace was created"
     );
 
     // The Lease is renewed while the node is not ready: a node that is
     // alive but has no network is NotReady, not gone.
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let leases: Api<Lease> = Api::namespaced(fx.client.clone(), "kube-node-lease");
     let lease = leases.get("node-1").await.unwrap();
     let spec = lease.spec.clone().unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("node-1"));
@@ -389,23 +359,23 @@ async fn a_node_whose_network_plugin_is_not_ready_is_not_ready_and_starts_pods_o
     let first_beat = time_text(&ready.last_heartbeat_time);
     eventually("a newer node heartbeat", || async {
         let n = nodes.get("node-1").await.ok()?;
-        let c = condition(&n, "Ready")?;
+        let c = node_condition(&n, "Ready")?;
         (time_text(&c.last_heartbeat_time) > first_beat && c.status == "False").then_some(())
     })
     .await;
 
     // The plugin becomes ready: the node is Ready and the pod runs.
-    plugin.not_ready.store(false, Ordering::Relaxed);
+    fx.plugin.not_ready.store(false, Ordering::Relaxed);
     let node = eventually("the node to be Ready", || async {
         let n = nodes.get("node-1").await.ok()?;
-        (condition(&n, "Ready")?.status == "True").then_some(n)
+        (node_condition(&n, "Ready")?.status == "True").then_some(n)
     })
     .await;
-    let ready = condition(&node, "Ready").unwrap();
+    let ready = node_condition(&node, "Ready").unwrap();
     assert_eq!(ready.reason.as_deref(), Some("KubeletReady"));
     assert_eq!(
-        condition(&node, "NetworkUnavailable").map(|c| c.status),
-        Some("True".to_owned()),
+        node_condition(&node, "NetworkUnavailable").map(|c| c.status.as_str()),
+        Some("True"),
         "the kubelet's status updates left NetworkUnavailable alone"
     );
     let running = eventually("the pod to run", || async {
@@ -418,7 +388,7 @@ async fn a_node_whose_network_plugin_is_not_ready_is_not_ready_and_starts_pods_o
         Some("10.244.1.10")
     );
     assert!(kubelets.waiting_pods("node-1").is_empty());
-    assert_eq!(*plugin.calls.lock().unwrap(), vec!["ADD web"]);
+    assert_eq!(*fx.plugin.calls.lock().unwrap(), vec!["ADD web"]);
 
     // Removing the node takes its Lease with it.
     kubelets.remove_node("node-1").await.unwrap();
@@ -426,5 +396,5 @@ async fn a_node_whose_network_plugin_is_not_ready_is_not_ready_and_starts_pods_o
     assert!(nodes.get_opt("node-1").await.unwrap().is_none());
     run.abort();
     kubelets.shutdown().await;
-    node_ns.delete().await.unwrap();
+    fx.node_ns.delete().await.unwrap();
 }

@@ -84,12 +84,8 @@ fn expected(nodes: &[NodeRoutes]) -> Vec<AppliedRoute> {
         .iter()
         .map(|d| {
             let r = d.to_table_route();
-            AppliedRoute {
-                name: r.name,
-                address_prefix: r.address_prefix,
-                next_hop_type: r.next_hop_type,
-                next_hop_ip: r.next_hop_ip,
-            }
+            let hop = r.next_hop_ip.as_deref();
+            AppliedRoute::new(&r.name, &r.address_prefix, &r.next_hop_type, hop)
         })
         .collect();
     v.sort();

@@ -18,12 +18,12 @@ use underlay_route_controller::reconciler::{Reconciler, ReconcilerConfig, RouteI
 type Env = ArmFixture;
 
 fn firewall() -> AppliedRoute {
-    AppliedRoute {
-        name: "to-firewall".into(),
-        address_prefix: "0.0.0.0/0".into(),
-        next_hop_type: "VirtualAppliance".into(),
-        next_hop_ip: Some("10.0.0.4".into()),
-    }
+    AppliedRoute::new(
+        "to-firewall",
+        "0.0.0.0/0",
+        "VirtualAppliance",
+        Some("10.0.0.4"),
+    )
 }
 
 /// The service with (`seed`) or without the table; the table holds a
@@ -258,11 +258,9 @@ async fn converge(e: &Env, input: &RouteInput, expect: &[TableRoute]) {
     let mut watch = e.arm.routes_watch();
     let mut want: Vec<AppliedRoute> = expect
         .iter()
-        .map(|r| AppliedRoute {
-            name: r.name.clone(),
-            address_prefix: r.address_prefix.clone(),
-            next_hop_type: r.next_hop_type.clone(),
-            next_hop_ip: r.next_hop_ip.clone(),
+        .map(|r| {
+            let hop = r.next_hop_ip.as_deref();
+            AppliedRoute::new(&r.name, &r.address_prefix, &r.next_hop_type, hop)
         })
         .collect();
     want.push(firewall());

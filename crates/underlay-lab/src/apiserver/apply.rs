@@ -641,13 +641,7 @@ mod tests {
             scope,
         )
         .unwrap_err();
-        assert_eq!(err.code, 409);
-        assert!(
-            err.message
-                .contains("conflict with \"one\": .metadata.labels.a"),
-            "{}",
-            err.message
-        );
+        err.assert_refusal(409, "conflict with \"one\": .metadata.labels.a");
         // Same value: shared ownership, no conflict.
         let shared = apply(
             &rt,

@@ -295,3 +295,17 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+impl ApiError {
+    /// Asserts that this is a refusal with `code` whose message names `part`
+    /// (a field, a rule).
+    pub(crate) fn assert_refusal(&self, code: u16, part: &str) {
+        assert_eq!(self.code, code, "{}", self.message);
+        assert!(
+            self.message.contains(part),
+            "{part:?} not in {:?}",
+            self.message
+        );
+    }
+}

@@ -89,9 +89,7 @@ fn builtin(
     generation: bool,
     which: Builtin,
 ) -> ResourceType {
-    let storage = if which == Builtin::EventsV1 {
-        "events".to_string()
-    } else if group.is_empty() {
+    let storage = if group.is_empty() {
         plural.to_string()
     } else {
         format!("{plural}.{group}")
@@ -115,6 +113,24 @@ fn builtin(
 
 pub fn builtins() -> Vec<ResourceType> {
     use Builtin::*;
+    let core_event = builtin(
+        "",
+        "v1",
+        "Event",
+        "events",
+        true,
+        &["ev"],
+        false,
+        false,
+        CoreEvent,
+    );
+    // events.k8s.io/v1 Events are a second view of the core/v1 Events: the
+    // same objects under the same storage key.
+    let events_v1 = ResourceType {
+        group: "events.k8s.io".into(),
+        builtin: Some(EventsV1),
+        ..core_event.clone()
+    };
     let mut all = vec![
         builtin(
             "",
@@ -129,17 +145,7 @@ pub fn builtins() -> Vec<ResourceType> {
         ),
         builtin("", "v1", "Node", "nodes", false, &["no"], true, false, Node),
         builtin("", "v1", "Pod", "pods", true, &["po"], true, true, Pod),
-        builtin(
-            "",
-            "v1",
-            "Event",
-            "events",
-            true,
-            &["ev"],
-            false,
-            false,
-            CoreEvent,
-        ),
+        core_event,
         builtin(
             "",
             "v1",
@@ -195,17 +201,7 @@ pub fn builtins() -> Vec<ResourceType> {
             false,
             Lease,
         ),
-        builtin(
-            "events.k8s.io",
-            "v1",
-            "Event",
-            "events",
-            true,
-            &["ev"],
-            false,
-            false,
-            EventsV1,
-        ),
+        events_v1,
         builtin(
             "apiextensions.k8s.io",
             "v1",

@@ -295,17 +295,17 @@ async fn dispatch(ctx: &Ctx, method: &Method, r: ResourceReq, body: Bytes) -> Ap
         }
         (&Method::PUT, Target::Item(name)) => {
             let obj = decode(&body, &ctx.content_type)?;
-            update::update(ctx, &rt, &ns, &name, obj, None)
+            update::update(ctx, Item::new(&rt, &ns, &name, None), obj)
         }
         (&Method::PUT, Target::Sub(name, sub)) if sub == "status" && rt.status => {
             let obj = decode(&body, &ctx.content_type)?;
-            update::update(ctx, &rt, &ns, &name, obj, Some("status"))
+            update::update(ctx, Item::new(&rt, &ns, &name, Some("status")), obj)
         }
         (&Method::PATCH, Target::Item(name)) => {
-            patch::patch_object(ctx, &rt, &ns, &name, &body, None)
+            patch::patch_object(ctx, Item::new(&rt, &ns, &name, None), &body)
         }
         (&Method::PATCH, Target::Sub(name, sub)) if sub == "status" && rt.status => {
-            patch::patch_object(ctx, &rt, &ns, &name, &body, Some("status"))
+            patch::patch_object(ctx, Item::new(&rt, &ns, &name, Some("status")), &body)
         }
         (&Method::DELETE, Target::Item(name)) => delete::delete(ctx, &rt, &ns, &name, &body),
         (&Method::POST, Target::Sub(name, sub))
@@ -375,4 +375,24 @@ fn decode(body: &[u8], content_type: &str) -> ApiResult<Value> {
 
 fn key(rt: &ResourceType, ns: &str, name: &str) -> ObjKey {
     ObjKey::new(&rt.storage, if rt.namespaced { ns } else { "" }, name)
+}
+
+/// The object a write names: its resource, namespace and name, and the
+/// subresource written (`Some("status")`), if any.
+#[derive(Clone, Copy)]
+struct Item<'a> {
+    rt: &'a ResourceType,
+    ns: &'a str,
+    name: &'a str,
+    sub: Option<&'a str>,
+}
+
+impl<'a> Item<'a> {
+    fn new(rt: &'a ResourceType, ns: &'a str, name: &'a str, sub: Option<&'a str>) -> Self {
+        Item { rt, ns, name, sub }
+    }
+
+    fn key(&self) -> ObjKey {
+        key(self.rt, self.ns, self.name)
+    }
 }

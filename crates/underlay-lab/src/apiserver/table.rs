@@ -7,75 +7,98 @@ use serde_json::{Value, json};
 use super::meta;
 use super::resources::{Builtin, ResourceType};
 
-fn col(name: &str, ty: &str, format: &str, priority: u32) -> Value {
+/// A column after Name: its header and type; a `wide` one is printed only
+/// with `-o wide` (priority 1).
+struct Column {
+    name: &'static str,
+    ty: &'static str,
+    wide: bool,
+}
+
+fn column(name: &'static str, ty: &'static str, wide: bool) -> Column {
+    Column { name, ty, wide }
+}
+
+fn text(name: &'static str) -> Column {
+    column(name, "string", false)
+}
+
+fn int(name: &'static str) -> Column {
+    column(name, "integer", false)
+}
+
+fn wide(name: &'static str) -> Column {
+    column(name, "string", true)
+}
+
+/// The columns after Name of each kind, in the order [`cells`] fills them.
+fn kind_columns(builtin: Option<Builtin>) -> Vec<Column> {
+    match builtin {
+        Some(Builtin::Pod) => vec![
+            text("Ready"),
+            text("Status"),
+            text("Restarts"),
+            text("Age"),
+            wide("IP"),
+            wide("Node"),
+        ],
+        Some(Builtin::Node) => vec![
+            text("Status"),
+            text("Roles"),
+            text("Age"),
+            text("Version"),
+            wide("Internal-IP"),
+        ],
+        Some(Builtin::Namespace) => vec![text("Status"), text("Age")],
+        Some(Builtin::NetworkPolicy) => vec![text("Pod-Selector"), text("Age")],
+        Some(Builtin::ConfigMap) | Some(Builtin::Secret) => vec![int("Data"), text("Age")],
+        Some(Builtin::Lease) => vec![text("Holder"), text("Age")],
+        Some(Builtin::Deployment) => vec![
+            text("Ready"),
+            text("Up-to-date"),
+            text("Available"),
+            text("Age"),
+        ],
+        Some(Builtin::DaemonSet) => vec![
+            int("Desired"),
+            int("Current"),
+            int("Ready"),
+            int("Up-to-date"),
+            int("Available"),
+            text("Node Selector"),
+            text("Age"),
+        ],
+        Some(Builtin::PodDisruptionBudget) => vec![
+            text("Min Available"),
+            text("Max Unavailable"),
+            int("Allowed Disruptions"),
+            text("Age"),
+        ],
+        Some(Builtin::PriorityClass) => vec![
+            int("Value"),
+            column("Global-Default", "boolean", false),
+            text("Age"),
+            text("PreemptionPolicy"),
+        ],
+        Some(Builtin::RoleBinding) | Some(Builtin::ClusterRoleBinding) => {
+            vec![text("Role"), text("Age")]
+        }
+        Some(Builtin::ClusterRole) => vec![column("Created At", "date", false)],
+        _ => vec![text("Age")],
+    }
+}
+
+fn column_definition(name: &str, ty: &str, format: &str, priority: u32) -> Value {
     json!({"name": name, "type": ty, "format": format, "description": name, "priority": priority})
 }
 
 fn columns(rt: &ResourceType) -> Vec<Value> {
-    let mut cols = vec![col("Name", "string", "name", 0)];
-    match rt.builtin {
-        Some(Builtin::Pod) => cols.extend([
-            col("Ready", "string", "", 0),
-            col("Status", "string", "", 0),
-            col("Restarts", "string", "", 0),
-            col("Age", "string", "", 0),
-            col("IP", "string", "", 1),
-            col("Node", "string", "", 1),
-        ]),
-        Some(Builtin::Node) => cols.extend([
-            col("Status", "string", "", 0),
-            col("Roles", "string", "", 0),
-            col("Age", "string", "", 0),
-            col("Version", "string", "", 0),
-            col("Internal-IP", "string", "", 1),
-        ]),
-        Some(Builtin::Namespace) => {
-            cols.extend([col("Status", "string", "", 0), col("Age", "string", "", 0)])
-        }
-        Some(Builtin::NetworkPolicy) => cols.extend([
-            col("Pod-Selector", "string", "", 0),
-            col("Age", "string", "", 0),
-        ]),
-        Some(Builtin::ConfigMap) | Some(Builtin::Secret) => {
-            cols.extend([col("Data", "integer", "", 0), col("Age", "string", "", 0)])
-        }
-        Some(Builtin::Lease) => {
-            cols.extend([col("Holder", "string", "", 0), col("Age", "string", "", 0)])
-        }
-        Some(Builtin::Deployment) => cols.extend([
-            col("Ready", "string", "", 0),
-            col("Up-to-date", "string", "", 0),
-            col("Available", "string", "", 0),
-            col("Age", "string", "", 0),
-        ]),
-        Some(Builtin::DaemonSet) => cols.extend([
-            col("Desired", "integer", "", 0),
-            col("Current", "integer", "", 0),
-            col("Ready", "integer", "", 0),
-            col("Up-to-date", "integer", "", 0),
-            col("Available", "integer", "", 0),
-            col("Node Selector", "string", "", 0),
-            col("Age", "string", "", 0),
-        ]),
-        Some(Builtin::PodDisruptionBudget) => cols.extend([
-            col("Min Available", "string", "", 0),
-            col("Max Unavailable", "string", "", 0),
-            col("Allowed Disruptions", "integer", "", 0),
-            col("Age", "string", "", 0),
-        ]),
-        Some(Builtin::PriorityClass) => cols.extend([
-            col("Value", "integer", "", 0),
-            col("Global-Default", "boolean", "", 0),
-            col("Age", "string", "", 0),
-            col("PreemptionPolicy", "string", "", 0),
-        ]),
-        Some(Builtin::RoleBinding) | Some(Builtin::ClusterRoleBinding) => {
-            cols.extend([col("Role", "string", "", 0), col("Age", "string", "", 0)])
-        }
-        Some(Builtin::ClusterRole) => cols.push(col("Created At", "date", "", 0)),
-        _ => cols.push(col("Age", "string", "", 0)),
-    }
-    cols
+    let rest = kind_columns(rt.builtin)
+        .into_iter()
+        .map(|c| column_definition(c.name, c.ty, "", u32::from(c.wide)));
+    std::iter::once(column_definition("Name", "string", "name", 0))
+        .chain(rest)
+        .collect()
 }
 
 fn selector_text(sel: &Value) -> String {

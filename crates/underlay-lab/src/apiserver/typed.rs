@@ -198,12 +198,6 @@ mod tests {
         let mut out = out;
         let err = crate::apiserver::validation::default_and_validate(&pods(), &mut out, None)
             .unwrap_err();
-        assert_eq!(err.code, 422);
-        assert!(
-            err.message
-                .contains("spec.containers[0].name: Required value"),
-            "{}",
-            err.message
-        );
+        err.assert_refusal(422, "spec.containers[0].name: Required value");
     }
 }

@@ -146,6 +146,14 @@ mod tests {
                 "spec.ingress[0].from[0].ipBlock.cidr",
             ),
             (
+                json!({"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/+8"}}]}]}),
+                "spec.ingress[0].from[0].ipBlock.cidr",
+            ),
+            (
+                json!({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/+16"]}}]}]}),
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
+            (
                 json!({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}]}]}),
                 "spec.egress[0].to[0].ipBlock.except[0]",
             ),
@@ -226,11 +234,9 @@ mod tests {
         assert_eq!(set["spec"]["podCIDR"], "10.0.1.0/24");
         let mut changed = node(json!(["10.0.2.0/24"]));
         let err = default_and_validate(&rt("Node"), &mut changed, Some(&set)).unwrap_err();
-        assert!(
-            err.message
-                .contains("node updates may not change podCIDR except from \"\" to valid"),
-            "{}",
-            err.message
+        err.assert_refusal(
+            422,
+            "node updates may not change podCIDR except from \"\" to valid",
         );
         let mut dual = node(json!(["10.0.1.0/24", "fd00::/64"]));
         default_and_validate(&rt("Node"), &mut dual, None).unwrap();
@@ -241,13 +247,11 @@ mod tests {
                 .code,
             422
         );
-        let mut bad = node(json!(["10.0.1.0/99"]));
-        assert_eq!(
-            default_and_validate(&rt("Node"), &mut bad, None)
-                .unwrap_err()
-                .code,
-            422
-        );
+        for cidr in ["10.0.1.0/99", "10.0.1.0/+24"] {
+            let mut bad = node(json!([cidr]));
+            let err = default_and_validate(&rt("Node"), &mut bad, None).unwrap_err();
+            err.assert_refusal(422, "spec.podCIDRs[0]");
+        }
     }
 
     #[test]

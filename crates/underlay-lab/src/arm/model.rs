@@ -56,6 +56,22 @@ pub struct AppliedRoute {
     pub next_hop_ip: Option<String>,
 }
 
+impl AppliedRoute {
+    pub fn new(
+        name: &str,
+        address_prefix: &str,
+        next_hop_type: &str,
+        next_hop_ip: Option<&str>,
+    ) -> AppliedRoute {
+        AppliedRoute {
+            name: name.to_owned(),
+            address_prefix: address_prefix.to_owned(),
+            next_hop_type: next_hop_type.to_owned(),
+            next_hop_ip: next_hop_ip.map(str::to_owned),
+        }
+    }
+}
+
 /// What a request asked for, as classified by the router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestKind {

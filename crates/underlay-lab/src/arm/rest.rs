@@ -18,9 +18,9 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use serde_json::Value;
 
 use super::faults::Fault;
-use super::model::{RequestKind, RequestRecord, RouteIn, RouteTableIn, TableId};
+use super::model::{RequestKind, RequestRecord, TableId};
 use super::server::Shared;
-use super::state::{Accepted, CloudError, OpStatus, Outcome};
+use super::state::{Accepted, CloudError, Conditions, OpStatus, Outcome, State as TableState};
 
 const TABLE: &str =
     "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/routeTables/{table}";
@@ -328,13 +328,9 @@ async fn put_table(
     body: Bytes,
 ) -> Answer {
     let id = table_id(path);
-    let (if_match, if_none_match) = conditions(&headers);
-    let result = parse_body::<RouteTableIn>(&body).and_then(|b| {
-        shared
-            .state()
-            .put_table(&id, b, if_match.as_deref(), if_none_match.as_deref())
-    });
-    answer(result.map(|acc| accepted(&shared, &id, acc, op)))
+    put(&shared, op, &id, &headers, &body, |s, table, c| {
+        s.put_table(&id, table, c)
+    })
 }
 
 async fn delete_table(
@@ -366,13 +362,28 @@ async fn put_route(
     body: Bytes,
 ) -> Answer {
     let (id, name) = route_id(path);
-    let (if_match, if_none_match) = conditions(&headers);
-    let result = parse_body::<RouteIn>(&body).and_then(|b| {
-        shared
-            .state()
-            .put_route(&id, &name, b, if_match.as_deref(), if_none_match.as_deref())
-    });
-    answer(result.map(|acc| accepted(&shared, &id, acc, op)))
+    put(&shared, op, &id, &headers, &body, |s, route, c| {
+        s.put_route(&id, &name, route, c)
+    })
+}
+
+/// A PUT's answer: `body` parsed as `B` and written by `write` under the
+/// request's conditions, accepted as an operation on table `id`.
+fn put<B: serde::de::DeserializeOwned>(
+    shared: &Arc<Shared>,
+    op: WriteContext,
+    id: &TableId,
+    headers: &HeaderMap,
+    body: &[u8],
+    write: impl FnOnce(&mut TableState, B, Conditions<'_>) -> Result<Accepted, CloudError>,
+) -> Answer {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let conditions = Conditions {
+        if_match: value("if-match"),
+        if_none_match: value("if-none-match"),
+    };
+    let result = parse_body::<B>(body).and_then(|b| write(&mut shared.state(), b, conditions));
+    answer(result.map(|acc| accepted(shared, id, acc, op)))
 }
 
 async fn delete_route(
@@ -444,13 +455,6 @@ async fn not_found() -> Answer {
         "InvalidResourceType",
         "The resource type could not be found in the namespace 'Microsoft.Network'.",
     ))
-}
-
-fn conditions(headers: &HeaderMap) -> (Option<String>, Option<String>) {
-    (
-        header(headers, "if-match"),
-        header(headers, "if-none-match"),
-    )
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, CloudError> {

@@ -260,23 +260,30 @@ fn validate_route(route: &RouteIn, name: &str) -> Result<StoredRoute, CloudError
     })
 }
 
-fn check_conditions(
-    current: Option<&str>,
-    if_match: Option<&str>,
-    if_none_match: Option<&str>,
-) -> Result<(), CloudError> {
-    if let Some(want) = if_match {
-        match current {
-            Some(etag) if want == "*" || want == etag => {}
-            _ => return Err(CloudError::precondition()),
+/// A write's `If-Match` and `If-None-Match` headers.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Conditions<'a> {
+    pub if_match: Option<&'a str>,
+    pub if_none_match: Option<&'a str>,
+}
+
+impl Conditions<'_> {
+    /// Whether the write may go to a resource whose ETag is `current`
+    /// (`None`: it does not exist yet); 412 when it may not.
+    fn check(&self, current: Option<&str>) -> Result<(), CloudError> {
+        if let Some(want) = self.if_match {
+            match current {
+                Some(etag) if want == "*" || want == etag => {}
+                _ => return Err(CloudError::precondition()),
+            }
         }
+        if let (Some(want), Some(etag)) = (self.if_none_match, current)
+            && (want == "*" || want == etag)
+        {
+            return Err(CloudError::precondition());
+        }
+        Ok(())
     }
-    if let (Some(want), Some(etag)) = (if_none_match, current)
-        && (want == "*" || want == etag)
-    {
-        return Err(CloudError::precondition());
-    }
-    Ok(())
 }
 
 impl Table {
@@ -328,11 +335,9 @@ impl Table {
         let mut routes: Vec<AppliedRoute> = self
             .routes
             .iter()
-            .map(|r| AppliedRoute {
-                name: r.name.clone(),
-                address_prefix: r.address_prefix.clone(),
-                next_hop_type: r.next_hop_type.clone(),
-                next_hop_ip: r.next_hop_ip.clone(),
+            .map(|r| {
+                let hop = r.next_hop_ip.as_deref();
+                AppliedRoute::new(&r.name, &r.address_prefix, &r.next_hop_type, hop)
             })
             .collect();
         routes.sort();
@@ -393,12 +398,11 @@ impl State {
         &mut self,
         id: &TableId,
         body: RouteTableIn,
-        if_match: Option<&str>,
-        if_none_match: Option<&str>,
+        conditions: Conditions<'_>,
     ) -> Result<Accepted, CloudError> {
         let key = id.key();
         let existing = self.tables.get(&key);
-        check_conditions(existing.map(|t| t.etag.as_str()), if_match, if_none_match)?;
+        conditions.check(existing.map(|t| t.etag.as_str()))?;
         if let Some(err) = existing.and_then(|t| self.busy_error(t)) {
             return Err(err);
         }
@@ -555,8 +559,7 @@ impl State {
         id: &TableId,
         name: &str,
         body: RouteIn,
-        if_match: Option<&str>,
-        if_none_match: Option<&str>,
+        conditions: Conditions<'_>,
     ) -> Result<Accepted, CloudError> {
         let key = id.key();
         let limit = self.route_limit;
@@ -565,11 +568,7 @@ impl State {
             .get(&key)
             .ok_or_else(|| CloudError::not_found(id))?;
         let idx = table.find_route(name);
-        check_conditions(
-            idx.map(|i| table.routes[i].etag.as_str()),
-            if_match,
-            if_none_match,
-        )?;
+        conditions.check(idx.map(|i| table.routes[i].etag.as_str()))?;
         if let Some(err) = self.busy_error(table) {
             return Err(err);
         }
@@ -806,7 +805,10 @@ mod tests {
         let mut state = State::new(10);
         let put = |state: &mut State, body: Value| {
             let body: RouteTableIn = serde_json::from_value(body).unwrap();
-            let op = state.put_table(&id, body, None, None).unwrap().op_id;
+            let op = state
+                .put_table(&id, body, Conditions::default())
+                .unwrap()
+                .op_id;
             state.finish(&op, Outcome::Succeeded);
             state.get_table(&id).unwrap()
         };
@@ -827,24 +829,23 @@ mod tests {
 
     #[test]
     fn conditions_compare_etags() {
-        assert!(check_conditions(Some("a"), Some("a"), None).is_ok());
-        assert!(check_conditions(Some("a"), Some("*"), None).is_ok());
-        assert_eq!(
-            check_conditions(Some("a"), Some("b"), None)
-                .unwrap_err()
-                .status,
-            412
-        );
-        assert_eq!(
-            check_conditions(None, Some("*"), None).unwrap_err().status,
-            412
-        );
-        assert!(check_conditions(None, None, Some("*")).is_ok());
-        assert_eq!(
-            check_conditions(Some("a"), None, Some("*"))
-                .unwrap_err()
-                .status,
-            412
-        );
+        // (current ETag, If-Match, If-None-Match, allowed)
+        let cases = [
+            (Some("a"), Some("a"), None, true),
+            (Some("a"), Some("*"), None, true),
+            (Some("a"), Some("b"), None, false),
+            (None, Some("*"), None, false),
+            (None, None, Some("*"), true),
+            (Some("a"), None, Some("*"), false),
+        ];
+        for (current, if_match, if_none_match, allowed) in cases {
+            let conditions = Conditions {
+                if_match,
+                if_none_match,
+            };
+            let status = conditions.check(current).err().map(|e| e.status);
+            let want = (!allowed).then_some(412);
+            assert_eq!(status, want, "{current:?} {conditions:?}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use underlay_lab::apiserver::{ApiServer, Config as ApiConfig, Handle as ApiHandle};
+use underlay_lab::kubelet::node_condition;
 
 /// Creates a Node and reports what a kubelet reports: its addresses and its
 /// own conditions.
@@ -73,13 +74,7 @@ pub async fn pod_cidrs(client: &kube::Client) -> Vec<(String, Vec<String>)> {
 
 /// `(status, reason)` of a node condition.
 pub fn condition(node: &Node, type_: &str) -> Option<(String, String)> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+    node_condition(node, type_).map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
 }
 
 /// Whether `node` has `NetworkUnavailable=False` (`RouteCreated`).

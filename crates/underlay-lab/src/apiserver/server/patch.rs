@@ -14,7 +14,7 @@ use super::super::resources::ResourceType;
 use super::super::validation;
 use super::create::commit_create;
 use super::update::{Managers, Update, commit_update};
-use super::{Ctx, admission, existing, key, object_response, status, system_meta};
+use super::{Ctx, Item, admission, existing, object_response, status, system_meta};
 
 const JSON_PATCH: &str = "application/json-patch+json";
 const MERGE_PATCH: &str = "application/merge-patch+json";
@@ -35,20 +35,14 @@ fn patch_type(rt: &ResourceType, content_type: &str) -> ApiResult<&'static str> 
     }
 }
 
-pub(super) fn patch_object(
-    ctx: &Ctx,
-    rt: &ResourceType,
-    ns: &str,
-    name: &str,
-    body: &[u8],
-    sub: Option<&str>,
-) -> ApiResult<Response> {
+pub(super) fn patch_object(ctx: &Ctx, item: Item<'_>, body: &[u8]) -> ApiResult<Response> {
     let ct = ctx.content_type.split(';').next().unwrap_or("").trim();
     if ct == "application/apply-patch+yaml" || ct == "application/apply-patch+cbor" {
-        return apply_patch(ctx, rt, ns, name, body, sub);
+        return apply_patch(ctx, item, body);
     }
+    let Item { rt, ns, name, sub } = item;
     let kind = patch_type(rt, ct)?;
-    let k = key(rt, ns, name);
+    let k = item.key();
     let mut inner = ctx.st.store.lock();
     let old = existing(&inner, rt, &k)?;
     let mut doc = convert::to_view(rt, &old);
@@ -95,14 +89,8 @@ fn apply_configuration(body: &[u8]) -> ApiResult<Value> {
     Ok(applied)
 }
 
-fn apply_patch(
-    ctx: &Ctx,
-    rt: &ResourceType,
-    ns: &str,
-    name: &str,
-    body: &[u8],
-    sub: Option<&str>,
-) -> ApiResult<Response> {
+fn apply_patch(ctx: &Ctx, item: Item<'_>, body: &[u8]) -> ApiResult<Response> {
+    let Item { rt, ns, name, sub } = item;
     if ctx.params.get("fieldManager").is_none_or(str::is_empty) {
         return Err(ApiError::bad_request(
             "PATCH is not allowed: fieldManager is required for apply requests",
@@ -114,7 +102,7 @@ fn apply_patch(
     // Check field types before merging; unknown fields are handled as for any write.
     let (_, warnings) = admission::normalize(ctx, rt, convert::to_storage(rt, applied.clone()))?;
     let scope = Scope::new(rt, sub);
-    let k = key(rt, ns, name);
+    let k = item.key();
     let mut inner = ctx.st.store.lock();
     let Some(old) = inner.get(&k).cloned() else {
         if sub.is_some() {

@@ -144,8 +144,7 @@ mod tests {
     fn create_refuses_no_name_and_a_resource_version() {
         let mut unnamed = json!({"metadata": {}});
         let e = name_on_create(&rt("pods"), &mut unnamed).unwrap_err();
-        assert_eq!(e.code, 422);
-        assert!(e.message.contains("name or generateName is required"));
+        e.assert_refusal(422, "name or generateName is required");
         let mut versioned = json!({"metadata": {"name": "a", "resourceVersion": "3"}});
         assert_eq!(
             name_on_create(&rt("pods"), &mut versioned)

@@ -15,7 +15,7 @@ use super::super::resources::{Builtin, ResourceType};
 use super::super::store::{Inner, ObjKey};
 use super::super::validation;
 use super::{
-    Ctx, admission, create, gc, json_response, key, object_response, status, system_meta,
+    Ctx, Item, admission, create, gc, json_response, object_response, status, system_meta,
     with_warnings,
 };
 
@@ -82,17 +82,11 @@ fn created_by_put(rt: &ResourceType, sub: Option<&str>) -> bool {
         )
 }
 
-pub(super) fn update(
-    ctx: &Ctx,
-    rt: &ResourceType,
-    ns: &str,
-    name: &str,
-    mut obj: Value,
-    sub: Option<&str>,
-) -> ApiResult<Response> {
+pub(super) fn update(ctx: &Ctx, item: Item<'_>, mut obj: Value) -> ApiResult<Response> {
+    let Item { rt, ns, name, sub } = item;
     admission::check_identity(rt, ns, name, &mut obj, false)?;
     let (obj, warnings) = admission::normalize(ctx, rt, convert::to_storage(rt, obj))?;
-    let k = key(rt, ns, name);
+    let k = item.key();
     let mut inner = ctx.st.store.lock();
     let Some(current) = inner.get(&k).cloned() else {
         drop(inner);

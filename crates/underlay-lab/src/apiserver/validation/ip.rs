@@ -11,9 +11,14 @@ const CIDR_MSG: &str = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db
 pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     let (ip, len) = s.split_once('/')?;
     let ip: IpAddr = ip.parse().ok()?;
+    // A prefix length is decimal digits only: Rust's integer parser also
+    // takes a leading `+`, kube-apiserver's does not.
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let len: u8 = len.parse().ok()?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
-    (len <= max && !len.to_string().starts_with('+')).then_some((ip, len))
+    (len <= max).then_some((ip, len))
 }
 
 fn ip_bits(ip: IpAddr) -> (u128, u8) {
@@ -79,7 +84,16 @@ mod tests {
             parse_cidr("fd00::/64"),
             Some(("fd00::".parse().unwrap(), 64))
         );
-        for bad in ["10.0.0.0", "10.0.0.0/33", "fd00::/129", "x/8"] {
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "x/8",
+            "10.0.0.0/+8",
+            "fd00::/+64",
+            "10.0.0.0/ 8",
+            "10.0.0.0/",
+        ] {
             assert_eq!(parse_cidr(bad), None, "{bad}");
         }
     }

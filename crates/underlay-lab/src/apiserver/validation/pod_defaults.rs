@@ -66,9 +66,9 @@ pub fn pod_spec_defaults(spec: &mut Map<String, Value>) {
     }
 }
 
-/// A container's pull policy (Always for an untagged or `:latest` image not
-/// pinned by digest), termination message, resources, port protocols and
-/// probes.
+/// A container's pull policy (Always for an image tagged `latest`, or
+/// neither tagged nor pinned by digest), termination message, resources,
+/// port protocols and probes.
 fn container_defaults(c: &mut Map<String, Value>) {
     let pull = image_pull_policy(c);
     set_default(c, "imagePullPolicy", json!(pull));
@@ -92,13 +92,35 @@ fn container_defaults(c: &mut Map<String, Value>) {
     }
 }
 
+/// `Always` when the image's tag is `latest`, `IfNotPresent` otherwise, as
+/// kube-apiserver defaults it.
 fn image_pull_policy(c: &Map<String, Value>) -> &'static str {
     let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-    let latest = !image.contains(':') || image.ends_with(":latest");
-    if latest && !image.contains('@') {
+    if image_tag(image) == Some("latest") {
         "Always"
     } else {
         "IfNotPresent"
+    }
+}
+
+/// The tag of an image reference as Kubernetes reads it for this default
+/// (`parsers.ParseImageName`): the text after a colon in the last path
+/// component (a colon before a `/` is a registry's port), `latest` when the
+/// reference names neither a tag nor a digest, and none for a reference it
+/// cannot parse (empty).
+fn image_tag(image: &str) -> Option<&str> {
+    if image.is_empty() {
+        return None;
+    }
+    let (name, digest) = match image.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (image, None),
+    };
+    let last = name.rsplit('/').next().unwrap_or(name);
+    match (last.split_once(':'), digest) {
+        (Some((_, tag)), _) => Some(tag),
+        (None, None) => Some("latest"),
+        (None, Some(_)) => None,
     }
 }
 
@@ -130,13 +152,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn images_are_pulled_always_only_when_floating() {
+    fn images_are_pulled_always_only_when_tagged_latest_or_not_at_all() {
         let cases = [
             ("nginx", "Always"),
             ("nginx:latest", "Always"),
             ("nginx:1.27", "IfNotPresent"),
             ("nginx@sha256:abc", "IfNotPresent"),
-            ("", "Always"),
+            // The colon of a registry's port is not a tag.
+            ("registry:5000/nginx", "Always"),
+            ("registry:5000/team/nginx:latest", "Always"),
+            ("registry:5000/nginx:1.27", "IfNotPresent"),
+            ("registry:5000/nginx@sha256:abc", "IfNotPresent"),
+            // An explicit `latest` is `latest`, digest or not.
+            ("nginx:latest@sha256:abc", "Always"),
+            // Nothing to parse: kube-apiserver finds no tag.
+            ("", "IfNotPresent"),
         ];
         for (image, want) in cases {
             let c = json!({"image": image});
