@@ -3,13 +3,26 @@
 //! same machine, in namespaces made here. Prints p50/p99 for one
 //! invocation at a time and for 8 at a time, and the ratios.
 //!
-//! Both run through `ip netns exec NODE plugin` exactly as the tests run a
+//! underlay runs as `deploy/` installs it: the agent with NetworkPolicy on,
+//! inside the node namespace, watching an API server (the lab's) that holds
+//! a realistic cluster — by default 10,000 pods in 1,000 namespaces and
+//! 2,000 NetworkPolicies, some of which select the measured pods, and one
+//! pod already resident on the node. A second, labelled row runs the agent
+//! with `--policy=false`, a configuration no user runs, for comparison.
+//!
+//! All run through `ip netns exec NODE plugin` exactly as the tests run a
 //! runtime's invocation; underlay additionally calls its agent over gRPC
-//! (which records the endpoint durably with fsync) and sets up proxy
-//! ARP/NDP and sysctls.
+//! (which records the endpoint durably with fsync, fetches the pod if its
+//! watch has not seen it, and programs its policy before answering) and
+//! sets up proxy ARP/NDP and sysctls.
+//!
+//! Knobs: `UNDERLAY_BENCH_ROUNDS` (40), `UNDERLAY_BENCH_PODS` (10000),
+//! `UNDERLAY_BENCH_POLICIES` (2000).
 
 #![allow(clippy::print_stdout)] // the report is this program's output
 
+#[path = "cni/cluster.rs"]
+mod cluster;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -79,22 +92,70 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+}
+
+fn underlay_target(name: &'static str, node: Node, agent: &Agent) -> Arc<Target> {
+    Arc::new(Target {
+        name,
+        binary: cni_bin().into(),
+        conf: conf("1.0.0", &agent.socket()),
+        node: Arc::new(node),
+    })
+}
+
 fn main() {
     if skip_unless_root("cni bench") {
         return;
     }
-    let rounds: usize = std::env::var("UNDERLAY_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(40);
-    let agent = Agent::start(&["10.244.0.0/16"]);
+    let rounds = knob("UNDERLAY_BENCH_ROUNDS", 40);
+    let size = cluster::Size {
+        pods: knob("UNDERLAY_BENCH_PODS", 10_000),
+        policies: knob("UNDERLAY_BENCH_POLICIES", 2_000),
+    };
+    // Every pod the benchmark will attach exists in the API server, as the
+    // kubelet's pods do before their sandbox is created.
+    let measured: Vec<String> = (0..8)
+        .flat_map(|w| (0..rounds.max(3)).map(move |r| format!("pod-bench{w}x{r}")))
+        .chain(["pod-resident".to_owned()])
+        .collect();
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let started = Instant::now();
+    let api = rt
+        .block_on(cluster::load(size, &measured))
+        .expect("load the cluster into the API server");
+    println!(
+        "API server: {} pods in {} namespaces, {} NetworkPolicies ({} in the measured pods' namespace), loaded in {:.1} s",
+        size.pods + measured.len(),
+        size.pods / cluster::PODS_PER_NAMESPACE + 1,
+        size.policies,
+        cluster::DEFAULT_NAMESPACE_POLICIES,
+        started.elapsed().as_secs_f64()
+    );
+    let _in_runtime = rt.enter();
+
+    let policy_node = Node::new();
+    let kubeconfig = cluster::kubeconfig_in(&api, &policy_node.ns);
+    let agent = Agent::start_with_policy_in(&policy_node.ns, &["10.244.0.0/16"], &kubeconfig.path);
+    let underlay = underlay_target("underlay", policy_node, &agent);
+    // One pod already resident on the node, as on any working node.
+    let resident = Netns::new("r");
+    let resident_add = Invocation::new("ADD", "resident", Some(&resident.path()));
+    let out = exec_plugin(
+        &underlay.node.ns,
+        &underlay.binary,
+        &resident_add,
+        &underlay.conf,
+    );
+    assert_eq!(out.code, 0, "resident pod: {} {}", out.stdout, out.stderr);
+
+    let bare_agent = Agent::start(&["10.245.0.0/16"]);
+    let bare = underlay_target("underlay, policy off", Node::new(), &bare_agent);
     let state = tempfile::tempdir().expect("temporary directory");
-    let underlay = Arc::new(Target {
-        name: "underlay",
-        binary: cni_bin().into(),
-        conf: conf("1.0.0", &agent.socket()),
-        node: Arc::new(Node::new()),
-    });
     let reference = Arc::new(Target {
         name: "ptp+host-local",
         binary: Path::new("/usr/lib/cni/ptp").into(),
@@ -113,24 +174,26 @@ fn main() {
         node: Arc::new(Node::new()),
     });
     let pods: Arc<Vec<Netns>> = Arc::new((0..8).map(|_| Netns::new("b")).collect());
-    // Warm up both (page cache, first agent connection).
-    for t in [&underlay, &reference] {
+    let targets = [&underlay, &bare, &reference];
+    // Warm up every target (page cache, first agent connection).
+    for t in targets {
         measure(t, &pods, 1, 3);
     }
     println!("ADD+DEL latency, {rounds} rounds per worker (ms)");
     println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>9}",
+        "{:<24} {:>9} {:>9} {:>9} {:>9}",
         "", "seq p50", "seq p99", "8x p50", "8x p99"
     );
-    // Interleave the two so drift on a shared machine hits both alike.
-    let (mut us, mut rs) = (Vec::new(), Vec::new());
+    // Interleave the targets so drift on a shared machine hits all alike.
+    let mut results = vec![Vec::new(); targets.len()];
     for (parallel, r) in [(1, rounds), (8, rounds / 2)] {
-        us.push(measure(&underlay, &pods, parallel, r));
-        rs.push(measure(&reference, &pods, parallel, r));
+        for (i, t) in targets.iter().enumerate() {
+            results[i].push(measure(t, &pods, parallel, r));
+        }
     }
-    for (t, v) in [(&underlay, &us), (&reference, &rs)] {
+    for (t, v) in targets.iter().zip(&results) {
         println!(
-            "{:<16} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<24} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
             t.name,
             ms(v[0].0),
             ms(v[0].1),
@@ -138,13 +201,21 @@ fn main() {
             ms(v[1].1)
         );
     }
-    println!(
-        "{:<16} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-        "ratio",
-        ms(us[0].0) / ms(rs[0].0),
-        ms(us[0].1) / ms(rs[0].1),
-        ms(us[1].0) / ms(rs[1].0),
-        ms(us[1].1) / ms(rs[1].1)
-    );
+    let reference_results = &results[2];
+    for (label, v) in [
+        ("ratio (as deployed)", &results[0]),
+        ("ratio (policy off)", &results[1]),
+    ] {
+        println!(
+            "{:<24} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            label,
+            ms(v[0].0) / ms(reference_results[0].0),
+            ms(v[0].1) / ms(reference_results[0].1),
+            ms(v[1].0) / ms(reference_results[1].0),
+            ms(v[1].1) / ms(reference_results[1].1)
+        );
+    }
     println!("(ratio = underlay / reference; below 1.0 means underlay is faster)");
+    drop(agent);
+    drop(api);
 }

@@ -13,8 +13,10 @@ use crate::eval::Evaluator;
 use crate::index::{Index, Member, Members, SetKind};
 use crate::metrics::{Metrics, ToolLabel};
 use crate::model::Family;
-use std::collections::{BTreeMap, BTreeSet};
+use crate::model::PodKey;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
@@ -99,6 +101,10 @@ pub struct SyncReport {
     pub sets_destroyed: usize,
     pub members_added: usize,
     pub members_deleted: usize,
+    /// Deleted members whose address still belongs to a pod (or a CIDR):
+    /// a change that may deny what was allowed. Members that left with
+    /// their deleted pod are not counted.
+    pub members_narrowed: usize,
     pub restore_calls: usize,
     pub conntrack_removed: usize,
     /// The node differed from what this engine last programmed.
@@ -276,8 +282,11 @@ impl<D: Dataplane> Engine<D> {
         self.update_gauges(&desired);
 
         // 4. Connections the change denies stop too.
-        let could_deny =
-            report.members_deleted > 0 || report.chains_deleted > 0 || report.rules_replaced > 0;
+        // Deleted chains alone deny nothing: an endpoint's go with its pod,
+        // a policy's once no endpoint jumps to it (those endpoints' chains
+        // are rewritten, which counts). Members that left a set with their
+        // pod took only that pod's connections.
+        let could_deny = report.members_narrowed > 0 || report.rules_replaced > 0;
         if self.conntrack_cleanup && could_deny {
             report.conntrack_removed = self.clean_conntrack();
         }
@@ -447,10 +456,18 @@ impl<D: Dataplane> Engine<D> {
         report: &mut SyncReport,
     ) -> (String, Vec<String>) {
         let mut script = String::new();
+        // Built on the first deleted member only: the owners of every address.
+        let mut owners: Option<HashMap<IpAddr, PodKey>> = None;
+        let mut still_owned = |m: &Member| match m {
+            Member::Net { .. } => true,
+            Member::Ip(ip) | Member::IpPort(ip, ..) => owners
+                .get_or_insert_with(|| self.index.ip_owners())
+                .contains_key(ip),
+        };
         for (name, want) in &desired.sets {
             match programmed.sets.get(name) {
                 Some(have) if have.kind == want.kind && have.family == want.family => {
-                    update_set(&mut script, name, have, want, report);
+                    update_set(&mut script, name, have, want, report, &mut still_owned);
                 }
                 Some(_) => {
                     // Same name, other type: only after a format change.
@@ -624,6 +641,7 @@ fn update_set(
     have: &SetState,
     want: &DesiredSet,
     report: &mut SyncReport,
+    still_owned: &mut impl FnMut(&Member) -> bool,
 ) {
     if Arc::ptr_eq(&have.members, &want.members) {
         return;
@@ -644,6 +662,7 @@ fn update_set(
     }
     report.members_added += adds.len();
     report.members_deleted += dels.len();
+    report.members_narrowed += dels.iter().filter(|m| still_owned(m)).count();
     if changes > SWAP_THRESHOLD && changes > want.members.len() / 2 {
         let tmp = format!("{name}-t");
         create_set(script, &tmp, want);

@@ -388,6 +388,54 @@ fn newly_denied_connections_lose_their_conntrack_entries() {
     assert_eq!(batches, vec![vec![flow(ya, xa, 80), flow(ya, xa, 81)]]);
 }
 
+/// The conntrack listings the fake received.
+fn conntrack_listings(fake: &FakeDataplane) -> usize {
+    fake.state()
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::ListFlows(_)))
+        .count()
+}
+
+#[test]
+fn a_deleted_pod_costs_no_conntrack_listing_and_a_narrowed_set_does() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    // x/a takes ingress only from pods labelled b, in every namespace.
+    let mut p = underlay_policy::model::Policy::new("x", "p", Selector::labels([("pod", "a")]));
+    p.ingress = vec![underlay_policy::model::Rule::from(vec![
+        underlay_policy::model::Peer::both(
+            Selector::everything(),
+            Selector::labels([("pod", "b")]),
+        ),
+    ])];
+    engine.change(|idx| idx.apply_policy(p));
+    engine.sync().unwrap();
+    let before = conntrack_listings(&fake);
+
+    // The pod x/b is deleted: its endpoint, its chains and its addresses
+    // in the peer set go. Nothing that stays can lose a connection.
+    let xb = Pid { ns: 0, pod: 1 };
+    let ep = xb.endpoint();
+    engine.change(|idx| {
+        idx.delete_endpoint(&ep.interface, &ep.owner);
+        idx.delete_pod(&xb.key());
+    });
+    let report = engine.sync().unwrap();
+    assert!(report.chains_deleted > 0, "{report:?}");
+    assert!(report.members_deleted > 0, "{report:?}");
+    assert_eq!(conntrack_listings(&fake), before, "{report:?}");
+
+    // y/b loses the label the policy admits: a live pod leaves the peer
+    // set, so connections it had may now be denied (both families listed).
+    let yb = Pid { ns: 1, pod: 1 };
+    let relabelled = yb.pod().label("pod", "z");
+    engine.change(|idx| idx.apply_pod(relabelled));
+    let report = engine.sync().unwrap();
+    assert!(report.members_narrowed > 0, "{report:?}");
+    assert_eq!(conntrack_listings(&fake), before + 2, "{report:?}");
+}
+
 #[test]
 fn large_set_changes_are_swapped_in() {
     let fake = FakeDataplane::new();
