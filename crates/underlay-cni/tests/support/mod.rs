@@ -208,16 +208,9 @@ pub fn agent_bin() -> PathBuf {
             let dir = target_dir_of_cni();
             let bin = dir.join("underlay-agent");
             let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let sources = [
-                "underlay-agent",
-                "underlay-ipam",
-                "underlay-proto",
-                "underlay-policy",
-            ]
-            .iter()
-            .map(|c| newest_source(&crates.join(c)))
-            .max()
-            .unwrap_or(std::time::UNIX_EPOCH);
+            // Any workspace crate may be in the agent's build: a list of
+            // them would miss the next one added.
+            let sources = newest_source(&crates);
             let built = bin.metadata().and_then(|m| m.modified()).ok();
             if built.is_some_and(|b| b >= sources) {
                 return bin;
