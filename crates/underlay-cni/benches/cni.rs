@@ -92,6 +92,56 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The value of `key=NUMBER` in a log line.
+fn field(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    let digits: String = line[at..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// Where the as-deployed agent's policy syncs spent their time, from its
+/// debug log (one "policy synced" line per sync, with its phases).
+fn print_sync_phases(log: &str) {
+    let keys = [
+        "elapsed_us",
+        "read_us",
+        "compile_us",
+        "ipsets_us",
+        "iptables_us",
+        "conntrack_us",
+    ];
+    let mut columns: Vec<Vec<u64>> = vec![Vec::new(); keys.len()];
+    for line in log.lines().filter(|l| l.contains("policy synced")) {
+        for (k, key) in keys.iter().enumerate() {
+            if let Some(v) = field(line, key) {
+                columns[k].push(v);
+            }
+        }
+    }
+    let syncs = columns[0].len();
+    if syncs == 0 {
+        println!("no policy sync lines in the agent's log");
+        return;
+    }
+    println!();
+    println!("the as-deployed agent's {syncs} policy syncs, per phase (ms)");
+    println!("{:<14} {:>9} {:>9}", "", "p50", "p99");
+    for (key, mut v) in keys.iter().zip(columns) {
+        v.sort_unstable();
+        let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
+        println!(
+            "{:<14} {:>9.2} {:>9.2}",
+            key.trim_end_matches("_us"),
+            at(0.5),
+            at(0.99)
+        );
+    }
+}
+
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -216,6 +266,7 @@ fn main() {
         );
     }
     println!("(ratio = underlay / reference; below 1.0 means underlay is faster)");
+    print_sync_phases(&agent.log());
     drop(agent);
     drop(api);
 }

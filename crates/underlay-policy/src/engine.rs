@@ -109,6 +109,28 @@ pub struct SyncReport {
     pub conntrack_removed: usize,
     /// The node differed from what this engine last programmed.
     pub repaired: bool,
+    /// Where the sync's time went, in microseconds per phase.
+    pub phases: Phases,
+}
+
+/// The time of each phase of one sync, in microseconds (a phase that did
+/// not run is 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Reading the node's rules and sets (after a start or a failure).
+    pub read: u64,
+    /// Refreshing the index's peer sets and compiling the desired state.
+    pub compile: u64,
+    /// Diffing and writing ipsets (`ipset restore`), destroys included.
+    pub ipsets: u64,
+    /// Diffing and writing chains (`iptables-restore`, both families).
+    pub iptables: u64,
+    /// Listing and deleting conntrack entries.
+    pub conntrack: u64,
+}
+
+fn micros_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 impl SyncReport {
@@ -229,6 +251,11 @@ impl<D: Dataplane> Engine<D> {
                     members_deleted = report.members_deleted,
                     restores = report.restore_calls,
                     elapsed_us = started.elapsed().as_micros() as u64,
+                    read_us = report.phases.read,
+                    compile_us = report.phases.compile,
+                    ipsets_us = report.phases.ipsets,
+                    iptables_us = report.phases.iptables,
+                    conntrack_us = report.phases.conntrack,
                     "policy synced"
                 );
             }
@@ -253,12 +280,16 @@ impl<D: Dataplane> Engine<D> {
     fn sync_inner(&mut self) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let previous = self.programmed.take();
+        let t = Instant::now();
         let mut programmed = match previous.clone() {
             Some(p) => p,
             None => self.read_node()?,
         };
+        report.phases.read = micros_since(t);
+        let t = Instant::now();
         self.index.refresh_sets();
         let desired = compile::compile(&self.index, &self.config);
+        report.phases.compile = micros_since(t);
         if previous.is_none() && self.synced_generation.is_some() {
             // A re-read after we had programmed once: any difference is
             // someone else's doing (or a failed write) and is repaired.
@@ -271,9 +302,15 @@ impl<D: Dataplane> Engine<D> {
         // Sets first, so rules can reference them; then the chains; then
         // the sets no rule references any more. A failed write leaves
         // `programmed` unset: the next sync reads the node again.
+        let t = Instant::now();
         let obsolete_sets = self.write_sets(&mut programmed, &desired, &mut report)?;
+        report.phases.ipsets = micros_since(t);
+        let t = Instant::now();
         self.write_chains(&mut programmed, &desired, &mut report)?;
+        report.phases.iptables = micros_since(t);
+        let t = Instant::now();
         self.destroy_sets(&mut programmed, &obsolete_sets, &mut report)?;
+        report.phases.ipsets += micros_since(t);
         programmed
             .sets
             .retain(|name, _| desired.sets.contains_key(name));
@@ -288,7 +325,9 @@ impl<D: Dataplane> Engine<D> {
         // pod took only that pod's connections.
         let could_deny = report.members_narrowed > 0 || report.rules_replaced > 0;
         if self.conntrack_cleanup && could_deny {
+            let t = Instant::now();
             report.conntrack_removed = self.clean_conntrack();
+            report.phases.conntrack = micros_since(t);
         }
         Ok(report)
     }

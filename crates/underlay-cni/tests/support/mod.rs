@@ -321,7 +321,8 @@ impl Agent {
             cmd.arg("--pod-cidr").arg(c);
         }
         cmd.args(&self.extra);
-        cmd.env("RUST_LOG", "info")
+        // The policy engine reports each sync and its phases at debug.
+        cmd.env("RUST_LOG", "info,underlay_policy::engine=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
