@@ -371,21 +371,33 @@ impl<D: Dataplane> Engine<D> {
         desired: &Desired,
         report: &mut SyncReport,
     ) -> Result<()> {
-        for family in Family::ALL {
-            let script = self.chain_changes(programmed, desired, family, report);
-            if let Some(script) = script {
-                report.restore_calls += 1;
-                let tool = match family {
-                    Family::V4 => "iptables-restore",
-                    Family::V6 => "ip6tables-restore",
-                };
-                let r = self.dataplane.restore_filter(family, &script);
-                self.count_restore(tool, r.is_ok());
-                r.map_err(|source| Error::Write {
+        let scripts: Vec<(Family, String)> = Family::ALL
+            .into_iter()
+            .filter_map(|family| {
+                let script = self.chain_changes(programmed, desired, family, report)?;
+                Some((family, script))
+            })
+            .collect();
+        report.restore_calls += scripts.len();
+        let results = self.dataplane.restore_filters(&scripts);
+        let mut first_error = None;
+        for ((family, _), r) in scripts.iter().zip(results) {
+            let tool = match family {
+                Family::V4 => "iptables-restore",
+                Family::V6 => "ip6tables-restore",
+            };
+            self.count_restore(tool, r.is_ok());
+            if let Err(source) = r {
+                first_error.get_or_insert(Error::Write {
                     what: "iptables rules",
                     source,
-                })?;
+                });
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for family in Family::ALL {
             let chains = &mut programmed.chains[family.index()];
             chains.clear();
             for (name, rules) in &desired.chains[family.index()] {
