@@ -189,7 +189,7 @@ fn main() {
     let _in_runtime = rt.enter();
 
     let policy_node = Node::new();
-    let kubeconfig = cluster::kubeconfig_in(&api, &policy_node.ns);
+    let kubeconfig = kubeconfig_in(&api, &policy_node.ns);
     let agent = Agent::start_with_policy_in(&policy_node.ns, &["10.244.0.0/16"], &kubeconfig.path);
     let underlay = underlay_target("underlay", policy_node, &agent);
     // One pod already resident on the node, as on any working node.

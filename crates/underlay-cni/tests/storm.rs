@@ -304,17 +304,8 @@ fn a_late_del_of_a_replaced_sandbox_keeps_the_new_one_reachable_under_policy() {
             .expect("create pod shop/web-0");
     });
     let _in_runtime = rt.enter();
-    let relay =
-        underlay_lab::relay::start(&node.ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
-            .expect("relay into the node namespace");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
-    )
-    .expect("write the kubeconfig");
-    let agent = Agent::start_with_policy_in(&node.ns, &["10.244.24.0/24"], &kubeconfig);
+    let kubeconfig = kubeconfig_in(&api, &node.ns);
+    let agent = Agent::start_with_policy_in(&node.ns, &["10.244.24.0/24"], &kubeconfig.path);
     let old = Netns::new("old");
     let new = Netns::new("new");
     let c = conf("1.1.0", &agent.socket());

@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use underlay_lab::apiserver::{ApiServer, Config as ApiConfig, Handle};
 
 pub const PODS_PER_NAMESPACE: usize = 10;
@@ -80,19 +79,27 @@ fn default_policy(k: usize) -> NetworkPolicy {
     .expect("a policy")
 }
 
-/// Runs `make` for every item with at most [`IN_FLIGHT`] at a time.
-async fn create_all<T, F>(items: Vec<T>, make: impl Fn(T) -> F) -> kube::Result<()>
+/// Creates every object through its API, with at most [`IN_FLIGHT`]
+/// requests at a time.
+async fn create_all<K>(objects: Vec<(Api<K>, K)>) -> kube::Result<()>
 where
-    F: std::future::Future<Output = kube::Result<()>> + Send + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let mut set = tokio::task::JoinSet::new();
-    for item in items {
+    for (api, object) in objects {
         if set.len() >= IN_FLIGHT
             && let Some(done) = set.join_next().await
         {
             done.expect("a create task")?;
         }
-        set.spawn(make(item));
+        set.spawn(async move { api.create(&PostParams::default(), &object).await.map(drop) });
     }
     while let Some(done) = set.join_next().await {
         done.expect("a create task")?;
@@ -108,99 +115,36 @@ pub async fn load(size: Size, measured: &[String]) -> Result<Handle, Box<dyn std
     let api = ApiServer::start(ApiConfig::default()).await?;
     let client = api.client()?;
     let namespaces = (size.pods / PODS_PER_NAMESPACE).max(1);
-    let params = PostParams::default();
-    let c = client.clone();
-    create_all((0..namespaces).collect(), move |i| {
-        let (c, params) = (c.clone(), params.clone());
-        async move {
-            let ns: Namespace = serde_json::from_value(json!({
-                "metadata": {"name": namespace(i), "labels": {"team": format!("t{}", i % 50)}}
-            }))
-            .expect("a namespace");
-            Api::<Namespace>::all(c)
-                .create(&params, &ns)
-                .await
-                .map(drop)
-        }
-    })
-    .await?;
+    let team = |i: usize| -> Namespace {
+        serde_json::from_value(json!({
+            "metadata": {"name": namespace(i), "labels": {"team": format!("t{}", i % 50)}}
+        }))
+        .expect("a namespace")
+    };
+    let all = || Api::<Namespace>::all(client.clone());
+    create_all((0..namespaces).map(|i| (all(), team(i))).collect()).await?;
+    let pods_in = |ns: &str| Api::<Pod>::namespaced(client.clone(), ns);
+    let policies_in = |ns: &str| Api::<NetworkPolicy>::namespaced(client.clone(), ns);
     let tiers = ["web", "api", "db"];
-    let c = client.clone();
-    let params = PostParams::default();
-    create_all((0..size.pods).collect(), move |j| {
-        let (c, params) = (c.clone(), params.clone());
-        async move {
-            let labels = json!({"app": format!("app-{}", j % 5), "tier": tiers[j % 3]});
-            let p = pod(&format!("pod-{j}"), labels);
-            Api::<Pod>::namespaced(c, &namespace(j / PODS_PER_NAMESPACE % namespaces))
-                .create(&params, &p)
-                .await
-                .map(drop)
-        }
-    })
-    .await?;
-    let c = client.clone();
-    let params = PostParams::default();
-    create_all((0..size.policies).collect(), move |k| {
-        let (c, params) = (c.clone(), params.clone());
-        async move {
-            let ns = k % namespaces;
-            Api::<NetworkPolicy>::namespaced(c, &namespace(ns))
-                .create(&params, &policy(ns, k / namespaces, namespaces))
-                .await
-                .map(drop)
-        }
-    })
-    .await?;
-    let c = client.clone();
-    let params = PostParams::default();
-    create_all(measured.to_vec(), move |name| {
-        let (c, params) = (c.clone(), params.clone());
-        async move {
-            let p = pod(&name, json!({"app": "bench", "tier": "web"}));
-            Api::<Pod>::namespaced(c, "default")
-                .create(&params, &p)
-                .await
-                .map(drop)
-        }
-    })
-    .await?;
-    let c = client.clone();
-    let params = PostParams::default();
-    create_all((0..DEFAULT_NAMESPACE_POLICIES).collect(), move |k| {
-        let (c, params) = (c.clone(), params.clone());
-        async move {
-            Api::<NetworkPolicy>::namespaced(c, "default")
-                .create(&params, &default_policy(k))
-                .await
-                .map(drop)
-        }
-    })
-    .await?;
+    let pods = (0..size.pods).map(|j| {
+        let labels = json!({"app": format!("app-{}", j % 5), "tier": tiers[j % 3]});
+        let ns = namespace(j / PODS_PER_NAMESPACE % namespaces);
+        (pods_in(&ns), pod(&format!("pod-{j}"), labels))
+    });
+    let bench_pods = measured.iter().map(|name| {
+        let labels = json!({"app": "bench", "tier": "web"});
+        (pods_in("default"), pod(name, labels))
+    });
+    create_all(pods.chain(bench_pods).collect()).await?;
+    let policies = (0..size.policies).map(|k| {
+        let ns = k % namespaces;
+        (
+            policies_in(&namespace(ns)),
+            policy(ns, k / namespaces, namespaces),
+        )
+    });
+    let bench_policies =
+        (0..DEFAULT_NAMESPACE_POLICIES).map(|k| (policies_in("default"), default_policy(k)));
+    create_all(policies.chain(bench_policies).collect()).await?;
     Ok(api)
-}
-
-/// A kubeconfig that reaches `api` from inside the node namespace `ns`
-/// (through a relay listening there), kept with the relay alive.
-pub struct NodeKubeconfig {
-    pub path: PathBuf,
-    _dir: tempfile::TempDir,
-    _relay: underlay_lab::relay::Relay,
-}
-
-pub fn kubeconfig_in(api: &Handle, ns: &super::Netns) -> NodeKubeconfig {
-    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
-        .expect("relay into the node namespace");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(
-        &path,
-        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
-    )
-    .expect("write the kubeconfig");
-    NodeKubeconfig {
-        path,
-        _dir: dir,
-        _relay: relay,
-    }
 }

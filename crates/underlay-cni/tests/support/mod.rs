@@ -602,3 +602,28 @@ pub fn result_ips(result: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A kubeconfig that reaches `api` from inside the node namespace `ns`
+/// (through a relay listening there), kept with the relay alive.
+pub struct NodeKubeconfig {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+    _relay: underlay_lab::relay::Relay,
+}
+
+pub fn kubeconfig_in(api: &underlay_lab::apiserver::Handle, ns: &Netns) -> NodeKubeconfig {
+    let relay = underlay_lab::relay::start(&ns.path(), "127.0.0.1:0".parse().unwrap(), api.addr())
+        .expect("relay into the node namespace");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        underlay_lab::lab::rewrite_server(&api.kubeconfig(), &relay.listen.to_string()),
+    )
+    .expect("write the kubeconfig");
+    NodeKubeconfig {
+        path,
+        _dir: dir,
+        _relay: relay,
+    }
+}
