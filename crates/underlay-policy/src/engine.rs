@@ -509,7 +509,11 @@ impl<D: Dataplane> Engine<D> {
         let mut script = String::new();
         // Built on the first deleted member only: the owners of every address.
         let mut owners: Option<HashMap<IpAddr, PodKey>> = None;
+        // Only conntrack cleanup asks whether a change narrowed a set: with
+        // it off, the owners of the cluster's addresses are never looked up.
+        let cleanup = self.conntrack_cleanup;
         let mut still_owned = |m: &Member| match m {
+            _ if !cleanup => true,
             Member::Net { .. } => true,
             Member::Ip(ip) | Member::IpPort(ip, ..) => owners
                 .get_or_insert_with(|| self.index.ip_owners())
