@@ -49,32 +49,17 @@ const STARTERS: &[&str] = &[
 ];
 
 /// Every `.rs` file of the workspace outside `target/` and the generated
-/// code.
+/// code, this test aside.
 fn sources() -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![
+    let dirs = [
         root().join("crates"),
         root().join("xtask"),
         root().join("tests"),
     ];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if !p.ends_with("target") && !p.ends_with("gen") {
-                    stack.push(p);
-                }
-            } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("tests/programs.rs")
-            {
-                let text = std::fs::read_to_string(&p).expect("read a source file");
-                out.push((p, text));
-            }
-        }
-    }
-    out
+    common::rust_sources(&dirs)
+        .into_iter()
+        .filter(|(p, _)| !p.ends_with("tests/programs.rs"))
+        .collect()
 }
 
 /// The quoted literals of a source file, with the text just before each.

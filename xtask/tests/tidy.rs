@@ -242,27 +242,18 @@ fn doubles_outside_fake_files(files: &[(String, String)]) -> Vec<String> {
     found
 }
 
+/// The product sources: the `src` trees of the crates and of xtask.
 fn product_sources() -> Vec<(String, String)> {
-    let mut files = Vec::new();
-    let mut stack = vec![root().join("crates"), root().join("xtask/src")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read a source directory") {
-            let path = entry.expect("a directory entry").path();
-            if path.is_dir() {
-                // Only `src` trees are product code.
-                let name = path.file_name().unwrap_or_default();
-                if name != "tests" && name != "benches" && name != "target" {
-                    stack.push(path);
-                }
-            } else if path.extension().is_some_and(|e| e == "rs")
-                && path.to_string_lossy().contains("/src/")
-            {
-                let text = std::fs::read_to_string(&path).expect("read a source file");
-                files.push((path.display().to_string(), text));
-            }
-        }
-    }
-    files
+    let root = root();
+    common::rust_sources(&[root.join("crates"), root.join("xtask/src")])
+        .into_iter()
+        .filter(|(p, _)| {
+            // Judged below the workspace root, wherever the clone lives.
+            p.strip_prefix(&root)
+                .is_ok_and(|rel| rel.components().any(|c| c.as_os_str() == "src"))
+        })
+        .map(|(p, text)| (p.display().to_string(), text))
+        .collect()
 }
 
 #[test]
