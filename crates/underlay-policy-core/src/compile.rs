@@ -205,10 +205,7 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
         chains.extend(hook_chains(family, config));
         chains.extend(dispatch_chains(&endpoints));
         for ep in &endpoints {
-            for dir in Direction::BOTH {
-                let rules = endpoint_rules(index, config, &mut names, ep, dir);
-                chains.insert(endpoint_chain(&ep.interface, dir), rules);
-            }
+            chains.extend(endpoint_chains(index, config, &mark, &mut names, ep));
         }
         for policy in active.values() {
             for dir in Direction::BOTH {
@@ -320,42 +317,44 @@ fn dispatch_chains(endpoints: &[&Endpoint]) -> [(String, Vec<String>); 2] {
     [(FROM_POD.into(), from_pod), (TO_POD.into(), to_pod)]
 }
 
-/// One endpoint's chain in one direction: empty (open) when no policy
-/// selects it; else a jump to each selecting policy's chain, accepting as
-/// soon as one allowed, then (maybe logged) drop; only a drop while the
-/// pod is unknown.
-fn endpoint_rules(
+/// One endpoint's chains, one per direction: empty (open) when no policy
+/// of that direction selects it; else a jump to each selecting policy's
+/// chain, accepting as soon as one allowed, then (maybe logged) drop; only
+/// a drop while the pod is unknown.
+fn endpoint_chains(
     index: &Index,
     config: &Config,
+    mark: &str,
     names: &mut Names,
     ep: &Endpoint,
-    dir: Direction,
-) -> Vec<String> {
+) -> [(String, Vec<String>); 2] {
+    let chain = |dir| endpoint_chain(&ep.interface, dir);
     if index.pod(&ep.pod).is_none() {
         // Unknown means denied: without its Pod object nothing says which
         // policies select it (e.g. deleted while we were down).
-        return vec!["-j DROP".into()];
+        return Direction::BOTH.map(|dir| (chain(dir), vec!["-j DROP".into()]));
     }
     let selection = index.selection(ep);
-    let policies = selection.get(dir);
-    if policies.is_empty() {
-        return Vec::new();
-    }
-    let mark = format!("0x{:x}/0x{:x}", config.mark, config.mark);
-    let mut rules = vec![format!("-j MARK --set-xmark 0x0/0x{:x}", config.mark)];
-    for p in policies {
-        rules.push(format!("-j {}", names.policy_chain(p, dir)));
-        rules.push(format!("-m mark --mark {mark} -g {ALLOW}"));
-    }
     let log = config.log_all
         || index
             .namespace(&ep.pod.namespace)
             .is_some_and(|n| n.log_denied);
-    if log {
-        rules.push(deny_log_rule(config, ep, dir));
-    }
-    rules.push("-j DROP".into());
-    rules
+    Direction::BOTH.map(|dir| {
+        let policies = selection.get(dir);
+        if policies.is_empty() {
+            return (chain(dir), Vec::new());
+        }
+        let mut rules = vec![format!("-j MARK --set-xmark 0x0/0x{:x}", config.mark)];
+        for p in policies {
+            rules.push(format!("-j {}", names.policy_chain(p, dir)));
+            rules.push(format!("-m mark --mark {mark} -g {ALLOW}"));
+        }
+        if log {
+            rules.push(deny_log_rule(config, ep, dir));
+        }
+        rules.push("-j DROP".into());
+        (chain(dir), rules)
+    })
 }
 
 /// The NFLOG rule logging a denied packet of `ep` (prefix at most 63
