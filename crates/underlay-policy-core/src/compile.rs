@@ -19,7 +19,8 @@
 //! Peers are ipsets; named ports are `hash:ip,port` sets of (pod IP,
 //! protocol, port) so one shared rule resolves the name per pod.
 
-use crate::index::{Index, Members, SetKey, SetKind};
+use crate::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Tier};
+use crate::index::{Index, Members, SetKey, SetKind, Selection};
 use crate::model::{Direction, Endpoint, Family, Peer, Policy, PortMatch, PortRef};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -51,6 +52,42 @@ pub struct Config {
     pub log_rate: String,
 }
 
+impl Config {
+    /// The two mark bits policy evaluation owns: `mark` and the bit above.
+    pub fn verdict_mask(&self) -> u32 {
+        self.mark | (self.mark << 1)
+    }
+
+    /// The mark of a packet some rule allowed (a NetworkPolicy's allow, a
+    /// cluster policy's Accept).
+    fn accepted(&self) -> String {
+        format!("0x{:x}/0x{:x}", self.mark, self.verdict_mask())
+    }
+
+    /// The mark of a packet a cluster policy's Deny matched.
+    fn denied(&self) -> String {
+        format!("0x{:x}/0x{:x}", self.mark << 1, self.verdict_mask())
+    }
+
+    /// The mark of a packet a cluster policy's Pass matched.
+    fn passed(&self) -> String {
+        format!("0x{:x}/0x{:x}", self.verdict_mask(), self.verdict_mask())
+    }
+
+    /// No verdict yet.
+    fn undecided(&self) -> String {
+        format!("0x0/0x{:x}", self.verdict_mask())
+    }
+
+    fn verdict(&self, action: Action) -> String {
+        match action {
+            Action::Accept => self.accepted(),
+            Action::Deny => self.denied(),
+            Action::Pass => self.passed(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -80,6 +117,7 @@ pub struct Desired {
     pub chains: [BTreeMap<String, Vec<String>>; 2],
     pub sets: BTreeMap<String, DesiredSet>,
     pub policies: usize,
+    pub cluster_policies: usize,
     pub endpoints: usize,
 }
 
@@ -137,6 +175,15 @@ impl Names {
             Family::V6 => '6',
         };
         self.assign(&format!("{SET_PREFIX}{fam}-{kind}-"), &key.canonical())
+    }
+
+    /// The chain of a cluster policy in one direction.
+    pub fn cluster_chain(&mut self, policy: &ClusterPolicy, dir: Direction) -> String {
+        let d = match dir {
+            Direction::Ingress => "CI",
+            Direction::Egress => "CE",
+        };
+        self.assign(&format!("{CHAIN_PREFIX}{d}-"), &policy.name)
     }
 
     /// The chain of a policy in one direction (at most 28 characters).
@@ -199,13 +246,31 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
         }
     }
 
+    let cluster = index.active_cluster_policies();
+    out.cluster_policies = cluster.len();
+    for policy in cluster.values() {
+        for dir in Direction::BOTH {
+            names.cluster_chain(policy, dir);
+        }
+    }
+
     let mark = format!("0x{:x}/0x{:x}", config.mark, config.mark);
     for family in Family::ALL {
         let chains = &mut out.chains[family.index()];
         chains.extend(hook_chains(family, config));
         chains.extend(dispatch_chains(&endpoints));
         for ep in &endpoints {
-            chains.extend(endpoint_chains(index, config, &mark, &mut names, ep));
+            chains.extend(endpoint_chains(index, config, &mut names, ep));
+        }
+        for policy in cluster.values() {
+            for dir in Direction::BOTH {
+                if !policy.rules(dir).is_empty() {
+                    chains.insert(
+                        names.cluster_chain(policy, dir),
+                        cluster_rules(policy, dir, family, config, &mut names),
+                    );
+                }
+            }
         }
         for policy in active.values() {
             for dir in Direction::BOTH {
@@ -285,7 +350,7 @@ fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 4] {
     let output = vec![format!(
         "-o {any_pod} -m conntrack --ctstate INVALID -j DROP"
     )];
-    let allow = vec![format!("-j MARK --set-xmark 0x0/0x{:x}", config.mark)];
+    let allow = vec![format!("-j MARK --set-xmark {}", config.undecided())];
     [
         (FORWARD.into(), forward),
         (INPUT.into(), input),
@@ -318,13 +383,11 @@ fn dispatch_chains(endpoints: &[&Endpoint]) -> [(String, Vec<String>); 2] {
 }
 
 /// One endpoint's chains, one per direction: empty (open) when no policy
-/// of that direction selects it; else a jump to each selecting policy's
-/// chain, accepting as soon as one allowed, then (maybe logged) drop; only
-/// a drop while the pod is unknown.
+/// of any tier selects it in that direction; else the tiers in order (see
+/// [`endpoint_rules`]); only a drop while the pod is unknown.
 fn endpoint_chains(
     index: &Index,
     config: &Config,
-    mark: &str,
     names: &mut Names,
     ep: &Endpoint,
 ) -> [(String, Vec<String>); 2] {
@@ -340,21 +403,73 @@ fn endpoint_chains(
             .namespace(&ep.pod.namespace)
             .is_some_and(|n| n.log_denied);
     Direction::BOTH.map(|dir| {
-        let policies = selection.get(dir);
-        if policies.is_empty() {
-            return (chain(dir), Vec::new());
-        }
-        let mut rules = vec![format!("-j MARK --set-xmark 0x0/0x{:x}", config.mark)];
-        for p in policies {
-            rules.push(format!("-j {}", names.policy_chain(p, dir)));
-            rules.push(format!("-m mark --mark {mark} -g {ALLOW}"));
-        }
-        if log {
-            rules.push(deny_log_rule(config, ep, dir));
-        }
-        rules.push("-j DROP".into());
+        let rules = if selection.open(dir) {
+            Vec::new()
+        } else {
+            let log = log.then(|| deny_log_rule(config, ep, dir));
+            endpoint_rules(&selection, dir, config, names, log)
+        };
         (chain(dir), rules)
     })
+}
+
+/// The rules of a selected endpoint's chain in one direction. The verdict
+/// field of the mark starts clear; then
+/// - the Admin tier: each policy's chain while no verdict is set; Accept
+///   goes to `UDL-ALLOW`, Deny drops, Pass (or no match) clears the field
+///   and goes on;
+/// - NetworkPolicy when one selects the endpoint: each policy's chain,
+///   `UDL-ALLOW` as soon as one allowed, otherwise drop;
+/// - otherwise the Baseline tier like the Admin tier, and what it leaves
+///   undecided returns (allowed by default) with the field clear.
+fn endpoint_rules(
+    selection: &Selection,
+    dir: Direction,
+    config: &Config,
+    names: &mut Names,
+    log: Option<String>,
+) -> Vec<String> {
+    let accepted = config.accepted();
+    let mut rules = vec![format!("-j MARK --set-xmark {}", config.undecided())];
+    let mut tier = |rules: &mut Vec<String>, policies: &[Arc<ClusterPolicy>]| {
+        for (i, p) in policies.iter().enumerate() {
+            let guard = if i == 0 {
+                String::new()
+            } else {
+                format!("-m mark --mark {} ", config.undecided())
+            };
+            rules.push(format!("{guard}-j {}", names.cluster_chain(p, dir)));
+        }
+        rules.push(format!("-m mark --mark {accepted} -g {ALLOW}"));
+        if let Some(log) = &log {
+            rules.push(format!("-m mark --mark {} {log}", config.denied()));
+        }
+        rules.push(format!("-m mark --mark {} -j DROP", config.denied()));
+    };
+    let admin = selection.tier(Tier::Admin, dir);
+    let policies = selection.get(dir);
+    let baseline = selection.tier(Tier::Baseline, dir);
+    // Clears a Pass, so no verdict bit leaves the chain or reaches the
+    // next tier.
+    let clear = format!("-j MARK --set-xmark {}", config.undecided());
+    if !admin.is_empty() {
+        tier(&mut rules, admin);
+        rules.push(clear.clone());
+    }
+    if policies.is_empty() {
+        if !baseline.is_empty() {
+            tier(&mut rules, baseline);
+            rules.push(clear);
+        }
+        return rules;
+    }
+    for p in policies {
+        rules.push(format!("-j {}", names.policy_chain(p, dir)));
+        rules.push(format!("-m mark --mark {accepted} -g {ALLOW}"));
+    }
+    rules.extend(log);
+    rules.push("-j DROP".into());
+    rules
 }
 
 /// The NFLOG rule logging a denied packet of `ep` (prefix at most 63
@@ -452,6 +567,74 @@ fn port_match(p: &PortMatch, family: Family, names: &mut Names) -> String {
             format!("-p {proto} -m set --match-set {set} dst,dst")
         }
     }
+}
+
+/// The rules of a cluster policy's chain: each rule's (peer, port) pairs
+/// in order, each setting the rule's verdict while none is set, so the
+/// first rule that matches decides.
+fn cluster_rules(
+    policy: &ClusterPolicy,
+    dir: Direction,
+    family: Family,
+    config: &Config,
+    names: &mut Names,
+) -> Vec<String> {
+    let peer_dir = match dir {
+        Direction::Ingress => "src",
+        Direction::Egress => "dst",
+    };
+    let guard = format!("-m mark --mark {}", config.undecided());
+    let mut rules = Vec::new();
+    for rule in policy.rules(dir) {
+        let peers = cluster_peers(rule, family, peer_dir, names);
+        let ports: Vec<String> = if rule.ports.is_empty() {
+            vec![String::new()]
+        } else {
+            rule.ports
+                .iter()
+                .map(|p| match p {
+                    ClusterPort::Port(p) => port_match(p, family, names),
+                    ClusterPort::Named(name) => {
+                        let set = names.set(&SetKey::NamedPort { name: name.clone() }, family);
+                        format!("-m set --match-set {set} dst,dst")
+                    }
+                })
+                .collect()
+        };
+        let verdict = format!("-j MARK --set-xmark {}", config.verdict(rule.action));
+        for peer in &peers {
+            for port in &ports {
+                let parts = [guard.as_str(), peer.as_str(), port.as_str(), &verdict];
+                rules.push(
+                    parts
+                        .iter()
+                        .filter(|p| !p.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+            }
+        }
+    }
+    rules
+}
+
+/// The peer matches of one cluster policy rule in one family (a network
+/// of the other family matches nothing here; `Anything` matches all).
+fn cluster_peers(
+    rule: &ClusterRule,
+    family: Family,
+    peer_dir: &str,
+    names: &mut Names,
+) -> Vec<String> {
+    rule.peers
+        .iter()
+        .filter(|p| !matches!(p, ClusterPeer::Network(c) if c.family() != family))
+        .map(|p| match SetKey::for_cluster_peer(p) {
+            Some(key) => format!("-m set --match-set {} {peer_dir}", names.set(&key, family)),
+            None => String::new(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! single change costs time proportional to the sets it touches, not to the
 //! size of the cluster.
 
+use crate::cluster::{ClusterPeer, ClusterPolicy, Node, Tier};
 use crate::model::{
     Attachment, Cidr, Direction, Endpoint, Family, Namespace, Peer, Pod, PodKey, Policy, PortRef,
     Protocol, Selector, parse_cidr,
@@ -11,6 +12,8 @@ use crate::model::{
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+
+mod cluster;
 
 /// Which namespaces a pod peer looks in.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,6 +33,9 @@ pub enum SetKey {
     /// (pod IP, protocol, port) of every pod with a container port of this
     /// name (`hash:ip,port`), which resolves named ports per pod.
     NamedPort { name: String },
+    /// The addresses of the Nodes a cluster policy's `nodes` peer selects
+    /// (`hash:ip`).
+    Nodes { nodes: Selector },
 }
 
 impl SetKey {
@@ -49,10 +55,29 @@ impl SetKey {
         }
     }
 
+    /// The set of a cluster policy peer; `None` for [`ClusterPeer::Anything`],
+    /// which needs no set.
+    pub fn for_cluster_peer(peer: &ClusterPeer) -> Option<SetKey> {
+        match peer {
+            ClusterPeer::Pods { namespaces, pods } => Some(SetKey::Pods {
+                scope: NsScope::Matching(namespaces.clone()),
+                pods: pods.clone(),
+            }),
+            ClusterPeer::Nodes(nodes) => Some(SetKey::Nodes {
+                nodes: nodes.clone(),
+            }),
+            ClusterPeer::Network(cidr) => Some(SetKey::Block {
+                cidr: *cidr,
+                except: Vec::new(),
+            }),
+            ClusterPeer::Anything => None,
+        }
+    }
+
     /// The ipset type.
     pub fn kind(&self) -> SetKind {
         match self {
-            SetKey::Pods { .. } => SetKind::HashIp,
+            SetKey::Pods { .. } | SetKey::Nodes { .. } => SetKind::HashIp,
             SetKey::Block { .. } => SetKind::HashNet,
             SetKey::NamedPort { .. } => SetKind::HashIpPort,
         }
@@ -87,6 +112,7 @@ impl SetKey {
                 format!("block {cidr} except {}", ex.join(","))
             }
             SetKey::NamedPort { name } => format!("port {name}"),
+            SetKey::Nodes { nodes } => format!("nodes sel={}", sel(nodes)),
         }
     }
 }
@@ -207,6 +233,9 @@ pub struct Index {
     pods_by_ns: HashMap<String, BTreeSet<String>>,
     policies: BTreeMap<PodKey, Arc<Policy>>,
     policies_by_ns: HashMap<String, BTreeSet<String>>,
+    /// ClusterNetworkPolicies by name.
+    cluster: BTreeMap<String, Arc<ClusterPolicy>>,
+    nodes: BTreeMap<String, Node>,
     /// The endpoint in force per host interface: the newest attachment.
     endpoints: BTreeMap<String, Endpoint>,
     /// Older attachments of an interface a newer sandbox of the same pod
@@ -228,6 +257,11 @@ pub struct Index {
 pub struct Selection {
     pub ingress: Vec<Arc<Policy>>,
     pub egress: Vec<Arc<Policy>>,
+    /// Cluster policies of the Admin tier with rules in each direction
+    /// (indexed by [`Direction::index`]), in evaluation order.
+    pub admin: [Vec<Arc<ClusterPolicy>>; 2],
+    /// The same for the Baseline tier.
+    pub baseline: [Vec<Arc<ClusterPolicy>>; 2],
 }
 
 impl Selection {
@@ -236,6 +270,18 @@ impl Selection {
             Direction::Ingress => &self.ingress,
             Direction::Egress => &self.egress,
         }
+    }
+
+    pub fn tier(&self, tier: Tier, dir: Direction) -> &[Arc<ClusterPolicy>] {
+        match tier {
+            Tier::Admin => &self.admin[dir.index()],
+            Tier::Baseline => &self.baseline[dir.index()],
+        }
+    }
+
+    /// True when no policy of any tier selects the endpoint in `dir`.
+    pub fn open(&self, dir: Direction) -> bool {
+        self.get(dir).is_empty() && Tier::BOTH.iter().all(|t| self.tier(*t, dir).is_empty())
     }
 }
 
@@ -271,6 +317,8 @@ impl Index {
             for p in &members {
                 self.assert(p);
             }
+            // Cluster policies select their subjects by namespace labels.
+            self.sets_stale |= !self.cluster.is_empty();
         }
         self.touch();
     }
@@ -287,6 +335,7 @@ impl Index {
         for p in &members {
             self.assert(p);
         }
+        self.sets_stale |= !self.cluster.is_empty();
         self.touch();
     }
 
@@ -561,6 +610,7 @@ impl Index {
         if !pod.selectable() {
             return out;
         }
+        self.select_cluster(pod, &mut out);
         let Some(names) = self.policies_by_ns.get(&ep.pod.namespace) else {
             return out;
         };
@@ -622,11 +672,14 @@ impl Index {
             return;
         }
         self.sets_stale = false;
-        let wanted: BTreeSet<SetKey> = self
+        let mut wanted: BTreeSet<SetKey> = self
             .active_policies()
             .values()
             .flat_map(|p| Index::sets_of(p))
             .collect();
+        for p in self.active_cluster_policies().values() {
+            wanted.extend(Index::sets_of_cluster(p));
+        }
         self.sets.retain(|k, _| wanted.contains(k));
         for key in wanted {
             if !self.sets.contains_key(&key) {
@@ -682,6 +735,7 @@ impl Index {
                     }
                 }
             }
+            SetKey::Nodes { nodes } => data = self.fill_nodes(nodes),
             SetKey::NamedPort { .. } => {
                 for pk in self.pods.keys() {
                     for m in self.contribution(key, pk) {
@@ -702,7 +756,7 @@ impl Index {
             return Vec::new();
         }
         match key {
-            SetKey::Block { .. } => Vec::new(),
+            SetKey::Block { .. } | SetKey::Nodes { .. } => Vec::new(),
             SetKey::Pods { scope, pods } => {
                 let ns_ok = match scope {
                     NsScope::Own(ns) => *ns == pk.namespace,

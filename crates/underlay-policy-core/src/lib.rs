@@ -2,6 +2,8 @@
 //! nothing that acts.
 //!
 //! - [`model`]: the domain (pods, namespaces, policies, endpoints, selectors).
+//! - [`cluster`]: ClusterNetworkPolicy's tiers, rules and the Nodes its
+//!   peers select.
 //! - [`index`]: the synchronous state machine fed with all of the above,
 //!   keeping peer-set membership up to date incrementally.
 //! - [`compile`]: the index into desired chains and sets.
@@ -14,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod compile;
 pub mod eval;
 pub mod index;

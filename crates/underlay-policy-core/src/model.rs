@@ -402,6 +402,14 @@ pub enum Direction {
 
 impl Direction {
     pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    /// 0 for ingress, 1 for egress: the index of per-direction arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        }
+    }
 }
 
 /// A NetworkPolicy.

@@ -1,9 +1,9 @@
-//! Kubernetes NetworkPolicy (networking.k8s.io/v1) for the pods of one
-//! node, enforced in the filter table with iptables and ipsets, for both
-//! IP families.
+//! Kubernetes NetworkPolicy (networking.k8s.io/v1) and ClusterNetworkPolicy
+//! (policy.networking.k8s.io/v1alpha2) for the pods of one node, enforced
+//! in the filter table with iptables and ipsets, for both IP families.
 //!
 //! The decisions live in `underlay-policy-core` (re-exported here as
-//! [`model`], [`index`], [`compile`] and [`eval`]), which does no I/O; this
+//! [`model`], [`cluster`], [`index`], [`compile`] and [`eval`]), which does no I/O; this
 //! crate is everything around them:
 //! - [`convert`]: Kubernetes API objects into the domain, with validation.
 //! - [`dataplane`]: the side-effect boundary (real tools, recording fake).
@@ -29,7 +29,7 @@ pub mod nl;
 pub mod rtnl;
 pub mod tool;
 
-pub use underlay_policy_core::{compile, eval, index, model};
+pub use underlay_policy_core::{cluster, compile, eval, index, model};
 
 pub use args::PolicyArgs;
 pub use compile::Config;

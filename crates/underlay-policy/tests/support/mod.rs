@@ -4,6 +4,7 @@
 //! NetworkPolicy API reference.
 #![allow(dead_code)]
 
+pub mod cluster_scenarios;
 pub mod interp;
 pub mod lab;
 pub mod scenarios;

@@ -3,6 +3,7 @@
 
 use super::{Pid, Probe, namespace};
 use serde_json::json;
+use underlay_policy::cluster::{ClusterPolicy, Node};
 use underlay_policy::index::Index;
 use underlay_policy::model::{
     Expression, Family, Peer, Policy, PolicyTypes, PortMatch, Protocol, Rule, Selector,
@@ -12,6 +13,11 @@ pub type Expect = Box<dyn Fn(&Probe) -> bool + Send + Sync>;
 
 pub enum Op {
     Apply(Policy),
+    /// A ClusterNetworkPolicy, created or replaced.
+    Cluster(ClusterPolicy),
+    DeleteCluster(&'static str),
+    /// A Node, created or replaced.
+    NodeUpdate(Node),
     /// A policy as JSON, through the same conversion the watcher uses.
     Json(serde_json::Value),
     Delete(&'static str, &'static str),
@@ -42,6 +48,8 @@ pub fn reset(idx: &mut Index) {
     for key in idx.policy_keys() {
         idx.delete_policy(&key);
     }
+    idx.replace_cluster_policies(Vec::new());
+    idx.replace_nodes(Vec::new());
     for i in 0..3 {
         idx.apply_namespace(namespace(i));
     }
@@ -57,6 +65,9 @@ pub fn apply(idx: &mut Index, op: &Op) {
             let np = serde_json::from_value(v.clone()).expect("policy json");
             idx.apply_policy(underlay_policy::convert::policy(&np).expect("valid policy"));
         }
+        Op::Cluster(p) => idx.apply_cluster_policy(p.clone()),
+        Op::DeleteCluster(name) => idx.delete_cluster_policy(name),
+        Op::NodeUpdate(n) => idx.apply_node(n.clone()),
         Op::Delete(ns, name) => idx.delete_policy(&underlay_policy::model::PodKey::new(*ns, *name)),
         Op::Relabel(who, label) => {
             let p = pid(who);
@@ -108,7 +119,7 @@ fn ns_is(name: &str) -> Selector {
     sel("ns", name)
 }
 
-fn ingress(ns: &str, name: &str, target: Selector, rules: Vec<Rule>) -> Policy {
+pub fn ingress_policy(ns: &str, name: &str, target: Selector, rules: Vec<Rule>) -> Policy {
     let mut p = Policy::new(ns, name, target);
     p.ingress = rules;
     p
@@ -133,7 +144,7 @@ fn both(ns: &str, name: &str, target: Selector) -> Policy {
     p
 }
 
-fn e(f: impl Fn(&Probe) -> bool + Send + Sync + 'static) -> Expect {
+pub fn e(f: impl Fn(&Probe) -> bool + Send + Sync + 'static) -> Expect {
     Box::new(f)
 }
 
@@ -157,7 +168,7 @@ fn cidr(who: &str, fam: Family) -> String {
     }
 }
 
-fn sc(name: &'static str, ops: Vec<Op>, expect: Expect) -> Scenario {
+pub fn sc(name: &'static str, ops: Vec<Op>, expect: Expect) -> Scenario {
     Scenario {
         name,
         chained: false,
@@ -166,7 +177,7 @@ fn sc(name: &'static str, ops: Vec<Op>, expect: Expect) -> Scenario {
     }
 }
 
-fn then(name: &'static str, ops: Vec<Op>, expect: Expect) -> Scenario {
+pub fn then(name: &'static str, ops: Vec<Op>, expect: Expect) -> Scenario {
     Scenario {
         name,
         chained: true,
@@ -185,7 +196,7 @@ pub fn all() -> Vec<Scenario> {
         sc("no policy: every pod is open", vec![], e(|_| true)),
         sc(
             "an empty ingress policy isolates every pod of its namespace",
-            vec![Apply(ingress("x", "deny", Selector::everything(), vec![]))],
+            vec![Apply(ingress_policy("x", "deny", Selector::everything(), vec![]))],
             e(|p| !p.dst.is("x/*")),
         ),
         sc(
@@ -201,8 +212,8 @@ pub fn all() -> Vec<Scenario> {
         sc(
             "an allow-all ingress rule beside a deny-all policy allows (union)",
             vec![
-                Apply(ingress("x", "deny", Selector::everything(), vec![])),
-                Apply(ingress(
+                Apply(ingress_policy("x", "deny", Selector::everything(), vec![])),
+                Apply(ingress_policy(
                     "x",
                     "allow",
                     Selector::everything(),
@@ -223,7 +234,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "podSelector peer: pods of the policy's namespace only",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -233,7 +244,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "namespaceSelector peer: every pod of the selected namespaces",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -243,7 +254,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "namespaceSelector and podSelector in one peer are ANDed",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -253,7 +264,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "two peers are ORed",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -266,7 +277,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "empty namespaceSelector with a podSelector: those pods in every namespace",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -279,7 +290,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "empty namespaceSelector alone: every pod of every namespace",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 Selector::everything(),
@@ -289,7 +300,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "empty podSelector peer: every pod of the policy's namespace",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -299,7 +310,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "matchExpressions In",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 Selector::everything(),
@@ -313,7 +324,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "matchExpressions NotIn",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 Selector::everything(),
@@ -326,7 +337,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "matchExpressions Exists on namespace labels",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -338,7 +349,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "matchExpressions DoesNotExist on namespace labels",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -350,7 +361,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "numeric port: TCP 80 only",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -360,7 +371,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "numeric port: UDP 81 only",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -370,7 +381,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "numeric port: SCTP 80 only",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -398,7 +409,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "endPort range 80-81 TCP",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -408,7 +419,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "endPort range 81-90 SCTP",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -418,7 +429,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "named port resolves from the target's container ports",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -430,7 +441,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "one named port, different numbers on different target pods",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 Selector::everything(),
@@ -440,7 +451,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "named port of another protocol matches nothing",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -497,7 +508,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "ipBlock with except (IPv4): other families match nothing",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -510,7 +521,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "ipBlock with except (IPv6)",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -531,13 +542,13 @@ pub fn all() -> Vec<Scenario> {
         sc(
             "two policies selecting one pod: their rules are ORed",
             vec![
-                Apply(ingress(
+                Apply(ingress_policy(
                     "x",
                     "p1",
                     pod_is("a"),
                     vec![Rule::from(vec![Peer::namespaces(ns_is("y"))])],
                 )),
-                Apply(ingress(
+                Apply(ingress_policy(
                     "x",
                     "p2",
                     pod_is("a"),
@@ -549,8 +560,8 @@ pub fn all() -> Vec<Scenario> {
         sc(
             "policies apply only in their own namespace",
             vec![
-                Apply(ingress("x", "deny", pod_is("a"), vec![])),
-                Apply(ingress("y", "deny", pod_is("a"), vec![])),
+                Apply(ingress_policy("x", "deny", pod_is("a"), vec![])),
+                Apply(ingress_policy("y", "deny", pod_is("a"), vec![])),
             ],
             e(|p| !p.dst.is("x/a") && !p.dst.is("y/a")),
         ),
@@ -581,7 +592,7 @@ pub fn all() -> Vec<Scenario> {
                     pod_is("a"),
                     vec![Rule::from(vec![Peer::pods(pod_is("b"))])],
                 )),
-                Apply(ingress(
+                Apply(ingress_policy(
                     "x",
                     "in",
                     pod_is("b"),
@@ -609,13 +620,13 @@ pub fn all() -> Vec<Scenario> {
             "logging denied packets does not change what is denied",
             vec![
                 NsLog(0, true),
-                Apply(ingress("x", "deny", Selector::everything(), vec![])),
+                Apply(ingress_policy("x", "deny", Selector::everything(), vec![])),
             ],
             e(|p| !p.dst.is("x/*")),
         ),
         sc(
             "a rule with only ports and a rule with only peers",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -632,8 +643,8 @@ pub fn all() -> Vec<Scenario> {
                 .into_iter()
                 .flat_map(|ns| {
                     [
-                        Apply(ingress(ns, "deny", Selector::everything(), vec![])),
-                        Apply(ingress(
+                        Apply(ingress_policy(ns, "deny", Selector::everything(), vec![])),
+                        Apply(ingress_policy(
                             ns,
                             "same-ns",
                             Selector::everything(),
@@ -647,7 +658,7 @@ pub fn all() -> Vec<Scenario> {
         // Updates and deletes: each step continues from the one before.
         sc(
             "updates 1: x/a ingress from pods b",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -657,7 +668,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         then(
             "updates 2: the policy's peer changes to pods c",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -687,7 +698,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         sc(
             "namespaces 1: x/a ingress from team blue",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("a"),
@@ -707,7 +718,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         then(
             "namespaces 4: the policy now selects pod b instead",
-            vec![Apply(ingress(
+            vec![Apply(ingress_policy(
                 "x",
                 "p",
                 pod_is("b"),
@@ -721,4 +732,7 @@ pub fn all() -> Vec<Scenario> {
             e(|_| true),
         ),
     ]
+    .into_iter()
+    .chain(super::cluster_scenarios::all())
+    .collect()
 }
