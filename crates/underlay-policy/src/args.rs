@@ -26,8 +26,9 @@ pub struct PolicyArgs {
     /// Host-side interface prefix of pod veths (the CNI plugin's).
     #[arg(long, env = "UNDERLAY_POLICY_INTERFACE_PREFIX", default_value = "udl")]
     pub policy_interface_prefix: String,
-    /// Packet mark bit used while evaluating policy (cleared afterwards);
-    /// pick one no other component on the node uses.
+    /// Packet mark bit used while evaluating policy, with the bit above it
+    /// (together they hold a cluster policy's verdict; both are cleared
+    /// afterwards); pick bits no other component on the node uses.
     #[arg(long, env = "UNDERLAY_POLICY_MARK", default_value = "0x100000", value_parser = parse_mark)]
     pub policy_mark: u32,
     /// iptables command prefix: `iptables` (the system's choice),
@@ -52,6 +53,11 @@ fn parse_mark(s: &str) -> Result<u32, String> {
     .map_err(|_| format!("{s:?} is not a number; write a single bit such as 0x100000"))?;
     if v.count_ones() != 1 {
         return Err(format!("{s:?} must be a single bit, such as 0x100000"));
+    }
+    if v == 0x8000_0000 {
+        return Err(format!(
+            "{s:?} is the top bit; policy also uses the bit above the one given, so pick a lower one such as 0x100000"
+        ));
     }
     Ok(v)
 }
@@ -121,6 +127,7 @@ mod tests {
         assert_eq!(c.dataplane().timeout, Duration::from_secs(60));
         assert_eq!(c.policy_mark, 4);
         assert!(Cli::try_parse_from(["x", "--policy-mark", "0x3"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--policy-mark", "0x80000000"]).is_err());
         assert!(Cli::try_parse_from(["x", "--policy-mark", "zz"]).is_err());
     }
 }

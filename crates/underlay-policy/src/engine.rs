@@ -515,9 +515,12 @@ impl<D: Dataplane> Engine<D> {
         let mut still_owned = |m: &Member| match m {
             _ if !cleanup => true,
             Member::Net { .. } => true,
-            Member::Ip(ip) | Member::IpPort(ip, ..) => owners
-                .get_or_insert_with(|| self.index.ip_owners())
-                .contains_key(ip),
+            Member::Ip(ip) | Member::IpPort(ip, ..) => {
+                owners
+                    .get_or_insert_with(|| self.index.ip_owners())
+                    .contains_key(ip)
+                    || self.index.nodes().any(|n| n.ips.contains(ip))
+            }
         };
         for (name, want) in &desired.sets {
             match programmed.sets.get(name) {

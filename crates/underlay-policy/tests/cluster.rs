@@ -1,0 +1,212 @@
+//! ClusterNetworkPolicy in the engine, without root: what a change writes
+//! (only the changed policy's chain), the sets it shares with
+//! NetworkPolicy, Nodes feeding `nodes` peers, conntrack cleanup of
+//! connections a cluster policy newly denies, and deny logging of the
+//! tiers' drops. The truth tables themselves run with every other scenario
+//! (`support::cluster_scenarios`).
+
+mod support;
+
+use support::interp::{Packet, Tables, Verdict};
+use support::{Pid, load_world};
+use underlay_policy::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterRule, Node, Tier};
+use underlay_policy::compile::endpoint_chain;
+use underlay_policy::dataplane::{Call, FakeDataplane};
+use underlay_policy::eval::Flow;
+use underlay_policy::metrics::Metrics;
+use underlay_policy::model::{Direction, Family, Peer, Policy, Protocol, Rule, Selector};
+use underlay_policy::{Config, Engine};
+
+fn world_engine(fake: &FakeDataplane, config: Config) -> Engine<FakeDataplane> {
+    let mut e = Engine::new(fake.clone(), config, Metrics::default());
+    e.change(load_world);
+    e
+}
+
+fn ns(name: &str) -> Selector {
+    Selector::labels([("ns", name)])
+}
+
+fn deny_from(name: &str, subject: &str, from: &str) -> ClusterPolicy {
+    let mut p = ClusterPolicy::new(name, Tier::Admin, 10, ns(subject));
+    p.ingress = vec![ClusterRule::new(
+        Action::Deny,
+        vec![ClusterPeer::Pods {
+            namespaces: ns(from),
+            pods: Selector::everything(),
+        }],
+    )];
+    p
+}
+
+/// The chains the last `iptables-restore` of IPv4 wrote.
+fn chains_written(fake: &FakeDataplane) -> Vec<String> {
+    let st = fake.state();
+    let Some(script) = st.calls.iter().rev().find_map(|c| match c {
+        Call::RestoreFilter(Family::V4, s) => Some(s.clone()),
+        _ => None,
+    }) else {
+        return Vec::new();
+    };
+    let mut chains: Vec<String> = script
+        .lines()
+        .filter_map(|l| l.strip_prefix("-A "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    chains.dedup();
+    chains
+}
+
+#[test]
+fn a_cluster_policy_change_rewrites_only_its_own_chain() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake, Config::default());
+    engine.change(|idx| {
+        idx.apply_cluster_policy(deny_from("one", "x", "y"));
+        idx.apply_cluster_policy(deny_from("two", "y", "z"));
+    });
+    engine.sync().unwrap();
+    // "one" now denies from z instead of y: the same endpoints, the same
+    // chains jump to it; only its own chain's rules (and no endpoint's)
+    // change. Its set is a new one (pods of z), which "two" already uses.
+    engine.change(|idx| idx.apply_cluster_policy(deny_from("one", "x", "z")));
+    let report = engine.sync().unwrap();
+    let written = chains_written(&fake);
+    assert_eq!(written.len(), 1, "{written:?} {report:?}");
+    assert!(written[0].starts_with("UDL-CI-"), "{written:?}");
+    assert_eq!(report.sets_created, 0, "the set of z's pods is shared: {report:?}");
+}
+
+#[test]
+fn cluster_policies_share_peer_sets_with_network_policies() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake, Config::default());
+    let mut np = Policy::new("x", "from-y", Selector::everything());
+    np.ingress = vec![Rule::from(vec![Peer::both(ns("y"), Selector::everything())])];
+    engine.change(|idx| {
+        idx.apply_policy(np);
+        idx.apply_cluster_policy(deny_from("cnp", "z", "y"));
+    });
+    engine.sync().unwrap();
+    // One set per family for "pods of namespaces labelled ns=y".
+    let st = fake.state();
+    let pods_of_y: Vec<&String> = st
+        .sets
+        .iter()
+        .filter(|(_, s)| s.members.contains(&Pid { ns: 1, pod: 0 }.ip(Family::V4).to_string()))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(pods_of_y.len(), 1, "{pods_of_y:?}");
+}
+
+#[test]
+fn a_node_changing_address_changes_only_the_nodes_set() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake, Config::default());
+    let mut p = ClusterPolicy::new("no-infra", Tier::Admin, 10, ns("x"));
+    p.egress = vec![ClusterRule::new(
+        Action::Deny,
+        vec![ClusterPeer::Nodes(Selector::labels([("role", "infra")]))],
+    )];
+    engine.change(|idx| {
+        idx.apply_node(Node::new("n1").label("role", "infra").ip("10.0.0.4"));
+        idx.apply_node(Node::new("n2").label("role", "web").ip("10.0.0.5"));
+        idx.apply_cluster_policy(p);
+    });
+    engine.sync().unwrap();
+    let has = |ip: &str| fake.state().sets.values().any(|s| s.members.contains(ip));
+    assert!(has("10.0.0.4") && !has("10.0.0.5"));
+    engine.change(|idx| idx.apply_node(Node::new("n1").label("role", "infra").ip("10.0.0.14")));
+    let report = engine.sync().unwrap();
+    assert_eq!(report.chains_written, 0, "{report:?}");
+    assert!(has("10.0.0.14") && !has("10.0.0.4"));
+    engine.change(|idx| idx.delete_node("n1"));
+    engine.sync().unwrap();
+    assert!(!has("10.0.0.14"));
+}
+
+#[test]
+fn connections_a_cluster_policy_newly_denies_lose_their_conntrack_entries() {
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake, Config::default());
+    engine.sync().unwrap();
+    let flow = |src: Pid, dst: Pid| Flow {
+        protocol: Protocol::Udp.number(),
+        src: src.ip(Family::V6),
+        dst: dst.ip(Family::V6),
+        sport: 40000,
+        dport: 81,
+    };
+    let (xa, ya, za) = (Pid { ns: 0, pod: 0 }, Pid { ns: 1, pod: 0 }, Pid { ns: 2, pod: 0 });
+    fake.state().flows = vec![flow(ya, xa), flow(za, xa), flow(xa, ya)];
+    engine.change(|idx| idx.apply_cluster_policy(deny_from("deny-y", "x", "y")));
+    let report = engine.sync().unwrap();
+    assert_eq!(report.conntrack_removed, 1, "{report:?}");
+    assert_eq!(fake.state().flows, vec![flow(za, xa), flow(xa, ya)]);
+    // A Baseline Deny under a NetworkPolicy that allows changes nothing.
+    let mut np = Policy::new("x", "allow-all", Selector::everything());
+    np.ingress = vec![Rule::allow_all()];
+    let mut base = ClusterPolicy::new("base", Tier::Baseline, 1, ns("x"));
+    base.ingress = vec![ClusterRule::new(Action::Deny, vec![ClusterPeer::Anything])];
+    engine.change(|idx| {
+        idx.apply_policy(np);
+        idx.apply_cluster_policy(base);
+    });
+    let report = engine.sync().unwrap();
+    assert_eq!(report.conntrack_removed, 0, "{report:?}");
+    // Without the NetworkPolicy the Baseline Deny cuts z -> x.
+    engine.change(|idx| idx.delete_policy(&underlay_policy::model::PodKey::new("x", "allow-all")));
+    let report = engine.sync().unwrap();
+    assert_eq!(report.conntrack_removed, 1, "{report:?}");
+    assert_eq!(fake.state().flows, vec![flow(xa, ya)]);
+}
+
+#[test]
+fn drops_of_both_tiers_are_logged_when_the_namespace_asks() {
+    let fake = FakeDataplane::new();
+    let config = Config {
+        nflog_group: 7,
+        ..Config::default()
+    };
+    let mut engine = world_engine(&fake, config);
+    let mut base = ClusterPolicy::new("base", Tier::Baseline, 1, ns("x"));
+    base.ingress = vec![ClusterRule::new(Action::Deny, vec![ClusterPeer::Anything])];
+    engine.change(|idx| {
+        let mut x = idx.namespace("x").unwrap().clone();
+        x.log_denied = true;
+        idx.apply_namespace(x);
+        idx.apply_cluster_policy(deny_from("admin", "x", "y"));
+        idx.apply_cluster_policy(base);
+    });
+    engine.sync().unwrap();
+    let st = fake.state();
+    let chain = st.tables[0]
+        .get(&endpoint_chain("udlxa", Direction::Ingress))
+        .cloned()
+        .unwrap();
+    let logs = chain.iter().filter(|r| r.contains("NFLOG --nflog-group 7")).count();
+    assert_eq!(logs, 2, "one log rule per tier's deny: {chain:?}");
+    // Every logged packet is one the next rule drops.
+    for (i, r) in chain.iter().enumerate().filter(|(_, r)| r.contains("NFLOG")) {
+        let next = &chain[i + 1];
+        assert!(next.ends_with("-j DROP"), "{r} then {next}");
+        assert_eq!(r.split(" -m limit").next(), next.split(" -j DROP").next());
+    }
+    // And a packet from y to x/a is dropped by the Admin tier.
+    let tables = Tables {
+        chains: &st.tables[0],
+        sets: &st.sets,
+    };
+    let (ya, xa) = (Pid { ns: 1, pod: 0 }, Pid { ns: 0, pod: 0 });
+    let mut pkt = Packet {
+        iif: Some(ya.interface()),
+        oif: Some(xa.interface()),
+        src: ya.ip(Family::V4),
+        dst: xa.ip(Family::V4),
+        protocol: Protocol::Tcp,
+        dport: 80,
+        mark: 0,
+    };
+    assert_eq!(tables.run("FORWARD", &mut pkt, 0), Some(Verdict::Drop));
+}
