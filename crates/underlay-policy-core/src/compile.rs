@@ -8,13 +8,23 @@
 //! - `UDL-FROM-POD` / `UDL-TO-POD`: dispatch by host interface to the
 //!   endpoint's egress / ingress chain; any other pod interface is dropped.
 //! - `UDL-E-<if>` / `UDL-I-<if>`: per endpoint. Empty when no policy of
-//!   that direction selects the pod (open); otherwise a jump to each
-//!   selecting policy's chain, returning as soon as one allowed, then drop.
-//!   A drop alone while the endpoint's Pod object is unknown.
-//! - `UDL-PI-<h>` / `UDL-PE-<h>`: per policy, shared by every endpoint it
-//!   selects. Allowed packets get the policy mark bit; the endpoint chain
-//!   tests it. The bit is cleared again in `UDL-ALLOW` so other
-//!   components never see it.
+//!   any tier selects the pod in that direction (open); otherwise the
+//!   tiers in order: the Admin tier's cluster policy chains, then, when a
+//!   NetworkPolicy selects the pod, a jump to each selecting policy's
+//!   chain, returning as soon as one allowed, then drop; else the Baseline
+//!   tier's chains. A drop alone while the endpoint's Pod object is
+//!   unknown.
+//! - `UDL-PI-<h>` / `UDL-PE-<h>`: per NetworkPolicy, shared by every
+//!   endpoint it selects. Allowed packets get the accept verdict; the
+//!   endpoint chain tests it.
+//! - `UDL-CI-<h>` / `UDL-CE-<h>`: per ClusterNetworkPolicy, shared the
+//!   same way. Each rule sets its action's verdict only while none is set,
+//!   so the first matching rule decides.
+//!
+//! The verdict lives in two bits of the packet mark (the configured bit
+//! and the one above: accept, deny, pass); `UDL-ALLOW` and every other way
+//! out of an endpoint chain but a drop clear them, so other components
+//! never see them.
 //!
 //! Peers are ipsets; named ports are `hash:ip,port` sets of (pod IP,
 //! protocol, port) so one shared rule resolves the name per pod.

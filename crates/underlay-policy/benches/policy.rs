@@ -1,8 +1,10 @@
 //! `cargo xtask bench policy`: the engine on a node with 100 local pods in
-//! a cluster of 10,000 pods, 1,000 namespaces and 2,000 policies, against
+//! a cluster of 10,000 pods, 1,000 namespaces, 2,000 NetworkPolicies and
+//! 100 ClusterNetworkPolicies (half Admin, half Baseline; 100 Nodes), against
 //! the real iptables/ipset tools in a network namespace this benchmark
 //! creates. Reports time to first full programming and the p50/p99 of one
-//! policy change, one pod label change and one new pod, each as a ratio to
+//! policy change, one cluster policy change, one pod label change and one
+//! new pod, each as a ratio to
 //! the floor: restoring the same full ruleset from scratch into an empty
 //! namespace, measured in the same run. The engine runs as the agent ships
 //! it, conntrack cleanup of newly denied connections on; a second,
@@ -13,12 +15,15 @@
 //! `conntrack -R` batch (the reference) and one `conntrack -D` process per
 //! entry, in the same run.
 //!
-//! Flags: `--pods N --namespaces N --policies N --local N --iterations N
-//! --conntrack N`.
+//! Flags: `--pods N --namespaces N --policies N --cluster-policies N
+//! --local N --iterations N --conntrack N`.
 #![allow(clippy::print_stdout)]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
+use underlay_policy::cluster::{
+    Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Node, Tier,
+};
 use underlay_policy::dataplane::{Call, Dataplane, FakeDataplane};
 use underlay_policy::eval::Flow;
 use underlay_policy::index::Index;
@@ -33,6 +38,7 @@ struct Scale {
     pods: usize,
     namespaces: usize,
     policies: usize,
+    cluster_policies: usize,
     local: usize,
     iterations: usize,
     conntrack: usize,
@@ -43,6 +49,7 @@ fn parse_args() -> Scale {
         pods: 10_000,
         namespaces: 1_000,
         policies: 2_000,
+        cluster_policies: 100,
         local: 100,
         iterations: 50,
         conntrack: 200,
@@ -55,6 +62,7 @@ fn parse_args() -> Scale {
             "--pods" => Some(&mut s.pods),
             "--namespaces" => Some(&mut s.namespaces),
             "--policies" => Some(&mut s.policies),
+            "--cluster-policies" => Some(&mut s.cluster_policies),
             "--local" => Some(&mut s.local),
             "--iterations" => Some(&mut s.iterations),
             "--conntrack" => Some(&mut s.conntrack),
@@ -149,7 +157,63 @@ fn policy(k: usize, scale: &Scale) -> Policy {
     p
 }
 
+/// The cluster administrator's guardrails, alternating tiers, each for the
+/// namespaces of one team: the Admin tier denies SSH from other teams,
+/// passes frontends on and denies the metadata address and the
+/// infrastructure nodes; the Baseline tier admits its own team on named and
+/// ranged ports and denies the rest.
+fn cluster_policy(k: usize, version: u16) -> ClusterPolicy {
+    let team = |t: usize| Selector::labels([("team", &format!("t{}", t % 20))]);
+    let pods = |ns: Selector, tier: &str| ClusterPeer::Pods {
+        namespaces: ns,
+        pods: Selector::labels([("tier", tier)]),
+    };
+    let tier = if k % 2 == 0 { Tier::Admin } else { Tier::Baseline };
+    let mut p = ClusterPolicy::new(&format!("guard-{k}"), tier, (k % 1000) as u16, team(k));
+    let port = |n: u16| ClusterPort::Port(PortMatch::tcp(n));
+    if tier == Tier::Admin {
+        p.ingress = vec![
+            ClusterRule::new(Action::Deny, vec![ClusterPeer::Pods {
+                namespaces: team(k + 1),
+                pods: Selector::everything(),
+            }])
+            .ports(vec![port(22 + version)]),
+            ClusterRule::new(Action::Pass, vec![pods(Selector::everything(), "frontend")]),
+        ];
+        p.egress = vec![ClusterRule::new(
+            Action::Deny,
+            vec![
+                ClusterPeer::Network("169.254.169.254/32".parse().unwrap()),
+                ClusterPeer::Nodes(Selector::labels([("role", "infra")])),
+            ],
+        )];
+    } else {
+        p.ingress = vec![
+            ClusterRule::new(Action::Accept, vec![pods(team(k), "backend")]).ports(vec![
+                ClusterPort::Named("http".into()),
+                ClusterPort::Port(PortMatch::range(Protocol::Tcp, 9000, 9100 + version)),
+            ]),
+            ClusterRule::new(Action::Deny, vec![ClusterPeer::Pods {
+                namespaces: Selector::everything(),
+                pods: Selector::everything(),
+            }]),
+        ];
+    }
+    p
+}
+
 fn build(index: &mut Index, scale: &Scale) {
+    for n in 0..100 {
+        let role = if n % 10 == 0 { "infra" } else { "worker" };
+        index.apply_node(
+            Node::new(&format!("node-{n}"))
+                .label("role", role)
+                .ip(&format!("10.240.{}.{}", n / 250, n % 250 + 4)),
+        );
+    }
+    for k in 0..scale.cluster_policies {
+        index.apply_cluster_policy(cluster_policy(k, 0));
+    }
     for n in 0..scale.namespaces {
         index.apply_namespace(Namespace::new(&ns_name(n)).label("team", &format!("t{}", n % 20)));
     }
@@ -202,8 +266,13 @@ fn main() {
         std::process::exit(2);
     }
     println!(
-        "policy bench: {} pods, {} namespaces, {} policies, {} local pods, {} iterations",
-        scale.pods, scale.namespaces, scale.policies, scale.local, scale.iterations
+        "policy bench: {} pods, {} namespaces, {} policies, {} cluster policies, {} local pods, {} iterations",
+        scale.pods,
+        scale.namespaces,
+        scale.policies,
+        scale.cluster_policies,
+        scale.local,
+        scale.iterations
     );
 
     // The full ruleset, captured by the recording fake.
@@ -269,6 +338,20 @@ fn main() {
         assert!(r.chains_written >= 1);
     }
 
+    let mut cluster_change = Vec::new();
+    for n in 0..scale.iterations.min(scale.cluster_policies * 1000) {
+        if scale.cluster_policies == 0 {
+            break;
+        }
+        // An Admin policy of a team with local pods changes a port.
+        let p = cluster_policy(0, 1 + n as u16);
+        let t = Instant::now();
+        engine.change(|i| i.apply_cluster_policy(p));
+        let r = engine.sync().expect("cluster policy change");
+        cluster_change.push(t.elapsed());
+        assert!(r.chains_written >= 1);
+    }
+
     let mut label_change = Vec::new();
     for n in 0..scale.iterations {
         // A remote pod of a team-selected namespace flips frontend/backend.
@@ -318,11 +401,12 @@ fn main() {
         ms(index_time)
     );
     println!(
-        "ruleset: {} rules (both families), {} ipset members, {} restore scripts, {} policies and {} endpoints active",
+        "ruleset: {} rules (both families), {} ipset members, {} restore scripts, {} policies, {} cluster policies and {} endpoints active",
         status.rules,
         status.ipset_members,
         scripts.len(),
         status.policies,
+        status.cluster_policies,
         status.endpoints
     );
     println!(
@@ -351,6 +435,7 @@ fn main() {
     );
     for (name, v) in [
         ("one policy change", &mut policy_change),
+        ("one cluster policy change", &mut cluster_change),
         ("one pod label change", &mut label_change),
         ("one new local pod", &mut new_pod),
         (
@@ -358,6 +443,9 @@ fn main() {
             &mut without_conntrack,
         ),
     ] {
+        if v.is_empty() {
+            continue;
+        }
         let p50 = percentile(v, 0.5);
         let p99 = percentile(v, 0.99);
         println!(

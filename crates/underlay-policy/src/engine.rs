@@ -143,6 +143,7 @@ impl SyncReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
     pub policies: u64,
+    pub cluster_policies: u64,
     pub endpoints: u64,
     pub rules: u64,
     pub ipset_members: u64,
@@ -443,10 +444,14 @@ impl<D: Dataplane> Engine<D> {
         let rules = desired.rule_count() as u64;
         let members = desired.member_count() as u64;
         self.metrics.policies.set(desired.policies as i64);
+        self.metrics
+            .cluster_policies
+            .set(desired.cluster_policies as i64);
         self.metrics.endpoints.set(desired.endpoints as i64);
         self.metrics.rules.set(rules as i64);
         self.metrics.ipset_members.set(members as i64);
         self.status.policies = desired.policies as u64;
+        self.status.cluster_policies = desired.cluster_policies as u64;
         self.status.endpoints = desired.endpoints as u64;
         self.status.rules = rules;
         self.status.ipset_members = members;

@@ -16,6 +16,7 @@ pub struct ToolLabel {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub policies: Gauge,
+    pub cluster_policies: Gauge,
     pub endpoints: Gauge,
     pub rules: Gauge,
     pub ipset_members: Gauge,
@@ -35,6 +36,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let m = Metrics {
             policies: Gauge::default(),
+            cluster_policies: Gauge::default(),
             endpoints: Gauge::default(),
             rules: Gauge::default(),
             ipset_members: Gauge::default(),
@@ -62,6 +64,11 @@ impl Metrics {
             "policies",
             "NetworkPolicies that select a local pod",
             self.policies.clone(),
+        );
+        r.register(
+            "cluster_policies",
+            "ClusterNetworkPolicies that select a local pod",
+            self.cluster_policies.clone(),
         );
         r.register(
             "endpoints",
@@ -124,6 +131,7 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
             "underlay_policy_policies 0",
+            "underlay_policy_cluster_policies 0",
             "underlay_policy_endpoints 0",
             "underlay_policy_rules 0",
             "underlay_policy_ipset_members 0",
