@@ -148,6 +148,12 @@ const STEPS: &[DemoStep] = &[
         run: |lab, _| Box::pin(allow_rules(lab)),
     },
     DemoStep {
+        title: "a cluster-wide guardrail (ClusterNetworkPolicy)",
+        expectation: "an Admin-tier Deny of x -> y on 80/TCP overrides y's allow; 9000/SCTP, which no guardrail names, is still y's NetworkPolicy's to allow",
+        later_steps_need_it: false,
+        run: |lab, _| Box::pin(cluster_guardrail(lab)),
+    },
+    DemoStep {
         title: "a node joins",
         expectation: "the new node gets a route, NetworkUnavailable clears, its pods are reachable",
         later_steps_need_it: false,
@@ -399,6 +405,31 @@ async fn allow_rules(lab: &Lab) -> Result<Seen> {
         ],
     )
     .await)
+}
+
+/// An Admin-tier ClusterNetworkPolicy denying x -> y on TCP 80, above y's
+/// NetworkPolicy that allows it; removed again once observed.
+async fn cluster_guardrail(lab: &Lab) -> Result<Seen> {
+    let ns = |name: &str| json!({"matchLabels": {"kubernetes.io/metadata.name": name}});
+    scenario::cluster_policy(
+        lab,
+        json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "no-web-from-x"},
+        "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": ns("y")},
+          "ingress": [{"action": "Deny", "from": [{"namespaces": ns("x")}],
+                       "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]}]}}),
+    )
+    .await?;
+    let seen = reach_all(
+        lab,
+        &[
+            ("x/a", "y/b", 80, Protocol::Tcp, false),
+            ("x/a", "y/b", 9000, Protocol::Sctp, true),
+        ],
+    )
+    .await;
+    scenario::delete_cluster_policy(lab, "no-web-from-x").await?;
+    Ok(seen)
 }
 
 /// The next node joins the lab ([`Lab::join_node`]) and a pod on it is

@@ -7,7 +7,7 @@ use crate::lab::{Lab, Result};
 use crate::traffic::{Outcome, Protocol};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -111,6 +111,35 @@ pub async fn policy(lab: &Lab, value: Value) -> Result<()> {
 /// Deletes a NetworkPolicy.
 pub async fn delete_policy(lab: &Lab, ns: &str, name: &str) -> Result<()> {
     delete_ignoring_absent(Api::<NetworkPolicy>::namespaced(lab.client(), ns), name).await
+}
+
+/// The ClusterNetworkPolicy resource, untyped (the lab needs no more).
+fn cluster_policies(lab: &Lab) -> Api<DynamicObject> {
+    let resource = ApiResource {
+        group: "policy.networking.k8s.io".into(),
+        version: "v1alpha2".into(),
+        api_version: "policy.networking.k8s.io/v1alpha2".into(),
+        kind: "ClusterNetworkPolicy".into(),
+        plural: "clusternetworkpolicies".into(),
+    };
+    Api::all_with(lab.client(), &resource)
+}
+
+/// Creates or replaces a ClusterNetworkPolicy given as JSON.
+pub async fn cluster_policy(lab: &Lab, value: Value) -> Result<()> {
+    let o: DynamicObject = from_json(value)?;
+    let api = cluster_policies(lab);
+    let name = o.metadata.name.clone().unwrap_or_default();
+    if api.get_opt(&name).await?.is_some() {
+        api.delete(&name, &DeleteParams::default()).await?;
+    }
+    api.create(&PostParams::default(), &o).await?;
+    Ok(())
+}
+
+/// Deletes a ClusterNetworkPolicy.
+pub async fn delete_cluster_policy(lab: &Lab, name: &str) -> Result<()> {
+    delete_ignoring_absent(cluster_policies(lab), name).await
 }
 
 /// The first IP of a running pod of the family asked for.
