@@ -345,6 +345,35 @@ fn peers_and_ports(yb4: &str, zc6: &str) -> Vec<Scenario> {
             }),
         ),
         sc(
+            "cnp egress UDP and SCTP ports in the Baseline tier",
+            vec![baseline_out(
+                "out-udp-sctp",
+                10,
+                "y",
+                vec![rule(Deny, vec![namespaces(ns("z"))])
+                    .ports(vec![port(Protocol::Udp, 80), port(Protocol::Sctp, 81)])],
+            )],
+            e(|p| {
+                !(p.src.is("y/*")
+                    && p.dst.is("z/*")
+                    && ((p.protocol == Protocol::Udp && p.port == 80)
+                        || (p.protocol == Protocol::Sctp && p.port == 81)))
+            }),
+        ),
+        sc(
+            "cnp admin Accept on one TCP port above a NetworkPolicy deny-all",
+            vec![
+                np_in("z", "deny-all", Selector::everything(), vec![]),
+                admin_in(
+                    "web-only",
+                    10,
+                    "z",
+                    vec![rule(Accept, vec![all_pods()]).ports(vec![port(Protocol::Tcp, 81)])],
+                ),
+            ],
+            e(|p| !p.dst.is("z/*") || (p.protocol == Protocol::Tcp && p.port == 81)),
+        ),
+        sc(
             "cnp UDP port range",
             vec![admin_in(
                 "udp-range",
