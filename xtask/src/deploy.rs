@@ -17,6 +17,7 @@ pub mod rollout;
 use crate::util::root;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{ApiResource, Scope};
@@ -182,13 +183,14 @@ pub async fn delete_one(client: &Client, obj: &Value) -> Result<Outcome> {
     }
 }
 
-/// The rollout state of one workload (None for kinds without a rollout).
+/// The rollout state of one workload or CustomResourceDefinition (None for
+/// kinds without one).
 /// The object is read through discovery like everything applied, and only
 /// its metadata, spec and status are interpreted, so the same rules hold for
 /// any group serving the kind.
 pub async fn progress(client: &Client, obj: &Value) -> Result<Option<(String, rollout::Progress)>> {
     let kind = obj["kind"].as_str().unwrap_or_default();
-    if kind != "Deployment" && kind != "DaemonSet" {
+    if !["Deployment", "DaemonSet", "CustomResourceDefinition"].contains(&kind) {
         return Ok(None);
     }
     let what = render::describe(obj);
@@ -199,7 +201,15 @@ pub async fn progress(client: &Client, obj: &Value) -> Result<Option<(String, ro
         .with_context(|| format!("read {what}"))?;
     let metadata = live.metadata.clone();
     let part = |key: &str| live.data.get(key).cloned().unwrap_or(Value::Null);
-    let p = if kind == "Deployment" {
+    let p = if kind == "CustomResourceDefinition" {
+        rollout::custom_resource_definition(&CustomResourceDefinition {
+            metadata,
+            spec: serde_json::from_value(part("spec"))
+                .with_context(|| format!("{what} has a malformed spec"))?,
+            status: serde_json::from_value(part("status"))
+                .with_context(|| format!("{what} has a malformed status"))?,
+        })
+    } else if kind == "Deployment" {
         rollout::deployment(&Deployment {
             metadata,
             spec: serde_json::from_value(part("spec"))

@@ -1,8 +1,10 @@
 //! `cargo xtask deploy` against the lab's embedded API server over HTTP, with
-//! deploy/base exactly as shipped: apply, re-apply (nothing changes, not even
-//! a resourceVersion), upgrade to a new image tag (only the pod templates
+//! deploy/base exactly as shipped: apply (the ClusterNetworkPolicy CRD is
+//! established and its kind served), re-apply (nothing changes, not even a
+//! resourceVersion), upgrade to a new image tag (only the pod templates
 //! change), wait for the rollout (timing out while no controller reports
-//! progress, succeeding once one does) and delete.
+//! progress, succeeding once one does) and delete (the kind is no longer
+//! served).
 //!
 //! A cluster runs kube-controller-manager beside its API server; the lab
 //! does not, so the test plays the deployment and daemon set controllers: it
@@ -14,6 +16,7 @@ mod common;
 use common::root;
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
@@ -21,6 +24,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
+use underlay_api::cnp::ClusterNetworkPolicy;
 use underlay_lab::apiserver::{ApiServer, Config};
 
 const NAMESPACE: &str = "underlay-system";
@@ -125,6 +129,38 @@ fn spec_without_images(o: &DynamicObject) -> Value {
         }
     }
     spec
+}
+
+/// The CRD deploy/base carries is established, and a ClusterNetworkPolicy
+/// is then created and read back with every field.
+async fn cluster_network_policies_are_served(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = crds
+        .get("clusternetworkpolicies.policy.networking.k8s.io")
+        .await
+        .expect("deploy created the ClusterNetworkPolicy CRD");
+    let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True"),
+        "{conditions:?}"
+    );
+    let policy: ClusterNetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "deny-ssh"},
+        "spec": {"tier": "Admin", "priority": 3, "subject": {"namespaces": {}},
+                 "ingress": [{"name": "ssh", "action": "Deny", "from": [{"namespaces": {}}],
+                              "protocols": [{"tcp": {"destinationPort": {"number": 22}}}]}]},
+    }))
+    .unwrap();
+    let policies: Api<ClusterNetworkPolicy> = Api::all(client.clone());
+    policies
+        .create(&Default::default(), &policy)
+        .await
+        .expect("the lab accepts a ClusterNetworkPolicy once the CRD is deployed");
+    let read = policies.get("deny-ssh").await.unwrap();
+    assert_eq!(read.spec, policy.spec);
 }
 
 /// Deployment controller, as far as `/status` goes: once it has seen a
@@ -236,6 +272,7 @@ fn deploy_applies_reapplies_upgrades_waits_and_deletes() {
         1
     );
     assert_eq!(daemon_set.data["status"]["numberReady"], 0);
+    rt.block_on(cluster_network_policies_are_served(&client));
 
     // Re-apply: nothing changes, not even a resourceVersion.
     let again = outcomes(&ok(&deploy(&kubeconfig, &["--no-wait"])));
@@ -346,9 +383,26 @@ fn deploy_applies_reapplies_upgrades_waits_and_deletes() {
     let deleted = outcomes(&ok(&deploy(&kubeconfig, &["--delete"])));
     assert_eq!(deleted.len(), total);
     assert!(deleted.iter().all(|(_, o)| o == "deleted"), "{deleted:?}");
-    assert_eq!(deleted.last().unwrap().0, "Namespace underlay-system");
+    let order: Vec<&str> = deleted
+        .iter()
+        .rev()
+        .take(2)
+        .map(|(w, _)| w.as_str())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "CustomResourceDefinition clusternetworkpolicies.policy.networking.k8s.io",
+            "Namespace underlay-system"
+        ]
+    );
     let gone = rt.block_on(live(&client));
     assert!(gone.values().all(Option::is_none), "{gone:?}");
+    let policies: Api<ClusterNetworkPolicy> = Api::all(client.clone());
+    match rt.block_on(policies.list(&Default::default())) {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 404, "{status:?}"),
+        other => panic!("ClusterNetworkPolicies are still served: {other:?}"),
+    }
     let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
     let names: Vec<String> = rt
         .block_on(classes.list(&Default::default()))

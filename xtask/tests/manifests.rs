@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -65,6 +66,9 @@ fn lost(original: &Value, back: &Value, path: &str, out: &mut Vec<String>) {
             }
         }
         (a, b) if a == b => {}
+        // 65535 and 65535.0 are one number (a CRD's schema holds its bounds
+        // as floats; the manifests write whole numbers as integers).
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
         (a, b) => out.push(format!("{path}: {a} became {b}")),
     }
 }
@@ -91,6 +95,9 @@ fn typed_round_trip(obj: &Value) -> Result<Value, String> {
         ("apps/v1", "Deployment") => round_trip::<Deployment>(obj),
         ("apps/v1", "DaemonSet") => round_trip::<DaemonSet>(obj),
         ("policy/v1", "PodDisruptionBudget") => round_trip::<PodDisruptionBudget>(obj),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+            round_trip::<CustomResourceDefinition>(obj)
+        }
         (v, k) => Err(format!("no typed check for {v} {k}; add it to this test")),
     }
 }
@@ -150,8 +157,36 @@ fn the_kustomization_lists_every_manifest_file_once() {
         .collect();
     present.sort();
     assert_eq!(listed, present);
-    // Namespace first: everything else lives in it.
-    assert_eq!(k["resources"][0], "namespace.yaml");
+    // The definitions of custom resources first (objects of their kinds need
+    // them), then the namespace: everything else lives in it.
+    let kinds: Vec<Vec<String>> = k["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let text = std::fs::read_to_string(base().join(r.as_str().unwrap())).unwrap();
+            docs(&text)
+                .iter()
+                .map(|o| o["kind"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .collect();
+    let crds = kinds
+        .iter()
+        .take_while(|file| file.iter().all(|k| k == "CustomResourceDefinition"))
+        .count();
+    assert!(
+        crds >= 1,
+        "no CustomResourceDefinition file first: {kinds:?}"
+    );
+    assert!(
+        kinds[crds..]
+            .iter()
+            .flatten()
+            .all(|k| k != "CustomResourceDefinition"),
+        "a CustomResourceDefinition after other objects: {kinds:?}"
+    );
+    assert_eq!(k["resources"][crds], "namespace.yaml");
 }
 
 #[test]

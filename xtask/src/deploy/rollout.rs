@@ -1,9 +1,12 @@
 //! When a rollout is done, read from a workload's status alone (the same
 //! rules as `kubectl rollout status`): the controller has seen the current
 //! generation, every replica runs the current template, and all of them are
-//! available. Pure functions, so they are tested without an API server.
+//! available. A CustomResourceDefinition is done once it is Established (the
+//! API server serves its kind), like `kubectl wait --for=condition=Established`.
+//! Pure functions, so they are tested without an API server.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
@@ -74,6 +77,23 @@ pub fn daemon_set(ds: &DaemonSet) -> Progress {
         return Progress::Waiting(format!("{available} of {desired} pods available"));
     }
     Progress::Done(format!("{available} of {desired} nodes ready"))
+}
+
+pub fn custom_resource_definition(crd: &CustomResourceDefinition) -> Progress {
+    let conditions = crd
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let condition = |kind: &str| conditions.iter().find(|c| c.type_ == kind);
+    if let Some(c) = condition("NamesAccepted").filter(|c| c.status == "False") {
+        let why = c.message.as_deref().unwrap_or("no reason given");
+        return Progress::Waiting(format!("its names are not accepted: {why}"));
+    }
+    match condition("Established") {
+        Some(c) if c.status == "True" => Progress::Done("established".into()),
+        _ => Progress::Waiting("not established yet".into()),
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +193,42 @@ mod tests {
             let p = daemon_set(&ds(status.clone()));
             assert_eq!(p.is_done(), done, "{status}: {p:?}");
             assert!(p.message().contains(msg), "{status}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn custom_resource_definition_states() {
+        let crd = |conditions: serde_json::Value| -> CustomResourceDefinition {
+            serde_json::from_value(json!({
+                "metadata": {"name": "widgets.example.com"},
+                "spec": {"group": "example.com", "names": {"plural": "widgets", "kind": "Widget"},
+                         "scope": "Cluster", "versions": []},
+                "status": {"conditions": conditions},
+            }))
+            .unwrap()
+        };
+        let cases = [
+            (json!(null), false, "not established"),
+            (
+                json!([{"type": "Established", "status": "False"}]),
+                false,
+                "not established",
+            ),
+            (
+                json!([{"type": "NamesAccepted", "status": "False", "message": "plural in use"}]),
+                false,
+                "plural in use",
+            ),
+            (
+                json!([{"type": "NamesAccepted", "status": "True"}, {"type": "Established", "status": "True"}]),
+                true,
+                "established",
+            ),
+        ];
+        for (conditions, done, msg) in cases {
+            let p = custom_resource_definition(&crd(conditions.clone()));
+            assert_eq!(p.is_done(), done, "{conditions}: {p:?}");
+            assert!(p.message().contains(msg), "{conditions}: {p:?}");
         }
     }
 }
