@@ -72,11 +72,15 @@
 //! - Pod spec immutability is checked as a whole (images, tolerations,
 //!   activeDeadlineSeconds and terminationGracePeriodSeconds may change), not
 //!   field by field; CRD schemas are checked for types, enums, required
-//!   fields, lengths, ranges and item counts but not patterns, formats or CEL
-//!   rules; only `None` conversion between CRD versions.
+//!   fields, lengths, ranges, item and property counts, patterns, sets and
+//!   `x-kubernetes-validations` rules in the subset of CEL `cel.rs` evaluates
+//!   (a CRD with a rule outside it is refused), but not formats, map-list
+//!   keys or transition rules (`oldSelf`); only `None` conversion between CRD
+//!   versions.
 //! - Discovery is the legacy (unaggregated) form.
 
 mod apply;
+mod cel;
 mod cli;
 mod convert;
 mod discovery;

@@ -109,8 +109,8 @@ pub struct Lab {
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
 impl Lab {
-    /// Brings the lab up: API server, ARM service, VNet, route controllers,
-    /// nodes with their agents and kubelets. Returns once every node is
+    /// Brings the lab up: API server (with the CRDs the stack serves), ARM
+    /// service, VNet, route controllers, nodes with their agents and kubelets. Returns once every node is
     /// registered and its agent is ready.
     pub async fn start(config: LabConfig, progress: Progress<'_>) -> Result<Self> {
         let t0 = Instant::now();
@@ -159,6 +159,7 @@ impl Lab {
             node_kubeconfig,
         };
         lab.write_azure_files()?;
+        lab.install_crds(progress).await?;
         lab.start_route_controllers(progress).await?;
         lab.add_first_nodes(progress).await?;
         lab.wait_until_ready(progress).await?;

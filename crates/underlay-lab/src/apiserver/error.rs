@@ -26,6 +26,20 @@ impl Cause {
         }
     }
 
+    /// `invalid` for a value shown as kube-apiserver shows it: a string
+    /// quoted, a number, boolean or null as it is.
+    pub fn invalid_value(field: impl Into<String>, value: &Value, why: &str) -> Self {
+        let shown = match value {
+            Value::String(s) => format!("{s:?}"),
+            other => other.to_string(),
+        };
+        Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {shown}: {why}"),
+            field: field.into(),
+        }
+    }
+
     pub fn required(field: impl Into<String>) -> Self {
         Cause {
             reason: "FieldValueRequired",

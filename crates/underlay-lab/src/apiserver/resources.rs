@@ -52,6 +52,9 @@ pub struct ResourceType {
     pub storage: String,
     /// `openAPIV3Schema` of a custom resource version.
     pub schema: Option<Value>,
+    /// `additionalPrinterColumns` of a custom resource version (empty:
+    /// Name and Age).
+    pub printer_columns: Vec<Value>,
 }
 
 impl ResourceType {
@@ -108,6 +111,7 @@ fn builtin(
         builtin: Some(which),
         storage,
         schema: None,
+        printer_columns: Vec::new(),
     }
 }
 
@@ -448,6 +452,10 @@ pub fn types_from_crd(crd: &Value) -> Vec<ResourceType> {
             builtin: None,
             storage: storage.clone(),
             schema: version["schema"].get("openAPIV3Schema").cloned(),
+            printer_columns: version["additionalPrinterColumns"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
         });
     }
     out

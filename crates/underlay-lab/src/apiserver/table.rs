@@ -1,6 +1,7 @@
 //! Server-side printing: `meta.k8s.io/v1` Tables for clients that ask for
 //! them (`kubectl get` does), with the columns kubectl users expect for the
-//! kinds underlay works with and Name/Age for everything else.
+//! kinds underlay works with, a custom resource's `additionalPrinterColumns`
+//! when its CRD has them, and Name/Age for everything else.
 
 use serde_json::{Value, json};
 
@@ -93,6 +94,22 @@ fn column_definition(name: &str, ty: &str, format: &str, priority: u32) -> Value
 }
 
 fn columns(rt: &ResourceType) -> Vec<Value> {
+    if !rt.printer_columns.is_empty() {
+        let rest = rt.printer_columns.iter().map(|c| {
+            let name = c["name"].as_str().unwrap_or("");
+            let ty = c["type"].as_str().unwrap_or("string");
+            let format = c["format"].as_str().unwrap_or("");
+            let priority = c["priority"].as_u64().unwrap_or(0);
+            let mut def = column_definition(name, ty, format, priority as u32);
+            if let Some(d) = c["description"].as_str() {
+                def["description"] = json!(d);
+            }
+            def
+        });
+        return std::iter::once(column_definition("Name", "string", "name", 0))
+            .chain(rest)
+            .collect();
+    }
     let rest = kind_columns(rt.builtin)
         .into_iter()
         .map(|c| column_definition(c.name, c.ty, "", u32::from(c.wide)));
@@ -127,7 +144,43 @@ fn selector_text(sel: &Value) -> String {
     }
 }
 
+/// The cells of a custom resource's printer columns: the value at each
+/// column's JSON path (simple `.field.field[index]` paths), a `date` as its
+/// age, a `string` column's number or boolean as text, and null when the
+/// path finds nothing, as kube-apiserver's table converter gives them.
+fn printer_cells(columns: &[Value], o: &Value) -> Vec<Value> {
+    let name = json!(meta::meta_str(o, "name"));
+    let rest = columns.iter().map(|c| {
+        let found = json_path(o, c["jsonPath"].as_str().unwrap_or(""));
+        match (c["type"].as_str().unwrap_or("string"), found) {
+            (_, None) => Value::Null,
+            ("date", Some(v)) => json!(meta::age(v.as_str().unwrap_or(""))),
+            ("string", Some(v)) if !v.is_string() => json!(v.to_string()),
+            (_, Some(v)) => v.clone(),
+        }
+    });
+    std::iter::once(name).chain(rest).collect()
+}
+
+/// The value at a simple JSON path (`.spec.rules[0].name`).
+fn json_path<'a>(o: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut at = o;
+    for step in path.split('.').filter(|s| !s.is_empty()) {
+        let (field, indexes) = step.split_once('[').unwrap_or((step, ""));
+        if !field.is_empty() {
+            at = at.get(field)?;
+        }
+        for index in indexes.split('[').filter(|i| !i.is_empty()) {
+            at = at.get(index.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
+    }
+    Some(at)
+}
+
 fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
+    if !rt.printer_columns.is_empty() {
+        return printer_cells(&rt.printer_columns, o);
+    }
     let name = json!(meta::meta_str(o, "name"));
     let age = json!(meta::age(meta::meta_str(o, "creationTimestamp")));
     match rt.builtin {
@@ -333,4 +386,35 @@ pub fn table(
         "columnDefinitions": if with_columns { Value::Array(columns(rt)) } else { json!([]) },
         "rows": rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::resources::types_from_crd;
+
+    #[test]
+    fn a_custom_resource_is_printed_with_its_crds_columns() {
+        let crd = json!({"spec": {"group": "example.com", "scope": "Cluster",
+        "names": {"plural": "widgets", "kind": "Widget"},
+        "versions": [{"name": "v1", "served": true, "additionalPrinterColumns": [
+            {"name": "Size", "type": "string", "jsonPath": ".spec.size"},
+            {"name": "First", "type": "integer", "jsonPath": ".spec.parts[0].n"},
+            {"name": "Missing", "type": "string", "jsonPath": ".spec.none", "priority": 1},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ]}]}});
+        let rt = types_from_crd(&crd).remove(0);
+        let widget = json!({"metadata": {"name": "w", "creationTimestamp": meta::now()},
+            "spec": {"size": 7, "parts": [{"n": 3}]}});
+        let t = table(&rt, &[widget], "1", true, None);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["Name", "Size", "First", "Missing", "Age"]);
+        assert_eq!(t["columnDefinitions"][3]["priority"], 1);
+        assert_eq!(t["rows"][0]["cells"], json!(["w", "7", 3, null, "0s"]));
+    }
 }

@@ -31,6 +31,7 @@ mod node;
 mod pod;
 mod pod_defaults;
 
+pub(super) use ip::parse_cidr;
 pub(super) use label_selector::validate_selector;
 pub(super) use names::{label_value, qualified_name};
 pub(super) use pod::validate_pod_spec;

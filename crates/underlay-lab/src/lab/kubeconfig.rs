@@ -1,11 +1,45 @@
 //! The API server the lab runs against — the embedded one, or one given by
-//! kubeconfig — and the kubeconfigs that reach it: the lab's own and the
+//! kubeconfig — with the CustomResourceDefinitions the stack serves
+//! installed, and the kubeconfigs that reach it: the lab's own and the
 //! nodes' (pointed at the relay inside each node namespace).
 
-use super::{Error, LabConfig, NODE_API_ADDR, Result, io};
+use super::{Error, Lab, LabConfig, NODE_API_ADDR, Progress, Result, io};
 use crate::apiserver;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The field manager of the definitions the lab installs.
+const FIELD_MANAGER: &str = "underlay-lab";
+
+impl Lab {
+    /// Applies the CustomResourceDefinitions deploy/base carries (the same
+    /// definitions: `crates/underlay-api` generates both) and waits until
+    /// the server serves their kinds, so `kubectl apply` of a
+    /// ClusterNetworkPolicy works as soon as the lab is up.
+    pub(super) async fn install_crds(&self, progress: Progress<'_>) -> Result<()> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in [underlay_api::cnp::crd()] {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            progress(&format!("installing the CustomResourceDefinition {name}"));
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            crds.patch(&name, &params, &Patch::Apply(&crd)).await?;
+            let what = format!("the CustomResourceDefinition {name} to be established");
+            self.wait_for(&what, Duration::from_secs(30), || async {
+                let live = crds.get(&name).await.ok()?;
+                let conditions = live.status?.conditions?;
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
 
 /// Starts the embedded API server (writing the lab's kubeconfig) or, when
 /// the configuration names a kubeconfig, connects to that server and copies

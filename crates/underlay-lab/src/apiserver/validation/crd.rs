@@ -1,7 +1,8 @@
 //! CustomResourceDefinitions: names, scope and versions checked (group and
-//! scope fixed once written), and what the apiextensions controllers would
-//! write at once: the accepted names, the Established condition, the stored
-//! version, and the defaults of the spec.
+//! scope fixed once written), every version's validation rules and patterns
+//! compiled, and what the apiextensions controllers would write at once: the
+//! accepted names, the Established condition, the stored version, and the
+//! defaults of the spec.
 
 use serde_json::{Value, json};
 
@@ -17,6 +18,18 @@ pub fn crd(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     );
     validate_scope(&spec, causes);
     let storage = storage_version(&spec, causes);
+    for (i, version) in spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let schema = &version["schema"]["openAPIV3Schema"];
+        if schema.is_object() {
+            let path = format!("spec.versions[{i}].schema.openAPIV3Schema");
+            super::super::schema::rule_errors(schema, &path, causes);
+        }
+    }
     if let Some(old) = old {
         validate_update(&old["spec"], &spec, causes);
     }
@@ -24,6 +37,9 @@ pub fn crd(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     let mut accepted = spec["names"].clone();
     default_names(&mut accepted, kind);
     obj["status"] = established(accepted, &storage, &super::super::meta::now());
+    if let Some(old) = old {
+        keep_transition_times(&mut obj["status"], &old["status"]);
+    }
     default_names(&mut obj["spec"]["names"], kind);
     if obj["spec"]["conversion"].is_null() {
         obj["spec"]["conversion"] = json!({"strategy": "None"});
@@ -106,6 +122,23 @@ fn validate_update(old_spec: &Value, spec: &Value, causes: &mut Vec<Cause>) {
     if old_spec["scope"] != spec["scope"] {
         let scope = spec["scope"].as_str().unwrap_or("");
         causes.push(Cause::invalid("spec.scope", scope, "field is immutable"));
+    }
+}
+
+/// A condition whose status did not change keeps the time it last changed,
+/// so writing a definition again as it was changes nothing.
+fn keep_transition_times(status: &mut Value, old_status: &Value) {
+    let old = old_status["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for c in status["conditions"].as_array_mut().into_iter().flatten() {
+        if let Some(before) = old
+            .iter()
+            .find(|o| o["type"] == c["type"] && o["status"] == c["status"])
+        {
+            c["lastTransitionTime"] = before["lastTransitionTime"].clone();
+        }
     }
 }
 
@@ -205,5 +238,70 @@ mod tests {
                 "{spec}: {causes:?}"
             );
         }
+    }
+
+    #[test]
+    fn rules_and_patterns_must_compile_when_the_definition_is_written() {
+        let schema = |spec: Value| {
+            json!({"versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec}}}}]})
+        };
+        let at = "spec.versions[0].schema.openAPIV3Schema.properties[spec]";
+        let cases = [
+            (
+                json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.a <"}]}),
+                format!("{at}.x-kubernetes-validations[0].rule"),
+                "compilation failed",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {"type": "string",
+                    "x-kubernetes-validations": [{"rule": "isHostname(self)"}]}}}),
+                format!("{at}.properties[a].x-kubernetes-validations[0].rule"),
+                "unknown function 'isHostname'",
+            ),
+            (
+                json!({"type": "object", "x-kubernetes-validations": [{"rule": "self == oldSelf"}]}),
+                format!("{at}.x-kubernetes-validations[0].rule"),
+                "undeclared reference to 'oldSelf'",
+            ),
+            (
+                json!({"type": "object", "x-kubernetes-validations": [{"rule": "true", "messageExpression": "'x'"}]}),
+                format!("{at}.x-kubernetes-validations[0].messageExpression"),
+                "not supported",
+            ),
+            (
+                json!({"type": "array", "items": {"type": "string", "pattern": "(["}}),
+                format!("{at}.items.pattern"),
+                "valid regular expression",
+            ),
+        ];
+        for (spec, field, message) in cases {
+            let mut obj = definition(schema(spec.clone()));
+            let mut causes = Vec::new();
+            crd(&mut obj, None, &mut causes);
+            assert!(
+                causes
+                    .iter()
+                    .any(|c| c.field == field && c.message.contains(message)),
+                "{spec}: want {field}: {message}, got {causes:?}"
+            );
+        }
+        let mut ok = definition(schema(json!({"type": "object",
+            "x-kubernetes-validations": [{"rule": "has(self.a) || !has(self.b)", "message": "b needs a"}]})));
+        let mut causes = Vec::new();
+        crd(&mut ok, None, &mut causes);
+        assert_eq!(causes, []);
+    }
+
+    #[test]
+    fn writing_a_definition_again_keeps_its_conditions_times() {
+        let mut old = definition(json!({}));
+        crd(&mut old, None, &mut Vec::new());
+        for c in old["status"]["conditions"].as_array_mut().unwrap() {
+            c["lastTransitionTime"] = json!("2020-01-01T00:00:00Z");
+        }
+        let mut again = definition(json!({}));
+        crd(&mut again, Some(&old), &mut Vec::new());
+        assert_eq!(again["status"], old["status"]);
     }
 }
