@@ -323,68 +323,11 @@ fn granted_to(service_account: &str) -> Access {
     access
 }
 
-/// Grants deploy/base makes before the code that needs them exists, as
-/// (service account, group, resource, verb): the agent's ClusterNetworkPolicy
-/// watch and status reports, whose types and CRD come first. An entry is
-/// allowed as extra only while no code makes the call; once the code makes
-/// it, the entry fails the check and must be deleted, so the list empties
-/// itself as the code lands.
-const AHEAD_OF_CODE: &[(&str, &str, &str, &str)] = &[
-    (
-        "underlay-agent",
-        "policy.networking.k8s.io",
-        "clusternetworkpolicies",
-        "get",
-    ),
-    (
-        "underlay-agent",
-        "policy.networking.k8s.io",
-        "clusternetworkpolicies",
-        "list",
-    ),
-    (
-        "underlay-agent",
-        "policy.networking.k8s.io",
-        "clusternetworkpolicies",
-        "watch",
-    ),
-    (
-        "underlay-agent",
-        "policy.networking.k8s.io",
-        "clusternetworkpolicies/status",
-        "patch",
-    ),
-    (
-        "underlay-agent",
-        "policy.networking.k8s.io",
-        "clusternetworkpolicies/status",
-        "update",
-    ),
-];
-
 fn check(component: &str, crates: &[&str]) {
     let used = used_by(crates);
     let granted = granted_to(component);
-    let ahead: Access = AHEAD_OF_CODE
-        .iter()
-        .filter(|(sa, ..)| *sa == component)
-        .map(|(_, g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
-        .collect();
-    let landed: Vec<_> = ahead.intersection(&used).collect();
-    assert!(
-        landed.is_empty(),
-        "{component}: the code now makes these calls; delete them from AHEAD_OF_CODE: {landed:?}"
-    );
-    let ungranted: Vec<_> = ahead.difference(&granted).collect();
-    assert!(
-        ungranted.is_empty(),
-        "{component}: AHEAD_OF_CODE names grants the roles do not make: {ungranted:?}"
-    );
     let missing: Vec<_> = used.difference(&granted).collect();
-    let extra: Vec<_> = granted
-        .difference(&used)
-        .filter(|a| !ahead.contains(*a))
-        .collect();
+    let extra: Vec<_> = granted.difference(&used).collect();
     assert!(
         missing.is_empty(),
         "{component} calls the API without permission: {missing:?}"

@@ -61,7 +61,10 @@ impl fmt::Display for Action {
 pub enum ClusterPeer {
     /// Pods of the namespaces `namespaces` selects that `pods` selects
     /// (a `namespaces` peer is this with every pod).
-    Pods { namespaces: Selector, pods: Selector },
+    Pods {
+        namespaces: Selector,
+        pods: Selector,
+    },
     /// The addresses of the Nodes the selector picks (egress only).
     Nodes(Selector),
     /// Addresses in one CIDR (egress only; a peer with several CIDRs is

@@ -30,7 +30,7 @@
 //! protocol, port) so one shared rule resolves the name per pod.
 
 use crate::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Tier};
-use crate::index::{Index, Members, SetKey, SetKind, Selection};
+use crate::index::{Index, Members, Selection, SetKey, SetKind};
 use crate::model::{Direction, Endpoint, Family, Peer, Policy, PortMatch, PortRef};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

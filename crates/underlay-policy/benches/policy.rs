@@ -168,15 +168,22 @@ fn cluster_policy(k: usize, version: u16) -> ClusterPolicy {
         namespaces: ns,
         pods: Selector::labels([("tier", tier)]),
     };
-    let tier = if k % 2 == 0 { Tier::Admin } else { Tier::Baseline };
+    let tier = if k.is_multiple_of(2) {
+        Tier::Admin
+    } else {
+        Tier::Baseline
+    };
     let mut p = ClusterPolicy::new(&format!("guard-{k}"), tier, (k % 1000) as u16, team(k));
     let port = |n: u16| ClusterPort::Port(PortMatch::tcp(n));
     if tier == Tier::Admin {
         p.ingress = vec![
-            ClusterRule::new(Action::Deny, vec![ClusterPeer::Pods {
-                namespaces: team(k + 1),
-                pods: Selector::everything(),
-            }])
+            ClusterRule::new(
+                Action::Deny,
+                vec![ClusterPeer::Pods {
+                    namespaces: team(k + 1),
+                    pods: Selector::everything(),
+                }],
+            )
             .ports(vec![port(22 + version)]),
             ClusterRule::new(Action::Pass, vec![pods(Selector::everything(), "frontend")]),
         ];
@@ -193,18 +200,25 @@ fn cluster_policy(k: usize, version: u16) -> ClusterPolicy {
                 ClusterPort::Named("http".into()),
                 ClusterPort::Port(PortMatch::range(Protocol::Tcp, 9000, 9100 + version)),
             ]),
-            ClusterRule::new(Action::Deny, vec![ClusterPeer::Pods {
-                namespaces: Selector::everything(),
-                pods: Selector::everything(),
-            }]),
+            ClusterRule::new(
+                Action::Deny,
+                vec![ClusterPeer::Pods {
+                    namespaces: Selector::everything(),
+                    pods: Selector::everything(),
+                }],
+            ),
         ];
     }
     p
 }
 
 fn build(index: &mut Index, scale: &Scale) {
-    for n in 0..100 {
-        let role = if n % 10 == 0 { "infra" } else { "worker" };
+    for n in 0..100usize {
+        let role = if n.is_multiple_of(10) {
+            "infra"
+        } else {
+            "worker"
+        };
         index.apply_node(
             Node::new(&format!("node-{n}"))
                 .label("role", role)

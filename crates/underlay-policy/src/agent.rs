@@ -6,6 +6,7 @@
 //! the last known policy stays enforced, and a relist after reconnecting
 //! replaces the cache (so changes missed meanwhile take effect).
 
+use crate::cluster::{ClusterPolicy, Node};
 use crate::convert;
 use crate::dataplane::Dataplane;
 use crate::engine::{Engine, Status};
@@ -70,9 +71,10 @@ pub struct PolicyAgent<D: Dataplane> {
     client: Option<Client>,
     options: Options,
     kick: Arc<Notify>,
-    /// Which of (namespaces, pods, policies) had their first full list, and
-    /// whether the previous run's endpoints were restored.
-    listed: watch::Sender<[bool; 4]>,
+    /// Which of (namespaces, pods, policies, -, cluster policies, nodes) had
+    /// their first full list, and (slot [`RESTORED`]) whether the previous
+    /// run's endpoints were restored.
+    listed: watch::Sender<[bool; 6]>,
     status: Arc<std::sync::Mutex<Status>>,
     /// Publishes Events on objects the agent cannot understand.
     recorder: Option<Recorder>,
@@ -83,7 +85,7 @@ impl<D: Dataplane> PolicyAgent<D> {
     /// endpoint open (standalone mode).
     pub fn new(engine: Engine<D>, client: Option<Client>, options: Options) -> Arc<Self> {
         let cache = client.is_none();
-        let listed = [cache, cache, cache, !options.await_restore];
+        let listed = [cache, cache, cache, !options.await_restore, cache, cache];
         let recorder = client.as_ref().map(|c| {
             Recorder::new(
                 c.clone(),
@@ -129,6 +131,14 @@ impl<D: Dataplane> PolicyAgent<D> {
             )));
             tasks.push(tokio::spawn(watch::<Pods, D>(self.clone(), client.clone())));
             tasks.push(tokio::spawn(watch::<Policies, D>(
+                self.clone(),
+                client.clone(),
+            )));
+            tasks.push(tokio::spawn(watch::<ClusterPolicies, D>(
+                self.clone(),
+                client.clone(),
+            )));
+            tasks.push(tokio::spawn(watch::<Nodes, D>(
                 self.clone(),
                 client.clone(),
             )));
@@ -336,11 +346,21 @@ trait Kind: Send + Sync + 'static {
     fn fail_closed(_o: &Self::Object) -> Option<Self::Domain> {
         None
     }
+    /// A kind the cluster may not serve (its CRD not installed): a list
+    /// answered 404 counts as an empty first list, so the agent does not
+    /// wait for it; the watcher keeps retrying and takes the objects in
+    /// when the kind appears.
+    const OPTIONAL: bool = false;
+    /// Reports on the object in its status, if the kind has one the
+    /// agent writes (in the background; failures are logged).
+    fn report(_client: &Client, _o: &Self::Object) {}
 }
 
 struct Namespaces;
 struct Pods;
 struct Policies;
+struct ClusterPolicies;
+struct Nodes;
 
 impl Kind for Namespaces {
     type Object = core::Namespace;
@@ -424,6 +444,96 @@ impl Kind for Policies {
     }
 }
 
+impl Kind for ClusterPolicies {
+    type Object = underlay_api::cnp::ClusterNetworkPolicy;
+    type Domain = ClusterPolicy;
+    const NAME: &'static str = "clusternetworkpolicy";
+    const SLOT: usize = 4;
+    const OPTIONAL: bool = true;
+    fn convert(o: &Self::Object) -> convert::Result<ClusterPolicy> {
+        convert::cluster_policy(o).map(|c| c.policy)
+    }
+    fn apply(index: &mut Index, d: ClusterPolicy) {
+        index.apply_cluster_policy(d)
+    }
+    fn delete(index: &mut Index, o: &Self::Object) {
+        if let Some(name) = &o.metadata.name {
+            index.delete_cluster_policy(name)
+        }
+    }
+    fn replace(index: &mut Index, all: Vec<ClusterPolicy>) {
+        index.replace_cluster_policies(all)
+    }
+    fn previous(index: &Index, o: &Self::Object) -> Option<ClusterPolicy> {
+        index
+            .cluster_policy(o.metadata.name.as_deref()?)
+            .map(|p| p.as_ref().clone())
+    }
+    fn report(client: &Client, o: &Self::Object) {
+        report_cluster_policy(client, o)
+    }
+}
+
+impl Kind for Nodes {
+    type Object = core::Node;
+    type Domain = Node;
+    const NAME: &'static str = "node";
+    const SLOT: usize = 5;
+    fn convert(o: &core::Node) -> convert::Result<Node> {
+        convert::node(o)
+    }
+    fn apply(index: &mut Index, d: Node) {
+        index.apply_node(d)
+    }
+    fn delete(index: &mut Index, o: &core::Node) {
+        if let Some(name) = &o.metadata.name {
+            index.delete_node(name)
+        }
+    }
+    fn replace(index: &mut Index, all: Vec<Node>) {
+        index.replace_nodes(all)
+    }
+    fn previous(index: &Index, o: &core::Node) -> Option<Node> {
+        index.node(o.metadata.name.as_deref()?).cloned()
+    }
+}
+
+/// Has `K` report on `o` (see [`Kind::report`]); returns `o`.
+fn reported<'a, K: Kind>(client: &Client, o: &'a K::Object) -> &'a K::Object {
+    K::report(client, o);
+    o
+}
+
+/// Writes a ClusterNetworkPolicy's `Accepted` condition when it differs
+/// from what the agent has to say about the policy.
+fn report_cluster_policy(client: &Client, o: &underlay_api::cnp::ClusterNetworkPolicy) {
+    let Some(patch) = crate::status::cluster_policy_patch(o, &convert::cluster_policy(o)) else {
+        return;
+    };
+    let Some(name) = o.metadata.name.clone() else {
+        return;
+    };
+    let api: Api<underlay_api::cnp::ClusterNetworkPolicy> = Api::all(client.clone());
+    tokio::spawn(async move {
+        let params = kube::api::PatchParams::default();
+        if let Err(e) = api
+            .patch_status(&name, &params, &kube::api::Patch::Merge(&patch))
+            .await
+        {
+            warn!(name, error = %e, "cannot write the status of a clusternetworkpolicy");
+        }
+    });
+}
+
+/// True when a watch error says the kind is not served at all.
+fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
 /// Logs an object the agent cannot understand, and tells its owner with a
 /// Warning Event on it; returns what to enforce instead, if anything.
 fn not_understood<K: Kind, D: Dataplane>(
@@ -466,7 +576,7 @@ fn not_understood<K: Kind, D: Dataplane>(
 /// relist after a broken watch) replaces the kind's objects, events apply
 /// and delete one object each. Errors never empty the index.
 async fn watch<K: Kind, D: Dataplane>(agent: Arc<PolicyAgent<D>>, client: Client) {
-    let api: Api<K::Object> = Api::all(client);
+    let api: Api<K::Object> = Api::all(client.clone());
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -478,7 +588,7 @@ async fn watch<K: Kind, D: Dataplane>(agent: Arc<PolicyAgent<D>>, client: Client
                 buffer.clear();
                 unreadable.clear();
             }
-            Ok(Event::InitApply(o)) => match K::convert(&o) {
+            Ok(Event::InitApply(o)) => match K::convert(reported::<K>(&client, &o)) {
                 Ok(d) => buffer.push(d),
                 Err(e) => match not_understood::<K, D>(&agent, &o, &e) {
                     Some(d) => buffer.push(d),
@@ -499,7 +609,7 @@ async fn watch<K: Kind, D: Dataplane>(agent: Arc<PolicyAgent<D>>, client: Client
                 agent.mark_listed(K::SLOT);
                 agent.kick();
             }
-            Ok(Event::Apply(o)) => match K::convert(&o) {
+            Ok(Event::Apply(o)) => match K::convert(reported::<K>(&client, &o)) {
                 Ok(d) => {
                     agent.engine.lock().await.change(|i| K::apply(i, d));
                     agent.kick();
@@ -514,6 +624,21 @@ async fn watch<K: Kind, D: Dataplane>(agent: Arc<PolicyAgent<D>>, client: Client
             Ok(Event::Delete(o)) => {
                 agent.engine.lock().await.change(|i| K::delete(i, &o));
                 agent.kick();
+            }
+            Err(e) if K::OPTIONAL && not_served(&e) => {
+                if !agent.listed.borrow()[K::SLOT] {
+                    info!(
+                        kind = K::NAME,
+                        "not served by the API server (CRD not installed); none in force"
+                    );
+                    agent
+                        .engine
+                        .lock()
+                        .await
+                        .change(|i| K::replace(i, Vec::new()));
+                    agent.mark_listed(K::SLOT);
+                    agent.kick();
+                }
             }
             Err(e) => {
                 warn!(kind = K::NAME, error = %e, "watch failed; keeping the last known policy")

@@ -17,9 +17,14 @@ pub enum Error {
     Missing(&'static str),
     #[error("networkpolicy {policy}: {reason}; fix the policy and apply it again")]
     Policy { policy: String, reason: String },
+    #[error("clusternetworkpolicy {policy}: {reason}; fix the policy and apply it again")]
+    ClusterPolicy { policy: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+mod cluster;
+pub use cluster::{Converted, cluster_policy, node};
 
 pub fn namespace(ns: &core::Namespace) -> Result<Namespace> {
     let name = ns

@@ -12,6 +12,7 @@
 //! - [`engine`]: diffs desired against programmed and writes the difference.
 //! - [`agent`]: the async runtime around the engine: kube watchers, attach
 //!   and detach of endpoints, periodic repair.
+//! - [`status`]: the conditions the agent writes on ClusterNetworkPolicies.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`args`]: the command-line flags the agent binary flattens in.
 //!
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod metrics;
 pub mod nl;
 pub mod rtnl;
+pub mod status;
 pub mod tool;
 
 pub use underlay_policy_core::{cluster, compile, eval, index, model};

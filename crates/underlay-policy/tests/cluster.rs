@@ -75,7 +75,10 @@ fn a_cluster_policy_change_rewrites_only_its_own_chain() {
     let written = chains_written(&fake);
     assert_eq!(written.len(), 1, "{written:?} {report:?}");
     assert!(written[0].starts_with("UDL-CI-"), "{written:?}");
-    assert_eq!(report.sets_created, 0, "the set of z's pods is shared: {report:?}");
+    assert_eq!(
+        report.sets_created, 0,
+        "the set of z's pods is shared: {report:?}"
+    );
 }
 
 #[test]
@@ -83,7 +86,10 @@ fn cluster_policies_share_peer_sets_with_network_policies() {
     let fake = FakeDataplane::new();
     let mut engine = world_engine(&fake, Config::default());
     let mut np = Policy::new("x", "from-y", Selector::everything());
-    np.ingress = vec![Rule::from(vec![Peer::both(ns("y"), Selector::everything())])];
+    np.ingress = vec![Rule::from(vec![Peer::both(
+        ns("y"),
+        Selector::everything(),
+    )])];
     engine.change(|idx| {
         idx.apply_policy(np);
         idx.apply_cluster_policy(deny_from("cnp", "z", "y"));
@@ -94,7 +100,10 @@ fn cluster_policies_share_peer_sets_with_network_policies() {
     let pods_of_y: Vec<&String> = st
         .sets
         .iter()
-        .filter(|(_, s)| s.members.contains(&Pid { ns: 1, pod: 0 }.ip(Family::V4).to_string()))
+        .filter(|(_, s)| {
+            s.members
+                .contains(&Pid { ns: 1, pod: 0 }.ip(Family::V4).to_string())
+        })
         .map(|(n, _)| n)
         .collect();
     assert_eq!(pods_of_y.len(), 1, "{pods_of_y:?}");
@@ -138,7 +147,11 @@ fn connections_a_cluster_policy_newly_denies_lose_their_conntrack_entries() {
         sport: 40000,
         dport: 81,
     };
-    let (xa, ya, za) = (Pid { ns: 0, pod: 0 }, Pid { ns: 1, pod: 0 }, Pid { ns: 2, pod: 0 });
+    let (xa, ya, za) = (
+        Pid { ns: 0, pod: 0 },
+        Pid { ns: 1, pod: 0 },
+        Pid { ns: 2, pod: 0 },
+    );
     fake.state().flows = vec![flow(ya, xa), flow(za, xa), flow(xa, ya)];
     engine.change(|idx| idx.apply_cluster_policy(deny_from("deny-y", "x", "y")));
     let report = engine.sync().unwrap();
@@ -185,10 +198,17 @@ fn drops_of_both_tiers_are_logged_when_the_namespace_asks() {
         .get(&endpoint_chain("udlxa", Direction::Ingress))
         .cloned()
         .unwrap();
-    let logs = chain.iter().filter(|r| r.contains("NFLOG --nflog-group 7")).count();
+    let logs = chain
+        .iter()
+        .filter(|r| r.contains("NFLOG --nflog-group 7"))
+        .count();
     assert_eq!(logs, 2, "one log rule per tier's deny: {chain:?}");
     // Every logged packet is one the next rule drops.
-    for (i, r) in chain.iter().enumerate().filter(|(_, r)| r.contains("NFLOG")) {
+    for (i, r) in chain
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.contains("NFLOG"))
+    {
         let next = &chain[i + 1];
         assert!(next.ends_with("-j DROP"), "{r} then {next}");
         assert_eq!(r.split(" -m limit").next(), next.split(" -j DROP").next());

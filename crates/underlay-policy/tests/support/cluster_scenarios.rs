@@ -9,7 +9,9 @@ use super::scenarios::{Op, Scenario, e, ingress_policy, sc, then};
 use underlay_policy::cluster::{
     Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Node, Tier,
 };
-use underlay_policy::model::{Family, Peer, Policy, PolicyTypes, PortMatch, Protocol, Rule, Selector};
+use underlay_policy::model::{
+    Family, Peer, Policy, PolicyTypes, PortMatch, Protocol, Rule, Selector,
+};
 
 use Action::{Accept, Deny, Pass};
 use Op::*;
@@ -61,19 +63,31 @@ fn with_egress(mut p: ClusterPolicy, rules: Vec<ClusterRule>) -> ClusterPolicy {
 }
 
 fn admin_in(name: &str, priority: u16, subject: &str, rules: Vec<ClusterRule>) -> Op {
-    Cluster(with_ingress(cnp(name, Tier::Admin, priority, subject), rules))
+    Cluster(with_ingress(
+        cnp(name, Tier::Admin, priority, subject),
+        rules,
+    ))
 }
 
 fn admin_out(name: &str, priority: u16, subject: &str, rules: Vec<ClusterRule>) -> Op {
-    Cluster(with_egress(cnp(name, Tier::Admin, priority, subject), rules))
+    Cluster(with_egress(
+        cnp(name, Tier::Admin, priority, subject),
+        rules,
+    ))
 }
 
 fn baseline_in(name: &str, priority: u16, subject: &str, rules: Vec<ClusterRule>) -> Op {
-    Cluster(with_ingress(cnp(name, Tier::Baseline, priority, subject), rules))
+    Cluster(with_ingress(
+        cnp(name, Tier::Baseline, priority, subject),
+        rules,
+    ))
 }
 
 fn baseline_out(name: &str, priority: u16, subject: &str, rules: Vec<ClusterRule>) -> Op {
-    Cluster(with_egress(cnp(name, Tier::Baseline, priority, subject), rules))
+    Cluster(with_egress(
+        cnp(name, Tier::Baseline, priority, subject),
+        rules,
+    ))
 }
 
 /// A NetworkPolicy in `namespace` selecting `target`, ingress only.
@@ -134,22 +148,42 @@ fn tiers() -> Vec<Scenario> {
     vec![
         sc(
             "cnp admin Deny: ingress from a namespace is dropped",
-            vec![admin_in("deny-y", 10, "x", vec![rule(Deny, vec![namespaces(ns("y"))])])],
+            vec![admin_in(
+                "deny-y",
+                10,
+                "x",
+                vec![rule(Deny, vec![namespaces(ns("y"))])],
+            )],
             e(|p| !(p.dst.is("x/*") && p.src.is("y/*"))),
         ),
         sc(
             "cnp admin Accept overrides a NetworkPolicy that isolates",
             vec![
                 np_in("x", "deny-all", Selector::everything(), vec![]),
-                admin_in("accept-y", 10, "x", vec![rule(Accept, vec![namespaces(ns("y"))])]),
+                admin_in(
+                    "accept-y",
+                    10,
+                    "x",
+                    vec![rule(Accept, vec![namespaces(ns("y"))])],
+                ),
             ],
             e(|p| !p.dst.is("x/*") || p.src.is("y/*")),
         ),
         sc(
             "cnp admin Deny overrides a NetworkPolicy that allows",
             vec![
-                np_in("x", "allow-all", Selector::everything(), vec![Rule::allow_all()]),
-                admin_in("deny-y", 10, "x", vec![rule(Deny, vec![namespaces(ns("y"))])]),
+                np_in(
+                    "x",
+                    "allow-all",
+                    Selector::everything(),
+                    vec![Rule::allow_all()],
+                ),
+                admin_in(
+                    "deny-y",
+                    10,
+                    "x",
+                    vec![rule(Deny, vec![namespaces(ns("y"))])],
+                ),
             ],
             e(|p| !(p.dst.is("x/*") && p.src.is("y/*"))),
         ),
@@ -180,16 +214,36 @@ fn tiers() -> Vec<Scenario> {
         sc(
             "cnp admin Pass with no NetworkPolicy falls to the Baseline tier",
             vec![
-                admin_in("pass-ya", 10, "x", vec![rule(Pass, vec![pods(ns("y"), pod("a"))])]),
-                baseline_in("deny-y", 10, "x", vec![rule(Deny, vec![namespaces(ns("y"))])]),
+                admin_in(
+                    "pass-ya",
+                    10,
+                    "x",
+                    vec![rule(Pass, vec![pods(ns("y"), pod("a"))])],
+                ),
+                baseline_in(
+                    "deny-y",
+                    10,
+                    "x",
+                    vec![rule(Deny, vec![namespaces(ns("y"))])],
+                ),
             ],
             e(|p| !(p.dst.is("x/*") && p.src.is("y/*"))),
         ),
         sc(
             "cnp admin Accept is final: the Baseline tier's Deny never sees it",
             vec![
-                admin_in("accept-ya", 10, "x", vec![rule(Accept, vec![pods(ns("y"), pod("a"))])]),
-                baseline_in("deny-y", 10, "x", vec![rule(Deny, vec![namespaces(ns("y"))])]),
+                admin_in(
+                    "accept-ya",
+                    10,
+                    "x",
+                    vec![rule(Accept, vec![pods(ns("y"), pod("a"))])],
+                ),
+                baseline_in(
+                    "deny-y",
+                    10,
+                    "x",
+                    vec![rule(Deny, vec![namespaces(ns("y"))])],
+                ),
             ],
             e(|p| !(p.dst.is("x/*") && p.src.is("y/*")) || p.src.is("y/a")),
         ),
@@ -197,7 +251,12 @@ fn tiers() -> Vec<Scenario> {
             "cnp baseline Deny applies only where no NetworkPolicy selects the pod",
             vec![
                 baseline_in("deny-all", 10, "x", vec![rule(Deny, vec![all_pods()])]),
-                np_in("x", "a-from-y", pod("a"), vec![Rule::from(vec![Peer::namespaces(ns("y"))])]),
+                np_in(
+                    "x",
+                    "a-from-y",
+                    pod("a"),
+                    vec![Rule::from(vec![Peer::namespaces(ns("y"))])],
+                ),
             ],
             e(|p| !p.dst.is("x/*") || (p.dst.is("x/a") && p.src.is("y/*"))),
         ),
@@ -207,7 +266,10 @@ fn tiers() -> Vec<Scenario> {
                 "only-y",
                 10,
                 "x",
-                vec![rule(Accept, vec![namespaces(ns("y"))]), rule(Deny, vec![all_pods()])],
+                vec![
+                    rule(Accept, vec![namespaces(ns("y"))]),
+                    rule(Deny, vec![all_pods()]),
+                ],
             )],
             e(|p| !p.dst.is("x/*") || p.src.is("y/*")),
         ),
@@ -217,7 +279,10 @@ fn tiers() -> Vec<Scenario> {
                 "pass-y",
                 10,
                 "x",
-                vec![rule(Pass, vec![namespaces(ns("y"))]), rule(Deny, vec![all_pods()])],
+                vec![
+                    rule(Pass, vec![namespaces(ns("y"))]),
+                    rule(Deny, vec![all_pods()]),
+                ],
             )],
             e(|p| !p.dst.is("x/*") || p.src.is("y/*")),
         ),
@@ -226,7 +291,12 @@ fn tiers() -> Vec<Scenario> {
             vec![
                 np_out("x", "deny-out", Selector::everything(), vec![]),
                 np_in("y", "deny-in", Selector::everything(), vec![]),
-                admin_out("x-to-y", 10, "x", vec![rule(Accept, vec![namespaces(ns("y"))])]),
+                admin_out(
+                    "x-to-y",
+                    10,
+                    "x",
+                    vec![rule(Accept, vec![namespaces(ns("y"))])],
+                ),
             ],
             e(|p| !p.src.is("x/*") && !p.dst.is("y/*")),
         ),
@@ -239,13 +309,18 @@ fn tiers() -> Vec<Scenario> {
                 ),
                 vec![rule(Deny, vec![namespaces(ns("z"))])],
             ))],
-            e(|p| !(p.dst.is("x/*") && p.src.is("y/*")) && !(p.src.is("x/*") && p.dst.is("z/*"))),
+            e(|p| !((p.dst.is("x/*") && p.src.is("y/*")) || (p.src.is("x/*") && p.dst.is("z/*")))),
         ),
         sc(
             "cnp baseline egress Deny where an egress NetworkPolicy exists is ignored",
             vec![
                 baseline_out("deny-out", 10, "x", vec![rule(Deny, vec![all_pods()])]),
-                np_out("x", "to-z", pod("a"), vec![Rule::from(vec![Peer::namespaces(ns("z"))])]),
+                np_out(
+                    "x",
+                    "to-z",
+                    pod("a"),
+                    vec![Rule::from(vec![Peer::namespaces(ns("z"))])],
+                ),
             ],
             e(|p| !p.src.is("x/*") || (p.src.is("x/a") && p.dst.is("z/*"))),
         ),
@@ -258,21 +333,41 @@ fn order() -> Vec<Scenario> {
         sc(
             "cnp priority: the lower number decides",
             vec![
-                admin_in("accept", 20, "x", vec![rule(Accept, vec![namespaces(ns("y"))])]),
+                admin_in(
+                    "accept",
+                    20,
+                    "x",
+                    vec![rule(Accept, vec![namespaces(ns("y"))])],
+                ),
                 admin_in("deny", 10, "x", vec![rule(Deny, vec![namespaces(ns("y"))])]),
             ],
             e(|p| !(p.dst.is("x/*") && p.src.is("y/*"))),
         ),
         then(
             "cnp priority: moving the Accept ahead allows",
-            vec![admin_in("accept", 5, "x", vec![rule(Accept, vec![namespaces(ns("y"))])])],
+            vec![admin_in(
+                "accept",
+                5,
+                "x",
+                vec![rule(Accept, vec![namespaces(ns("y"))])],
+            )],
             e(|_| true),
         ),
         sc(
             "cnp same priority: the name decides (the API leaves it to us)",
             vec![
-                admin_in("b-deny", 10, "x", vec![rule(Deny, vec![namespaces(ns("y"))])]),
-                admin_in("a-accept", 10, "x", vec![rule(Accept, vec![pods(ns("y"), pod("a"))])]),
+                admin_in(
+                    "b-deny",
+                    10,
+                    "x",
+                    vec![rule(Deny, vec![namespaces(ns("y"))])],
+                ),
+                admin_in(
+                    "a-accept",
+                    10,
+                    "x",
+                    vec![rule(Accept, vec![pods(ns("y"), pod("a"))])],
+                ),
             ],
             e(|p| !(p.dst.is("x/*") && p.src.is("y/*")) || p.src.is("y/a")),
         ),
@@ -306,7 +401,12 @@ fn order() -> Vec<Scenario> {
             "cnp a Baseline Deny of a lower number never outranks an Admin Accept",
             vec![
                 baseline_in("deny", 0, "x", vec![rule(Deny, vec![all_pods()])]),
-                admin_in("accept", 1000, "x", vec![rule(Accept, vec![namespaces(ns("z"))])]),
+                admin_in(
+                    "accept",
+                    1000,
+                    "x",
+                    vec![rule(Accept, vec![namespaces(ns("z"))])],
+                ),
             ],
             e(|p| !p.dst.is("x/*") || p.src.is("z/*")),
         ),
@@ -329,7 +429,12 @@ fn peers_and_ports(yb4: &str, zc6: &str) -> Vec<Scenario> {
         ),
         sc(
             "cnp pods peer: namespace and pod selectors ANDed",
-            vec![admin_in("deny-yb", 10, "x", vec![rule(Deny, vec![pods(ns("y"), pod("b"))])])],
+            vec![admin_in(
+                "deny-yb",
+                10,
+                "x",
+                vec![rule(Deny, vec![pods(ns("y"), pod("b"))])],
+            )],
             e(|p| !(p.dst.is("x/*") && p.src.is("y/b"))),
         ),
         sc(
@@ -350,8 +455,10 @@ fn peers_and_ports(yb4: &str, zc6: &str) -> Vec<Scenario> {
                 "out-udp-sctp",
                 10,
                 "y",
-                vec![rule(Deny, vec![namespaces(ns("z"))])
-                    .ports(vec![port(Protocol::Udp, 80), port(Protocol::Sctp, 81)])],
+                vec![
+                    rule(Deny, vec![namespaces(ns("z"))])
+                        .ports(vec![port(Protocol::Udp, 80), port(Protocol::Sctp, 81)]),
+                ],
             )],
             e(|p| {
                 !(p.src.is("y/*")
@@ -391,10 +498,10 @@ fn peers_and_ports(yb4: &str, zc6: &str) -> Vec<Scenario> {
                 "sctp-tcp",
                 10,
                 "y",
-                vec![rule(Deny, vec![namespaces(ns("x"))]).ports(vec![
-                    port(Protocol::Sctp, 81),
-                    port(Protocol::Tcp, 80),
-                ])],
+                vec![
+                    rule(Deny, vec![namespaces(ns("x"))])
+                        .ports(vec![port(Protocol::Sctp, 81), port(Protocol::Tcp, 80)]),
+                ],
             )],
             e(|p| {
                 !(p.dst.is("y/*")
@@ -419,8 +526,10 @@ fn peers_and_ports(yb4: &str, zc6: &str) -> Vec<Scenario> {
                 "serve-udp",
                 10,
                 "x",
-                vec![rule(Deny, vec![all_pods()])
-                    .ports(vec![ClusterPort::Named("serve-80-udp".into())])],
+                vec![
+                    rule(Deny, vec![all_pods()])
+                        .ports(vec![ClusterPort::Named("serve-80-udp".into())]),
+                ],
             )],
             e(|p| !(p.src.is("x/*") && p.protocol == Protocol::Udp && p.port == 80)),
         ),
@@ -440,7 +549,12 @@ fn peers_and_ports(yb4: &str, zc6: &str) -> Vec<Scenario> {
         ),
         sc(
             "cnp networks peer ::/0 in the Baseline tier: IPv6 only",
-            vec![baseline_out("no-v6", 10, "z", vec![rule(Deny, vec![network("::/0")])])],
+            vec![baseline_out(
+                "no-v6",
+                10,
+                "z",
+                vec![rule(Deny, vec![network("::/0")])],
+            )],
             e(|p| !(p.src.is("z/*") && p.family == Family::V6)),
         ),
         sc(
@@ -451,9 +565,10 @@ fn peers_and_ports(yb4: &str, zc6: &str) -> Vec<Scenario> {
                     "no-infra",
                     10,
                     "x",
-                    vec![rule(Deny, vec![ClusterPeer::Nodes(Selector::labels([(
-                        "role", "infra",
-                    )]))])],
+                    vec![rule(
+                        Deny,
+                        vec![ClusterPeer::Nodes(Selector::labels([("role", "infra")]))],
+                    )],
                 ),
             ],
             e(|p| !(p.src.is("x/*") && p.dst.is("z/c"))),
@@ -465,7 +580,12 @@ fn peers_and_ports(yb4: &str, zc6: &str) -> Vec<Scenario> {
         ),
         sc(
             "cnp a peer the engine cannot enforce makes a Deny rule deny everything",
-            vec![admin_in("fail-closed", 10, "z", vec![rule(Deny, vec![ClusterPeer::Anything])])],
+            vec![admin_in(
+                "fail-closed",
+                10,
+                "z",
+                vec![rule(Deny, vec![ClusterPeer::Anything])],
+            )],
             e(|p| !p.dst.is("z/*")),
         ),
     ]
@@ -494,7 +614,12 @@ fn lifecycle() -> Vec<Scenario> {
         ),
         sc(
             "cnp pods peer follows pod labels 1",
-            vec![admin_in("deny-zq", 10, "x", vec![rule(Deny, vec![pods(ns("z"), pod("q"))])])],
+            vec![admin_in(
+                "deny-zq",
+                10,
+                "x",
+                vec![rule(Deny, vec![pods(ns("z"), pod("q"))])],
+            )],
             e(|_| true),
         ),
         then(

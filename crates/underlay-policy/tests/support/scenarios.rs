@@ -196,7 +196,12 @@ pub fn all() -> Vec<Scenario> {
         sc("no policy: every pod is open", vec![], e(|_| true)),
         sc(
             "an empty ingress policy isolates every pod of its namespace",
-            vec![Apply(ingress_policy("x", "deny", Selector::everything(), vec![]))],
+            vec![Apply(ingress_policy(
+                "x",
+                "deny",
+                Selector::everything(),
+                vec![],
+            ))],
             e(|p| !p.dst.is("x/*")),
         ),
         sc(
