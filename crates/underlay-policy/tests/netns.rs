@@ -367,6 +367,41 @@ async fn newly_denied_established_connections_are_cut() {
     assert!(keep.echo().await, "an allowed connection was cut");
 }
 
+/// The same for a ClusterNetworkPolicy: an Admin-tier Deny from namespace
+/// y cuts y's established connections into x and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_a_cluster_policy_newly_denies_are_cut() {
+    use underlay_policy::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterRule, Tier};
+    if !require_root("connections_a_cluster_policy_newly_denies_are_cut") {
+        return;
+    }
+    let lab = Lab::new("cct").await;
+    let mut e = Engine::new(
+        CommandDataplane::in_netns(&lab.node),
+        Config::default(),
+        Metrics::default(),
+    );
+    e.change(load_world);
+    e.sync().unwrap();
+    let denied = Conn::open(&lab, tcp80("y/a", "x/a")).await;
+    let keep = Conn::open(&lab, tcp80("z/a", "x/a")).await;
+    assert!(denied.echo().await && keep.echo().await);
+    let ns = |n: &str| Selector::labels([("ns", n)]);
+    let mut p = ClusterPolicy::new("deny-y", Tier::Admin, 10, ns("x"));
+    p.ingress = vec![ClusterRule::new(
+        Action::Deny,
+        vec![ClusterPeer::Pods {
+            namespaces: ns("y"),
+            pods: Selector::everything(),
+        }],
+    )];
+    e.change(|idx| idx.apply_cluster_policy(p));
+    let report = e.sync().unwrap();
+    assert!(report.conntrack_removed >= 1, "{report:?}");
+    assert!(!denied.echo().await, "denied connection still flows");
+    assert!(keep.echo().await, "an allowed connection was cut");
+}
+
 /// Entries of `conntrack -L` (both families) in the namespace `ns`.
 fn conntrack_entries(ns: &str) -> usize {
     ["ipv4", "ipv6"]
