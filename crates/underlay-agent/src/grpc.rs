@@ -269,6 +269,72 @@ impl Agent for AgentService {
         })
         .await
     }
+
+    #[tracing::instrument(skip_all, fields(rpc = "Endpoints"))]
+    async fn endpoints(
+        &self,
+        _req: Request<v1::EndpointsRequest>,
+    ) -> Result<Response<v1::EndpointsResponse>, Status> {
+        self.timed("Endpoints", async {
+            let hook = self.endpoints.hook();
+            let mut out = Vec::new();
+            for ep in self.endpoints.endpoints() {
+                let iso = hook.isolation(&ep).await.unwrap_or(crate::hook::Isolation {
+                    pod_known: true,
+                    ..Default::default()
+                });
+                out.push(v1::EndpointInfo {
+                    namespace: ep.namespace,
+                    name: ep.pod_name,
+                    ips: ep.ips.iter().map(|ip| ip.to_string()).collect(),
+                    host_interface: ep.host_interface,
+                    container_id: ep.key.container_id,
+                    ingress: Some(iso.ingress),
+                    egress: Some(iso.egress),
+                    pod_known: iso.pod_known,
+                });
+            }
+            out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            Ok(v1::EndpointsResponse { endpoints: out })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "Trace"))]
+    async fn trace(
+        &self,
+        req: Request<v1::TraceRequest>,
+    ) -> Result<Response<v1::TraceResponse>, Status> {
+        let req = req.into_inner();
+        self.timed("Trace", async {
+            self.endpoints
+                .hook()
+                .trace(&req)
+                .await
+                .map_err(|e| match e {
+                    HookError::Unavailable(m) => Status::unavailable(m),
+                    HookError::Failed(m) => Status::failed_precondition(m),
+                })
+        })
+        .await
+    }
+
+    type DenialsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::Denial, Status>> + Send + 'static>>;
+
+    #[tracing::instrument(skip_all, fields(rpc = "Denials"))]
+    async fn denials(
+        &self,
+        req: Request<v1::DenialsRequest>,
+    ) -> Result<Response<Self::DenialsStream>, Status> {
+        use futures::StreamExt;
+        let req = req.into_inner();
+        let stream = self.endpoints.hook().denials(&req).map_err(|e| match e {
+            HookError::Unavailable(m) => Status::unavailable(m),
+            HookError::Failed(m) => Status::failed_precondition(m),
+        })?;
+        Ok(Response::new(Box::pin(stream.map(Ok))))
+    }
 }
 
 #[cfg(test)]
@@ -316,6 +382,7 @@ mod tests {
             ipset_members: 7,
             last_sync_unix_ms: Some(1_700_000_000_000),
             last_error: String::new(),
+            cluster_policies: 1,
         };
         *hook.policy_status.lock().unwrap() = Some(healthy.clone());
         let st = status(&svc).await;

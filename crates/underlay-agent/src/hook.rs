@@ -7,9 +7,11 @@
 //! (boxed futures) so the binary can choose the implementation at run time.
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use prometheus_client::registry::Registry;
 use std::net::IpAddr;
 use underlay_ipam::AttachmentKey;
+use underlay_proto::v1;
 
 /// One pod attachment as the policy engine sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,42 @@ pub trait EndpointHook: Send + Sync + 'static {
     /// `/metrics`); called once, before the agent serves. Hooks without
     /// metrics keep the default, which adds nothing.
     fn register_metrics(&self, _registry: &mut Registry) {}
+    /// Which policies decide each direction of an endpoint's pod, for the
+    /// `Endpoints` RPC; `None` without a policy engine (every pod open).
+    fn isolation<'a>(&'a self, _ep: &'a EndpointInfo) -> BoxFuture<'a, Option<Isolation>> {
+        Box::pin(async { None })
+    }
+    /// The verdict for one flow at this node's pods, from the model and
+    /// from the kernel (the `Trace` RPC).
+    fn trace<'a>(
+        &'a self,
+        _req: &'a v1::TraceRequest,
+    ) -> BoxFuture<'a, Result<v1::TraceResponse, HookError>> {
+        Box::pin(async { Err(no_policy()) })
+    }
+    /// The recent denials, then (with `follow`) new ones as they are seen
+    /// (the `Denials` RPC).
+    fn denials(&self, _req: &v1::DenialsRequest) -> Result<DenialStream, HookError> {
+        Err(no_policy())
+    }
+}
+
+/// A stream of denials for the `Denials` RPC.
+pub type DenialStream = BoxStream<'static, v1::Denial>;
+
+/// Both directions of a pod as policy decides them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Isolation {
+    pub ingress: v1::Isolation,
+    pub egress: v1::Isolation,
+    /// False while the engine has no Pod object for the endpoint.
+    pub pod_known: bool,
+}
+
+fn no_policy() -> HookError {
+    HookError::Failed(
+        "policy enforcement is off on this node (--policy=false): every pod is open".into(),
+    )
 }
 
 /// Policy enforcement disabled (`--policy=false`): every endpoint is open.

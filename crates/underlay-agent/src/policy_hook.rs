@@ -2,7 +2,7 @@
 //! thin adapter between the agent's endpoints and the engine's runtime.
 //! Everything that decides lives in the engine crate.
 
-use crate::hook::{EndpointHook, EndpointInfo, HookError};
+use crate::hook::{EndpointHook, EndpointInfo, HookError, Isolation};
 use futures::future::BoxFuture;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -78,6 +78,21 @@ impl EndpointHook for PolicyHook {
         self.metrics.register(registry);
     }
 
+    fn isolation<'a>(&'a self, ep: &'a EndpointInfo) -> BoxFuture<'a, Option<Isolation>> {
+        Box::pin(async move {
+            let described = self.agent.isolation(&endpoint(ep)).await?;
+            let side = |s: underlay_policy::describe::Side| underlay_proto::v1::Isolation {
+                isolated: s.isolated,
+                policies: s.policies,
+            };
+            Some(Isolation {
+                ingress: side(described.ingress),
+                egress: side(described.egress),
+                pod_known: described.pod_known,
+            })
+        })
+    }
+
     fn status(&self) -> Option<underlay_proto::v1::PolicyStatus> {
         let s = self.agent.status();
         Some(underlay_proto::v1::PolicyStatus {
@@ -90,6 +105,7 @@ impl EndpointHook for PolicyHook {
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_millis() as i64),
             last_error: s.last_error.unwrap_or_default(),
+            cluster_policies: s.cluster_policies,
         })
     }
 }

@@ -121,6 +121,16 @@ impl<D: Dataplane> PolicyAgent<D> {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Which policies decide each direction of `ep`'s pod, in evaluation
+    /// order (see [`crate::describe::isolation`]); `None` while the pod's
+    /// endpoint is not attached here.
+    pub async fn isolation(&self, ep: &Endpoint) -> Option<crate::describe::Isolation> {
+        let engine = self.engine.lock().await;
+        let index = engine.index();
+        let attached = index.endpoint(&ep.interface)?;
+        Some(crate::describe::isolation(index, attached))
+    }
+
     /// Starts the watchers, the sync loop and the repair timer.
     pub fn start(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();

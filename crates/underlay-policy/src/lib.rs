@@ -12,6 +12,7 @@
 //! - [`engine`]: diffs desired against programmed and writes the difference.
 //! - [`agent`]: the async runtime around the engine: kube watchers, attach
 //!   and detach of endpoints, periodic repair.
+//! - [`describe`]: policy decisions in words, for operators.
 //! - [`status`]: the conditions the agent writes on ClusterNetworkPolicies.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`args`]: the command-line flags the agent binary flattens in.
@@ -24,6 +25,7 @@ pub mod args;
 pub mod convert;
 pub mod ctnetlink;
 pub mod dataplane;
+pub mod describe;
 pub mod engine;
 pub mod metrics;
 pub mod nl;

@@ -171,6 +171,9 @@ pub struct PolicyStatus {
     pub last_sync_unix_ms: ::core::option::Option<i64>,
     #[prost(string, tag = "6")]
     pub last_error: ::prost::alloc::string::String,
+    /// ClusterNetworkPolicies that select a local pod.
+    #[prost(uint64, tag = "7")]
+    pub cluster_policies: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -192,6 +195,151 @@ pub struct StatusResponse {
     pub policy: ::core::option::Option<PolicyStatus>,
     #[prost(string, tag = "7")]
     pub version: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EndpointsRequest {}
+/// Which policies decide one direction of a pod.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Isolation {
+    /// True when some policy of any tier selects the pod in this direction
+    /// (what it does not allow is dropped).
+    #[prost(bool, tag = "1")]
+    pub isolated: bool,
+    /// The policies, in evaluation order: "clusternetworkpolicy/NAME (Admin)",
+    /// "networkpolicy/NAMESPACE/NAME", "clusternetworkpolicy/NAME (Baseline)".
+    #[prost(string, repeated, tag = "2")]
+    pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EndpointInfo {
+    #[prost(string, tag = "1")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "3")]
+    pub ips: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "4")]
+    pub host_interface: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub container_id: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "6")]
+    pub ingress: ::core::option::Option<Isolation>,
+    #[prost(message, optional, tag = "7")]
+    pub egress: ::core::option::Option<Isolation>,
+    /// False while the agent has no Pod object for the endpoint (then both
+    /// directions are dropped).
+    #[prost(bool, tag = "8")]
+    pub pod_known: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EndpointsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub endpoints: ::prost::alloc::vec::Vec<EndpointInfo>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TraceRequest {
+    /// Source and destination IP addresses.
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub destination: ::prost::alloc::string::String,
+    /// "tcp", "udp" or "sctp".
+    #[prost(string, tag = "3")]
+    pub protocol: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "4")]
+    pub port: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Verdict {
+    #[prost(bool, tag = "1")]
+    pub allowed: bool,
+    /// Why, in words: the policy and rule that allowed or denied it, or the
+    /// policies that isolate the pod and that none admits it.
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+/// One direction the node decides: egress at a local source pod, ingress
+/// at a local destination pod.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DirectionTrace {
+    #[prost(enumeration = "Direction", tag = "1")]
+    pub direction: i32,
+    /// "namespace/name" of the local pod.
+    #[prost(string, tag = "2")]
+    pub pod: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub model: ::core::option::Option<Verdict>,
+    #[prost(message, optional, tag = "4")]
+    pub kernel: ::core::option::Option<Verdict>,
+    /// The kernel rules the packet matched, in order, as "CHAIN: rule".
+    #[prost(string, repeated, tag = "5")]
+    pub kernel_rules: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// False when the model and the kernel disagree: a bug, reported, never
+    /// hidden.
+    #[prost(bool, tag = "6")]
+    pub agree: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TraceResponse {
+    /// Empty when neither address belongs to a pod on this node.
+    #[prost(message, repeated, tag = "1")]
+    pub directions: ::prost::alloc::vec::Vec<DirectionTrace>,
+    /// The node's verdict: every direction it decides allows (by the kernel).
+    #[prost(bool, tag = "2")]
+    pub allowed: bool,
+    /// Every direction's model and kernel verdicts agree.
+    #[prost(bool, tag = "3")]
+    pub agree: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DenialsRequest {
+    /// Keep the stream open and send new denials as they are seen.
+    #[prost(bool, tag = "1")]
+    pub follow: bool,
+    /// Only denials of pods in this namespace; empty for all.
+    #[prost(string, tag = "2")]
+    pub namespace: ::prost::alloc::string::String,
+}
+/// One aggregated denial: packets of one flow key (direction, pod, source,
+/// destination, protocol, port) seen within one aggregation window.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Denial {
+    /// Unix time in milliseconds of the first and last packet counted.
+    #[prost(int64, tag = "1")]
+    pub first_unix_ms: i64,
+    #[prost(int64, tag = "2")]
+    pub last_unix_ms: i64,
+    #[prost(enumeration = "Direction", tag = "3")]
+    pub direction: i32,
+    /// "namespace/name" of the local pod whose policy denied it.
+    #[prost(string, tag = "4")]
+    pub pod: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub destination: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub protocol: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "8")]
+    pub port: u32,
+    /// Why: the policy that denied it, or the policies that isolate the pod.
+    #[prost(string, tag = "9")]
+    pub policy: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "10")]
+    pub packets: u64,
+    /// An audit denial: audited policies would deny it; it was accepted.
+    #[prost(bool, tag = "11")]
+    pub audit: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -219,6 +367,36 @@ impl IpFamily {
             "IP_FAMILY_UNSPECIFIED" => Some(Self::Unspecified),
             "IP_FAMILY_IPV4" => Some(Self::Ipv4),
             "IP_FAMILY_IPV6" => Some(Self::Ipv6),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Direction {
+    Unspecified = 0,
+    Ingress = 1,
+    Egress = 2,
+}
+impl Direction {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "DIRECTION_UNSPECIFIED",
+            Self::Ingress => "DIRECTION_INGRESS",
+            Self::Egress => "DIRECTION_EGRESS",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DIRECTION_UNSPECIFIED" => Some(Self::Unspecified),
+            "DIRECTION_INGRESS" => Some(Self::Ingress),
+            "DIRECTION_EGRESS" => Some(Self::Egress),
             _ => None,
         }
     }
@@ -413,6 +591,78 @@ pub mod agent_client {
             req.extensions_mut().insert(GrpcMethod::new("underlay.v1.Agent", "Status"));
             self.inner.unary(req, path, codec).await
         }
+        /// The node's pods as policy sees them: addresses, host interface,
+        /// sandbox, and which policies isolate each direction.
+        pub async fn endpoints(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EndpointsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EndpointsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/underlay.v1.Agent/Endpoints",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("underlay.v1.Agent", "Endpoints"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The verdict for one flow at this node's pods and why, computed twice:
+        /// from the agent's policy model and by walking the packet through the
+        /// rules and set members read back from the kernel.
+        pub async fn trace(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TraceRequest>,
+        ) -> std::result::Result<tonic::Response<super::TraceResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/underlay.v1.Agent/Trace");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("underlay.v1.Agent", "Trace"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Denied (and audited) connections the agent's NFLOG consumer saw,
+        /// aggregated: the recent ones, then, with follow, new ones as they come.
+        pub async fn denials(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DenialsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::Denial>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/underlay.v1.Agent/Denials",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("underlay.v1.Agent", "Denials"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -457,6 +707,34 @@ pub mod agent_server {
             &self,
             request: tonic::Request<super::StatusRequest>,
         ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status>;
+        /// The node's pods as policy sees them: addresses, host interface,
+        /// sandbox, and which policies isolate each direction.
+        async fn endpoints(
+            &self,
+            request: tonic::Request<super::EndpointsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EndpointsResponse>,
+            tonic::Status,
+        >;
+        /// The verdict for one flow at this node's pods and why, computed twice:
+        /// from the agent's policy model and by walking the packet through the
+        /// rules and set members read back from the kernel.
+        async fn trace(
+            &self,
+            request: tonic::Request<super::TraceRequest>,
+        ) -> std::result::Result<tonic::Response<super::TraceResponse>, tonic::Status>;
+        /// Server streaming response type for the Denials method.
+        type DenialsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::Denial, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Denied (and audited) connections the agent's NFLOG consumer saw,
+        /// aggregated: the recent ones, then, with follow, new ones as they come.
+        async fn denials(
+            &self,
+            request: tonic::Request<super::DenialsRequest>,
+        ) -> std::result::Result<tonic::Response<Self::DenialsStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AgentServer<T> {
@@ -745,6 +1023,138 @@ pub mod agent_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/underlay.v1.Agent/Endpoints" => {
+                    #[allow(non_camel_case_types)]
+                    struct EndpointsSvc<T: Agent>(pub Arc<T>);
+                    impl<T: Agent> tonic::server::UnaryService<super::EndpointsRequest>
+                    for EndpointsSvc<T> {
+                        type Response = super::EndpointsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EndpointsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::endpoints(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EndpointsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/underlay.v1.Agent/Trace" => {
+                    #[allow(non_camel_case_types)]
+                    struct TraceSvc<T: Agent>(pub Arc<T>);
+                    impl<T: Agent> tonic::server::UnaryService<super::TraceRequest>
+                    for TraceSvc<T> {
+                        type Response = super::TraceResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TraceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::trace(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TraceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/underlay.v1.Agent/Denials" => {
+                    #[allow(non_camel_case_types)]
+                    struct DenialsSvc<T: Agent>(pub Arc<T>);
+                    impl<
+                        T: Agent,
+                    > tonic::server::ServerStreamingService<super::DenialsRequest>
+                    for DenialsSvc<T> {
+                        type Response = super::Denial;
+                        type ResponseStream = T::DenialsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DenialsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::denials(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DenialsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

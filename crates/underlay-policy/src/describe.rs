@@ -1,0 +1,68 @@
+//! Policy decisions in words, for operators: which policies decide each
+//! direction of a pod, named the way `kubectl` names them.
+
+use crate::cluster::{ClusterPolicy, Tier};
+use crate::index::Index;
+use crate::model::{Direction, Endpoint, Policy};
+
+/// How a NetworkPolicy is named in reports.
+pub fn network_policy(p: &Policy) -> String {
+    format!("networkpolicy/{}/{}", p.namespace, p.name)
+}
+
+/// How a ClusterNetworkPolicy is named in reports, with its tier.
+pub fn cluster_policy(p: &ClusterPolicy) -> String {
+    format!("clusternetworkpolicy/{} ({})", p.name, p.tier)
+}
+
+/// One direction of a pod: whether anything decides it, and what, in
+/// evaluation order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Side {
+    pub isolated: bool,
+    pub policies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Isolation {
+    pub ingress: Side,
+    pub egress: Side,
+    /// False while the index has no Pod object for the endpoint (both
+    /// directions are dropped then).
+    pub pod_known: bool,
+}
+
+/// The policies deciding each direction of `ep`: the Admin tier's, then
+/// the NetworkPolicies, or, when none selects the pod in that direction,
+/// the Baseline tier's (which only then take part).
+pub fn isolation(index: &Index, ep: &Endpoint) -> Isolation {
+    let pod_known = index.pod(&ep.pod).is_some();
+    let selection = index.selection(ep);
+    let side = |dir: Direction| {
+        let mut policies: Vec<String> = selection
+            .tier(Tier::Admin, dir)
+            .iter()
+            .map(|p| cluster_policy(p))
+            .collect();
+        let nps = selection.get(dir);
+        if nps.is_empty() {
+            policies.extend(
+                selection
+                    .tier(Tier::Baseline, dir)
+                    .iter()
+                    .map(|p| cluster_policy(p)),
+            );
+        } else {
+            policies.extend(nps.iter().map(|p| network_policy(p)));
+        }
+        Side {
+            isolated: !pod_known || !selection.open(dir),
+            policies,
+        }
+    };
+    Isolation {
+        ingress: side(Direction::Ingress),
+        egress: side(Direction::Egress),
+        pod_known,
+    }
+}
