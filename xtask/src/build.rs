@@ -27,6 +27,7 @@ pub const BINARIES: &[(&str, &str)] = &[
     ("underlay-agent", "underlay-agent"),
     ("underlay-cni", "underlay-cni"),
     ("underlay-route-controller", "underlay-route-controller"),
+    ("underlay-cli", "kubectl-underlay"),
 ];
 
 /// The lab's own binary, built beside the shipped ones whenever a lab runs.

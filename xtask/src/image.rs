@@ -291,13 +291,13 @@ fn require_iptables(debian_layer: &Layer) -> Result<()> {
     Ok(())
 }
 
-/// The agent image's own layer: the base files, the agent and the CNI
-/// plugin, the entrypoint, the iptables tools of each back end, and the
+/// The agent image's own layer: the base files, the agent, the CNI
+/// plugin and the operators' tool (`kubectl-underlay`), the entrypoint, the iptables tools of each back end, and the
 /// inventory of the Debian packages.
 fn agent_layer(bins: &BTreeMap<String, PathBuf>, pins: &[debian::Pin]) -> Result<Layer> {
     let mut layer = Layer::new();
     base_files(&mut layer)?;
-    for name in [AGENT, "underlay-cni"] {
+    for name in [AGENT, "underlay-cni", "kubectl-underlay"] {
         let (data, mode) = binary(bins, name)?;
         layer.file(&format!("usr/local/bin/{name}"), data, mode)?;
     }

@@ -1,4 +1,4 @@
-//! `cargo xtask lab [up|down|status|exec|probe|demo|apiserver|build] ...`:
+//! `cargo xtask lab [up|down|status|exec|probe|underlay|trace|denials|demo|apiserver|build] ...`:
 //! installs what the lab needs (the same setup as `cargo xtask test`),
 //! builds the binaries it runs and hands over to `underlay-lab`.
 //!
@@ -15,8 +15,9 @@ use crate::util::{cargo, exec, is_root, root};
 use anyhow::{Result, bail};
 use std::process::Command;
 
-/// Subcommands that need the underlay binaries (they start a lab).
-const STARTS_A_LAB: [&str; 3] = ["up", "demo", "supervise"];
+/// Subcommands that need the underlay binaries (they start a lab, or run
+/// the operators' tool against its agents).
+const STARTS_A_LAB: [&str; 6] = ["up", "demo", "supervise", "underlay", "trace", "denials"];
 
 pub fn run(args: &[String]) -> Result<()> {
     let (sub, rest) = match args.split_first() {

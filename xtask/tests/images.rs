@@ -312,9 +312,9 @@ fn images_are_reproducible_readable_and_their_binaries_and_tools_run() {
         "{version}"
     );
 
-    // The agent image: both binaries report the version and commit.
+    // The agent image: its binaries report the version and commit.
     let agent = unpack(&a, "underlay-agent", &tag, &tmp.0);
-    for bin in ["underlay-agent", "underlay-cni"] {
+    for bin in ["underlay-agent", "underlay-cni", "kubectl-underlay"] {
         let version = ok_in_image(
             &agent,
             &[],

@@ -32,6 +32,7 @@ const OWN: &[&str] = &[
     "underlay-agent",
     "underlay-cni",
     "underlay-route-controller",
+    "kubectl-underlay",
     "underlay-lab",
     "xtask",
 ];

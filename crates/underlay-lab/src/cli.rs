@@ -3,11 +3,13 @@
 //! supervisor over its control socket), and `demo` (up → demo → report →
 //! down in one process). The binary only parses and dispatches.
 
+mod operate;
 use crate::demo;
 use crate::lab::{Lab, LabConfig, LabState};
 use crate::netns::{self, Netns};
 use crate::traffic::{self, Protocol};
 use anyhow::{Context, Result, bail};
+pub use operate::{DenialsArgs, TraceArgs, UnderlayArgs, denials, trace, underlay};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

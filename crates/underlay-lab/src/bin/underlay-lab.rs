@@ -37,6 +37,13 @@ enum Command {
     Exec(underlay_lab::cli::ExecArgs),
     /// Probe HOST PORT from a pod; exit 0 connected, 1 refused or timed out, 2 error.
     Probe(underlay_lab::cli::ProbeArgs),
+    /// The operators' tool against NODE's agent: underlay NODE -- ARGS...
+    Underlay(underlay_lab::cli::UnderlayArgs),
+    /// Why a flow from a pod is allowed or denied, from the agents of both
+    /// ends; exit 0 allowed, 1 denied, 2 error (as probe).
+    Trace(underlay_lab::cli::TraceArgs),
+    /// Every node's denial records as JSON lines.
+    Denials(underlay_lab::cli::DenialsArgs),
     /// Add or remove a node of the running lab (`up`): node add|remove NAME.
     Node(underlay_lab::cli::NodeArgs),
     /// Up, run the demo, print the report, down; exit 1 if any expectation fails.
@@ -66,6 +73,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Exec(args) => std::process::exit(underlay_lab::cli::exec(args).await?),
         Command::Probe(args) => std::process::exit(underlay_lab::cli::probe(args).await),
         Command::Node(args) => underlay_lab::cli::node(args).await,
+        Command::Underlay(args) => std::process::exit(underlay_lab::cli::underlay(args).await?),
+        Command::Trace(args) => std::process::exit(underlay_lab::cli::trace(args).await),
+        Command::Denials(args) => underlay_lab::cli::denials(args).await,
         Command::Demo(args) => {
             if !underlay_lab::cli::demo(args).await? {
                 std::process::exit(1);

@@ -52,6 +52,12 @@ impl Lab {
         self.config.dir.join("nodes").join(node)
     }
 
+    /// The gRPC socket of `node`'s agent (what the CNI plugin and
+    /// `kubectl-underlay --socket` talk to).
+    pub fn agent_socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("agent.sock")
+    }
+
     /// The node's place in the VNet.
     pub(super) fn node_net(&self, node: &str) -> Result<NodeNet> {
         self.vnet
