@@ -221,6 +221,12 @@ impl Lab {
         self.apiserver.as_ref()
     }
 
+    /// The log file of one of the lab's daemons (`agent-node-1`,
+    /// `route-controller-0`, ...).
+    pub fn log_path(&self, what: &str) -> PathBuf {
+        self.config.dir.join("logs").join(format!("{what}.log"))
+    }
+
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.config.kubeconfig_path()
     }

@@ -97,6 +97,8 @@ pub async fn serve(
     router: Router,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
+    // The address actually bound (port 0 picks one), for whoever scrapes.
+    tracing::info!(addr = %listener.local_addr()?, "http listening");
     Ok(tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {
             tracing::warn!(%error, "http server stopped");
