@@ -25,6 +25,7 @@ impl PolicyHook {
         let metrics = Metrics::default();
         let mut engine = Engine::new(args.dataplane(), args.config(), metrics.clone());
         engine.set_conntrack_cleanup(args.policy_conntrack_cleanup);
+        engine.change(|i| i.set_default_mode(args.policy_default_mode));
         let agent = PolicyAgent::new(engine, client, args.options());
         // The tasks run for the life of the process.
         drop(agent.start());

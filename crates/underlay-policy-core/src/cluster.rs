@@ -12,7 +12,7 @@
 //! 3. otherwise the Baseline tier the same way (Pass skips the rest of it);
 //! 4. otherwise the default: allowed.
 
-use crate::model::{Cidr, Labels, PortMatch, Selector};
+use crate::model::{Cidr, Labels, Mode, PortMatch, Selector};
 use std::cmp::Ordering;
 use std::fmt;
 use std::net::IpAddr;
@@ -123,6 +123,7 @@ pub struct ClusterPolicy {
     pub subject_pods: Selector,
     pub ingress: Vec<ClusterRule>,
     pub egress: Vec<ClusterRule>,
+    pub mode: Mode,
 }
 
 impl ClusterPolicy {
@@ -136,6 +137,7 @@ impl ClusterPolicy {
             subject_pods: Selector::everything(),
             ingress: Vec::new(),
             egress: Vec::new(),
+            mode: Mode::Inherit,
         }
     }
 

@@ -394,42 +394,104 @@ fn dispatch_chains(endpoints: &[&Endpoint]) -> [(String, Vec<String>); 2] {
 
 /// One endpoint's chains, one per direction: empty (open) when no policy
 /// of any tier selects it in that direction; else the tiers in order (see
-/// [`endpoint_rules`]); only a drop while the pod is unknown.
+/// [`endpoint_rules`]); only a drop while the pod is unknown. When an
+/// audited policy selects it in a direction, that direction also gets an
+/// audit chain (see [`audit_chain`]).
 fn endpoint_chains(
     index: &Index,
     config: &Config,
     names: &mut Names,
     ep: &Endpoint,
-) -> [(String, Vec<String>); 2] {
+) -> Vec<(String, Vec<String>)> {
     let chain = |dir| endpoint_chain(&ep.interface, dir);
     if index.pod(&ep.pod).is_none() {
         // Unknown means denied: without its Pod object nothing says which
         // policies select it (e.g. deleted while we were down).
-        return Direction::BOTH.map(|dir| (chain(dir), vec!["-j DROP".into()]));
+        return Direction::BOTH
+            .map(|dir| (chain(dir), vec!["-j DROP".into()]))
+            .to_vec();
     }
-    let selection = index.selection(ep);
+    let all = index.selection(ep);
+    let mode = index.default_mode();
+    let enforced = all.enforced(mode);
     let log = config.log_all
         || index
             .namespace(&ep.pod.namespace)
             .is_some_and(|n| n.log_denied);
-    Direction::BOTH.map(|dir| {
-        let rules = if selection.open(dir) {
+    let mut out = Vec::new();
+    for dir in Direction::BOTH {
+        let deny_log = log.then(|| log_rule(config, ep, dir, "deny"));
+        if !all.audits(dir, mode) {
+            let rules = if enforced.open(dir) {
+                Vec::new()
+            } else {
+                let exits = Exits::enforcing(ALLOW.into(), deny_log);
+                endpoint_rules(&enforced, dir, config, names, &exits)
+            };
+            out.push((chain(dir), rules));
+            continue;
+        }
+        let audit = audit_chain(&ep.interface, dir);
+        let mut rules = if enforced.open(dir) {
             Vec::new()
         } else {
-            let log = log.then(|| deny_log_rule(config, ep, dir));
-            endpoint_rules(&selection, dir, config, names, log)
+            let exits = Exits::enforcing(audit.clone(), deny_log);
+            endpoint_rules(&enforced, dir, config, names, &exits)
         };
-        (chain(dir), rules)
-    })
+        if enforced.get(dir).is_empty() {
+            // What the enforced tiers leave undecided is allowed: audit it.
+            rules.push(format!("-g {audit}"));
+        }
+        out.push((chain(dir), rules));
+        let exits = Exits {
+            allow: ALLOW.into(),
+            deny: format!("-g {ALLOW}"),
+            log: Some(log_rule(config, ep, dir, "audit")),
+        };
+        out.push((audit, endpoint_rules(&all, dir, config, names, &exits)));
+    }
+    out
+}
+
+/// The audit chain of an endpoint in one direction: the same tiers with
+/// every policy, audited ones included, reached only by packets the
+/// enforced policies allow. What it would deny is logged as an audit
+/// denial and accepted all the same (its deny exit is `UDL-ALLOW`).
+pub fn audit_chain(interface: &str, dir: Direction) -> String {
+    let d = match dir {
+        Direction::Ingress => "AI",
+        Direction::Egress => "AE",
+    };
+    format!("{CHAIN_PREFIX}{d}-{interface}")
+}
+
+/// Where an endpoint chain's verdicts lead.
+struct Exits {
+    /// The chain an allowed packet goes to.
+    allow: String,
+    /// The target of a denied packet (`-j DROP`, or on for audit).
+    deny: String,
+    /// The NFLOG rule for a denied packet, when it is logged.
+    log: Option<String>,
+}
+
+impl Exits {
+    fn enforcing(allow: String, log: Option<String>) -> Exits {
+        Exits {
+            allow,
+            deny: "-j DROP".into(),
+            log,
+        }
+    }
 }
 
 /// The rules of a selected endpoint's chain in one direction. The verdict
 /// field of the mark starts clear; then
 /// - the Admin tier: each policy's chain while no verdict is set; Accept
-///   goes to `UDL-ALLOW`, Deny drops, Pass (or no match) clears the field
-///   and goes on;
+///   goes to the allow exit, Deny to the deny exit, Pass (or no match)
+///   clears the field and goes on;
 /// - NetworkPolicy when one selects the endpoint: each policy's chain,
-///   `UDL-ALLOW` as soon as one allowed, otherwise drop;
+///   the allow exit as soon as one allowed, otherwise the deny exit;
 /// - otherwise the Baseline tier like the Admin tier, and what it leaves
 ///   undecided returns (allowed by default) with the field clear.
 fn endpoint_rules(
@@ -437,9 +499,10 @@ fn endpoint_rules(
     dir: Direction,
     config: &Config,
     names: &mut Names,
-    log: Option<String>,
+    exits: &Exits,
 ) -> Vec<String> {
     let accepted = config.accepted();
+    let (allow, deny) = (&exits.allow, &exits.deny);
     let mut rules = vec![format!("-j MARK --set-xmark {}", config.undecided())];
     let mut tier = |rules: &mut Vec<String>, policies: &[Arc<ClusterPolicy>]| {
         for (i, p) in policies.iter().enumerate() {
@@ -450,11 +513,11 @@ fn endpoint_rules(
             };
             rules.push(format!("{guard}-j {}", names.cluster_chain(p, dir)));
         }
-        rules.push(format!("-m mark --mark {accepted} -g {ALLOW}"));
-        if let Some(log) = &log {
+        rules.push(format!("-m mark --mark {accepted} -g {allow}"));
+        if let Some(log) = &exits.log {
             rules.push(format!("-m mark --mark {} {log}", config.denied()));
         }
-        rules.push(format!("-m mark --mark {} -j DROP", config.denied()));
+        rules.push(format!("-m mark --mark {} {deny}", config.denied()));
     };
     let admin = selection.tier(Tier::Admin, dir);
     let policies = selection.get(dir);
@@ -475,21 +538,22 @@ fn endpoint_rules(
     }
     for p in policies {
         rules.push(format!("-j {}", names.policy_chain(p, dir)));
-        rules.push(format!("-m mark --mark {accepted} -g {ALLOW}"));
+        rules.push(format!("-m mark --mark {accepted} -g {allow}"));
     }
-    rules.extend(log);
-    rules.push("-j DROP".into());
+    rules.extend(exits.log.clone());
+    rules.push(deny.clone());
     rules
 }
 
-/// The NFLOG rule logging a denied packet of `ep` (prefix at most 63
-/// bytes, no characters that would break the rule's quoting).
-fn deny_log_rule(config: &Config, ep: &Endpoint, dir: Direction) -> String {
+/// The NFLOG rule logging a denied (`kind` "deny") or audit-denied
+/// ("audit") packet of `ep` (prefix at most 63 bytes, no characters that
+/// would break the rule's quoting).
+fn log_rule(config: &Config, ep: &Endpoint, dir: Direction, kind: &str) -> String {
     let d = match dir {
         Direction::Ingress => "in",
         Direction::Egress => "out",
     };
-    let mut prefix = format!("udl deny {d} {}", ep.pod);
+    let mut prefix = format!("udl {kind} {d} {}", ep.pod);
     let mut end = prefix.len().min(63);
     while !prefix.is_char_boundary(end) {
         end -= 1;
@@ -666,12 +730,12 @@ mod tests {
         let config = Config::default();
         // 'é' is two bytes: byte 63 falls inside one of them.
         let long = endpoint("x", &"é".repeat(40));
-        let rule = deny_log_rule(&config, &long, Direction::Ingress);
+        let rule = log_rule(&config, &long, Direction::Ingress, "deny");
         let prefix = rule.split('"').nth(1).unwrap();
         assert!(prefix.len() <= 63, "{prefix}");
         assert!(prefix.starts_with("udl deny in x/éé"), "{prefix}");
         let quoted = endpoint("x", "a\"b\\c");
-        let rule = deny_log_rule(&config, &quoted, Direction::Egress);
+        let rule = log_rule(&config, &quoted, Direction::Egress, "deny");
         assert!(
             rule.ends_with("--nflog-prefix \"udl deny out x/a_b_c\""),
             "{rule}"

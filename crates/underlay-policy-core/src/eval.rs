@@ -22,6 +22,15 @@ pub struct Flow {
     pub dport: u16,
 }
 
+/// Which policies an evaluation counts.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// The enforced ones: what the kernel does.
+    Enforced,
+    /// Every policy, audited ones as if enforced.
+    All,
+}
+
 /// A view of the index prepared for evaluating many flows.
 pub struct Evaluator<'a> {
     index: &'a Index,
@@ -65,11 +74,44 @@ impl<'a> Evaluator<'a> {
         true
     }
 
+    /// Whether the enforced policies allow the flow but the audited ones,
+    /// were they enforced, would deny it: an audit denial.
+    pub fn audit_denied(&self, flow: &Flow) -> bool {
+        self.allowed(flow) && !self.decides(flow, Scope::All)
+    }
+
+    fn decides(&self, flow: &Flow, scope: Scope) -> bool {
+        if let Some(ep) = self.local.get(&flow.src)
+            && !self.direction_allows_in(ep, Direction::Egress, flow, scope)
+        {
+            return false;
+        }
+        if let Some(ep) = self.local.get(&flow.dst)
+            && !self.direction_allows_in(ep, Direction::Ingress, flow, scope)
+        {
+            return false;
+        }
+        true
+    }
+
     fn direction_allows(&self, ep: &Endpoint, dir: Direction, flow: &Flow) -> bool {
+        self.direction_allows_in(ep, dir, flow, Scope::Enforced)
+    }
+
+    fn direction_allows_in(
+        &self,
+        ep: &Endpoint,
+        dir: Direction,
+        flow: &Flow,
+        scope: Scope,
+    ) -> bool {
         if self.index.pod(&ep.pod).is_none() {
             return false;
         }
-        let selection = self.index.selection(ep);
+        let selection = match scope {
+            Scope::Enforced => self.index.selection(ep).enforced(self.index.default_mode()),
+            Scope::All => self.index.selection(ep),
+        };
         let peer_ip = match dir {
             Direction::Ingress => flow.src,
             Direction::Egress => flow.dst,

@@ -6,8 +6,8 @@
 
 use crate::cluster::{ClusterPeer, ClusterPolicy, Node, Tier};
 use crate::model::{
-    Attachment, Cidr, Direction, Endpoint, Family, Namespace, Peer, Pod, PodKey, Policy, PortRef,
-    Protocol, Selector, parse_cidr,
+    Attachment, Cidr, Direction, Endpoint, Family, Mode, Namespace, Peer, Pod, PodKey, Policy,
+    PortRef, Protocol, Selector, parse_cidr,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -250,6 +250,8 @@ pub struct Index {
     /// Set when policies or endpoints changed, so the active sets must be
     /// recomputed before compiling.
     sets_stale: bool,
+    /// The mode of policies that do not name one.
+    default_mode: Mode,
 }
 
 /// Policies that select one endpoint, per direction, in a stable order.
@@ -265,6 +267,39 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The policies that are enforced (audited ones left out), with the
+    /// mode of policies naming none being `default`.
+    pub fn enforced(&self, default: Mode) -> Selection {
+        let np = |l: &[Arc<Policy>]| -> Vec<Arc<Policy>> {
+            l.iter()
+                .filter(|p| !p.mode.audited(default))
+                .cloned()
+                .collect()
+        };
+        let cnp = |l: &[Vec<Arc<ClusterPolicy>>; 2]| -> [Vec<Arc<ClusterPolicy>>; 2] {
+            [0, 1].map(|i| {
+                l[i].iter()
+                    .filter(|p| !p.mode.audited(default))
+                    .cloned()
+                    .collect()
+            })
+        };
+        Selection {
+            ingress: np(&self.ingress),
+            egress: np(&self.egress),
+            admin: cnp(&self.admin),
+            baseline: cnp(&self.baseline),
+        }
+    }
+
+    /// Whether an audited policy selects the endpoint in `dir`.
+    pub fn audits(&self, dir: Direction, default: Mode) -> bool {
+        self.get(dir).iter().any(|p| p.mode.audited(default))
+            || Tier::BOTH
+                .iter()
+                .any(|t| self.tier(*t, dir).iter().any(|p| p.mode.audited(default)))
+    }
+
     pub fn get(&self, dir: Direction) -> &[Arc<Policy>] {
         match dir {
             Direction::Ingress => &self.ingress,
@@ -292,6 +327,26 @@ impl Index {
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The mode of policies that name none (the agent's flag).
+    pub fn set_default_mode(&mut self, mode: Mode) {
+        let mode = if mode == Mode::Inherit {
+            Mode::Enforce
+        } else {
+            mode
+        };
+        if self.default_mode != mode {
+            self.default_mode = mode;
+            self.touch();
+        }
+    }
+
+    pub fn default_mode(&self) -> Mode {
+        match self.default_mode {
+            Mode::Inherit => Mode::Enforce,
+            m => m,
+        }
     }
 
     fn touch(&mut self) {

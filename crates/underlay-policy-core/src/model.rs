@@ -412,6 +412,46 @@ impl Direction {
     }
 }
 
+/// The annotation that puts a NetworkPolicy or ClusterNetworkPolicy in
+/// audit mode (`audit`) or enforce mode (`enforce`) whatever the agent's
+/// default.
+pub const MODE_ANNOTATION: &str = "policy.underlay.io/mode";
+
+/// Whether a policy drops what it does not allow, or only reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The agent's default mode (see [`crate::index::Index::set_default_mode`]).
+    #[default]
+    Inherit,
+    Enforce,
+    /// Evaluated, never dropping: a packet the enforced policies allow and
+    /// this one would deny is accepted and reported as an audit denial.
+    Audit,
+}
+
+impl Mode {
+    /// Reads the annotation's value (absent: inherit).
+    pub fn parse(value: Option<&str>) -> Result<Mode, String> {
+        match value {
+            None => Ok(Mode::Inherit),
+            Some("enforce") => Ok(Mode::Enforce),
+            Some("audit") => Ok(Mode::Audit),
+            Some(other) => Err(format!(
+                "annotation {MODE_ANNOTATION}: {other:?} is neither \"enforce\" nor \"audit\""
+            )),
+        }
+    }
+
+    /// Whether a policy of this mode is audited when the default is
+    /// `default`.
+    pub fn audited(self, default: Mode) -> bool {
+        match self {
+            Mode::Inherit => default == Mode::Audit,
+            m => m == Mode::Audit,
+        }
+    }
+}
+
 /// A NetworkPolicy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Policy {
@@ -421,6 +461,7 @@ pub struct Policy {
     pub types: PolicyTypes,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
+    pub mode: Mode,
 }
 
 impl Policy {
@@ -437,6 +478,7 @@ impl Policy {
             },
             ingress: Vec::new(),
             egress: Vec::new(),
+            mode: Mode::Inherit,
         }
     }
 

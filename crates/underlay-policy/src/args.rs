@@ -4,6 +4,7 @@
 use crate::agent::Options;
 use crate::compile::Config;
 use crate::dataplane::CommandDataplane;
+use crate::model::Mode;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
@@ -40,9 +41,21 @@ pub struct PolicyArgs {
     /// is killed (and the sync retried).
     #[arg(long, env = "UNDERLAY_POLICY_TOOL_TIMEOUT", default_value_t = 60)]
     pub policy_tool_timeout: u64,
+    /// The mode of NetworkPolicies and ClusterNetworkPolicies that do not
+    /// name one with the `policy.underlay.io/mode` annotation: `enforce`,
+    /// or `audit` (evaluated and reported, never dropping).
+    #[arg(long, env = "UNDERLAY_POLICY_DEFAULT_MODE", default_value = "enforce", value_parser = parse_mode)]
+    pub policy_default_mode: Mode,
     /// Delete conntrack entries of connections a policy change denies.
     #[arg(long, env = "UNDERLAY_POLICY_CONNTRACK_CLEANUP", default_value_t = true, action = clap::ArgAction::Set)]
     pub policy_conntrack_cleanup: bool,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match Mode::parse(Some(s))? {
+        Mode::Inherit => Err("use enforce or audit".into()),
+        m => Ok(m),
+    }
 }
 
 fn parse_mark(s: &str) -> Result<u32, String> {

@@ -3,8 +3,8 @@
 //! understand is reported and never half-applied.
 
 use crate::model::{
-    Expression, LOG_ANNOTATION, Labels, NamedPort, Namespace, Peer, Pod, PodKey, Policy,
-    PolicyTypes, PortMatch, PortRef, Protocol, Rule, Selector, parse_cidr,
+    Expression, LOG_ANNOTATION, Labels, MODE_ANNOTATION, Mode, NamedPort, Namespace, Peer, Pod,
+    PodKey, Policy, PolicyTypes, PortMatch, PortRef, Protocol, Rule, Selector, parse_cidr,
 };
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
@@ -304,6 +304,14 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<Policy> {
             t
         }
     };
+    let mode = Mode::parse(
+        np.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MODE_ANNOTATION))
+            .map(String::as_str),
+    )
+    .map_err(fail)?;
     Ok(Policy {
         namespace,
         name,
@@ -311,6 +319,7 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<Policy> {
         types,
         ingress,
         egress,
+        mode,
     })
 }
 

@@ -34,15 +34,19 @@ pub struct Isolation {
 
 /// The policies deciding each direction of `ep`: the Admin tier's, then
 /// the NetworkPolicies, or, when none selects the pod in that direction,
-/// the Baseline tier's (which only then take part).
+/// the Baseline tier's (which only then take part). Audited policies are
+/// listed with " (audit)"; only enforced ones isolate.
 pub fn isolation(index: &Index, ep: &Endpoint) -> Isolation {
     let pod_known = index.pod(&ep.pod).is_some();
     let selection = index.selection(ep);
+    let mode = index.default_mode();
+    let enforced = selection.enforced(mode);
+    let audit = |audited: bool| if audited { " (audit)" } else { "" };
     let side = |dir: Direction| {
         let mut policies: Vec<String> = selection
             .tier(Tier::Admin, dir)
             .iter()
-            .map(|p| cluster_policy(p))
+            .map(|p| format!("{}{}", cluster_policy(p), audit(p.mode.audited(mode))))
             .collect();
         let nps = selection.get(dir);
         if nps.is_empty() {
@@ -50,13 +54,16 @@ pub fn isolation(index: &Index, ep: &Endpoint) -> Isolation {
                 selection
                     .tier(Tier::Baseline, dir)
                     .iter()
-                    .map(|p| cluster_policy(p)),
+                    .map(|p| format!("{}{}", cluster_policy(p), audit(p.mode.audited(mode)))),
             );
         } else {
-            policies.extend(nps.iter().map(|p| network_policy(p)));
+            policies.extend(
+                nps.iter()
+                    .map(|p| format!("{}{}", network_policy(p), audit(p.mode.audited(mode)))),
+            );
         }
         Side {
-            isolated: !pod_known || !selection.open(dir),
+            isolated: !pod_known || !enforced.open(dir),
             policies,
         }
     };

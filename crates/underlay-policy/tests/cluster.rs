@@ -230,3 +230,65 @@ fn drops_of_both_tiers_are_logged_when_the_namespace_asks() {
     };
     assert_eq!(tables.run("FORWARD", &mut pkt, 0), Some(Verdict::Drop));
 }
+
+/// Audit mode, exactly: a flow the enforced policies allow and the
+/// audited ones (were they enforced) would deny is accepted and is an
+/// audit denial; a flow the enforced policies deny is dropped and is not
+/// (it is an ordinary denial); the audit chain logs what it would deny
+/// with an `audit` prefix and never drops.
+#[test]
+fn audited_policies_report_what_they_would_deny_and_drop_nothing() {
+    use underlay_policy::compile::audit_chain;
+    use underlay_policy::eval::Evaluator;
+    use underlay_policy::model::Mode;
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake, Config::default());
+    // Enforced: x takes ingress from y only. Audited: an Admin Deny of y.
+    let mut np = Policy::new("x", "from-y", Selector::everything());
+    np.ingress = vec![Rule::from(vec![Peer::both(
+        ns("y"),
+        Selector::everything(),
+    )])];
+    let mut audit = deny_from("deny-y", "x", "y");
+    audit.mode = Mode::Audit;
+    engine.change(|idx| {
+        idx.apply_policy(np);
+        idx.apply_cluster_policy(audit);
+    });
+    engine.sync().unwrap();
+    let eval = Evaluator::new(engine.index());
+    for src in Pid::all() {
+        for dst in Pid::all().into_iter().filter(|d| *d != src) {
+            let flow = Flow {
+                protocol: 6,
+                src: src.ip(Family::V4),
+                dst: dst.ip(Family::V4),
+                sport: 40000,
+                dport: 80,
+            };
+            let to_x = dst.ns == 0;
+            let from_y = src.ns == 1;
+            assert_eq!(eval.allowed(&flow), !to_x || from_y, "{src:?} -> {dst:?}");
+            assert_eq!(
+                eval.audit_denied(&flow),
+                to_x && from_y,
+                "{src:?} -> {dst:?}"
+            );
+        }
+    }
+    let st = fake.state();
+    let main = &st.tables[0][&endpoint_chain("udlxa", Direction::Ingress)];
+    let audit = audit_chain("udlxa", Direction::Ingress);
+    assert!(
+        main.iter().any(|r| r.ends_with(&format!("-g {audit}"))),
+        "{main:?}"
+    );
+    let rules = &st.tables[0][&audit];
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.contains("--nflog-prefix \"udl audit in x/a\"")),
+        "{rules:?}"
+    );
+    assert!(!rules.iter().any(|r| r.contains("DROP")), "{rules:?}");
+}

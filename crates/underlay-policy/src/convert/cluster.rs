@@ -8,7 +8,7 @@
 
 use super::{Error, Result, selector};
 use crate::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Node, Tier};
-use crate::model::{PortMatch, Protocol, Selector, parse_cidr};
+use crate::model::{MODE_ANNOTATION, Mode, PortMatch, Protocol, Selector, parse_cidr};
 use k8s_openapi::api::core::v1 as core;
 use underlay_api::cnp;
 
@@ -52,6 +52,14 @@ pub fn cluster_policy(o: &cnp::ClusterNetworkPolicy) -> Result<Converted> {
         })?;
     let (subject_namespaces, subject_pods) =
         subject(&spec.subject).map_err(|e| invalid(&name, format!("spec.subject: {e}")))?;
+    let mode = Mode::parse(
+        o.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MODE_ANNOTATION))
+            .map(String::as_str),
+    )
+    .map_err(|e| invalid(&name, e))?;
     let mut not_enforced = Vec::new();
     let ingress = spec
         .ingress
@@ -96,6 +104,7 @@ pub fn cluster_policy(o: &cnp::ClusterNetworkPolicy) -> Result<Converted> {
             subject_pods,
             ingress,
             egress,
+            mode,
         },
         not_enforced,
     })
@@ -459,6 +468,26 @@ mod tests {
                 err.contains(field) && err.contains("guard"),
                 "{spec}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn the_mode_annotation_is_read_and_a_bad_value_refused() {
+        let spec = json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": {}}});
+        let mut o = cnp(spec);
+        assert_eq!(cluster_policy(&o).unwrap().policy.mode, Mode::Inherit);
+        for (value, want) in [
+            ("audit", Some(Mode::Audit)),
+            ("enforce", Some(Mode::Enforce)),
+            ("dry-run", None),
+        ] {
+            o.metadata.annotations =
+                Some([(MODE_ANNOTATION.to_string(), value.to_string())].into());
+            match (cluster_policy(&o), want) {
+                (Ok(c), Some(m)) => assert_eq!(c.policy.mode, m),
+                (Err(e), None) => assert!(e.to_string().contains("dry-run"), "{e}"),
+                (other, _) => panic!("{value}: {other:?}"),
+            }
         }
     }
 

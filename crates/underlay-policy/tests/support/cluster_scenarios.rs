@@ -10,7 +10,7 @@ use underlay_policy::cluster::{
     Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Node, Tier,
 };
 use underlay_policy::model::{
-    Family, Peer, Policy, PolicyTypes, PortMatch, Protocol, Rule, Selector,
+    Family, Mode, Peer, Policy, PolicyTypes, PortMatch, Protocol, Rule, Selector,
 };
 
 use Action::{Accept, Deny, Pass};
@@ -140,7 +140,74 @@ pub fn all() -> Vec<Scenario> {
     v.extend(order());
     v.extend(peers_and_ports(&yb4, &zc6));
     v.extend(lifecycle());
+    v.extend(audit());
     v
+}
+
+fn audited<T>(mut p: T, set: impl FnOnce(&mut T)) -> T {
+    set(&mut p);
+    p
+}
+
+/// Audit mode: audited policies never drop; the enforced ones decide.
+fn audit() -> Vec<Scenario> {
+    let deny_all_x = audited(
+        ingress_policy("x", "deny-all", Selector::everything(), vec![]),
+        |p| p.mode = Mode::Audit,
+    );
+    let admin_deny_y = audited(
+        with_ingress(
+            cnp("deny-y", Tier::Admin, 10, "x"),
+            vec![rule(Deny, vec![namespaces(ns("y"))])],
+        ),
+        |p| p.mode = Mode::Audit,
+    );
+    vec![
+        sc(
+            "audit: an audited deny-all NetworkPolicy drops nothing",
+            vec![Apply(deny_all_x.clone())],
+            e(|_| true),
+        ),
+        sc(
+            "audit: an audited Admin Deny drops nothing",
+            vec![Cluster(admin_deny_y.clone())],
+            e(|_| true),
+        ),
+        sc(
+            "audit: the enforced policies decide beside audited ones",
+            vec![
+                np_in(
+                    "x",
+                    "from-y",
+                    Selector::everything(),
+                    vec![Rule::from(vec![Peer::namespaces(ns("y"))])],
+                ),
+                Cluster(admin_deny_y),
+            ],
+            e(|p| !p.dst.is("x/*") || p.src.is("y/*")),
+        ),
+        sc(
+            "audit: with the default mode audit, unannotated policies drop nothing",
+            vec![
+                DefaultMode(Mode::Audit),
+                np_in("x", "deny-all", Selector::everything(), vec![]),
+                egress_deny_all("y"),
+            ],
+            e(|_| true),
+        ),
+        then(
+            "audit: a policy annotated enforce still drops under the audit default",
+            vec![Apply(audited(
+                ingress_policy("x", "deny-all", Selector::everything(), vec![]),
+                |p| p.mode = Mode::Enforce,
+            ))],
+            e(|p| !p.dst.is("x/*")),
+        ),
+    ]
+}
+
+fn egress_deny_all(namespace: &str) -> Op {
+    np_out(namespace, "deny-out", Selector::everything(), vec![])
 }
 
 /// The three tiers and how each action hands on.

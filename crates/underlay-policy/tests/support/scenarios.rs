@@ -6,7 +6,7 @@ use serde_json::json;
 use underlay_policy::cluster::{ClusterPolicy, Node};
 use underlay_policy::index::Index;
 use underlay_policy::model::{
-    Expression, Family, Peer, Policy, PolicyTypes, PortMatch, Protocol, Rule, Selector,
+    Expression, Family, Mode, Peer, Policy, PolicyTypes, PortMatch, Protocol, Rule, Selector,
 };
 
 pub type Expect = Box<dyn Fn(&Probe) -> bool + Send + Sync>;
@@ -18,6 +18,8 @@ pub enum Op {
     DeleteCluster(&'static str),
     /// A Node, created or replaced.
     NodeUpdate(Node),
+    /// The agent's default policy mode.
+    DefaultMode(Mode),
     /// A policy as JSON, through the same conversion the watcher uses.
     Json(serde_json::Value),
     Delete(&'static str, &'static str),
@@ -50,6 +52,7 @@ pub fn reset(idx: &mut Index) {
     }
     idx.replace_cluster_policies(Vec::new());
     idx.replace_nodes(Vec::new());
+    idx.set_default_mode(Mode::Enforce);
     for i in 0..3 {
         idx.apply_namespace(namespace(i));
     }
@@ -68,6 +71,7 @@ pub fn apply(idx: &mut Index, op: &Op) {
         Op::Cluster(p) => idx.apply_cluster_policy(p.clone()),
         Op::DeleteCluster(name) => idx.delete_cluster_policy(name),
         Op::NodeUpdate(n) => idx.apply_node(n.clone()),
+        Op::DefaultMode(m) => idx.set_default_mode(*m),
         Op::Delete(ns, name) => idx.delete_policy(&underlay_policy::model::PodKey::new(*ns, *name)),
         Op::Relabel(who, label) => {
             let p = pid(who);
