@@ -35,8 +35,18 @@ fn to_status(e: EndpointError) -> Status {
             Status::unavailable(format!("policy is not ready yet: {m}"))
         }
         EndpointError::Hook(HookError::Failed(m)) => Status::failed_precondition(m),
+        EndpointError::Hook(HookError::Invalid(m)) => Status::invalid_argument(m),
         EndpointError::Store(e) => Status::internal(e.to_string()),
         EndpointError::Internal(m) => Status::internal(m),
+    }
+}
+
+/// A hook's refusal of a query RPC (`Trace`, `Denials`).
+fn hook_status(e: HookError) -> Status {
+    match e {
+        HookError::Unavailable(m) => Status::unavailable(m),
+        HookError::Failed(m) => Status::failed_precondition(m),
+        HookError::Invalid(m) => Status::invalid_argument(m),
     }
 }
 
@@ -307,14 +317,7 @@ impl Agent for AgentService {
     ) -> Result<Response<v1::TraceResponse>, Status> {
         let req = req.into_inner();
         self.timed("Trace", async {
-            self.endpoints
-                .hook()
-                .trace(&req)
-                .await
-                .map_err(|e| match e {
-                    HookError::Unavailable(m) => Status::unavailable(m),
-                    HookError::Failed(m) => Status::failed_precondition(m),
-                })
+            self.endpoints.hook().trace(&req).await.map_err(hook_status)
         })
         .await
     }
@@ -329,10 +332,7 @@ impl Agent for AgentService {
     ) -> Result<Response<Self::DenialsStream>, Status> {
         use futures::StreamExt;
         let req = req.into_inner();
-        let stream = self.endpoints.hook().denials(&req).map_err(|e| match e {
-            HookError::Unavailable(m) => Status::unavailable(m),
-            HookError::Failed(m) => Status::failed_precondition(m),
-        })?;
+        let stream = self.endpoints.hook().denials(&req).map_err(hook_status)?;
         Ok(Response::new(Box::pin(stream.map(Ok))))
     }
 }

@@ -35,6 +35,10 @@ pub enum HookError {
     /// Programming failed.
     #[error("programming the pod's policy failed: {0}")]
     Failed(String),
+    /// The request itself is wrong (e.g. a `Trace` of an unparsable
+    /// address): asking again will not help.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The policy engine's view of endpoints.

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 use underlay_policy::agent::{AttachError, PolicyAgent};
 use underlay_policy::metrics::Metrics;
-use underlay_policy::model::{Attachment, Endpoint, PodKey};
+use underlay_policy::model::{Attachment, Direction, Endpoint, PodKey};
+use underlay_policy::trace::{self, FlowTrace, Query};
 use underlay_policy::{CommandDataplane, Engine, PolicyArgs};
+use underlay_proto::v1;
 
 pub struct PolicyHook {
     agent: Arc<PolicyAgent<CommandDataplane>>,
@@ -52,6 +54,34 @@ fn owner(ep: &EndpointInfo) -> Attachment {
     Attachment::new(&ep.key.container_id, &ep.key.ifname)
 }
 
+/// The engine's trace on the wire.
+fn trace_response(t: FlowTrace) -> v1::TraceResponse {
+    let verdict = |v: trace::Verdict| v1::Verdict {
+        allowed: v.allowed,
+        reason: v.reason,
+    };
+    let directions = t
+        .directions
+        .into_iter()
+        .map(|d| v1::DirectionTrace {
+            direction: match d.direction {
+                Direction::Ingress => v1::Direction::Ingress,
+                Direction::Egress => v1::Direction::Egress,
+            } as i32,
+            pod: d.pod.to_string(),
+            model: Some(verdict(d.model)),
+            kernel: Some(verdict(d.kernel)),
+            kernel_rules: d.kernel_rules,
+            agree: d.agree,
+        })
+        .collect();
+    v1::TraceResponse {
+        directions,
+        allowed: t.allowed,
+        agree: t.agree,
+    }
+}
+
 impl EndpointHook for PolicyHook {
     fn attached<'a>(&'a self, ep: &'a EndpointInfo) -> BoxFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
@@ -91,6 +121,22 @@ impl EndpointHook for PolicyHook {
                 egress: side(described.egress),
                 pod_known: described.pod_known,
             })
+        })
+    }
+
+    fn trace<'a>(
+        &'a self,
+        req: &'a v1::TraceRequest,
+    ) -> BoxFuture<'a, Result<v1::TraceResponse, HookError>> {
+        Box::pin(async move {
+            let query = Query::parse(&req.source, &req.destination, &req.protocol, req.port)
+                .map_err(HookError::Invalid)?;
+            let traced = self
+                .agent
+                .trace(query)
+                .await
+                .map_err(|e| HookError::Failed(e.to_string()))?;
+            Ok(trace_response(traced))
         })
     }
 

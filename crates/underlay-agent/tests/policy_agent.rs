@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use underlay_lab::apiserver::{ApiServer, Config};
 use underlay_lab::netns::{self, Netns};
 use underlay_proto::v1;
+use underlay_proto::v1::agent_client::AgentClient;
 
 mod support;
 use support::{Killed, attach_x_a, client, create, ready_client, try_client, wait_for, wait_ready};
@@ -481,6 +482,106 @@ async fn a_pod_recovered_from_the_kernel_keeps_its_policy() {
             .any(|l| l.starts_with(&format!("-A {chain} ")) && l.contains("-j UDL-PI-")),
         "{saved}"
     );
+    drop(agent);
+    drop(relay);
+}
+
+/// A TCP port 80 flow traced over the socket.
+async fn trace(
+    c: &mut AgentClient<tonic::transport::Channel>,
+    source: &str,
+    destination: &str,
+) -> Result<tonic::Response<v1::TraceResponse>, tonic::Status> {
+    c.trace(v1::TraceRequest {
+        source: source.into(),
+        destination: destination.into(),
+        protocol: "tcp".into(),
+        port: 80,
+    })
+    .await
+}
+
+/// `Trace` over the socket: a flow the policy allows and one it denies at
+/// x/a, each with the model's reason (the policy and rule), the kernel's
+/// verdict from the namespace's own rules and the rules it matched, and
+/// the two agreeing; a request that names no address is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_explains_an_allowed_and_a_denied_flow_and_the_kernel_agrees() {
+    if !netns::require_root("trace_explains_an_allowed_and_a_denied_flow_and_the_kernel_agrees") {
+        return;
+    }
+    let (api, kube) = cluster().await;
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    create(&namespaces, json!({"metadata": {"name": "x"}})).await;
+    running_pod(&kube, "a", "10.244.5.2").await;
+    running_pod(&kube, "b", "10.244.5.3").await;
+    running_pod(&kube, "c", "10.244.5.4").await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(kube.clone(), "x");
+    create(
+        &policies,
+        json!({"metadata": {"name": "only-b"},
+               "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}}),
+    )
+    .await;
+    let Placed {
+        ns,
+        relay,
+        dir,
+        kubeconfig,
+        socket,
+    } = place(&api, "pt").await;
+    let agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
+    let mut c = ready_client(&socket).await;
+    let attached = c
+        .attach(attach_x_a("udltracea01"))
+        .await
+        .expect("attach x/a")
+        .into_inner();
+    let a_ip = attached.ips[0]
+        .address
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let allowed = trace(&mut c, "10.244.5.3", &a_ip)
+        .await
+        .expect("trace")
+        .into_inner();
+    assert!(allowed.allowed && allowed.agree, "{allowed:?}");
+    let [d] = &allowed.directions[..] else {
+        panic!("one direction is decided here: {allowed:?}")
+    };
+    assert_eq!(d.direction, v1::Direction::Ingress as i32);
+    assert_eq!(d.pod, "x/a");
+    let (model, kernel) = (d.model.clone().unwrap(), d.kernel.clone().unwrap());
+    assert!(model.allowed && kernel.allowed && d.agree, "{d:?}");
+    assert_eq!(model.reason, "allowed by networkpolicy/x/only-b rule 0");
+    assert!(
+        d.kernel_rules
+            .iter()
+            .any(|r| r.starts_with("UDL-TO-POD: -o udltracea01 -g UDL-I-udltracea01")),
+        "{d:?}"
+    );
+
+    let denied = trace(&mut c, "10.244.5.4", &a_ip)
+        .await
+        .expect("trace")
+        .into_inner();
+    assert!(!denied.allowed && denied.agree, "{denied:?}");
+    let d = &denied.directions[0];
+    let (model, kernel) = (d.model.clone().unwrap(), d.kernel.clone().unwrap());
+    assert!(!model.allowed && !kernel.allowed && d.agree, "{d:?}");
+    assert_eq!(
+        model.reason,
+        "isolated by networkpolicy/x/only-b; no rule admits it"
+    );
+    assert_eq!(kernel.reason, "dropped by UDL-I-udltracea01: -j DROP");
+
+    let refused = trace(&mut c, "not-an-address", &a_ip).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("not-an-address"), "{refused:?}");
     drop(agent);
     drop(relay);
 }

@@ -1,6 +1,8 @@
 //! Decides in user space whether the current policy allows a flow, from
 //! the same index the compiler reads. The engine uses it to find the
-//! conntrack entries of connections a change has newly denied.
+//! conntrack entries of connections a change has newly denied; `Trace`
+//! uses [`Evaluator::explain`], the same decisions with their reasons in
+//! words, to compare with the kernel's verdict.
 
 use crate::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Tier};
 use crate::index::Index;
@@ -20,6 +22,134 @@ pub struct Flow {
     pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
+}
+
+/// How a NetworkPolicy is named in reports.
+pub fn network_policy(p: &Policy) -> String {
+    format!("networkpolicy/{}/{}", p.namespace, p.name)
+}
+
+/// How a ClusterNetworkPolicy is named in reports, with its tier.
+pub fn cluster_policy(p: &ClusterPolicy) -> String {
+    format!("clusternetworkpolicy/{} ({})", p.name, p.tier)
+}
+
+/// What policy decides for one direction of a flow at one local pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub direction: Direction,
+    pub pod: PodKey,
+    pub allowed: bool,
+    /// Why, in words: the deciding policy and rule, or what isolates the
+    /// pod and that nothing admits the flow.
+    pub reason: String,
+}
+
+/// The cluster policy rule that matched first in its tier.
+struct Hit {
+    policy: Arc<ClusterPolicy>,
+    rule: usize,
+    dir: Direction,
+}
+
+impl Hit {
+    fn action(&self) -> Action {
+        self.policy.rules(self.dir)[self.rule].action
+    }
+
+    /// `clusternetworkpolicy/p (Admin) rule 0 "name"`.
+    fn describe(&self) -> String {
+        let name = &self.policy.rules(self.dir)[self.rule].name;
+        let mut out = format!("{} rule {}", cluster_policy(&self.policy), self.rule);
+        if !name.is_empty() {
+            out.push_str(&format!(" {name:?}"));
+        }
+        out
+    }
+}
+
+/// How one direction was decided, holding what decided it.
+enum Outcome {
+    UnknownPod,
+    /// A cluster policy rule decided (Admin Accept or Deny; any Baseline
+    /// action: a Baseline Pass allows by default).
+    Cluster(Hit),
+    /// A NetworkPolicy rule admitted the flow (after an Admin Pass, if any).
+    Allowed {
+        policy: Arc<Policy>,
+        rule: usize,
+        passed: Option<Hit>,
+    },
+    /// NetworkPolicies select the pod and none admits the flow.
+    Isolated {
+        policies: Vec<Arc<Policy>>,
+        passed: Option<Hit>,
+    },
+    /// No NetworkPolicy selects the pod and no cluster policy rule decided.
+    Default {
+        considered: Vec<Arc<ClusterPolicy>>,
+        passed: Option<Hit>,
+    },
+}
+
+impl Outcome {
+    fn allowed(&self) -> bool {
+        match self {
+            Outcome::UnknownPod | Outcome::Isolated { .. } => false,
+            Outcome::Cluster(hit) => hit.action() != Action::Deny,
+            Outcome::Allowed { .. } | Outcome::Default { .. } => true,
+        }
+    }
+
+    fn reason(&self, pod: &PodKey, dir: Direction) -> String {
+        let dir_name = match dir {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        };
+        let after_pass = |passed: &Option<Hit>| match passed {
+            Some(hit) => format!("{} passes; ", hit.describe()),
+            None => String::new(),
+        };
+        match self {
+            Outcome::UnknownPod => format!("the pod {pod} is unknown: dropped"),
+            Outcome::Cluster(hit) => match hit.action() {
+                Action::Pass => format!("{} passes: allowed by default", hit.describe()),
+                Action::Deny => format!("{} denies", hit.describe()),
+                Action::Accept => format!("{} accepts", hit.describe()),
+            },
+            Outcome::Allowed {
+                policy,
+                rule,
+                passed,
+            } => format!(
+                "{}allowed by {} rule {rule}",
+                after_pass(passed),
+                network_policy(policy)
+            ),
+            Outcome::Isolated { policies, passed } => format!(
+                "{}isolated by {}; no rule admits it",
+                after_pass(passed),
+                policies
+                    .iter()
+                    .map(|p| network_policy(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Outcome::Default { considered, passed } if considered.is_empty() => format!(
+                "{}no policy selects {pod} for {dir_name}: allowed by default",
+                after_pass(passed)
+            ),
+            Outcome::Default { considered, passed } => format!(
+                "{}no rule of {} matches and no networkpolicy selects {pod} for {dir_name}: allowed by default",
+                after_pass(passed),
+                considered
+                    .iter()
+                    .map(|p| cluster_policy(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
 }
 
 /// Which policies an evaluation counts.
@@ -59,54 +189,70 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Whether policy allows the flow: the source endpoint's egress (when
-    /// local) and the destination endpoint's ingress (when local).
+    /// local) and the destination endpoint's ingress (when local). The same
+    /// decisions [`Evaluator::explain`] puts in words.
     pub fn allowed(&self, flow: &Flow) -> bool {
-        if let Some(ep) = self.local.get(&flow.src)
-            && !self.direction_allows(ep, Direction::Egress, flow)
-        {
-            return false;
-        }
-        if let Some(ep) = self.local.get(&flow.dst)
-            && !self.direction_allows(ep, Direction::Ingress, flow)
-        {
-            return false;
-        }
-        true
+        self.sides(flow)
+            .all(|(ep, dir)| self.decide(ep, dir, flow).allowed())
     }
 
     /// Whether the enforced policies allow the flow but the audited ones,
     /// were they enforced, would deny it: an audit denial.
     pub fn audit_denied(&self, flow: &Flow) -> bool {
-        self.allowed(flow) && !self.decides(flow, Scope::All)
+        self.allowed(flow)
+            && !self
+                .sides(flow)
+                .all(|(ep, dir)| self.decide_in(ep, dir, flow, Scope::All).allowed())
     }
 
-    fn decides(&self, flow: &Flow, scope: Scope) -> bool {
-        if let Some(ep) = self.local.get(&flow.src)
-            && !self.direction_allows_in(ep, Direction::Egress, flow, scope)
-        {
-            return false;
-        }
-        if let Some(ep) = self.local.get(&flow.dst)
-            && !self.direction_allows_in(ep, Direction::Ingress, flow, scope)
-        {
-            return false;
-        }
-        true
+    /// The decision of each direction the node decides for the flow, in
+    /// the order the packet meets them (the source's egress, then the
+    /// destination's ingress), each with its reason in words.
+    pub fn explain(&self, flow: &Flow) -> Vec<Decision> {
+        self.sides(flow)
+            .map(|(ep, dir)| {
+                let outcome = self.decide(ep, dir, flow);
+                let mut reason = outcome.reason(&ep.pod, dir);
+                if outcome.allowed() {
+                    let all = self.decide_in(ep, dir, flow, Scope::All);
+                    if !all.allowed() {
+                        reason.push_str(&format!(
+                            "; audit: with the audited policies enforced, {}",
+                            all.reason(&ep.pod, dir)
+                        ));
+                    }
+                }
+                Decision {
+                    direction: dir,
+                    pod: ep.pod.clone(),
+                    allowed: outcome.allowed(),
+                    reason,
+                }
+            })
+            .collect()
     }
 
-    fn direction_allows(&self, ep: &Endpoint, dir: Direction, flow: &Flow) -> bool {
-        self.direction_allows_in(ep, dir, flow, Scope::Enforced)
+    /// The local endpoints the flow meets, with the direction each decides.
+    fn sides<'s>(&'s self, flow: &Flow) -> impl Iterator<Item = (&'a Endpoint, Direction)> + 's {
+        let egress = self.local.get(&flow.src).map(|ep| (*ep, Direction::Egress));
+        let ingress = self
+            .local
+            .get(&flow.dst)
+            .map(|ep| (*ep, Direction::Ingress));
+        egress.into_iter().chain(ingress)
     }
 
-    fn direction_allows_in(
-        &self,
-        ep: &Endpoint,
-        dir: Direction,
-        flow: &Flow,
-        scope: Scope,
-    ) -> bool {
+    /// One direction of one endpoint as the kernel decides it (the
+    /// enforced policies).
+    fn decide(&self, ep: &Endpoint, dir: Direction, flow: &Flow) -> Outcome {
+        self.decide_in(ep, dir, flow, Scope::Enforced)
+    }
+
+    /// One direction of one endpoint: the tiers in the API's order, over
+    /// the policies `scope` counts.
+    fn decide_in(&self, ep: &Endpoint, dir: Direction, flow: &Flow, scope: Scope) -> Outcome {
         if self.index.pod(&ep.pod).is_none() {
-            return false;
+            return Outcome::UnknownPod;
         }
         let selection = match scope {
             Scope::Enforced => self.index.selection(ep).enforced(self.index.default_mode()),
@@ -116,39 +262,61 @@ impl<'a> Evaluator<'a> {
             Direction::Ingress => flow.src,
             Direction::Egress => flow.dst,
         };
-        match self.tier_decides(selection.tier(Tier::Admin, dir), dir, flow, &peer_ip) {
-            Some(Action::Accept) => return true,
-            Some(Action::Deny) => return false,
-            Some(Action::Pass) | None => {}
-        }
+        let admin = selection.tier(Tier::Admin, dir);
+        let passed = match self.tier_decides(admin, dir, flow, &peer_ip) {
+            Some(hit) if hit.action() != Action::Pass => return Outcome::Cluster(hit),
+            Some(hit) => Some(hit),
+            None => None,
+        };
         let policies = selection.get(dir);
         if !policies.is_empty() {
-            return policies.iter().any(|p| {
+            let allowed = policies.iter().find_map(|p| {
                 p.rules(dir)
                     .iter()
-                    .any(|rule| self.rule_matches(p, rule, flow, &peer_ip))
+                    .position(|rule| self.rule_matches(p, rule, flow, &peer_ip))
+                    .map(|rule| (p.clone(), rule))
             });
+            return match allowed {
+                Some((policy, rule)) => Outcome::Allowed {
+                    policy,
+                    rule,
+                    passed,
+                },
+                None => Outcome::Isolated {
+                    policies: policies.to_vec(),
+                    passed,
+                },
+            };
         }
-        !matches!(
-            self.tier_decides(selection.tier(Tier::Baseline, dir), dir, flow, &peer_ip),
-            Some(Action::Deny)
-        )
+        let baseline = selection.tier(Tier::Baseline, dir);
+        match self.tier_decides(baseline, dir, flow, &peer_ip) {
+            Some(hit) => Outcome::Cluster(hit),
+            None => Outcome::Default {
+                considered: admin.iter().chain(baseline).cloned().collect(),
+                passed,
+            },
+        }
     }
 
-    /// The action of the first rule of a tier's policies (in evaluation
-    /// order) that matches the flow.
+    /// The first rule of a tier's policies (in evaluation order) that
+    /// matches the flow.
     fn tier_decides(
         &self,
         policies: &[Arc<ClusterPolicy>],
         dir: Direction,
         flow: &Flow,
         peer_ip: &IpAddr,
-    ) -> Option<Action> {
-        policies
-            .iter()
-            .flat_map(|p| p.rules(dir))
-            .find(|rule| self.cluster_rule_matches(rule, flow, peer_ip))
-            .map(|rule| rule.action)
+    ) -> Option<Hit> {
+        policies.iter().find_map(|p| {
+            p.rules(dir)
+                .iter()
+                .position(|rule| self.cluster_rule_matches(rule, flow, peer_ip))
+                .map(|rule| Hit {
+                    policy: p.clone(),
+                    rule,
+                    dir,
+                })
+        })
     }
 
     fn cluster_rule_matches(&self, rule: &ClusterRule, flow: &Flow, peer_ip: &IpAddr) -> bool {

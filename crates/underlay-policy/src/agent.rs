@@ -11,7 +11,9 @@ use crate::convert;
 use crate::dataplane::Dataplane;
 use crate::engine::{Engine, Status};
 use crate::index::Index;
+use crate::kernel_trace::Kernel;
 use crate::model::{Attachment, Endpoint, Namespace, Pod, PodKey, Policy};
+use crate::trace::{FlowTrace, Query};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
@@ -34,6 +36,17 @@ pub enum AttachError {
     Unavailable(String),
     #[error("{0}")]
     Failed(String),
+}
+
+/// Why a flow could not be traced.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("could not read the node's rules and sets: {0}")]
+    Read(#[from] crate::dataplane::DataplaneError),
+    #[error("could not interpret the node's rules: {0}")]
+    Kernel(#[from] crate::kernel_trace::KernelError),
+    #[error("the trace task failed: {0}")]
+    Task(String),
 }
 
 /// Timings of the runtime.
@@ -129,6 +142,23 @@ impl<D: Dataplane> PolicyAgent<D> {
         let index = engine.index();
         let attached = index.endpoint(&ep.interface)?;
         Some(crate::describe::isolation(index, attached))
+    }
+
+    /// The verdict for one flow at this node's pods, from the model and
+    /// from the kernel's rules, compared (see [`crate::trace`]). Both are
+    /// read under the engine's lock, so no sync runs in between; the
+    /// kernel is read in a blocking thread (the tools are processes).
+    pub async fn trace(&self, query: Query) -> Result<FlowTrace, TraceError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut e = engine.blocking_lock();
+            let saved = e.dataplane().save_state()?;
+            let host = e.dataplane().host_addresses()?;
+            let kernel = Kernel::parse([&saved.filter[0], &saved.filter[1]], &saved.sets)?;
+            Ok(crate::trace::trace(e.index(), &kernel, &host, &query)?)
+        })
+        .await
+        .map_err(|e| TraceError::Task(e.to_string()))?
     }
 
     /// Starts the watchers, the sync loop and the repair timer.

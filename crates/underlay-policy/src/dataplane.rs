@@ -48,6 +48,16 @@ pub enum DataplaneError {
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
+/// The saved text of the node's filter tables and ipsets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Saved {
+    /// `iptables-save -t filter` and `ip6tables-save -t filter`, indexed by
+    /// [`Family::index`].
+    pub filter: [String; 2],
+    /// `ipset save`.
+    pub sets: String,
+}
+
 /// What the engine needs from the node. Scripts are in the formats of
 /// `iptables-restore` and `ipset restore`.
 pub trait Dataplane: Send + 'static {
@@ -66,6 +76,14 @@ pub trait Dataplane: Send + 'static {
     }
     /// `ipset save`.
     fn save_sets(&mut self) -> Result<String>;
+    /// The filter table of both families and the ipsets as the tools print
+    /// them, read one after the other (what `Trace` walks a packet through).
+    fn save_state(&mut self) -> Result<Saved> {
+        Ok(Saved {
+            filter: [self.save_filter(Family::V4)?, self.save_filter(Family::V6)?],
+            sets: self.save_sets()?,
+        })
+    }
     /// `ipset restore`.
     fn restore_sets(&mut self, script: &str) -> Result<()>;
     /// The conntrack table of one family.

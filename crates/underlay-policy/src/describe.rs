@@ -1,19 +1,13 @@
 //! Policy decisions in words, for operators: which policies decide each
 //! direction of a pod, named the way `kubectl` names them.
 
-use crate::cluster::{ClusterPolicy, Tier};
+use crate::cluster::Tier;
 use crate::index::Index;
-use crate::model::{Direction, Endpoint, Policy};
+use crate::model::{Direction, Endpoint};
 
-/// How a NetworkPolicy is named in reports.
-pub fn network_policy(p: &Policy) -> String {
-    format!("networkpolicy/{}/{}", p.namespace, p.name)
-}
-
-/// How a ClusterNetworkPolicy is named in reports, with its tier.
-pub fn cluster_policy(p: &ClusterPolicy) -> String {
-    format!("clusternetworkpolicy/{} ({})", p.name, p.tier)
-}
+/// How policies are named in reports (the evaluator's reasons use the
+/// same names).
+pub use crate::eval::{cluster_policy, network_policy};
 
 /// One direction of a pod: whether anything decides it, and what, in
 /// evaluation order.

@@ -13,6 +13,8 @@
 //! - [`agent`]: the async runtime around the engine: kube watchers, attach
 //!   and detach of endpoints, periodic repair.
 //! - [`describe`]: policy decisions in words, for operators.
+//! - [`trace`]: one flow's verdict from the model and from the kernel
+//!   ([`kernel_trace`] walks a packet through the saved rules), compared.
 //! - [`status`]: the conditions the agent writes on ClusterNetworkPolicies.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`args`]: the command-line flags the agent binary flattens in.
@@ -27,11 +29,13 @@ pub mod ctnetlink;
 pub mod dataplane;
 pub mod describe;
 pub mod engine;
+pub mod kernel_trace;
 pub mod metrics;
 pub mod nl;
 pub mod rtnl;
 pub mod status;
 pub mod tool;
+pub mod trace;
 
 pub use underlay_policy_core::{cluster, compile, eval, index, model};
 

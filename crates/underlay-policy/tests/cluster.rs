@@ -7,12 +7,12 @@
 
 mod support;
 
-use support::interp::{Packet, Tables, Verdict};
 use support::{Pid, load_world};
 use underlay_policy::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterRule, Node, Tier};
 use underlay_policy::compile::endpoint_chain;
 use underlay_policy::dataplane::{Call, FakeDataplane};
 use underlay_policy::eval::Flow;
+use underlay_policy::kernel_trace::{Packet, Verdict};
 use underlay_policy::metrics::Metrics;
 use underlay_policy::model::{Direction, Family, Peer, Policy, Protocol, Rule, Selector};
 use underlay_policy::{Config, Engine};
@@ -214,12 +214,9 @@ fn drops_of_both_tiers_are_logged_when_the_namespace_asks() {
         assert_eq!(r.split(" -m limit").next(), next.split(" -j DROP").next());
     }
     // And a packet from y to x/a is dropped by the Admin tier.
-    let tables = Tables {
-        chains: &st.tables[0],
-        sets: &st.sets,
-    };
+    let kernel = support::kernel_of_state(&st);
     let (ya, xa) = (Pid { ns: 1, pod: 0 }, Pid { ns: 0, pod: 0 });
-    let mut pkt = Packet {
+    let pkt = Packet {
         iif: Some(ya.interface()),
         oif: Some(xa.interface()),
         src: ya.ip(Family::V4),
@@ -228,7 +225,8 @@ fn drops_of_both_tiers_are_logged_when_the_namespace_asks() {
         dport: 80,
         mark: 0,
     };
-    assert_eq!(tables.run("FORWARD", &mut pkt, 0), Some(Verdict::Drop));
+    let walk = kernel.walk(Family::V4, "FORWARD", &pkt).unwrap();
+    assert_eq!(walk.verdict, Verdict::Drop, "{:?}", walk.rules);
 }
 
 /// Audit mode, exactly: a flow the enforced policies allow and the

@@ -7,11 +7,11 @@
 
 mod support;
 
-use support::interp::{Packet, Tables, Verdict};
 use support::scenarios;
-use support::{Pid, Probe, load_world, mismatches};
+use support::{Pid, Probe, kernel_of, load_world, mismatches, trace_mismatches};
 use underlay_policy::dataplane::{Call, FakeDataplane};
 use underlay_policy::eval::{Evaluator, Flow};
+use underlay_policy::kernel_trace::{Kernel, Packet, Verdict};
 use underlay_policy::metrics::Metrics;
 use underlay_policy::model::{Family, PodKey, Protocol, Selector};
 use underlay_policy::{Config, Engine};
@@ -26,18 +26,22 @@ fn world_engine(fake: &FakeDataplane) -> Engine<FakeDataplane> {
     e
 }
 
-/// Walks one packet through a built-in chain of the fake's table.
+/// Walks one packet through a built-in chain of the fake's table, with
+/// the product's kernel walk; the packet leaves with the mark it ended with.
 fn verdict(fake: &FakeDataplane, family: Family, chain: &str, pkt: &mut Packet) -> Verdict {
-    let state = fake.state();
-    let tables = Tables {
-        chains: &state.tables[family.index()],
-        sets: &state.sets,
-    };
-    tables.run(chain, pkt, 0).unwrap_or(Verdict::Accept)
+    let walk = kernel_of(fake)
+        .walk(family, chain, pkt)
+        .unwrap_or_else(|e| panic!("the walk failed: {e}"));
+    pkt.mark = walk.mark;
+    walk.verdict
 }
 
 fn forward(fake: &FakeDataplane, p: &Probe) -> bool {
-    let mut pkt = Packet {
+    forward_in(&kernel_of(fake), p)
+}
+
+fn forward_in(kernel: &Kernel, p: &Probe) -> bool {
+    let pkt = Packet {
         iif: Some(p.src.interface()),
         oif: Some(p.dst.interface()),
         src: p.src.ip(p.family),
@@ -46,18 +50,20 @@ fn forward(fake: &FakeDataplane, p: &Probe) -> bool {
         dport: p.port,
         mark: 0,
     };
-    let v = verdict(fake, p.family, "FORWARD", &mut pkt);
+    let walk = kernel
+        .walk(p.family, "FORWARD", &pkt)
+        .unwrap_or_else(|e| panic!("{}: the walk failed: {e}", p.describe()));
     // A packet that goes on carries none of the verdict bits (a dropped
     // one is seen by no other component).
-    if v == Verdict::Accept {
+    if walk.verdict == Verdict::Accept {
         assert_eq!(
-            pkt.mark & Config::default().verdict_mask(),
+            walk.mark & Config::default().verdict_mask(),
             0,
             "policy mark leaked: {}",
             p.describe()
         );
     }
-    v == Verdict::Accept
+    walk.verdict == Verdict::Accept
 }
 
 #[test]
@@ -73,7 +79,8 @@ fn every_scenario_compiles_to_its_truth_table() {
         engine
             .sync()
             .unwrap_or_else(|e| panic!("{}: sync failed: {e}", s.name));
-        let bad = mismatches(&probes, |p| forward(&fake, p), &*s.expect);
+        let kernel = kernel_of(&fake);
+        let bad = mismatches(&probes, |p| forward_in(&kernel, p), &*s.expect);
         if !bad.is_empty() {
             failures.push(format!(
                 "{}: {} mismatches, e.g. {:?}",
@@ -100,6 +107,16 @@ fn every_scenario_compiles_to_its_truth_table() {
         if !bad.is_empty() {
             failures.push(format!(
                 "{} (evaluator): {:?}",
+                s.name,
+                &bad[..bad.len().min(4)]
+            ));
+        }
+        // Trace: each direction's model and kernel verdicts both say what
+        // the truth table says.
+        let bad = trace_mismatches(engine.index(), &kernel, &probes, &*s.expect);
+        if !bad.is_empty() {
+            failures.push(format!(
+                "{} (trace): {:?}",
                 s.name,
                 &bad[..bad.len().min(4)]
             ));

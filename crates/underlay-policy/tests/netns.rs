@@ -1,7 +1,8 @@
 //! The real dataplane, as root, in network namespaces these tests create:
 //! iptables, ip6tables, ipset and conntrack inside a node namespace, real
 //! TCP, UDP and SCTP packets between nine pod namespaces, every scenario's
-//! truth table probed pair by pair; then restarts, external flushes and
+//! truth table probed pair by pair and traced (model and kernel, from the
+//! node's own saved rules) probe by probe; then restarts, external flushes and
 //! conntrack cleanup under live connections.
 
 mod support;
@@ -9,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 use support::lab::{Lab, sh};
 use support::scenarios;
-use support::{Pid, Probe, load_world};
+use support::{Pid, Probe, kernel_of_saved, load_world, trace_mismatches};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use underlay_lab::netns::require_root;
@@ -137,6 +138,25 @@ async fn every_scenario_holds_for_real_packets() {
                 s.name,
                 bad.len(),
                 &bad[..bad.len().min(6)]
+            ));
+        }
+        // Trace, from the node's real `iptables-save` and `ipset save`:
+        // every probe's model and kernel verdicts are the truth table's,
+        // which the real packets above were held to.
+        let saved = CommandDataplane::in_netns(&lab.node)
+            .save_state()
+            .unwrap_or_else(|e| panic!("{}: reading the node failed: {e}", s.name));
+        let bad = trace_mismatches(
+            engine.index(),
+            &kernel_of_saved(&saved),
+            &probes,
+            &*s.expect,
+        );
+        if !bad.is_empty() {
+            failures.push(format!(
+                "{} (trace): {:?}",
+                s.name,
+                &bad[..bad.len().min(4)]
             ));
         }
     }

@@ -4,7 +4,7 @@
 //! duplicate creation), so the compiler's and the engine's tests run
 //! without root. Passed in explicitly, like every fake.
 
-use super::{Dataplane, DataplaneError, Result, split_words};
+use super::{Dataplane, DataplaneError, Result, Saved, split_words};
 use crate::eval::Flow;
 use crate::model::Family;
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,6 +44,29 @@ pub struct FakeState {
 }
 
 impl FakeState {
+    /// What `save_state` returns, without recording a call.
+    pub fn saved(&self) -> Saved {
+        Saved {
+            filter: [0, 1].map(|i| FakeDataplane::render_table(&self.tables[i])),
+            sets: self.render_sets(),
+        }
+    }
+
+    /// The sets as `ipset save` prints them.
+    fn render_sets(&self) -> String {
+        let mut out = String::new();
+        for (name, set) in &self.sets {
+            out.push_str(&format!(
+                "create {name} {} family {} hashsize 1024 maxelem 65536\n",
+                set.kind, set.family
+            ));
+            for m in &set.members {
+                out.push_str(&format!("add {name} {m}\n"));
+            }
+        }
+        out
+    }
+
     pub fn restores(&self) -> usize {
         self.calls
             .iter()
@@ -204,17 +227,7 @@ impl Dataplane for FakeDataplane {
     fn save_sets(&mut self) -> Result<String> {
         let mut s = self.state();
         s.calls.push(Call::SaveSets);
-        let mut out = String::new();
-        for (name, set) in &s.sets {
-            out.push_str(&format!(
-                "create {name} {} family {} hashsize 1024 maxelem 65536\n",
-                set.kind, set.family
-            ));
-            for m in &set.members {
-                out.push_str(&format!("add {name} {m}\n"));
-            }
-        }
-        Ok(out)
+        Ok(s.render_sets())
     }
 
     fn restore_sets(&mut self, script: &str) -> Result<()> {

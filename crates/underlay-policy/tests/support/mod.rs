@@ -5,13 +5,15 @@
 #![allow(dead_code)]
 
 pub mod cluster_scenarios;
-pub mod interp;
 pub mod lab;
 pub mod scenarios;
 
 use std::net::IpAddr;
+use underlay_policy::dataplane::Saved;
 use underlay_policy::index::Index;
+use underlay_policy::kernel_trace::Kernel;
 use underlay_policy::model::{Attachment, Endpoint, Family, Namespace, Pod, PodKey, Protocol};
+use underlay_policy::trace::{self, Query};
 
 pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 pub const PODS: [&str; 3] = ["a", "b", "c"];
@@ -219,4 +221,57 @@ pub fn kube_proxy_reinserts_its_jumps() -> String {
         "",
     ]
     .join("\n")
+}
+
+/// The fake's tables and sets, read by the product's kernel walk exactly
+/// as `Trace` reads a node's saved text.
+pub fn kernel_of(fake: &underlay_policy::FakeDataplane) -> Kernel {
+    kernel_of_state(&fake.state())
+}
+
+pub fn kernel_of_state(state: &underlay_policy::dataplane::FakeState) -> Kernel {
+    kernel_of_saved(&state.saved())
+}
+
+pub fn kernel_of_saved(saved: &Saved) -> Kernel {
+    Kernel::parse([&saved.filter[0], &saved.filter[1]], &saved.sets)
+        .unwrap_or_else(|e| panic!("the saved state does not parse: {e}"))
+}
+
+/// Traces every probe (model and kernel, per direction) and returns where
+/// either verdict differs from the truth table, or a direction is missing.
+pub fn trace_mismatches(
+    index: &Index,
+    kernel: &Kernel,
+    probes: &[Probe],
+    expect: &dyn Fn(&Probe) -> bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in probes {
+        let query = Query {
+            src: p.src.ip(p.family),
+            dst: p.dst.ip(p.family),
+            protocol: p.protocol,
+            port: p.port,
+        };
+        let t = match trace::trace(index, kernel, &[], &query) {
+            Ok(t) => t,
+            Err(e) => {
+                out.push(format!("{}: trace failed: {e}", p.describe()));
+                continue;
+            }
+        };
+        let want = expect(p);
+        // Both pods are local: egress, then ingress, are decided here.
+        let model = t.directions.iter().all(|d| d.model.allowed);
+        let fine = t.directions.len() == 2
+            && model == want
+            && t.allowed == want
+            && t.agree
+            && t.directions.iter().all(|d| !d.model.reason.is_empty());
+        if !fine {
+            out.push(format!("{}: expected {want}, traced {t:?}", p.describe()));
+        }
+    }
+    out
 }
