@@ -114,6 +114,69 @@ async fn the_tool_reports_each_agent_and_the_cluster() {
         assert!(!n["podCIDRs"].as_array().unwrap().is_empty(), "{n}");
         assert_eq!(n["ready"], "True", "{n}");
     }
+    // `lab trace` (the lab binary, as `cargo xtask lab trace` runs it):
+    // the verdict from both ends' agents, with the policy that decided, and
+    // the same exit codes as `lab probe`.
+    // The supervisor of `lab up` writes the state file every tick; this
+    // lab runs in the test, so write it now.
+    l.save_state().unwrap();
+    let dir = l.kubeconfig_path().parent().unwrap().to_path_buf();
+    let lab_trace = |from: &str, to: &str| {
+        // starts: underlay-lab
+        let out = Command::new(binaries().join("underlay-lab"))
+            .env("UNDERLAY_LAB_BIN_DIR", binaries())
+            .arg("trace")
+            .arg("--dir")
+            .arg(&dir)
+            .args([from, to, "80"])
+            .output()
+            .expect("underlay-lab runs");
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = lab_trace("x/b", "x/a");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("networkpolicy/x/a-in"), "{text}");
+    let (code, text) = lab_trace("y/c", "x/b");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("node-2") && text.contains("node-1"),
+        "both ends' agents: {text}"
+    );
+    // Through the tool directly: model and kernel agree, the kernel's
+    // rules are listed.
+    let (ya, xa) = (
+        l.pods().into_iter().find(|p| p.key == "x/b").unwrap().ips[0],
+        l.pods().into_iter().find(|p| p.key == "x/a").unwrap().ips[0],
+    );
+    let (code, t) = tool(
+        &l,
+        &[
+            "--socket",
+            sock,
+            "-o",
+            "json",
+            "trace",
+            &ya.to_string(),
+            &xa.to_string(),
+            "80/tcp",
+        ],
+    );
+    assert_eq!(code, 1, "{t}");
+    assert_eq!(t["agree"], true, "{t}");
+    let ingress = &t["directions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(ingress["direction"], "ingress", "{t}");
+    assert!(
+        !ingress["kernelRules"].as_array().unwrap().is_empty(),
+        "{t}"
+    );
+
     // Asking a node's agent that is not there is a clear error (exit 2).
     // starts: kubectl-underlay
     let out = Command::new(binaries().join("kubectl-underlay"))
