@@ -188,8 +188,9 @@ mod tests {
             },
             now,
         );
-        records.flush(now, &|pod, _| {
-            format!("networkpolicy/{}/deny-all", pod.namespace)
+        records.flush(now, &|pod, _, _| {
+            let policy = format!("networkpolicy/{}/deny-all", pod.namespace);
+            (pod.clone(), policy)
         });
     }
 

@@ -386,21 +386,22 @@ impl<D: Dataplane> PolicyAgent<D> {
 /// Names the policies that isolate a pod in a direction, from the
 /// engine's model under its lock (called on the consumer's thread).
 fn isolating_policies<D: Dataplane>(engine: Arc<Mutex<Engine<D>>>) -> NameFn {
-    Box::new(move |pod, direction| {
+    Box::new(move |pod, direction, pod_ip| {
         let engine = engine.blocking_lock();
         let index = engine.index();
-        let Some(ep) = index.endpoints().find(|ep| &ep.pod == pod) else {
-            return String::new();
+        let Some(ep) = crate::denials::endpoint_of(index, pod, pod_ip) else {
+            return (pod.clone(), String::new());
         };
         let isolation = crate::describe::isolation(index, ep);
         if !isolation.pod_known {
-            return "pod not in the policy cache: denied until it is".into();
+            let why = "pod not in the policy cache: denied until it is";
+            return (ep.pod.clone(), why.into());
         }
         let side = match direction {
             crate::model::Direction::Ingress => isolation.ingress,
             crate::model::Direction::Egress => isolation.egress,
         };
-        side.policies.join(", ")
+        (ep.pod.clone(), side.policies.join(", "))
     })
 }
 

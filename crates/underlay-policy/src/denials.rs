@@ -10,8 +10,9 @@
 //! records leave per second. Whatever a cap refuses is counted
 //! (`underlay_policy_denials_dropped_total`), never queued.
 
+use crate::index::Index;
 use crate::metrics::{DenialLabel, Metrics};
-use crate::model::{Direction, PodKey};
+use crate::model::{Direction, Endpoint, PodKey};
 use crate::nflog::{Batch, Packet};
 use futures::Stream;
 use std::collections::{HashMap, VecDeque};
@@ -106,8 +107,23 @@ struct Recent {
     emitted: usize,
 }
 
-/// Names the policies isolating `pod` in `direction`.
-pub type Namer<'a> = &'a dyn Fn(&PodKey, Direction) -> String;
+/// Names the pod of a record and the policies isolating it in a
+/// direction, given the pod as the rule's prefix names it and the pod's
+/// address in the packet (see [`endpoint_of`]).
+pub type Namer<'a> = &'a dyn Fn(&PodKey, Direction, IpAddr) -> (PodKey, String);
+
+/// The endpoint a logged packet belongs to: the one holding the packet's
+/// pod-side address whose name is the pod the rule's prefix names, or
+/// starts with it (the kernel cuts prefixes at 63 bytes); else the
+/// endpoint of that exact name.
+pub fn endpoint_of<'a>(index: &'a Index, pod: &PodKey, pod_ip: IpAddr) -> Option<&'a Endpoint> {
+    let cut = pod.to_string();
+    index
+        .endpoints()
+        .filter(|ep| ep.ips.contains(&pod_ip))
+        .find(|ep| &ep.pod == pod || ep.pod.to_string().starts_with(&cut))
+        .or_else(|| index.endpoints().find(|ep| &ep.pod == pod))
+}
 
 /// The aggregator, the ring of recent records and the followers' channel.
 pub struct Denials {
@@ -208,15 +224,19 @@ impl Denials {
             }
             Err(_) => return 0,
         };
-        let mut names: HashMap<(PodKey, Direction), String> = HashMap::new();
+        let mut names: HashMap<(PodKey, Direction, IpAddr), (PodKey, String)> = HashMap::new();
         let mut records: Vec<Denial> = keys
             .into_iter()
             .map(|(k, seen)| {
-                let policy = names
-                    .entry((k.pod.clone(), k.direction))
-                    .or_insert_with(|| name(&k.pod, k.direction))
+                let pod_ip = match k.direction {
+                    Direction::Ingress => k.dst,
+                    Direction::Egress => k.src,
+                };
+                let (pod, policy) = names
+                    .entry((k.pod.clone(), k.direction, pod_ip))
+                    .or_insert_with(|| name(&k.pod, k.direction, pod_ip))
                     .clone();
-                record(k, seen, policy)
+                record(Key { pod, ..k }, seen, policy)
             })
             .collect();
         records.sort_by_key(|d| d.first);

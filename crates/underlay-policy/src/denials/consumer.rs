@@ -9,6 +9,7 @@ use crate::model::{Direction, PodKey};
 use crate::nflog;
 use netlink_sys::Socket;
 use std::io::ErrorKind;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -20,9 +21,9 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// The name of the consumer's thread (for `/proc/self/task/*/comm`).
 pub const THREAD_NAME: &str = "udl-nflog";
 
-/// Names the policies isolating a pod in a direction (it locks the engine
-/// to ask its model).
-pub type NameFn = Box<dyn Fn(&PodKey, Direction) -> String + Send>;
+/// Names a record's pod and the policies isolating it in a direction (see
+/// [`super::Namer`]; it locks the engine to ask its model).
+pub type NameFn = Box<dyn Fn(&PodKey, Direction, IpAddr) -> (PodKey, String) + Send>;
 
 /// A running consumer; dropping it asks the thread to stop (it does so
 /// within [`POLL`]), [`Consumer::stop`] also waits for it.
@@ -72,7 +73,7 @@ impl Drop for Consumer {
 fn run(
     socket: &Socket,
     denials: &Denials,
-    name: &(dyn Fn(&PodKey, Direction) -> String + Send),
+    name: &(dyn Fn(&PodKey, Direction, IpAddr) -> (PodKey, String) + Send),
     stop: &AtomicBool,
 ) {
     let mut buf = Vec::with_capacity(256 * 1024);

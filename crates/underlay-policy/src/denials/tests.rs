@@ -22,8 +22,9 @@ fn batch(packets: Vec<Packet>) -> Batch {
     }
 }
 
-fn named(pod: &PodKey, dir: Direction) -> String {
-    format!("networkpolicy/{}/deny-{dir:?}", pod.namespace)
+fn named(pod: &PodKey, dir: Direction, _ip: IpAddr) -> (PodKey, String) {
+    let policy = format!("networkpolicy/{}/deny-{dir:?}", pod.namespace);
+    (pod.clone(), policy)
 }
 
 fn limits() -> Limits {
@@ -158,4 +159,52 @@ async fn a_follower_gets_the_recent_records_then_new_ones_of_its_namespace() {
 fn protocols_are_named() {
     let names: Vec<String> = [6, 17, 132, 1, 58, 47].map(protocol_name).into();
     assert_eq!(names, ["TCP", "UDP", "SCTP", "ICMP", "ICMPv6", "47"]);
+}
+
+#[test]
+fn a_pod_whose_prefix_was_cut_is_found_by_its_address() {
+    use crate::model::{Attachment, Endpoint};
+    let long = PodKey::new("team-payments-eu-west", "checkout-api-7f9c8d6b5-x2x4q-long");
+    let mut index = Index::new();
+    for (pod, ip, iface) in [
+        (long.clone(), "10.244.1.5", "udl1"),
+        (
+            PodKey::new("team-payments-eu-west", "checkout-api-7f9c8d6b5-zzzzz"),
+            "10.244.1.6",
+            "udl2",
+        ),
+        (PodKey::new("x", "a"), "10.244.1.7", "udl3"),
+    ] {
+        index.apply_endpoint(Endpoint {
+            pod,
+            interface: iface.into(),
+            ips: vec![ip.parse().unwrap()],
+            owner: Attachment::new("c", "eth0"),
+        });
+    }
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    // "udl deny out " and a key cut where the kernel's 63 bytes end
+    let cut_text = &long.to_string()[..40];
+    let (ns, name) = cut_text.split_once('/').unwrap();
+    let cut = PodKey::new(ns, name);
+    let found = endpoint_of(&index, &cut, ip("10.244.1.5")).map(|e| e.pod.clone());
+    assert_eq!(found, Some(long.clone()));
+    // the address decides between pods sharing the cut prefix
+    let other = endpoint_of(&index, &cut, ip("10.244.1.6")).map(|e| e.pod.name.clone());
+    assert_eq!(other.as_deref(), Some("checkout-api-7f9c8d6b5-zzzzz"));
+    // a pod whose whole name is the cut text does not take the record
+    let mut short = cut.clone();
+    short.name.truncate(name.len());
+    index.apply_endpoint(Endpoint {
+        pod: short,
+        interface: "udl4".into(),
+        ips: vec![ip("10.244.1.8")],
+        owner: Attachment::new("c", "eth0"),
+    });
+    let found = endpoint_of(&index, &cut, ip("10.244.1.5")).map(|e| e.pod.clone());
+    assert_eq!(found, Some(long.clone()));
+    // an exact name needs no address; an unknown one finds nothing
+    let exact = endpoint_of(&index, &PodKey::new("x", "a"), ip("192.0.2.1"));
+    assert_eq!(exact.map(|e| e.interface.as_str()), Some("udl3"));
+    assert!(endpoint_of(&index, &PodKey::new("y", "a"), ip("10.244.1.7")).is_none());
 }
