@@ -2,12 +2,14 @@
 //! thin adapter between the agent's endpoints and the engine's runtime.
 //! Everything that decides lives in the engine crate.
 
-use crate::hook::{EndpointHook, EndpointInfo, HookError, Isolation};
+use crate::hook::{DenialStream, EndpointHook, EndpointInfo, HookError, Isolation};
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 use underlay_policy::agent::{AttachError, PolicyAgent};
+use underlay_policy::denials::{Denial, protocol_name};
 use underlay_policy::metrics::Metrics;
 use underlay_policy::model::{Attachment, Direction, Endpoint, PodKey};
 use underlay_policy::trace::{self, FlowTrace, Query};
@@ -31,6 +33,12 @@ impl PolicyHook {
         let agent = PolicyAgent::new(engine, client, args.options());
         // The tasks run for the life of the process.
         drop(agent.start());
+        PolicyHook::with_agent(agent, metrics)
+    }
+
+    /// A hook over an agent already built (and started, or not, by the
+    /// caller); `metrics` are the engine's.
+    pub fn with_agent(agent: Arc<PolicyAgent<CommandDataplane>>, metrics: Metrics) -> Arc<Self> {
         Arc::new(PolicyHook { agent, metrics })
     }
 
@@ -47,6 +55,31 @@ fn endpoint(ep: &EndpointInfo) -> Endpoint {
         interface: ep.host_interface.clone(),
         ips: ep.ips.clone(),
         owner: owner(ep),
+    }
+}
+
+/// A denial record on the wire.
+fn denial(d: Denial) -> v1::Denial {
+    let unix_ms = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    };
+    v1::Denial {
+        first_unix_ms: unix_ms(d.first),
+        last_unix_ms: unix_ms(d.last),
+        direction: match d.direction {
+            Direction::Ingress => v1::Direction::Ingress,
+            Direction::Egress => v1::Direction::Egress,
+        } as i32,
+        pod: d.pod.to_string(),
+        source: d.src.to_string(),
+        destination: d.dst.to_string(),
+        protocol: protocol_name(d.protocol),
+        port: u32::from(d.port),
+        policy: d.policy,
+        packets: d.packets,
+        audit: d.audit,
     }
 }
 
@@ -140,6 +173,15 @@ impl EndpointHook for PolicyHook {
         })
     }
 
+    fn denials(&self, req: &v1::DenialsRequest) -> Result<DenialStream, HookError> {
+        let namespace = (!req.namespace.is_empty()).then(|| req.namespace.clone());
+        Ok(self
+            .agent
+            .denials(namespace, req.follow)
+            .map(denial)
+            .boxed())
+    }
+
     fn status(&self) -> Option<underlay_proto::v1::PolicyStatus> {
         let s = self.agent.status();
         Some(underlay_proto::v1::PolicyStatus {
@@ -154,5 +196,123 @@ impl EndpointHook for PolicyHook {
             last_error: s.last_error.unwrap_or_default(),
             cluster_policies: s.cluster_policies,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoints::Endpoints;
+    use crate::grpc::AgentService;
+    use crate::store::Store;
+    use std::time::{Duration, Instant};
+    use tonic::Request;
+    use underlay_policy::agent::Options;
+    use underlay_policy::nflog::{Batch, Packet};
+    use underlay_proto::v1::agent_server::Agent;
+
+    fn packet(pod: PodKey, port: u16) -> Packet {
+        Packet {
+            direction: Direction::Ingress,
+            pod,
+            src: "10.244.2.7".parse().unwrap(),
+            dst: "10.244.1.5".parse().unwrap(),
+            protocol: 6,
+            port,
+            time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            audit: false,
+        }
+    }
+
+    /// Records `packets` as one window of the agent's denial records.
+    fn deny(agent: &PolicyAgent<CommandDataplane>, packets: Vec<Packet>) {
+        let records = agent.denial_records();
+        let now = Instant::now() + Duration::from_secs(2);
+        records.observe(
+            Batch {
+                packets,
+                malformed: 0,
+            },
+            now,
+        );
+        records.flush(now, &|pod, _, _| {
+            let policy = format!("networkpolicy/{}/deny-all", pod.namespace);
+            (pod.clone(), policy)
+        });
+    }
+
+    #[tokio::test]
+    async fn the_denials_rpc_returns_recent_records_then_follows_new_ones() {
+        let metrics = Metrics::default();
+        let engine = Engine::new(
+            CommandDataplane::default(),
+            underlay_policy::Config::default(),
+            metrics.clone(),
+        );
+        let agent = PolicyAgent::new(engine, None, Options::default());
+        let hook = PolicyHook::with_agent(agent.clone(), metrics);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let agent_metrics = Arc::new(crate::metrics::Metrics::new());
+        let endpoints = Endpoints::open(store, hook, agent_metrics.clone(), 1500).unwrap();
+        let svc = AgentService {
+            endpoints,
+            metrics: agent_metrics,
+            node_name: "n1".into(),
+        };
+        deny(
+            &agent,
+            vec![
+                packet(PodKey::new("x", "a"), 80),
+                packet(PodKey::new("y", "a"), 81),
+            ],
+        );
+
+        let req = |follow, namespace: &str| {
+            Request::new(v1::DenialsRequest {
+                follow,
+                namespace: namespace.into(),
+            })
+        };
+        let all: Vec<_> = svc
+            .denials(req(false, ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .collect()
+            .await;
+        assert_eq!(all.len(), 2);
+        let mut stream = svc.denials(req(true, "x")).await.unwrap().into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(
+            first,
+            v1::Denial {
+                first_unix_ms: 1_700_000_000_123,
+                last_unix_ms: 1_700_000_000_123,
+                direction: v1::Direction::Ingress as i32,
+                pod: "x/a".into(),
+                source: "10.244.2.7".into(),
+                destination: "10.244.1.5".into(),
+                protocol: "TCP".into(),
+                port: 80,
+                policy: "networkpolicy/x/deny-all".into(),
+                packets: 1,
+                audit: false,
+            }
+        );
+        // followed: a new record of x arrives, y's is filtered out
+        deny(
+            &agent,
+            vec![
+                packet(PodKey::new("y", "b"), 1),
+                packet(PodKey::new("x", "b"), 443),
+            ],
+        );
+        let next = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("a followed record")
+            .unwrap()
+            .unwrap();
+        assert_eq!((next.pod.as_str(), next.port), ("x/b", 443));
     }
 }

@@ -9,6 +9,8 @@
 use crate::cluster::{ClusterPolicy, Node};
 use crate::convert;
 use crate::dataplane::Dataplane;
+use crate::denials::consumer::{Consumer, NameFn};
+use crate::denials::{Denial, Denials};
 use crate::engine::{Engine, Status};
 use crate::index::Index;
 use crate::kernel_trace::Kernel;
@@ -64,6 +66,14 @@ pub struct Options {
     /// endpoints a previous run attached: a sync before it would find their
     /// rules unexpected and remove them.
     pub await_restore: bool,
+    /// The NFLOG group the deny rules log to, read into denial records by
+    /// the agent's own consumer; `None` reads nothing.
+    pub nflog_group: Option<u16>,
+    /// The network namespace to read it in (`None`: the agent's own; the
+    /// tests' node namespaces otherwise).
+    pub nflog_netns: Option<String>,
+    /// Bounds of the denial records.
+    pub denial_limits: crate::denials::Limits,
 }
 
 impl Default for Options {
@@ -74,6 +84,9 @@ impl Default for Options {
             attach_wait: Duration::from_secs(10),
             fetch_timeout: Duration::from_secs(5),
             await_restore: false,
+            nflog_group: None,
+            nflog_netns: None,
+            denial_limits: crate::denials::Limits::default(),
         }
     }
 }
@@ -91,6 +104,7 @@ pub struct PolicyAgent<D: Dataplane> {
     status: Arc<std::sync::Mutex<Status>>,
     /// Publishes Events on objects the agent cannot understand.
     recorder: Option<Recorder>,
+    denials: Arc<Denials>,
 }
 
 impl<D: Dataplane> PolicyAgent<D> {
@@ -108,7 +122,12 @@ impl<D: Dataplane> PolicyAgent<D> {
                 },
             )
         });
+        let denials = Arc::new(Denials::new(
+            options.denial_limits,
+            engine.metrics().clone(),
+        ));
         Arc::new(PolicyAgent {
+            denials,
             engine: Arc::new(Mutex::new(engine)),
             client,
             options,
@@ -161,9 +180,49 @@ impl<D: Dataplane> PolicyAgent<D> {
         .map_err(|e| TraceError::Task(e.to_string()))?
     }
 
-    /// Starts the watchers, the sync loop and the repair timer.
+    /// The recent denial records (oldest first), then, with `follow`, new
+    /// ones as they are seen; only pods of `namespace` when given.
+    pub fn denials(
+        &self,
+        namespace: Option<String>,
+        follow: bool,
+    ) -> impl futures::Stream<Item = Denial> + Send + 'static {
+        self.denials.stream(namespace, follow)
+    }
+
+    /// The denial records themselves, for tests and benchmarks.
+    pub fn denial_records(&self) -> Arc<Denials> {
+        self.denials.clone()
+    }
+
+    /// Starts the NFLOG consumer when a group is configured; the returned
+    /// task owns it (ending the task stops the reader). A group the kernel
+    /// will not bind is logged and leaves the agent without denial records.
+    fn start_denials(&self) -> Option<JoinHandle<()>> {
+        let group = self.options.nflog_group?;
+        let name = isolating_policies(self.engine.clone());
+        match Consumer::start(
+            self.options.nflog_netns.as_deref(),
+            group,
+            self.denials.clone(),
+            name,
+        ) {
+            Ok(consumer) => Some(tokio::spawn(async move {
+                let _consumer = consumer;
+                std::future::pending::<()>().await
+            })),
+            Err(e) => {
+                warn!(group, error = %e, "cannot read denied packets from nflog; no denial records");
+                None
+            }
+        }
+    }
+
+    /// Starts the watchers, the sync loop, the repair timer and the NFLOG
+    /// consumer.
     pub fn start(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
+        tasks.extend(self.start_denials());
         if let Some(client) = &self.client {
             tasks.push(tokio::spawn(watch::<Namespaces, D>(
                 self.clone(),
@@ -352,6 +411,28 @@ impl<D: Dataplane> PolicyAgent<D> {
     fn kick(&self) {
         self.kick.notify_one();
     }
+}
+
+/// Names the policies that isolate a pod in a direction, from the
+/// engine's model under its lock (called on the consumer's thread).
+fn isolating_policies<D: Dataplane>(engine: Arc<Mutex<Engine<D>>>) -> NameFn {
+    Box::new(move |pod, direction, pod_ip| {
+        let engine = engine.blocking_lock();
+        let index = engine.index();
+        let Some(ep) = crate::denials::endpoint_of(index, pod, pod_ip) else {
+            return (pod.clone(), String::new());
+        };
+        let isolation = crate::describe::isolation(index, ep);
+        if !isolation.pod_known {
+            let why = "pod not in the policy cache: denied until it is";
+            return (ep.pod.clone(), why.into());
+        }
+        let side = match direction {
+            crate::model::Direction::Ingress => isolation.ingress,
+            crate::model::Direction::Egress => isolation.egress,
+        };
+        (ep.pod.clone(), side.policies.join(", "))
+    })
 }
 
 /// The entry of [`PolicyAgent::listed`] that [`PolicyAgent::restore`] sets.

@@ -9,12 +9,14 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct PolicyArgs {
-    /// Log packets that policy drops, in every namespace, to this NFLOG
-    /// group (otherwise only namespaces annotated
-    /// `policy.underlay.dev/log-denied: "true"` are logged).
-    #[arg(long, env = "UNDERLAY_POLICY_LOG_DENIED", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Log packets that policy drops, in every namespace, to the NFLOG
+    /// group the agent reads its denial records from (on by default). With
+    /// `--policy-log-denied=false` only namespaces annotated
+    /// `policy.underlay.dev/log-denied: "true"` are logged.
+    #[arg(long, env = "UNDERLAY_POLICY_LOG_DENIED", default_value_t = true, action = clap::ArgAction::Set)]
     pub policy_log_denied: bool,
-    /// NFLOG group of logged denied packets.
+    /// NFLOG group of logged denied packets; the agent binds it to read
+    /// them (no other listener, such as ulogd, may hold it).
     #[arg(long, env = "UNDERLAY_POLICY_NFLOG_GROUP", default_value_t = 100)]
     pub policy_nflog_group: u16,
     /// Rate limit of logged denied packets (iptables `limit` syntax).
@@ -91,6 +93,9 @@ impl PolicyArgs {
             repair_interval: Duration::from_secs(self.policy_repair_interval.max(1)),
             // The agent restores its recorded endpoints at every start.
             await_restore: true,
+            // Logged packets (every namespace, or annotated ones) become
+            // denial records.
+            nflog_group: Some(self.policy_nflog_group),
             ..Options::default()
         }
     }
@@ -122,7 +127,21 @@ mod tests {
     #[test]
     fn flags_default_and_validate() {
         let c = Cli::try_parse_from(["x"]).unwrap().policy;
-        assert_eq!(c.config(), Config::default());
+        // Denied packets are logged everywhere by default, and read back.
+        assert_eq!(
+            c.config(),
+            Config {
+                log_all: true,
+                ..Config::default()
+            }
+        );
+        assert_eq!(c.options().nflog_group, Some(100));
+        let off = Cli::try_parse_from(["x", "--policy-log-denied=false"])
+            .unwrap()
+            .policy;
+        assert!(!off.config().log_all);
+        // the group is still read: annotated namespaces log to it
+        assert_eq!(off.options().nflog_group, Some(100));
         assert_eq!(
             c.dataplane().iptables,
             ["iptables".to_string(), "ip6tables".to_string()]

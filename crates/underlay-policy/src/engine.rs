@@ -189,6 +189,10 @@ impl<D: Dataplane> Engine<D> {
         &self.index
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Changes the index; the next [`Engine::sync`] programs the result.
     pub fn change<R>(&mut self, f: impl FnOnce(&mut Index) -> R) -> R {
         let before = self.index.generation();

@@ -8,6 +8,9 @@
 //! - [`convert`]: Kubernetes API objects into the domain, with validation.
 //! - [`dataplane`]: the side-effect boundary (real tools, recording fake).
 //! - [`ctnetlink`]: conntrack deletion over netlink, for the real dataplane.
+//! - [`nflog`]: the agent's own reader of the deny rules' NFLOG group.
+//! - [`denials`]: denied packets aggregated into records, logged, counted,
+//!   kept and followed.
 //! - [`tool`]: running one external tool (concurrent I/O, deadline, reaped).
 //! - [`engine`]: diffs desired against programmed and writes the difference.
 //! - [`agent`]: the async runtime around the engine: kube watchers, attach
@@ -27,10 +30,12 @@ pub mod args;
 pub mod convert;
 pub mod ctnetlink;
 pub mod dataplane;
+pub mod denials;
 pub mod describe;
 pub mod engine;
 pub mod kernel_trace;
 pub mod metrics;
+pub mod nflog;
 pub mod nl;
 pub mod rtnl;
 pub mod status;

@@ -13,6 +13,15 @@ pub struct ToolLabel {
     pub tool: String,
 }
 
+/// Labels of denied packets: the pod's namespace and the direction only,
+/// so the series stay as few as the node's namespaces.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabel {
+    pub namespace: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub policies: Gauge,
@@ -26,6 +35,9 @@ pub struct Metrics {
     pub restore_failures: MetricFamily<ToolLabel, Counter>,
     pub conntrack_removed: Counter,
     pub repairs: Counter,
+    pub denied_packets: MetricFamily<DenialLabel, Counter>,
+    pub denials_dropped: Counter,
+    pub nflog_malformed: Counter,
 }
 
 /// The tools whose calls are counted, each exported from the start (at 0)
@@ -46,6 +58,9 @@ impl Default for Metrics {
             restore_failures: MetricFamily::default(),
             conntrack_removed: Counter::default(),
             repairs: Counter::default(),
+            denied_packets: MetricFamily::default(),
+            denials_dropped: Counter::default(),
+            nflog_malformed: Counter::default(),
         };
         for tool in TOOLS {
             let label = ToolLabel { tool: tool.into() };
@@ -115,6 +130,21 @@ impl Metrics {
             "Syncs that found the node's rules or sets differing from what was programmed",
             self.repairs.clone(),
         );
+        r.register(
+            "denied_packets",
+            "Denied packets the deny rules logged (after their rate limit), by pod namespace and direction",
+            self.denied_packets.clone(),
+        );
+        r.register(
+            "denials_dropped",
+            "Denied packets or records not recorded: over the per-window key cap, the per-second record cap, or dropped by the kernel for want of socket room",
+            self.denials_dropped.clone(),
+        );
+        r.register(
+            "nflog_malformed",
+            "NFLOG messages skipped: cut short, unreadable or not from a deny rule",
+            self.nflog_malformed.clone(),
+        );
     }
 }
 
@@ -125,6 +155,11 @@ mod tests {
     #[test]
     fn every_metric_is_exported_under_the_policy_prefix() {
         let m = Metrics::default();
+        let label = DenialLabel {
+            namespace: "x".into(),
+            direction: "ingress".into(),
+        };
+        m.denied_packets.get_or_create(&label).inc_by(2);
         let mut registry = Registry::default();
         m.register(&mut registry);
         let mut text = String::new();
@@ -141,6 +176,9 @@ mod tests {
             "underlay_policy_restore_failures_total{tool=\"ipset\"} 0",
             "underlay_policy_conntrack_removed_total 0",
             "underlay_policy_repairs_total 0",
+            "underlay_policy_denials_dropped_total 0",
+            "underlay_policy_nflog_malformed_total 0",
+            "underlay_policy_denied_packets_total{namespace=\"x\",direction=\"ingress\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
