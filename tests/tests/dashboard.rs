@@ -97,10 +97,12 @@ async fn every_dashboard_query_names_a_metric_the_daemons_serve() {
     };
     // Some policy state, so the policy metrics carry samples.
     scenario::namespace(&l, "x").await.unwrap();
-    scenario::pod(&l, "x/a", Some("node-1"), json!({}))
-        .await
-        .unwrap();
-    l.wait_pod_running("x/a", CONVERGE).await.unwrap();
+    for key in ["x/a", "x/b"] {
+        scenario::pod(&l, key, Some("node-1"), json!({}))
+            .await
+            .unwrap();
+        l.wait_pod_running(key, CONVERGE).await.unwrap();
+    }
     scenario::policy(
         &l,
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -110,6 +112,20 @@ async fn every_dashboard_query_names_a_metric_the_daemons_serve() {
     .await
     .unwrap();
 
+    // A denied packet, so the denied-packet counter has a series.
+    let o = scenario::expect_reach(
+        &l,
+        "x/b",
+        "x/a",
+        80,
+        underlay_lab::traffic::Protocol::Tcp,
+        false,
+        CONVERGE,
+    )
+    .await
+    .unwrap();
+    assert!(o.matched, "the deny never took effect");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // A refused call, so the per-code error counter has a series (the
     // agent checks the addresses a trace names).
     let node = &l.nodes()[0];

@@ -177,6 +177,33 @@ async fn the_tool_reports_each_agent_and_the_cluster() {
         "{t}"
     );
 
+    // `lab denials`: every node's records as JSON lines; the probe
+    // x/b -> x/a denied above is one of node-1's, naming the policy.
+    // starts: underlay-lab
+    let out = Command::new(binaries().join("underlay-lab"))
+        .env("UNDERLAY_LAB_BIN_DIR", binaries())
+        .arg("denials")
+        .arg("--dir")
+        .arg(&dir)
+        .output()
+        .expect("underlay-lab runs");
+    assert!(out.status.success(), "{out:?}");
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(
+        records.iter().any(|r| r["node"] == "node-1"
+            && r["pod"] == "x/a"
+            && r["source"] == ya.to_string()
+            && r["policy"]
+                .as_str()
+                .unwrap_or("")
+                .contains("networkpolicy/x/a-in")
+            && r["audit"] == false),
+        "{records:?}"
+    );
+
     // Asking a node's agent that is not there is a clear error (exit 2).
     // starts: kubectl-underlay
     let out = Command::new(binaries().join("kubectl-underlay"))
