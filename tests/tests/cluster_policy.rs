@@ -4,8 +4,7 @@
 //! fabric and both nodes' agents. The policy's `Accepted` condition is
 //! read back with kubectl too. Needs root.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use underlay_e2e::{CONVERGE, lab};
 use underlay_lab::lab::Lab;
 use underlay_lab::scenario;
@@ -19,10 +18,13 @@ struct Case {
     rows: Vec<(&'static str, &'static str, u16, Protocol, bool)>,
 }
 
-/// Runs kubectl against the lab; returns (success, stdout + stderr).
-fn kubectl(l: &Lab, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+/// Runs kubectl against the lab; returns (success, stdout + stderr). The
+/// lab's API server runs in this test's runtime, so kubectl is awaited,
+/// never waited for on a runtime thread.
+async fn kubectl(l: &Lab, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
     // starts: kubectl
-    let mut child = Command::new("kubectl")
+    let mut child = tokio::process::Command::new("kubectl")
         .env("KUBECONFIG", l.kubeconfig_path())
         .args(args)
         .stdin(Stdio::piped())
@@ -30,16 +32,12 @@ fn kubectl(l: &Lab, args: &[&str], stdin: Option<&str>) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("kubectl runs");
+    let mut pipe = child.stdin.take().expect("stdin");
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        pipe.write_all(input.as_bytes()).await.unwrap();
     }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("kubectl finishes");
+    drop(pipe);
+    let out = child.wait_with_output().await.expect("kubectl finishes");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -235,7 +233,8 @@ async fn wait_accepted(l: &Lab, manifests: &str) -> Result<(), String> {
                     "jsonpath={.status.conditions[?(@.type==\"Accepted\")].status}",
                 ],
                 None,
-            );
+            )
+            .await;
             if status.trim() == "True" {
                 break;
             }
@@ -281,7 +280,8 @@ async fn cluster_network_policies_applied_with_kubectl_hold_across_nodes() {
         .expect("node-2 has a pod CIDR");
     let mut failures = Vec::new();
     for case in cases(&cidr) {
-        let (ok, out) = kubectl(&l, &["apply", "-f", "-"], Some(&case.manifests));
+        let started = std::time::Instant::now();
+        let (ok, out) = kubectl(&l, &["apply", "-f", "-"], Some(&case.manifests)).await;
         assert!(ok, "[{}] kubectl apply failed: {out}", case.name);
         if let Err(e) = wait_accepted(&l, &case.manifests).await {
             failures.push(format!("[{}] status: {e}", case.name));
@@ -301,7 +301,8 @@ async fn cluster_network_policies_applied_with_kubectl_hold_across_nodes() {
             &l,
             &["delete", "-f", "-", "--wait=true"],
             Some(&case.manifests),
-        );
+        )
+        .await;
         assert!(ok, "[{}] kubectl delete failed: {out}", case.name);
         // Back to open before the next case, so a lingering deny cannot
         // pass the next case's denied rows.
@@ -315,6 +316,7 @@ async fn cluster_network_policies_applied_with_kubectl_hold_across_nodes() {
                 case.name, o.outcome
             );
         }
+        eprintln!("[{}] {:?}", case.name, started.elapsed());
     }
     l.down().await;
     assert!(
