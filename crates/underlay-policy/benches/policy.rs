@@ -7,8 +7,9 @@
 //! new pod, each as a ratio to
 //! the floor: restoring the same full ruleset from scratch into an empty
 //! namespace, measured in the same run. The engine runs as the agent ships
-//! it, conntrack cleanup of newly denied connections on; a second,
-//! labelled policy-change row has the cleanup off.
+//! it (its flags' defaults: deny logging on, conntrack cleanup of newly
+//! denied connections on); a second, labelled policy-change row has the
+//! cleanup off.
 //!
 //! Then the deletion of N conntrack entries of newly denied connections:
 //! ctnetlink requests on one socket (what the engine does) against one
@@ -250,6 +251,19 @@ fn build(index: &mut Index, scale: &Scale) {
     }
 }
 
+/// The ruleset's knobs as the agent ships them: its flags' defaults (deny
+/// logging on, the shipped mark and rates), not the library's defaults.
+fn shipped_config() -> Config {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        policy: underlay_policy::PolicyArgs,
+    }
+    <Flags as clap::Parser>::parse_from(["underlay-agent"])
+        .policy
+        .config()
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -292,7 +306,8 @@ fn main() {
     // The full ruleset, captured by the recording fake.
     let rss_before = rss_kib();
     let fake = FakeDataplane::new();
-    let mut capture = Engine::new(fake.clone(), Config::default(), Metrics::default());
+    let shipped = shipped_config();
+    let mut capture = Engine::new(fake.clone(), shipped.clone(), Metrics::default());
     let t = Instant::now();
     capture.change(|i| build(&mut *i, &scale));
     let index_time = t.elapsed();
@@ -331,7 +346,7 @@ fn main() {
     let metrics = Metrics::default();
     let mut engine = Engine::new(
         CommandDataplane::in_netns(&ns.0),
-        Config::default(),
+        shipped.clone(),
         metrics,
     );
     engine.change(|i| build(&mut *i, &scale));
