@@ -344,11 +344,7 @@ fn main() {
     // The engine against the real tools.
     let ns = Netns::new("engine");
     let metrics = Metrics::default();
-    let mut engine = Engine::new(
-        CommandDataplane::in_netns(&ns.0),
-        shipped.clone(),
-        metrics,
-    );
+    let mut engine = Engine::new(CommandDataplane::in_netns(&ns.0), shipped.clone(), metrics);
     engine.change(|i| build(&mut *i, &scale));
     let t = Instant::now();
     engine.sync().expect("first full programming");
