@@ -55,6 +55,48 @@ const MAXELEM: usize = 1 << 20;
 struct ChainState {
     digest: Option<u64>,
     len: usize,
+    /// A dispatch chain's entries (every rule but its final drop, in any
+    /// order), when it ends with the drop and holds no entry twice; such a
+    /// chain is edited in place instead of rewritten.
+    entries: Option<BTreeSet<String>>,
+}
+
+/// The chains that dispatch by interface, one entry per endpoint and a
+/// final drop. They carry no digest: entries are inserted and deleted in
+/// place, which `iptables-restore` does without reading the whole table
+/// (a flushed chain makes it read every rule first).
+fn is_dispatch(name: &str) -> bool {
+    name == FROM_POD || name == TO_POD
+}
+
+const DISPATCH_END: &str = "-j DROP";
+
+/// What a chain's state should be once `rules` are programmed.
+fn expected_state(name: &str, rules: &[String]) -> ChainState {
+    if is_dispatch(name) {
+        let entries = dispatch_entries(rules);
+        return ChainState {
+            digest: None,
+            len: rules.len(),
+            entries,
+        };
+    }
+    ChainState {
+        digest: Some(digest(rules)),
+        len: rules.len() + 1,
+        entries: None,
+    }
+}
+
+/// A dispatch chain's entries, if it is well formed (ends with the drop,
+/// no entry twice, no other drop).
+fn dispatch_entries(rules: &[String]) -> Option<BTreeSet<String>> {
+    let (last, entries) = rules.split_last()?;
+    if last != DISPATCH_END {
+        return None;
+    }
+    let set: BTreeSet<String> = entries.iter().cloned().collect();
+    (set.len() == entries.len() && !set.contains(DISPATCH_END)).then_some(set)
 }
 
 #[derive(Debug, Clone)]
@@ -406,13 +448,7 @@ impl<D: Dataplane> Engine<D> {
             let chains = &mut programmed.chains[family.index()];
             chains.clear();
             for (name, rules) in &desired.chains[family.index()] {
-                chains.insert(
-                    name.clone(),
-                    ChainState {
-                        digest: Some(digest(rules)),
-                        len: rules.len() + 1,
-                    },
-                );
+                chains.insert(name.clone(), expected_state(name, rules));
             }
             programmed.hooks[family.index()] = [Hook::IN_PLACE; 3];
         }
@@ -469,11 +505,7 @@ impl<D: Dataplane> Engine<D> {
                 return false;
             }
             for (name, rules) in want {
-                let expect = ChainState {
-                    digest: Some(digest(rules)),
-                    len: rules.len() + 1,
-                };
-                if have.get(name) != Some(&expect) {
+                if have.get(name) != Some(&expected_state(name, rules)) {
                     return false;
                 }
             }
@@ -580,18 +612,19 @@ impl<D: Dataplane> Engine<D> {
         let mut decl = String::new();
         let mut body = String::new();
         for (name, rules) in want {
-            let d = digest(rules);
-            let expect = ChainState {
-                digest: Some(d),
-                len: rules.len() + 1,
-            };
+            let expect = expected_state(name, rules);
             if have.get(name) == Some(&expect) {
                 continue;
             }
             report.chains_written += 1;
-            if have.contains_key(name) && name != FROM_POD && name != TO_POD {
+            if is_dispatch(name) {
+                edit_dispatch(&mut decl, &mut body, name, have.get(name), &expect, rules);
+                continue;
+            }
+            if have.contains_key(name) {
                 report.rules_replaced += 1;
             }
+            let d = digest(rules);
             let _ = writeln!(decl, ":{name} - [0:0]");
             let _ = writeln!(body, "-A {name} -m comment --comment \"udl:{d:016x}\"");
             for r in rules {
@@ -683,6 +716,33 @@ impl<D: Dataplane> Engine<D> {
 }
 
 /// The `ipset restore` line creating `name` as `want` says.
+/// Brings a dispatch chain to `rules`: in place when both its programmed
+/// and its desired state are well formed (entries inserted at the top,
+/// above the final drop; entries gone deleted by their spec), otherwise
+/// rewritten whole.
+fn edit_dispatch(
+    decl: &mut String,
+    body: &mut String,
+    name: &str,
+    have: Option<&ChainState>,
+    want: &ChainState,
+    rules: &[String],
+) {
+    if let (Some(have), Some(want)) = (have.and_then(|h| h.entries.as_ref()), &want.entries) {
+        for gone in have.difference(want) {
+            let _ = writeln!(body, "-D {name} {gone}");
+        }
+        for new in want.difference(have) {
+            let _ = writeln!(body, "-I {name} 1 {new}");
+        }
+        return;
+    }
+    let _ = writeln!(decl, ":{name} - [0:0]");
+    for r in rules {
+        let _ = writeln!(body, "-A {name} {r}");
+    }
+}
+
 fn create_set(script: &mut String, name: &str, want: &DesiredSet) {
     let _ = writeln!(
         script,
@@ -769,6 +829,8 @@ pub fn digest(rules: &[String]) -> u64 {
 /// of each built-in chain's jump to its hook chain, from `iptables-save`.
 fn parse_save(text: &str) -> (BTreeMap<String, ChainState>, [Hook; 3]) {
     let mut chains: BTreeMap<String, ChainState> = BTreeMap::new();
+    // The dispatch chains' rules as saved, for their entries.
+    let mut dispatch: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut hooks = [Hook::default(); 3];
     let mut rules_seen = [0usize; 3];
     let mut in_filter = false;
@@ -788,6 +850,7 @@ fn parse_save(text: &str) -> (BTreeMap<String, ChainState>, [Hook; 3]) {
                     ChainState {
                         digest: None,
                         len: 0,
+                        entries: None,
                     },
                 );
             }
@@ -809,6 +872,14 @@ fn parse_save(text: &str) -> (BTreeMap<String, ChainState>, [Hook; 3]) {
             rules_seen[i] += 1;
             continue;
         }
+        if is_dispatch(chain) && chains.contains_key(chain) {
+            let rule = rest[chain.len()..].trim_start();
+            dispatch
+                .entry(chain.clone())
+                .or_default()
+                .push(rule.to_string());
+            continue;
+        }
         if let Some(state) = chains.get_mut(chain) {
             if state.len == 0 {
                 state.digest = words
@@ -819,6 +890,11 @@ fn parse_save(text: &str) -> (BTreeMap<String, ChainState>, [Hook; 3]) {
             }
             state.len += 1;
         }
+    }
+    for (name, state) in chains.iter_mut().filter(|(n, _)| is_dispatch(n)) {
+        let rules = dispatch.remove(name).unwrap_or_default();
+        state.len = rules.len();
+        state.entries = dispatch_entries(&rules);
     }
     (chains, hooks)
 }

@@ -290,3 +290,77 @@ fn audited_policies_report_what_they_would_deny_and_drop_nothing() {
     );
     assert!(!rules.iter().any(|r| r.contains("DROP")), "{rules:?}");
 }
+
+/// The script of the last `iptables-restore` of IPv4.
+fn last_v4_script(fake: &FakeDataplane) -> String {
+    fake.state()
+        .calls
+        .iter()
+        .rev()
+        .find_map(|c| match c {
+            Call::RestoreFilter(Family::V4, s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// A pod attaching or leaving edits the dispatch chains in place: its
+/// entries are inserted (or deleted) and no existing chain is flushed,
+/// which is what makes `iptables-restore` read the whole table first. A
+/// dispatch chain someone else changed is rewritten whole by repair.
+#[test]
+fn a_pod_attaching_or_leaving_flushes_no_existing_chain() {
+    use underlay_policy::compile::{FROM_POD, TO_POD};
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake, Config::default());
+    engine.sync().unwrap();
+    let extra = Pid { ns: 0, pod: 0 };
+    let mut ep = extra.endpoint();
+    ep.interface = "udlnew".into();
+    ep.owner = underlay_policy::model::Attachment::new("sandbox-new", "eth0");
+    engine.change(|idx| idx.apply_endpoint(ep.clone()));
+    engine.sync().unwrap();
+    let add = last_v4_script(&fake);
+    assert!(
+        add.contains(&format!("-I {FROM_POD} 1 -i udlnew -g UDL-E-udlnew")),
+        "{add}"
+    );
+    assert!(
+        add.contains(&format!("-I {TO_POD} 1 -o udlnew -g UDL-I-udlnew")),
+        "{add}"
+    );
+    assert!(
+        !add.lines().any(|l| l.starts_with(&format!(":{FROM_POD}")) || l.starts_with(&format!(":{TO_POD}"))),
+        "a dispatch chain was flushed: {add}"
+    );
+    // The chains on the node are what a full rewrite would give.
+    let st = fake.state();
+    let from: Vec<&String> = st.tables[0][FROM_POD].iter().collect();
+    assert_eq!(from.last().map(|s| s.as_str()), Some("-j DROP"));
+    assert_eq!(from.len(), Pid::all().len() + 2);
+    drop(st);
+    engine.change(|idx| idx.delete_endpoint("udlnew", &ep.owner));
+    engine.sync().unwrap();
+    let del = last_v4_script(&fake);
+    assert!(
+        del.contains(&format!("-D {FROM_POD} -i udlnew -g UDL-E-udlnew")),
+        "{del}"
+    );
+    assert!(
+        !del.lines().any(|l| l == format!(":{FROM_POD} - [0:0]")),
+        "{del}"
+    );
+    // Someone appends after our drop: repair rewrites the chain whole.
+    fake.state().tables[0]
+        .get_mut(FROM_POD)
+        .unwrap()
+        .push("-j ACCEPT".into());
+    let report = engine.repair().unwrap();
+    assert!(report.repaired, "{report:?}");
+    let st = fake.state();
+    assert_eq!(
+        st.tables[0][FROM_POD].last().map(|s| s.as_str()),
+        Some("-j DROP")
+    );
+    assert_eq!(st.tables[0][FROM_POD].len(), Pid::all().len() + 1);
+}
