@@ -141,10 +141,17 @@ async fn every_dashboard_query_names_a_metric_the_daemons_serve() {
         .enter(|| scrape("127.0.0.1:9962"))
         .expect("enter node-1")
         .expect("scrape the agent");
-    let log = std::fs::read_to_string(l.log_path("route-controller-0")).unwrap_or_default();
-    let addr = route_controller_metrics_addr(&log).expect("the route controller logs its listener");
-    let controller = scrape(&addr).expect("scrape the route controller");
+    // Every route controller replica: only the leader writes routes and
+    // allocates CIDRs, so only its families carry series.
     let mut have = served(&agent);
+    let mut controller = String::new();
+    for i in 0..3 {
+        let log = std::fs::read_to_string(l.log_path(&format!("route-controller-{i}")))
+            .unwrap_or_default();
+        if let Some(addr) = route_controller_metrics_addr(&log) {
+            controller.push_str(&scrape(&addr).expect("scrape a route controller"));
+        }
+    }
     have.extend(served(&controller));
     assert!(have.contains("underlay_agent_ready"), "{agent}");
     assert!(have.contains("underlay_policy_rules"), "{agent}");
