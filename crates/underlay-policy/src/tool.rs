@@ -88,18 +88,33 @@ fn collect(reader: JoinHandle<Vec<u8>>) -> String {
 }
 
 /// The exit status, or `None` once `deadline` passed.
+///
+/// A helper thread blocks in `waitid(WNOWAIT)` and says when the tool
+/// exited, so its end is noticed at once, not at the next poll; it leaves
+/// the tool unreaped, so only this thread reaps it and a kill after the
+/// deadline can never reach a recycled process id.
 fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
+    let pid = i32::try_from(child.id())
+        .map(nix::unistd::Pid::from_raw)
+        .map_err(std::io::Error::other)?;
+    let (exited, notice) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use nix::sys::wait::{Id, WaitPidFlag};
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        loop {
+            match nix::sys::wait::waitid(Id::Pid(pid), flags) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                // Exited (or can no longer be waited for, which the reap
+                // below reports).
+                _ => break,
+            }
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(20));
+        let _ = exited.send(());
+    });
+    let left = deadline.saturating_duration_since(Instant::now());
+    match notice.recv_timeout(left) {
+        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => child.wait().map(Some),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
     }
 }
 
