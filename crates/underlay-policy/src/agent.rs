@@ -266,6 +266,14 @@ impl<D: Dataplane> PolicyAgent<D> {
                 warn!(error = %e, "policy sync failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 self.kick.notify_one();
+            } else if self.engine.lock().await.sets_awaiting_destroy() > 0 {
+                // The kernel lets go of a deleted rule's sets within
+                // moments; come back for them.
+                let me = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(SETS_RETRY).await;
+                    me.kick.notify_one();
+                });
             }
         }
     }
@@ -293,7 +301,7 @@ impl<D: Dataplane> PolicyAgent<D> {
             let mut e = engine.blocking_lock();
             let r = if repair {
                 e.repair().map(drop)
-            } else if e.dirty() || !e.status().synced {
+            } else if e.dirty() || !e.status().synced || e.sets_awaiting_destroy() > 0 {
                 e.sync().map(drop)
             } else {
                 Ok(())
@@ -437,6 +445,9 @@ fn isolating_policies<D: Dataplane>(engine: Arc<Mutex<Engine<D>>>) -> NameFn {
 
 /// The entry of [`PolicyAgent::listed`] that [`PolicyAgent::restore`] sets.
 const RESTORED: usize = 3;
+
+/// How long after a sync that left sets for later the next one runs.
+const SETS_RETRY: Duration = Duration::from_millis(500);
 
 /// One kind of Kubernetes object the agent watches, and how it feeds the
 /// index. A single generic [`watch`] loop serves every kind; a kind only

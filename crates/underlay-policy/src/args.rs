@@ -51,6 +51,11 @@ pub struct PolicyArgs {
     /// Delete conntrack entries of connections a policy change denies.
     #[arg(long, env = "UNDERLAY_POLICY_CONNTRACK_CLEANUP", default_value_t = true, action = clap::ArgAction::Set)]
     pub policy_conntrack_cleanup: bool,
+    /// Keep one `iptables-restore` running per family and feed it every
+    /// rule change, instead of starting one per change (nf_tables back end
+    /// only; the legacy back end always starts one per change).
+    #[arg(long, env = "UNDERLAY_POLICY_PERSISTENT_RESTORE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub policy_persistent_restore: bool,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -108,6 +113,7 @@ impl PolicyArgs {
         CommandDataplane {
             iptables: [self.policy_iptables.clone(), v6],
             timeout: Duration::from_secs(self.policy_tool_timeout.max(1)),
+            persistent_restore: self.policy_persistent_restore,
             ..CommandDataplane::default()
         }
     }

@@ -11,9 +11,11 @@ use crate::model::Family;
 use crate::tool::ToolError;
 
 pub mod fake;
+pub mod restore;
 pub use fake::{Call, FakeDataplane, FakeSet, FakeState};
 use std::net::IpAddr;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +108,24 @@ pub struct CommandDataplane {
     pub ipset: String,
     /// How long one tool call may run before it is killed.
     pub timeout: Duration,
+    /// Keep one `iptables-restore` running per family and feed it every
+    /// change (nf_tables back end only; see [`restore`]). Off: one process
+    /// per change.
+    pub persistent_restore: bool,
+    pub(crate) restorers: Arc<[Mutex<Restorer>; 2]>,
+}
+
+/// How a family's rule changes are written.
+#[derive(Debug, Default)]
+pub(crate) enum Restorer {
+    /// Not yet known which back end the tool drives.
+    #[default]
+    Unprobed,
+    /// The legacy back end: a process per change (it rewrites the whole
+    /// table per `COMMIT` anyway).
+    OneShot,
+    /// The nf_tables back end: the running session, if one is.
+    Persistent(Option<restore::Session>),
 }
 
 /// The default of [`CommandDataplane::timeout`].
@@ -118,6 +138,8 @@ impl Default for CommandDataplane {
             iptables: ["iptables".into(), "ip6tables".into()],
             ipset: "ipset".into(),
             timeout: DEFAULT_TOOL_TIMEOUT,
+            persistent_restore: true,
+            restorers: Arc::default(),
         }
     }
 }
@@ -178,7 +200,58 @@ impl CommandDataplane {
 
     fn restore_one_filter(&self, family: Family, script: &str) -> Result<()> {
         let prog = format!("{}-restore", self.iptables[family.index()]);
-        self.run_ok(&prog, &["--noflush", "-w", "5"], Some(script))
+        if !self.persistent_restore {
+            return self.restore_once(&prog, script);
+        }
+        let mut restorer = self.restorers[family.index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Restorer::Unprobed = *restorer {
+            let version = self.run_ok(&prog, &["--version"], None)?;
+            *restorer = if version.contains("nf_tables") {
+                Restorer::Persistent(None)
+            } else {
+                Restorer::OneShot
+            };
+        }
+        let Restorer::Persistent(session) = &mut *restorer else {
+            return self.restore_once(&prog, script);
+        };
+        if session.as_mut().is_some_and(|s| !s.is_running()) {
+            // Ended between changes (killed, or the binary replaced): start
+            // another rather than fail this change.
+            *session = None;
+        }
+        let running = match session {
+            Some(running) => running,
+            None => {
+                let mut cmd = self.command(&prog);
+                cmd.arg("--noflush");
+                session.insert(restore::Session::start(&prog, cmd, self.netns.as_deref())?)
+            }
+        };
+        let applied = running.apply(script, self.timeout);
+        if applied.is_err() {
+            // The tool exited or is stuck: the next change starts another.
+            *session = None;
+        }
+        applied
+    }
+
+    /// The process id of the family's running `iptables-restore`, if one
+    /// is kept running.
+    pub fn restore_session_pid(&self, family: Family) -> Option<u32> {
+        match &*self.restorers[family.index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Restorer::Persistent(Some(session)) => Some(session.pid()),
+            _ => None,
+        }
+    }
+
+    fn restore_once(&self, prog: &str, script: &str) -> Result<()> {
+        self.run_ok(prog, &["--noflush", "-w", "5"], Some(script))
             .map(drop)
     }
 

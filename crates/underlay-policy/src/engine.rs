@@ -141,6 +141,10 @@ pub struct SyncReport {
     pub sets_created: usize,
     pub sets_swapped: usize,
     pub sets_destroyed: usize,
+    /// Sets no rule references any more that the kernel still held (it
+    /// lets go of a deleted rule's sets shortly after the transaction);
+    /// a later sync destroys them.
+    pub sets_deferred: usize,
     pub members_added: usize,
     pub members_deleted: usize,
     /// Deleted members whose address still belongs to a pod (or a CIDR):
@@ -169,6 +173,24 @@ pub struct Phases {
     pub iptables: u64,
     /// Listing and deleting conntrack entries.
     pub conntrack: u64,
+}
+
+/// The line of an `ipset restore` script that `destroy` refused because
+/// the set is still in use (by a rule the kernel has not yet released):
+/// `Error in line N: Set cannot be destroyed: it is in use by a kernel
+/// component`.
+fn still_held(e: &DataplaneError) -> Option<usize> {
+    let text = match e {
+        DataplaneError::Failed { stderr, .. } => stderr,
+        DataplaneError::Rejected(message) => message,
+        _ => return None,
+    };
+    if !text.contains("in use by a kernel component") {
+        return None;
+    }
+    let at = text.find("line ")? + "line ".len();
+    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
+    text[at..at + digits].parse().ok().filter(|n| *n >= 1)
 }
 
 fn micros_since(t: Instant) -> u64 {
@@ -203,6 +225,7 @@ pub struct Engine<D: Dataplane> {
     metrics: Metrics,
     synced_generation: Option<u64>,
     dirty_since: Option<Instant>,
+    sets_awaiting_destroy: usize,
     status: Status,
     conntrack_cleanup: bool,
 }
@@ -217,6 +240,7 @@ impl<D: Dataplane> Engine<D> {
             metrics,
             synced_generation: None,
             dirty_since: None,
+            sets_awaiting_destroy: 0,
             status: Status::default(),
             conntrack_cleanup: true,
         }
@@ -248,6 +272,12 @@ impl<D: Dataplane> Engine<D> {
     /// True when the index changed since the last successful sync.
     pub fn dirty(&self) -> bool {
         self.synced_generation != Some(self.index.generation())
+    }
+
+    /// Sets a sync left for a later one to destroy (the kernel still held
+    /// them); any sync, even with no change, destroys them.
+    pub fn sets_awaiting_destroy(&self) -> usize {
+        self.sets_awaiting_destroy
     }
 
     pub fn status(&self) -> Status {
@@ -358,9 +388,7 @@ impl<D: Dataplane> Engine<D> {
         let t = Instant::now();
         self.destroy_sets(&mut programmed, &obsolete_sets, &mut report)?;
         report.phases.ipsets += micros_since(t);
-        programmed
-            .sets
-            .retain(|name, _| desired.sets.contains_key(name));
+        self.sets_awaiting_destroy = report.sets_deferred;
 
         self.programmed = Some(programmed);
         self.update_gauges(&desired);
@@ -468,12 +496,35 @@ impl<D: Dataplane> Engine<D> {
         let mut script = String::new();
         for name in obsolete {
             let _ = writeln!(script, "destroy {name}");
-            programmed.sets.remove(name);
         }
-        report.sets_destroyed = obsolete.len();
         report.restore_calls += 1;
         let r = self.dataplane.restore_sets(&script);
-        self.count_restore("ipset", r.is_ok());
+        // `ipset restore` stops at the first refused line; those before it
+        // are done. A set the kernel still holds waits for a later sync
+        // (until then it stays in `programmed`, which is true).
+        let destroyed = match &r {
+            Ok(()) => obsolete.len(),
+            Err(e) => match still_held(e) {
+                Some(line) => line - 1,
+                None => 0,
+            },
+        };
+        let destroyed = destroyed.min(obsolete.len());
+        for name in &obsolete[..destroyed] {
+            programmed.sets.remove(name);
+        }
+        report.sets_destroyed = destroyed;
+        report.sets_deferred = obsolete.len() - destroyed;
+        let held = r.as_ref().err().is_some_and(|e| still_held(e).is_some());
+        self.count_restore("ipset", r.is_ok() || held);
+        if held {
+            debug!(
+                destroyed,
+                deferred = report.sets_deferred,
+                "the kernel still holds sets no rule references; a later sync destroys them"
+            );
+            return Ok(());
+        }
         r.map_err(|source| Error::Write {
             what: "ipsets",
             source,

@@ -101,14 +101,9 @@ fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Option<Ex
     std::thread::spawn(move || {
         use nix::sys::wait::{Id, WaitPidFlag};
         let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
-        loop {
-            match nix::sys::wait::waitid(Id::Pid(pid), flags) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                // Exited (or can no longer be waited for, which the reap
-                // below reports).
-                _ => break,
-            }
-        }
+        // Until it exited (or can no longer be waited for, which the reap
+        // below reports).
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitid(Id::Pid(pid), flags) {}
         let _ = exited.send(());
     });
     let left = deadline.saturating_duration_since(Instant::now());

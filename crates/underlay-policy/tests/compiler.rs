@@ -303,6 +303,44 @@ fn a_failed_restore_is_reported_and_retried_from_the_node_state() {
 }
 
 #[test]
+fn sets_the_kernel_still_holds_are_destroyed_by_a_later_sync() {
+    // The kernel lets go of a deleted rule's sets shortly after the rule
+    // transaction; the fake refuses the first destroy that comes too soon.
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let all = scenarios::all();
+    let with_peers = all
+        .iter()
+        .find(|s| s.name.starts_with("namespaceSelector peer"))
+        .unwrap();
+    engine.change(|idx| scenarios::prepare(idx, with_peers));
+    engine.sync().unwrap();
+    let peer_sets = fake.state().sets.len();
+    assert!(peer_sets > 0);
+
+    // No policy: no rule references the peer sets any more.
+    engine.change(|idx| scenarios::prepare(idx, &all[0]));
+    let report = engine.sync().unwrap();
+    assert_eq!(report.sets_destroyed, 0, "{report:?}");
+    assert_eq!(report.sets_deferred, peer_sets, "{report:?}");
+    assert_eq!(engine.sets_awaiting_destroy(), peer_sets);
+    assert!(
+        !engine.dirty(),
+        "the rules are in place; only cleanup is left"
+    );
+    assert!(engine.status().last_error.is_none());
+    assert_eq!(fake.state().sets.len(), peer_sets);
+
+    // The next sync, with no change, destroys them.
+    let report = engine.sync().unwrap();
+    assert_eq!(report.sets_destroyed, peer_sets, "{report:?}");
+    assert_eq!(report.sets_deferred, 0);
+    assert_eq!(engine.sets_awaiting_destroy(), 0);
+    assert!(fake.state().sets.is_empty());
+    assert!(engine.sync().unwrap().wrote_nothing());
+}
+
+#[test]
 fn unknown_pod_interfaces_are_dropped_and_the_node_reaches_its_pods() {
     let fake = FakeDataplane::new();
     let mut engine = world_engine(&fake);

@@ -41,6 +41,14 @@ pub struct FakeState {
     pub host: Vec<IpAddr>,
     /// Makes the next restore of either kind fail with this message.
     pub fail_next_restore: Option<String>,
+    /// Sets whose last matching rule a rule transaction removed. The
+    /// kernel drops a rule's hold on its sets after the transaction, once
+    /// readers are done with it: a `destroy` right away is refused as in
+    /// use. Here the first such destroy is refused, and by then every set
+    /// of those transactions is free.
+    pub releasing: BTreeSet<String>,
+    /// Model that late release (on by default, as the kernel behaves).
+    pub late_release: bool,
 }
 
 impl FakeState {
@@ -83,7 +91,10 @@ pub struct FakeDataplane {
 
 impl Default for FakeDataplane {
     fn default() -> Self {
-        let mut state = FakeState::default();
+        let mut state = FakeState {
+            late_release: true,
+            ..FakeState::default()
+        };
         for t in &mut state.tables {
             for b in ["INPUT", "FORWARD", "OUTPUT"] {
                 t.insert(b.into(), Vec::new());
@@ -172,13 +183,22 @@ impl FakeDataplane {
     fn apply_sets(
         sets: &mut BTreeMap<String, FakeSet>,
         tables: &[BTreeMap<String, Vec<String>>; 2],
+        releasing: &mut BTreeSet<String>,
         script: &str,
     ) -> Result<(), String> {
         for (n, line) in script.lines().enumerate() {
-            let err = |m: &str| format!("line {}: {m}: {line}", n + 1);
+            let err = |m: &str| format!("Error in line {}: {m}: {line}", n + 1);
             let words: Vec<&str> = line.split_whitespace().collect();
             let exist = words.contains(&"-exist");
             let words: Vec<&str> = words.into_iter().filter(|w| *w != "-exist").collect();
+            if let ["destroy", name] = words[..]
+                && releasing.contains(name)
+            {
+                releasing.clear();
+                return Err(err(
+                    "Set cannot be destroyed: it is in use by a kernel component",
+                ));
+            }
             set_command(sets, tables, &words, exist).map_err(err)?;
         }
         Ok(())
@@ -220,7 +240,12 @@ impl Dataplane for FakeDataplane {
         let mut table = s.tables[family.index()].clone();
         FakeDataplane::apply_filter(&mut table, &s.sets, script)
             .map_err(DataplaneError::Rejected)?;
+        let before = sets_matched(&s.tables);
         s.tables[family.index()] = table;
+        if s.late_release {
+            let after = sets_matched(&s.tables);
+            s.releasing.extend(before.difference(&after).cloned());
+        }
         Ok(())
     }
 
@@ -236,11 +261,14 @@ impl Dataplane for FakeDataplane {
         if let Some(m) = s.fail_next_restore.take() {
             return Err(DataplaneError::Rejected(m));
         }
-        let mut sets = s.sets.clone();
-        FakeDataplane::apply_sets(&mut sets, &s.tables, script)
-            .map_err(DataplaneError::Rejected)?;
-        s.sets = sets;
-        Ok(())
+        // Like `ipset restore`, the lines before a refused one stay done.
+        let FakeState {
+            sets,
+            tables,
+            releasing,
+            ..
+        } = &mut *s;
+        FakeDataplane::apply_sets(sets, tables, releasing, script).map_err(DataplaneError::Rejected)
     }
 
     fn list_flows(&mut self, family: Family) -> Result<Vec<Flow>> {
@@ -433,6 +461,18 @@ fn create_set(
     }
 }
 
+/// The sets some rule of either table matches on.
+fn sets_matched(tables: &[BTreeMap<String, Vec<String>>; 2]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for r in tables.iter().flat_map(|t| t.values()).flatten() {
+        let w = split_words(r);
+        for p in w.windows(2).filter(|p| p[0] == "--match-set") {
+            out.insert(p[1].to_string());
+        }
+    }
+    out
+}
+
 /// `destroy`: only a set no rule matches on.
 fn destroy_set(
     sets: &mut BTreeMap<String, FakeSet>,
@@ -446,7 +486,7 @@ fn destroy_set(
             .any(|p| p[0] == "--match-set" && p[1] == name)
     });
     if used {
-        return Err("set is in use by a kernel component");
+        return Err("Set cannot be destroyed: it is in use by a kernel component");
     }
     if sets.remove(name).is_none() && !exist {
         return Err("set does not exist");
