@@ -20,12 +20,14 @@
 //! --local N --iterations N --conntrack N`.
 #![allow(clippy::print_stdout)]
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use underlay_policy::cluster::{
     Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Node, Tier,
 };
 use underlay_policy::dataplane::{Call, Dataplane, FakeDataplane};
+use underlay_policy::engine::Phases;
 use underlay_policy::eval::Flow;
 use underlay_policy::index::Index;
 use underlay_policy::metrics::Metrics;
@@ -91,6 +93,14 @@ impl Netns {
             .unwrap_or(false);
         assert!(ok, "could not create network namespace {name}; run as root");
         Netns(name)
+    }
+
+    /// Runs `work` on a thread inside the namespace: the tools it starts
+    /// run there directly, as the agent's run in the node's namespace (no
+    /// `ip netns exec` in between).
+    fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        underlay_netns::run_in(&underlay_netns::path_of(&self.0), work)
+            .unwrap_or_else(|e| panic!("could not enter {}: {e}", self.0))
     }
 }
 
@@ -326,98 +336,149 @@ fn main() {
     let mut floor = Vec::new();
     for round in 0..3 {
         let ns = Netns::new(&format!("floor{round}"));
-        let mut dp = CommandDataplane::in_netns(&ns.0);
-        let t = Instant::now();
-        for c in &scripts {
-            match c {
-                Call::RestoreSets(s) => dp.restore_sets(s).expect("floor ipset restore"),
-                Call::RestoreFilter(f, s) => {
-                    dp.restore_filter(*f, s).expect("floor iptables-restore")
+        floor.push(ns.run(|| {
+            // One process per script, as a restore from scratch is done.
+            let mut dp = CommandDataplane::default();
+            dp.persistent_restore = false;
+            let t = Instant::now();
+            for c in &scripts {
+                match c {
+                    Call::RestoreSets(s) => dp.restore_sets(s).expect("floor ipset restore"),
+                    Call::RestoreFilter(f, s) => {
+                        dp.restore_filter(*f, s).expect("floor iptables-restore")
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        floor.push(t.elapsed());
+            t.elapsed()
+        }));
     }
     let floor = percentile(&mut floor, 0.5);
 
     // The engine against the real tools.
     let ns = Netns::new("engine");
-    let metrics = Metrics::default();
-    let mut engine = Engine::new(CommandDataplane::in_netns(&ns.0), shipped.clone(), metrics);
-    engine.change(|i| build(&mut *i, &scale));
-    let t = Instant::now();
-    engine.sync().expect("first full programming");
-    let first = t.elapsed();
-    let rss_after = rss_kib();
-
-    let mut policy_change = Vec::new();
-    let target = scale.namespaces; // the first allow policy
-    for n in 0..scale.iterations {
-        let mut p = policy(target, &scale);
-        p.ingress[0].ports[0] = PortMatch::tcp(1000 + n as u16);
+    let measured = ns.run(|| {
+        let metrics = Metrics::default();
+        let mut engine = Engine::new(CommandDataplane::default(), shipped.clone(), metrics);
+        engine.change(|i| build(&mut *i, &scale));
         let t = Instant::now();
-        engine.change(|i| i.apply_policy(p));
-        let r = engine.sync().expect("policy change");
-        policy_change.push(t.elapsed());
-        assert!(r.chains_written >= 1);
-    }
+        engine.sync().expect("first full programming");
+        let first = t.elapsed();
+        let rss_after = rss_kib();
 
-    let mut cluster_change = Vec::new();
-    for n in 0..scale.iterations.min(scale.cluster_policies * 1000) {
-        if scale.cluster_policies == 0 {
-            break;
+        let mut phases: BTreeMap<&str, Vec<Phases>> = BTreeMap::new();
+        let mut policy_change = Vec::new();
+        let target = scale.namespaces; // the first allow policy
+        for n in 0..scale.iterations {
+            let mut p = policy(target, &scale);
+            p.ingress[0].ports[0] = PortMatch::tcp(1000 + n as u16);
+            let t = Instant::now();
+            engine.change(|i| i.apply_policy(p));
+            let r = engine.sync().expect("policy change");
+            policy_change.push(t.elapsed());
+            phases.entry("policy_change").or_default().push(r.phases);
+            assert!(r.chains_written >= 1);
         }
-        // An Admin policy of a team with local pods changes a port.
-        let p = cluster_policy(0, 1 + n as u16);
-        let t = Instant::now();
-        engine.change(|i| i.apply_cluster_policy(p));
-        let r = engine.sync().expect("cluster policy change");
-        cluster_change.push(t.elapsed());
-        assert!(r.chains_written >= 1);
-    }
 
-    let mut label_change = Vec::new();
-    for n in 0..scale.iterations {
-        // A remote pod of a team-selected namespace flips frontend/backend.
-        let i = scale.local + 20 * (n % (scale.pods / 20 - 10)) + 3;
-        let tier = if n % 2 == 0 { "frontend" } else { "backend" };
-        let p = pod(i, &scale, tier);
-        let t = Instant::now();
-        engine.change(|idx| idx.apply_pod(p));
-        engine.sync().expect("label change");
-        label_change.push(t.elapsed());
-    }
+        let mut cluster_change = Vec::new();
+        for n in 0..scale.iterations.min(scale.cluster_policies * 1000) {
+            if scale.cluster_policies == 0 {
+                break;
+            }
+            // An Admin policy of a team with local pods changes a port.
+            let p = cluster_policy(0, 1 + n as u16);
+            let t = Instant::now();
+            engine.change(|i| i.apply_cluster_policy(p));
+            let r = engine.sync().expect("cluster policy change");
+            cluster_change.push(t.elapsed());
+            phases.entry("cluster_change").or_default().push(r.phases);
+            assert!(r.chains_written >= 1);
+        }
 
-    let mut new_pod = Vec::new();
-    for n in 0..scale.iterations {
-        let i = scale.pods + n;
-        let p = pod(i, &scale, "backend");
-        let ep = Endpoint {
-            pod: p.key.clone(),
-            interface: format!("udln{n}"),
-            ips: p.ips.clone(),
-            owner: Attachment::new(format!("sandbox-{n}"), "eth0"),
-        };
-        let t = Instant::now();
-        engine.change(|idx| {
-            idx.apply_pod(p);
-            idx.apply_endpoint(ep);
-        });
-        engine.sync().expect("new pod");
-        new_pod.push(t.elapsed());
-    }
+        let mut label_change = Vec::new();
+        for n in 0..scale.iterations {
+            // A remote pod of a team-selected namespace flips frontend/backend.
+            let i = scale.local + 20 * (n % (scale.pods / 20 - 10)) + 3;
+            let tier = if n % 2 == 0 { "frontend" } else { "backend" };
+            let p = pod(i, &scale, tier);
+            let t = Instant::now();
+            engine.change(|idx| idx.apply_pod(p));
+            let r = engine.sync().expect("label change");
+            label_change.push(t.elapsed());
+            phases.entry("label_change").or_default().push(r.phases);
+        }
 
-    let mut without_conntrack = Vec::new();
-    engine.set_conntrack_cleanup(false);
-    for n in 0..scale.iterations.min(20) {
-        let mut p = policy(target, &scale);
-        p.ingress[0].ports[0] = PortMatch::tcp(2000 + n as u16);
-        let t = Instant::now();
-        engine.change(|i| i.apply_policy(p));
-        engine.sync().expect("policy change");
-        without_conntrack.push(t.elapsed());
-    }
+        let mut new_pod = Vec::new();
+        for n in 0..scale.iterations {
+            let i = scale.pods + n;
+            let p = pod(i, &scale, "backend");
+            let ep = Endpoint {
+                pod: p.key.clone(),
+                interface: format!("udln{n}"),
+                ips: p.ips.clone(),
+                owner: Attachment::new(format!("sandbox-{n}"), "eth0"),
+            };
+            let t = Instant::now();
+            engine.change(|idx| {
+                idx.apply_pod(p);
+                idx.apply_endpoint(ep);
+            });
+            let r = engine.sync().expect("new pod");
+            new_pod.push(t.elapsed());
+            phases.entry("new_pod").or_default().push(r.phases);
+        }
+
+        let mut without_conntrack = Vec::new();
+        engine.set_conntrack_cleanup(false);
+        for n in 0..scale.iterations.min(20) {
+            let mut p = policy(target, &scale);
+            p.ingress[0].ports[0] = PortMatch::tcp(2000 + n as u16);
+            let t = Instant::now();
+            engine.change(|i| i.apply_policy(p));
+            let r = engine.sync().expect("policy change");
+            without_conntrack.push(t.elapsed());
+            phases
+                .entry("without_conntrack")
+                .or_default()
+                .push(r.phases);
+        }
+
+        // The same with cleanup on, starting iptables-restore per change.
+        let mut one_shot = Vec::new();
+        engine.set_conntrack_cleanup(true);
+        engine.dataplane().persistent_restore = false;
+        for n in 0..scale.iterations.min(20) {
+            let mut p = policy(target, &scale);
+            p.ingress[0].ports[0] = PortMatch::tcp(3000 + n as u16);
+            let t = Instant::now();
+            engine.change(|i| i.apply_policy(p));
+            let r = engine.sync().expect("policy change");
+            one_shot.push(t.elapsed());
+            phases.entry("one_shot").or_default().push(r.phases);
+        }
+        (
+            first,
+            rss_after,
+            policy_change,
+            cluster_change,
+            label_change,
+            new_pod,
+            without_conntrack,
+            one_shot,
+            phases,
+        )
+    });
+    let (
+        first,
+        rss_after,
+        mut policy_change,
+        mut cluster_change,
+        mut label_change,
+        mut new_pod,
+        mut without_conntrack,
+        mut one_shot,
+        phases,
+    ) = measured;
 
     println!();
     println!(
@@ -458,16 +519,28 @@ fn main() {
         "",
         first.as_secs_f64() / floor.as_secs_f64()
     );
-    for (name, v) in [
-        ("one policy change", &mut policy_change),
-        ("one cluster policy change", &mut cluster_change),
-        ("one pod label change", &mut label_change),
-        ("one new local pod", &mut new_pod),
+    let rows = [
+        ("one policy change", "policy_change", &mut policy_change),
+        (
+            "one cluster policy change",
+            "cluster_change",
+            &mut cluster_change,
+        ),
+        ("one pod label change", "label_change", &mut label_change),
+        ("one new local pod", "new_pod", &mut new_pod),
         (
             "one policy change, conntrack cleanup off",
+            "without_conntrack",
             &mut without_conntrack,
         ),
-    ] {
+        (
+            "one policy change, a restore process each",
+            "one_shot",
+            &mut one_shot,
+        ),
+    ];
+    let mut profile = Vec::new();
+    for (name, key, v) in rows {
         if v.is_empty() {
             continue;
         }
@@ -479,6 +552,30 @@ fn main() {
             ms(p50),
             ms(p99),
             p50.as_secs_f64() / floor.as_secs_f64()
+        );
+        if let Some(p) = phases.get(key) {
+            profile.push((name, p));
+        }
+    }
+    // Where a sync's time goes: the p50 of each phase on its own.
+    println!();
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "phase p50, ms", "compile", "ipsets", "iptables", "conntrack", "read"
+    );
+    for (name, p) in profile {
+        let p50 = |f: fn(&Phases) -> u64| {
+            let mut v: Vec<Duration> = p.iter().map(|x| Duration::from_micros(f(x))).collect();
+            ms(percentile(&mut v, 0.5))
+        };
+        println!(
+            "{:<44} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            name,
+            p50(|x| x.compile),
+            p50(|x| x.ipsets),
+            p50(|x| x.iptables),
+            p50(|x| x.conntrack),
+            p50(|x| x.read)
         );
     }
     conntrack_deletion(scale.conntrack);
