@@ -478,8 +478,10 @@ mod tests {
         };
         let (v4, v6) = (tool("v4", "v6"), tool("v6", "v4"));
         let prefix = |s: &Script| s.path().trim_end_matches("-restore").to_owned();
+        // A process per change (a running session commits in turn).
         let mut dp = CommandDataplane {
             iptables: [prefix(&v4), prefix(&v6)],
+            persistent_restore: false,
             ..CommandDataplane::default()
         };
         let results = dp.restore_filters(&[
