@@ -88,8 +88,10 @@ pub trait Dataplane: Send + 'static {
     }
     /// `ipset restore`.
     fn restore_sets(&mut self, script: &str) -> Result<()>;
-    /// The conntrack table of one family.
-    fn list_flows(&mut self, family: Family) -> Result<Vec<Flow>>;
+    /// The conntrack table, both families in one listing (each listing
+    /// walks the kernel's whole conntrack hash, however few entries the
+    /// namespace holds).
+    fn list_flows(&mut self) -> Result<Vec<Flow>>;
     /// Deletes these connections in one batch; returns how many entries
     /// were deleted (flows that ended meanwhile are not counted).
     fn delete_flows(&mut self, flows: &[Flow]) -> Result<usize>;
@@ -338,12 +340,10 @@ impl Dataplane for CommandDataplane {
         self.run_ok(&prog, &["restore"], Some(script)).map(drop)
     }
 
-    fn list_flows(&mut self, family: Family) -> Result<Vec<Flow>> {
-        let af = match family {
-            Family::V4 => crate::nl::AF_INET,
-            Family::V6 => crate::nl::AF_INET6,
-        };
-        crate::ctnetlink::in_netns(self.netns.as_deref(), || crate::ctnetlink::list(af))
+    fn list_flows(&mut self) -> Result<Vec<Flow>> {
+        crate::ctnetlink::in_netns(self.netns.as_deref(), || {
+            crate::ctnetlink::list(crate::nl::AF_UNSPEC)
+        })
     }
 
     fn delete_flows(&mut self, flows: &[Flow]) -> Result<usize> {

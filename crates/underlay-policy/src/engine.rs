@@ -718,16 +718,13 @@ impl<D: Dataplane> Engine<D> {
     }
 
     fn clean_conntrack(&mut self) -> usize {
-        let mut flows = Vec::new();
-        for family in Family::ALL {
-            match self.dataplane.list_flows(family) {
-                Ok(f) => flows.extend(f),
-                Err(e) => {
-                    warn!(error = %e, %family, "listing conntrack entries failed; existing connections keep flowing until they end");
-                    return 0;
-                }
+        let flows = match self.dataplane.list_flows() {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "listing conntrack entries failed; existing connections keep flowing until they end");
+                return 0;
             }
-        }
+        };
         if flows.is_empty() {
             return 0;
         }
