@@ -304,14 +304,7 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<Policy> {
             t
         }
     };
-    let mode = Mode::parse(
-        np.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(MODE_ANNOTATION))
-            .map(String::as_str),
-    )
-    .map_err(fail)?;
+    let mode = mode_of(&np.metadata).map_err(fail)?;
     Ok(Policy {
         namespace,
         name,
@@ -353,6 +346,19 @@ pub fn isolating(np: &net::NetworkPolicy) -> Option<Policy> {
     let mut p = Policy::new(namespace, name, pod_selector);
     p.types = types;
     Some(p)
+}
+
+/// The `policy.underlay.io/mode` annotation of a NetworkPolicy or a
+/// ClusterNetworkPolicy (none: inherit the agent's default mode).
+pub fn mode_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<Mode, String> {
+    Mode::parse(
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(MODE_ANNOTATION))
+            .map(String::as_str),
+    )
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use super::{Error, Result, selector};
 use crate::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Node, Tier};
-use crate::model::{MODE_ANNOTATION, Mode, PortMatch, Protocol, Selector, parse_cidr};
+use crate::model::{PortMatch, Protocol, Selector, parse_cidr};
 use k8s_openapi::api::core::v1 as core;
 use underlay_api::cnp;
 
@@ -52,14 +52,7 @@ pub fn cluster_policy(o: &cnp::ClusterNetworkPolicy) -> Result<Converted> {
         })?;
     let (subject_namespaces, subject_pods) =
         subject(&spec.subject).map_err(|e| invalid(&name, format!("spec.subject: {e}")))?;
-    let mode = Mode::parse(
-        o.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(MODE_ANNOTATION))
-            .map(String::as_str),
-    )
-    .map_err(|e| invalid(&name, e))?;
+    let mode = super::mode_of(&o.metadata).map_err(|e| invalid(&name, e))?;
     let mut not_enforced = Vec::new();
     let ingress = spec
         .ingress
@@ -311,6 +304,7 @@ pub fn node(n: &core::Node) -> Result<Node> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{MODE_ANNOTATION, Mode};
     use serde_json::json;
 
     fn cnp(spec: serde_json::Value) -> cnp::ClusterNetworkPolicy {
