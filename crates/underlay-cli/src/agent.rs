@@ -4,10 +4,9 @@
 use crate::{Cli, Output, render};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use hyper_util::rt::TokioIo;
 use std::path::Path;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use underlay_proto::v1::{self, agent_client::AgentClient};
 
 /// The agent's socket inside its pod (the DaemonSet's `UNDERLAY_SOCKET`).
@@ -17,17 +16,7 @@ pub const POD_SOCKET: &str = "/run/underlay/agent.sock";
 const CONTAINER: &str = "agent";
 
 pub async fn connect(socket: &Path, timeout: Duration) -> Result<AgentClient<Channel>> {
-    let path = socket.to_path_buf();
-    // tonic wants a URI; the connector dials the socket instead.
-    let channel = Endpoint::from_static("http://underlay-agent.sock")
-        .connect_timeout(timeout)
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
+    let channel = underlay_proto::unix_channel(socket, timeout, None)
         .await
         .with_context(|| {
             format!(

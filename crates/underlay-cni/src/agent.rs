@@ -3,10 +3,9 @@
 //! failures to CNI error codes (unreachable or not ready → 11, try again).
 
 use crate::error::{CniError, code};
-use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use underlay_proto::v1::{self, agent_client::AgentClient};
 
 /// The agent RPCs the plugin uses. Implemented by [`GrpcAgent`] and by
@@ -46,19 +45,12 @@ impl GrpcAgent {
 }
 
 async fn connect(socket: &Path, timeout: Duration) -> Result<AgentClient<Channel>, CniError> {
-    let path = socket.to_path_buf();
-    // The URI is required by tonic but unused: the connector dials the socket.
-    let channel = Endpoint::from_static("http://underlay-agent.sock")
-        .connect_timeout(Duration::from_secs(5).min(timeout))
-        .timeout(timeout)
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
+    let channel = underlay_proto::unix_channel(
+        socket,
+        Duration::from_secs(5).min(timeout),
+        Some(timeout),
+    )
+    .await
         .map_err(|e| {
             CniError::new(
                 code::TRY_AGAIN_LATER,

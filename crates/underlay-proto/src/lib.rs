@@ -9,3 +9,32 @@ pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
     include!("gen/underlay.v1.rs");
 }
+
+use std::path::Path;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A channel to the agent's gRPC API on its unix socket: dialled within
+/// `connect_timeout`, each call bounded by `call_timeout` when given.
+pub async fn unix_channel(
+    socket: &Path,
+    connect_timeout: Duration,
+    call_timeout: Option<Duration>,
+) -> Result<Channel, tonic::transport::Error> {
+    let path = socket.to_path_buf();
+    // tonic wants a URI; the connector dials the socket instead.
+    let mut endpoint =
+        Endpoint::from_static("http://underlay-agent.sock").connect_timeout(connect_timeout);
+    if let Some(t) = call_timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
