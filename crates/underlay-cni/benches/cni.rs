@@ -103,6 +103,13 @@ fn field(line: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// A process's resident memory (`VmRSS`), in KiB.
+fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Where the as-deployed agent's policy syncs spent their time, from its
 /// debug log (one "policy synced" line per sync, with its phases).
 fn print_sync_phases(log: &str) {
@@ -266,6 +273,12 @@ fn main() {
         );
     }
     println!("(ratio = underlay / reference; below 1.0 means underlay is faster)");
+    if let Some(kib) = agent.child.as_ref().and_then(|c| resident_kib(c.id())) {
+        println!(
+            "the as-deployed agent's resident memory after the run: {} MiB",
+            kib / 1024
+        );
+    }
     print_sync_phases(&agent.log());
     drop(agent);
     drop(api);
