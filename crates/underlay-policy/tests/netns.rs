@@ -646,6 +646,23 @@ async fn repair_moves_our_hooks_back_above_kube_proxys_reinserted_jumps() {
     assert!(e.repair().unwrap().wrote_nothing());
 }
 
+/// Netlink sockets of the namespace in the nf_tables notification group
+/// (`/proc/net/netlink`: protocol 12 is netfilter; group 7 is bit 6 of
+/// the groups mask).
+fn nftables_listeners(ns: &str) -> usize {
+    sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/netlink"])
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"12")
+                && f.get(3)
+                    .and_then(|g| u32::from_str_radix(g, 16).ok())
+                    .is_some_and(|g| g & (1 << 6) != 0)
+        })
+        .count()
+}
+
 /// The rules of `chain` in the namespace, as `iptables -S` prints them.
 fn chain_rules(ns: &str, iptables: &str, chain: &str) -> Vec<String> {
     sh(&["ip", "netns", "exec", ns, iptables, "-S", chain])
@@ -700,6 +717,9 @@ async fn rule_changes_go_through_one_running_restore_that_sees_other_writers() {
             ]
         );
         assert_eq!(dp.restore_session_pid(family), Some(pid), "one process");
+        // Between changes nothing listens to the namespace's nf_tables
+        // notifications (other writers' would pile up in the socket).
+        assert_eq!(nftables_listeners(&ns), 0);
         // The ack chain never outlives a change.
         let saved = dp.save_filter(family).unwrap();
         assert!(!saved.contains("UDL-ACK"), "{saved}");

@@ -83,8 +83,8 @@ const STDERR_KEPT: usize = 16 * 1024;
 
 impl Session {
     /// Starts `cmd` (an `iptables-restore --noflush`, possibly behind `ip
-    /// netns exec`, which runs it in place) after opening the notification
-    /// socket in `netns`, so no commit of the tool can be missed.
+    /// netns exec`, which runs it in place) with the notification socket
+    /// opened in `netns`.
     pub fn start(program: &str, mut cmd: Command, netns: Option<&str>) -> Result<Session> {
         let socket = crate::ctnetlink::in_netns(netns, open_socket)?;
         cmd.stdin(Stdio::piped())
@@ -133,8 +133,20 @@ impl Session {
     /// kernel committed every block. An error leaves the session unusable:
     /// drop it and start another.
     pub fn apply(&mut self, script: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        // The group is joined only while a change is applied: between
+        // changes other programs' transactions (kube-proxy's rewrites)
+        // would fill the socket's buffer with kernel memory.
         self.discard_notifications();
+        self.socket
+            .add_membership(NFNLGRP_NFTABLES)
+            .map_err(nl::io("join the nf_tables notification group"))?;
+        let applied = self.apply_heard(script, timeout);
+        let _ = self.socket.drop_membership(NFNLGRP_NFTABLES);
+        applied
+    }
+
+    fn apply_heard(&mut self, script: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         let (text, origin) = with_acks(script);
         let blocks = script.lines().filter(|l| l.trim() == "COMMIT").count();
         if blocks == 0 {
@@ -267,8 +279,9 @@ impl Drop for Session {
     }
 }
 
-/// A socket on the nf_tables multicast group of the current network
-/// namespace, its reads bounded by [`READ_SLICE`].
+/// A socket for the nf_tables multicast group of the current network
+/// namespace (joined while a change is applied), its reads bounded by
+/// [`READ_SLICE`].
 fn open_socket() -> Result<Socket> {
     let socket = nl::kernel_socket(
         NETLINK_NETFILTER,
@@ -278,9 +291,6 @@ fn open_socket() -> Result<Socket> {
             "connect the nf_tables netlink socket",
         ],
     )?;
-    socket
-        .add_membership(NFNLGRP_NFTABLES)
-        .map_err(nl::io("join the nf_tables notification group"))?;
     // Beyond the system's limit needs CAP_NET_ADMIN, which the agent has;
     // without it the default buffer serves, with the exit-status fallback.
     if nix::sys::socket::setsockopt(
