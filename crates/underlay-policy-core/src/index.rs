@@ -776,16 +776,28 @@ impl Index {
                     });
                 }
             }
-            SetKey::Pods { scope, .. } => {
+            SetKey::Pods { scope, pods } => {
+                // What `contribution` decides per pod, with the namespace
+                // selector evaluated once per namespace, not once per pod.
                 let namespaces: Vec<&String> = match scope {
                     NsScope::Own(ns) => vec![ns],
-                    NsScope::Matching(_) => self.pods_by_ns.keys().collect(),
+                    NsScope::Matching(sel) => self
+                        .namespaces
+                        .iter()
+                        .filter(|(_, n)| sel.matches(&n.labels))
+                        .map(|(name, _)| name)
+                        .collect(),
                 };
                 for ns in namespaces {
                     for name in self.pods_by_ns.get(ns).into_iter().flatten() {
                         let pk = PodKey::new(ns, name);
-                        for m in self.contribution(key, &pk) {
-                            data.add(m);
+                        let Some(pod) = self.pods.get(&pk) else {
+                            continue;
+                        };
+                        if pod.selectable() && pods.matches(&pod.labels) {
+                            for ip in self.pod_ips(&pk) {
+                                data.add(Member::Ip(ip));
+                            }
                         }
                     }
                 }

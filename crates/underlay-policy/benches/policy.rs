@@ -362,11 +362,12 @@ fn main() {
         let mut engine = Engine::new(CommandDataplane::default(), shipped.clone(), metrics);
         engine.change(|i| build(&mut *i, &scale));
         let t = Instant::now();
-        engine.sync().expect("first full programming");
+        let r = engine.sync().expect("first full programming");
         let first = t.elapsed();
         let rss_after = rss_kib();
 
         let mut phases: BTreeMap<&str, Vec<Phases>> = BTreeMap::new();
+        phases.insert("first", vec![r.phases]);
         let mut policy_change = Vec::new();
         let target = scale.namespaces; // the first allow policy
         for n in 0..scale.iterations {
@@ -519,6 +520,10 @@ fn main() {
         "",
         first.as_secs_f64() / floor.as_secs_f64()
     );
+    let mut profile = Vec::new();
+    if let Some(p) = phases.get("first") {
+        profile.push(("first full programming", p));
+    }
     let rows = [
         ("one policy change", "policy_change", &mut policy_change),
         (
@@ -539,7 +544,6 @@ fn main() {
             &mut one_shot,
         ),
     ];
-    let mut profile = Vec::new();
     for (name, key, v) in rows {
         if v.is_empty() {
             continue;

@@ -1,0 +1,181 @@
+//! The index keeps peer sets and selections up to date one change at a
+//! time. Whatever the sequence of changes, compiling it must give exactly
+//! what compiling a fresh index holding the same objects gives: the same
+//! chains, rule for rule, and the same set members.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use underlay_policy_core::compile::{Config, Desired, compile};
+use underlay_policy_core::index::Index;
+use underlay_policy_core::model::{
+    Attachment, Endpoint, Namespace, Peer, Pod, PodKey, Policy, PortMatch, Rule, Selector,
+};
+
+/// A small deterministic generator (xorshift), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
+}
+
+const NAMESPACES: [&str; 4] = ["a", "b", "c", "d"];
+const PODS: [&str; 5] = ["p0", "p1", "p2", "p3", "p4"];
+const APPS: [&str; 3] = ["web", "db", "cache"];
+const TEAMS: [&str; 3] = ["red", "blue", ""];
+
+/// The objects the API holds (and the node's endpoints), to build a fresh
+/// index from.
+#[derive(Default)]
+struct World {
+    namespaces: BTreeMap<String, Namespace>,
+    pods: BTreeMap<PodKey, Pod>,
+    policies: BTreeMap<PodKey, Policy>,
+    endpoints: BTreeMap<PodKey, Endpoint>,
+}
+
+impl World {
+    fn fresh(&self) -> Index {
+        let mut idx = Index::new();
+        for ns in self.namespaces.values() {
+            idx.apply_namespace(ns.clone());
+        }
+        for pod in self.pods.values() {
+            idx.apply_pod(pod.clone());
+        }
+        for p in self.policies.values() {
+            idx.apply_policy(p.clone());
+        }
+        for ep in self.endpoints.values() {
+            idx.apply_endpoint(ep.clone());
+        }
+        idx
+    }
+}
+
+fn policy(rng: &mut Rng, ns: &str, name: &str) -> Policy {
+    let app = |rng: &mut Rng| Selector::labels([("app", rng.pick(&APPS))]);
+    let team = |rng: &mut Rng| Selector::labels([("team", rng.pick(&TEAMS[..2]))]);
+    let mut p = Policy::new(ns, name, app(rng));
+    let peer = match rng.below(5) {
+        0 => Peer::pods(app(rng)),
+        1 => Peer::namespaces(team(rng)),
+        2 => Peer::both(team(rng), app(rng)),
+        3 => Peer::namespaces(Selector::everything()),
+        _ => Peer::block("10.9.0.0/16", &["10.9.1.0/24"]),
+    };
+    let mut rule = Rule::from(vec![peer]);
+    if rng.below(2) == 0 {
+        rule.ports = vec![PortMatch::tcp(80 + rng.below(3) as u16)];
+    }
+    if rng.below(3) == 0 {
+        p.types.egress = true;
+        p.egress = vec![rule];
+    } else {
+        p.ingress = vec![rule];
+    }
+    p
+}
+
+fn snapshot(
+    d: &Desired,
+) -> (
+    Vec<BTreeMap<String, Vec<String>>>,
+    BTreeMap<String, Vec<String>>,
+) {
+    let sets = d
+        .sets
+        .iter()
+        .map(|(name, s)| {
+            let members = s.members.keys().map(|m| m.render()).collect();
+            (name.clone(), members)
+        })
+        .collect();
+    (d.chains.to_vec(), sets)
+}
+
+#[test]
+fn any_sequence_of_changes_compiles_like_a_fresh_index() {
+    let config = Config::default();
+    for seed in 1..=8u64 {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
+        let mut world = World::default();
+        let mut idx = Index::new();
+        for step in 0..300 {
+            let ns = rng.pick(&NAMESPACES);
+            let name = rng.pick(&PODS);
+            let key = PodKey::new(ns, name);
+            match rng.below(8) {
+                0 => {
+                    let team = rng.pick(&TEAMS);
+                    let mut n = Namespace::new(ns);
+                    if !team.is_empty() {
+                        n = n.label("team", team);
+                    }
+                    world.namespaces.insert(ns.into(), n.clone());
+                    idx.apply_namespace(n);
+                }
+                1 | 2 => {
+                    let ip = format!(
+                        "10.{}.{}.{}",
+                        NAMESPACES.iter().position(|n| *n == ns).unwrap_or(0),
+                        PODS.iter().position(|p| *p == name).unwrap_or(0),
+                        rng.below(3) + 1
+                    );
+                    let pod = Pod::new(ns, name).label("app", rng.pick(&APPS)).ip(&ip);
+                    world.pods.insert(key, pod.clone());
+                    idx.apply_pod(pod);
+                }
+                // A pod with a local endpoint stays until it is detached
+                // (the index keeps it): only others are deleted.
+                3 if !world.endpoints.contains_key(&key) => {
+                    world.pods.remove(&key);
+                    idx.delete_pod(&key);
+                }
+                4 | 5 => {
+                    let pname = format!("np{}", rng.below(3));
+                    let p = policy(&mut rng, ns, &pname);
+                    world.policies.insert(p.key(), p.clone());
+                    idx.apply_policy(p);
+                }
+                6 => {
+                    let pkey = PodKey::new(ns, format!("np{}", rng.below(3)));
+                    world.policies.remove(&pkey);
+                    idx.delete_policy(&pkey);
+                }
+                _ => match (world.endpoints.remove(&key), world.pods.get(&key)) {
+                    (Some(ep), _) => idx.delete_endpoint(&ep.interface, &ep.owner),
+                    (None, Some(pod)) => {
+                        let ep = Endpoint {
+                            pod: key.clone(),
+                            interface: format!("udl{ns}{name}"),
+                            ips: pod.ips.iter().copied().collect::<Vec<IpAddr>>(),
+                            owner: Attachment::new(format!("sandbox-{ns}-{name}-{step}"), "eth0"),
+                        };
+                        world.endpoints.insert(key, ep.clone());
+                        idx.apply_endpoint(ep);
+                    }
+                    (None, None) => {}
+                },
+            }
+            if step % 10 == 9 {
+                idx.refresh_sets();
+                let mut fresh = world.fresh();
+                fresh.refresh_sets();
+                let (have, want) = (
+                    snapshot(&compile(&idx, &config)),
+                    snapshot(&compile(&fresh, &config)),
+                );
+                assert_eq!(have, want, "seed {seed}, step {step}");
+            }
+        }
+    }
+}
