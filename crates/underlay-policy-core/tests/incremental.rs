@@ -4,7 +4,6 @@
 //! chains, rule for rule, and the same set members.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use underlay_policy_core::compile::{Config, Desired, compile};
 use underlay_policy_core::index::Index;
 use underlay_policy_core::model::{
@@ -157,7 +156,7 @@ fn any_sequence_of_changes_compiles_like_a_fresh_index() {
                         let ep = Endpoint {
                             pod: key.clone(),
                             interface: format!("udl{ns}{name}"),
-                            ips: pod.ips.iter().copied().collect::<Vec<IpAddr>>(),
+                            ips: pod.ips.to_vec(),
                             owner: Attachment::new(format!("sandbox-{ns}-{name}-{step}"), "eth0"),
                         };
                         world.endpoints.insert(key, ep.clone());
