@@ -84,12 +84,14 @@ fn policy(rng: &mut Rng, ns: &str, name: &str) -> Policy {
     p
 }
 
-fn snapshot(
-    d: &Desired,
-) -> (
+/// A compiled state as comparable text: each family's chains, and each
+/// set's members.
+type Snapshot = (
     Vec<BTreeMap<String, Vec<String>>>,
     BTreeMap<String, Vec<String>>,
-) {
+);
+
+fn snapshot(d: &Desired) -> Snapshot {
     let sets = d
         .sets
         .iter()
