@@ -130,6 +130,10 @@ pub(crate) enum Restorer {
     Persistent(Option<restore::Session>),
 }
 
+/// Rule changes longer than this go through a process of their own, not
+/// the running session.
+pub const SESSION_MAX_LINES: usize = 1000;
+
 /// The default of [`CommandDataplane::timeout`].
 pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -223,7 +227,10 @@ impl CommandDataplane {
 
     fn restore_one_filter(&self, family: Family, script: &str) -> Result<()> {
         let prog = format!("{}-restore", self.iptables[family.index()]);
-        if !self.keeps_session(family)? {
+        // While the session listens, the kernel writes a notification of
+        // every rule a transaction adds or deletes: a whole ruleset (a
+        // first programming, a repair) is cheaper through its own process.
+        if script.lines().count() > SESSION_MAX_LINES || !self.keeps_session(family)? {
             return self.restore_once(&prog, script);
         }
         let mut restorer = self.restorers[family.index()]
@@ -298,10 +305,10 @@ impl Dataplane for CommandDataplane {
         // Running sessions commit one after the other: each commit costs
         // about a millisecond, but a transaction racing another's commit is
         // refused by the kernel and the tool then re-reads its whole table.
-        if scripts
-            .iter()
-            .all(|(family, _)| matches!(self.keeps_session(*family), Ok(true)))
-        {
+        if scripts.iter().all(|(family, script)| {
+            script.lines().count() <= SESSION_MAX_LINES
+                && matches!(self.keeps_session(*family), Ok(true))
+        }) {
             return scripts
                 .iter()
                 .map(|(family, script)| self.restore_one_filter(*family, script))

@@ -754,6 +754,24 @@ async fn rule_changes_go_through_one_running_restore_that_sees_other_writers() {
         assert_ne!(dp.restore_session_pid(family), Some(second));
     }
 
+    // A whole ruleset's worth of lines is applied too (through a process
+    // of its own: through the session the kernel would write a
+    // notification of every rule), and the session stays.
+    let pid = dp.restore_session_pid(Family::V4);
+    let mut big = String::from("*filter\n:UDL-BIG - [0:0]\n");
+    for port in 1..=underlay_policy::dataplane::SESSION_MAX_LINES {
+        big.push_str(&format!("-A UDL-BIG -p tcp --dport {port} -j ACCEPT\n"));
+    }
+    big.push_str("COMMIT\n");
+    dp.restore_filter(Family::V4, &big).unwrap();
+    assert_eq!(
+        chain_rules(&ns, "iptables", "UDL-BIG").len(),
+        underlay_policy::dataplane::SESSION_MAX_LINES
+    );
+    dp.restore_filter(Family::V4, "*filter\n-F UDL-BIG\n-X UDL-BIG\nCOMMIT\n")
+        .unwrap();
+    assert_eq!(dp.restore_session_pid(Family::V4), pid);
+
     // The legacy back end starts a process per change.
     let mut legacy = CommandDataplane::in_netns(&ns);
     legacy.iptables = ["iptables-legacy".into(), "ip6tables-legacy".into()];
