@@ -872,6 +872,18 @@ impl Index {
     }
 
     /// The pods with `ip` (for flow evaluation).
+    /// Whether a selectable pod holds `ip` (as [`Index::ip_owners`] would
+    /// say), without building the map: for a few questions in a large
+    /// cluster.
+    pub fn owns_address(&self, ip: &IpAddr) -> bool {
+        self.pods
+            .values()
+            .any(|p| p.selectable() && p.ips.contains(ip))
+            || self.endpoints.values().any(|ep| {
+                ep.ips.contains(ip) && self.pods.get(&ep.pod).is_some_and(Pod::selectable)
+            })
+    }
+
     pub fn ip_owners(&self) -> HashMap<IpAddr, PodKey> {
         let mut out = HashMap::new();
         for (k, p) in &self.pods {

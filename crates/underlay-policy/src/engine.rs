@@ -175,6 +175,10 @@ pub struct Phases {
     pub conntrack: u64,
 }
 
+/// Deleted set members whose owner one sync looks up one at a time (each
+/// lookup walks the pods) before it maps every address's owner at once.
+const OWNER_LOOKUPS: usize = 16;
+
 /// The line of an `ipset restore` script that `destroy` refused because
 /// the set is still in use (by a rule the kernel has not yet released):
 /// `Error in line N: Set cannot be destroyed: it is in use by a kernel
@@ -599,7 +603,9 @@ impl<D: Dataplane> Engine<D> {
         report: &mut SyncReport,
     ) -> (String, Vec<String>) {
         let mut script = String::new();
-        // Built on the first deleted member only: the owners of every address.
+        // A few deleted members (a label change) are looked up one by one;
+        // past OWNER_LOOKUPS, the owners of every address are mapped once.
+        let mut lookups = 0;
         let mut owners: Option<HashMap<IpAddr, PodKey>> = None;
         // Only conntrack cleanup asks whether a change narrowed a set: with
         // it off, the owners of the cluster's addresses are never looked up.
@@ -608,10 +614,16 @@ impl<D: Dataplane> Engine<D> {
             _ if !cleanup => true,
             Member::Net { .. } => true,
             Member::Ip(ip) | Member::IpPort(ip, ..) => {
+                if self.index.nodes().any(|n| n.ips.contains(ip)) {
+                    return true;
+                }
+                lookups += 1;
+                if owners.is_none() && lookups <= OWNER_LOOKUPS {
+                    return self.index.owns_address(ip);
+                }
                 owners
                     .get_or_insert_with(|| self.index.ip_owners())
                     .contains_key(ip)
-                    || self.index.nodes().any(|n| n.ips.contains(ip))
             }
         };
         for (name, want) in &desired.sets {
