@@ -971,6 +971,27 @@ mod tests {
     }
 
     #[test]
+    fn owns_address_answers_as_the_owner_map_does() {
+        let mut idx = Index::new();
+        idx.apply_pod(Pod::new("x", "a").ip("10.0.0.1"));
+        let mut gone = Pod::new("x", "t").ip("10.0.0.2");
+        gone.terminated = true;
+        idx.apply_pod(gone);
+        // an endpoint's address counts before the kubelet reports it
+        idx.apply_pod(Pod::new("x", "c"));
+        idx.apply_endpoint(ep("x", "c", "udl1", "10.0.0.3"));
+        // an endpoint whose pod is unknown owns nothing
+        idx.apply_endpoint(ep("x", "u", "udl2", "10.0.0.4"));
+        let owners = idx.ip_owners();
+        for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(idx.owns_address(&ip), owners.contains_key(&ip), "{ip}");
+        }
+        assert!(idx.owns_address(&"10.0.0.3".parse().unwrap()));
+        assert!(!idx.owns_address(&"10.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
     fn sets_follow_pods_namespaces_and_endpoints_incrementally() {
         let mut idx = Index::new();
         idx.apply_namespace(Namespace::new("x").label("team", "a"));
