@@ -782,3 +782,46 @@ async fn rule_changes_go_through_one_running_restore_that_sees_other_writers() {
     assert!(legacy.save_filter(Family::V4).unwrap().contains(":UDL-L"));
     sh(&["ip", "netns", "exec", &ns, "iptables-legacy", "-X", "UDL-L"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_running_in_another_pid_namespace_is_still_heard() {
+    if !require_root("a_restore_running_in_another_pid_namespace_is_still_heard") {
+        return;
+    }
+    // As in a pod: the agent's children have other pids in the node's
+    // first pid namespace, which the kernel's own notices use. Here the
+    // tool runs under `unshare --pid --fork`, so it is not even our child.
+    let prefix = underlay_lab::netns::unique_prefix();
+    let node = underlay_lab::netns::Netns::create(&format!("{prefix}n"))
+        .await
+        .unwrap();
+    let ns = node.name().to_string();
+    let dir = std::env::temp_dir().join(format!("{prefix}-tools"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (tool, run) in [
+        ("restore", "unshare --pid --fork iptables-restore"),
+        ("save", "iptables-save"),
+    ] {
+        let path = dir.join(format!("pidns-iptables-{tool}"));
+        std::fs::write(&path, format!("#!/bin/sh\nexec {run} \"$@\"\n")).unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms).unwrap();
+    }
+    let mut dp = CommandDataplane::in_netns(&ns);
+    dp.iptables[0] = dir.join("pidns-iptables").display().to_string();
+    dp.timeout = Duration::from_secs(5);
+    for n in 0..3 {
+        dp.restore_filter(
+            Family::V4,
+            &format!("*filter\n:UDL-P - [0:0]\n-A UDL-P -p tcp --dport {n} -j ACCEPT\nCOMMIT\n"),
+        )
+        .unwrap();
+    }
+    assert!(
+        dp.restore_session_pid(Family::V4).is_some(),
+        "a running restore"
+    );
+    assert_eq!(chain_rules(&ns, "iptables", "UDL-P").len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

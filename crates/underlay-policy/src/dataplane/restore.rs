@@ -8,14 +8,15 @@
 //! transaction built on a stale copy, and the tool then re-reads and
 //! retries), so a change costs what it writes.
 //!
-//! The tool prints nothing when a `COMMIT` succeeds; the kernel does. Every
-//! nf_tables transaction ends with a new-generation notification naming
-//! the process that committed it, so a session listens on the nf_tables
-//! multicast group of the same network namespace and counts its tool's
-//! generations. A transaction that changes nothing produces no generation,
-//! so each block we send creates and deletes an ack chain
-//! ([`ACK_CHAIN`]) before its `COMMIT`: the block always changes something,
-//! and the chain never exists outside the transaction.
+//! The tool prints nothing when a `COMMIT` succeeds; the kernel does: it
+//! announces every committed change on the nf_tables multicast group. Each
+//! block we send creates and deletes an ack chain with a name of its own
+//! ([`ACK_CHAIN`] and a token) before its `COMMIT`, so the block is never
+//! a no-op transaction, the chain never exists outside it, and the
+//! kernel's notice of that chain's deletion says the block was committed.
+//! (The new-generation notice names the committing process, but by its
+//! pid in the node's first pid namespace, which an agent in a pod cannot
+//! match with its child's.)
 //!
 //! The tool exits at the first block it cannot apply (that block is not
 //! committed, as with a one-shot run); the session then reports its
@@ -32,16 +33,17 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Created and deleted in every block, so each block is a transaction the
-/// kernel announces. Its prefix is ours; no other chain has this name.
-pub const ACK_CHAIN: &str = "UDL-ACK";
+/// The prefix of the chain created and deleted in every block, so each
+/// block is a transaction the kernel announces; the rest of the name is
+/// the session's token and the block's number (28 characters at most).
+pub const ACK_CHAIN: &str = "UDL-ACK-";
 
 // <linux/netfilter/nfnetlink.h>, <linux/netfilter/nf_tables.h>
 const NETLINK_NETFILTER: isize = 12;
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWGEN: u16 = 15;
-const NFTA_GEN_PROC_PID: u16 = 2;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFTA_CHAIN_NAME: u16 = 3;
 /// nfgenmsg: family, version, resource id.
 const NFGENMSG_LEN: usize = 4;
 
@@ -61,6 +63,10 @@ pub struct Session {
     stderr: Arc<Mutex<Vec<u8>>>,
     socket: Socket,
     pid: u32,
+    /// Names this session's ack chains apart from any other's.
+    token: String,
+    /// Blocks sent so far, wrapping (numbers the ack chains).
+    blocks_sent: u32,
     /// Lines sent before the change being applied: the tool numbers the
     /// lines of its whole input.
     lines_before: usize,
@@ -115,6 +121,8 @@ impl Session {
             child,
             stderr,
             socket,
+            token: token(),
+            blocks_sent: 0,
             lines_before: 0,
             origin: Vec::new(),
         })
@@ -147,11 +155,19 @@ impl Session {
 
     fn apply_heard(&mut self, script: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let (text, origin) = with_acks(script);
-        let blocks = script.lines().filter(|l| l.trim() == "COMMIT").count();
-        if blocks == 0 {
+        let first = self.blocks_sent;
+        let (text, origin, acks) = with_acks(script, |n| {
+            format!(
+                "{ACK_CHAIN}{}-{:x}",
+                self.token,
+                first.wrapping_add(n as u32)
+            )
+        });
+        if acks.is_empty() {
             return Ok(());
         }
+        self.blocks_sent = self.blocks_sent.wrapping_add(acks.len() as u32);
+        let mut pending: std::collections::HashSet<String> = acks.into_iter().collect();
         self.lines_before += self.origin.len();
         self.origin = origin;
         let written = match self.stdin.as_mut() {
@@ -164,15 +180,18 @@ impl Session {
             // It exited: its errors say why.
             return Err(self.ended(&format!("it stopped reading its input: {e}"), deadline));
         }
-        let mut committed = 0;
         let mut buf = Vec::with_capacity(64 * 1024);
-        while committed < blocks {
+        while !pending.is_empty() {
             if Instant::now() >= deadline {
                 return Err(self.hung(timeout));
             }
             buf.clear();
             match self.socket.recv(&mut buf, 0) {
-                Ok(_) => committed += generations_of(&buf, self.pid),
+                Ok(_) => {
+                    for name in deleted_chains(&buf) {
+                        pending.remove(name);
+                    }
+                }
                 Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {
                     // Notifications were dropped, ours perhaps among them:
                     // the exit status is the only sure answer left.
@@ -308,22 +327,42 @@ fn open_socket() -> Result<Socket> {
     Ok(socket)
 }
 
-/// `script` with the ack chain created and deleted before each `COMMIT`,
-/// and for each line of it the line of `script` it is (1-based; `None`
-/// for the ack lines).
-pub fn with_acks(script: &str) -> (String, Vec<Option<usize>>) {
+/// `script` with an ack chain (named by `name` from the block's index)
+/// created and deleted before each `COMMIT`; for each line of it, the line
+/// of `script` it is (1-based; `None` for the ack lines); and the ack
+/// chains' names.
+pub fn with_acks(
+    script: &str,
+    mut name: impl FnMut(usize) -> String,
+) -> (String, Vec<Option<usize>>, Vec<String>) {
     let mut out = String::with_capacity(script.len() + 64);
     let mut origin = Vec::new();
+    let mut acks = Vec::new();
     for (i, line) in script.lines().enumerate() {
         if line.trim() == "COMMIT" {
-            out.push_str(&format!(":{ACK_CHAIN} - [0:0]\n-X {ACK_CHAIN}\n"));
+            let ack = name(acks.len());
+            out.push_str(&format!(":{ack} - [0:0]\n-X {ack}\n"));
             origin.extend([None, None]);
+            acks.push(ack);
         }
         out.push_str(line);
         out.push('\n');
         origin.push(Some(i + 1));
     }
-    (out, origin)
+    (out, origin, acks)
+}
+
+/// A session's token: this process, a counter, and the clock, in hex.
+fn token() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SESSIONS: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+    let mixed = (u64::from(std::process::id()) << 32 | u64::from(n) << 24) ^ u64::from(nanos);
+    format!("{:010x}", mixed & 0xff_ffff_ffff)
 }
 
 /// The tool's `line N failed` counts every line it was ever sent; say
@@ -342,26 +381,26 @@ pub fn renumber(stderr: &str, lines_before: usize, origin: &[Option<usize>]) -> 
     };
     let ours = match n.checked_sub(lines_before + 1).and_then(|i| origin.get(i)) {
         Some(Some(line)) => line.to_string(),
-        Some(None) => format!("{n} (the {ACK_CHAIN} chain's)"),
+        Some(None) => format!("{n} (an ack chain's)"),
         None => n.to_string(),
     };
     format!("{}{ours}{}", &stderr[..start], &stderr[start + digits..])
 }
 
-/// How many new-generation notifications in one datagram name `pid` as
-/// the committing process. Anything malformed counts as none.
-pub fn generations_of(datagram: &[u8], pid: u32) -> usize {
+/// The names of the chains whose deletion one datagram of notifications
+/// announces. Anything malformed announces nothing.
+pub fn deleted_chains(datagram: &[u8]) -> Vec<&str> {
     let Ok(messages) = nl::messages(datagram) else {
-        return 0;
+        return Vec::new();
     };
     messages
-        .iter()
-        .filter(|m| m.kind == (NFT_MSG_NEWGEN | (NFNL_SUBSYS_NFTABLES << 8)))
+        .into_iter()
+        .filter(|m| m.kind == (NFT_MSG_DELCHAIN | (NFNL_SUBSYS_NFTABLES << 8)))
         .filter_map(|m| m.body.get(NFGENMSG_LEN..))
-        .filter_map(|attrs| nl::attr(attrs, NFTA_GEN_PROC_PID))
-        .filter_map(|p| Some(u32::from_be_bytes(p.try_into().ok()?)))
-        .filter(|committer| *committer == pid)
-        .count()
+        .filter_map(|attrs| nl::attr(attrs, NFTA_CHAIN_NAME))
+        .filter_map(|name| std::str::from_utf8(name).ok())
+        .map(|name| name.trim_end_matches('\0'))
+        .collect()
 }
 
 #[cfg(test)]
@@ -369,39 +408,51 @@ mod tests {
     use super::*;
     use crate::nl::testing::{encoded_attr, message};
 
-    fn newgen(pid: u32) -> Vec<u8> {
-        let mut body = vec![0, 0, 0, 0];
-        body.extend(encoded_attr(1, &7u32.to_be_bytes()));
-        body.extend(encoded_attr(NFTA_GEN_PROC_PID, &pid.to_be_bytes()));
-        body.extend(encoded_attr(3, b"iptables-restor\0"));
-        message(NFT_MSG_NEWGEN | (NFNL_SUBSYS_NFTABLES << 8), &body)
+    fn chain_notice(kind: u16, name: &str) -> Vec<u8> {
+        let mut body = vec![2, 0, 0, 0];
+        body.extend(encoded_attr(1, b"filter\0"));
+        body.extend(encoded_attr(
+            NFTA_CHAIN_NAME,
+            format!("{name}\0").as_bytes(),
+        ));
+        message(kind | (NFNL_SUBSYS_NFTABLES << 8), &body)
     }
 
     #[test]
-    fn only_our_tools_generations_count() {
-        let mut datagram = newgen(41);
-        datagram.extend(message((NFNL_SUBSYS_NFTABLES << 8) | 6, &[0; 8])); // a new rule
-        datagram.extend(newgen(42));
-        datagram.extend(newgen(41));
-        assert_eq!(generations_of(&datagram, 41), 2);
-        assert_eq!(generations_of(&datagram, 42), 1);
-        assert_eq!(generations_of(&datagram, 43), 0);
+    fn only_deleted_chains_are_read_from_the_notices() {
+        let mut datagram = chain_notice(3, "UDL-ACK-a-0"); // created
+        datagram.extend(chain_notice(NFT_MSG_DELCHAIN, "UDL-ACK-a-0"));
+        datagram.extend(message((NFNL_SUBSYS_NFTABLES << 8) | 15, &[0; 8])); // a generation
+        datagram.extend(chain_notice(NFT_MSG_DELCHAIN, "KUBE-SVC-X"));
+        assert_eq!(deleted_chains(&datagram), ["UDL-ACK-a-0", "KUBE-SVC-X"]);
         for cut in 0..datagram.len() {
-            let _ = generations_of(&datagram[..cut], 41);
+            let _ = deleted_chains(&datagram[..cut]);
         }
-        // a generation without its process, or a short body, is no ack
-        let bare = message(NFT_MSG_NEWGEN | (NFNL_SUBSYS_NFTABLES << 8), &[0, 0]);
-        assert_eq!(generations_of(&bare, 0), 0);
+        // a notice without a name, or a short body, names nothing
+        let bare = message(NFT_MSG_DELCHAIN | (NFNL_SUBSYS_NFTABLES << 8), &[0, 0]);
+        assert!(deleted_chains(&bare).is_empty());
+    }
+
+    #[test]
+    fn tokens_differ_and_ack_chains_fit_iptables_names() {
+        let (a, b) = (token(), token());
+        assert_ne!(a, b);
+        let longest = format!("{ACK_CHAIN}{a}-{:x}", u32::MAX);
+        assert!(longest.len() <= 28, "{longest}");
     }
 
     #[test]
     fn every_block_gets_the_ack_chain_before_its_commit() {
-        let (text, origin) = with_acks("*filter\n-F UDL-X\nCOMMIT\n*filter\n-X UDL-Y\nCOMMIT\n");
+        let (text, origin, acks) = with_acks(
+            "*filter\n-F UDL-X\nCOMMIT\n*filter\n-X UDL-Y\nCOMMIT\n",
+            |n| format!("UDL-ACK-t-{n}"),
+        );
         assert_eq!(
             text,
-            "*filter\n-F UDL-X\n:UDL-ACK - [0:0]\n-X UDL-ACK\nCOMMIT\n\
-             *filter\n-X UDL-Y\n:UDL-ACK - [0:0]\n-X UDL-ACK\nCOMMIT\n"
+            "*filter\n-F UDL-X\n:UDL-ACK-t-0 - [0:0]\n-X UDL-ACK-t-0\nCOMMIT\n\
+             *filter\n-X UDL-Y\n:UDL-ACK-t-1 - [0:0]\n-X UDL-ACK-t-1\nCOMMIT\n"
         );
+        assert_eq!(acks, ["UDL-ACK-t-0", "UDL-ACK-t-1"]);
         assert_eq!(
             origin,
             [
@@ -417,12 +468,14 @@ mod tests {
                 Some(6)
             ]
         );
-        assert!(with_acks("").1.is_empty());
+        assert!(with_acks("", |_| String::new()).2.is_empty());
     }
 
     #[test]
     fn a_failed_line_is_numbered_within_the_change() {
-        let (_, origin) = with_acks("*filter\n-A UDL-MISSING -j ACCEPT\nCOMMIT\n");
+        let (_, origin, _) = with_acks("*filter\n-A UDL-MISSING -j ACCEPT\nCOMMIT\n", |n| {
+            format!("UDL-ACK-t-{n}")
+        });
         let err = "iptables-restore: line 32 failed: No chain/target/match by that name.";
         assert_eq!(
             renumber(err, 30, &origin),
@@ -430,7 +483,7 @@ mod tests {
         );
         assert!(
             renumber("iptables-restore: line 33 failed: x", 30, &origin)
-                .contains("line 33 (the UDL-ACK chain's) failed")
+                .contains("line 33 (an ack chain's) failed")
         );
         // numbers outside the change, and no number, are left alone
         assert_eq!(renumber("line 2 failed", 30, &origin), "line 2 failed");
