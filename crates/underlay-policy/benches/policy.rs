@@ -20,7 +20,6 @@
 //! --local N --iterations N --conntrack N`.
 #![allow(clippy::print_stdout)]
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use underlay_policy::cluster::{
@@ -35,7 +34,7 @@ use underlay_policy::model::{
     Attachment, Endpoint, Expression, Namespace, Peer, Pod, PodKey, Policy, PolicyTypes, PortMatch,
     Protocol, Rule, Selector,
 };
-use underlay_policy::{CommandDataplane, Config, Engine};
+use underlay_policy::{CommandDataplane, Config, Engine, SyncReport};
 
 struct Scale {
     pods: usize,
@@ -291,6 +290,23 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v[i]
 }
 
+/// The syncs of one benchmark row: each one's wall time and phases.
+type Row = Vec<(Duration, Phases)>;
+
+/// Applies `change` to the engine's index and syncs, recording the time
+/// from the change to the synced dataplane, and the sync's phases.
+fn measure(
+    engine: &mut Engine<CommandDataplane>,
+    row: &mut Row,
+    change: impl FnOnce(&mut Index),
+) -> SyncReport {
+    let t = Instant::now();
+    engine.change(change);
+    let r = engine.sync().expect("sync");
+    row.push((t.elapsed(), r.phases));
+    r
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -357,59 +373,49 @@ fn main() {
 
     // The engine against the real tools.
     let ns = Netns::new("engine");
-    let measured = ns.run(|| {
+    let (first, rss_after, rows) = ns.run(|| {
         let metrics = Metrics::default();
         let mut engine = Engine::new(CommandDataplane::default(), shipped.clone(), metrics);
         engine.change(|i| build(&mut *i, &scale));
         let t = Instant::now();
         let r = engine.sync().expect("first full programming");
-        let first = t.elapsed();
+        let first = (t.elapsed(), r.phases);
         let rss_after = rss_kib();
 
-        let mut phases: BTreeMap<&str, Vec<Phases>> = BTreeMap::new();
-        phases.insert("first", vec![r.phases]);
-        let mut policy_change = Vec::new();
         let target = scale.namespaces; // the first allow policy
-        for n in 0..scale.iterations {
+        let port_change = |port: u16| {
             let mut p = policy(target, &scale);
-            p.ingress[0].ports[0] = PortMatch::tcp(1000 + n as u16);
-            let t = Instant::now();
-            engine.change(|i| i.apply_policy(p));
-            let r = engine.sync().expect("policy change");
-            policy_change.push(t.elapsed());
-            phases.entry("policy_change").or_default().push(r.phases);
+            p.ingress[0].ports[0] = PortMatch::tcp(port);
+            move |i: &mut Index| i.apply_policy(p)
+        };
+        let mut rows: Vec<(&str, Row)> = Vec::new();
+        let mut row = Row::new();
+        for n in 0..scale.iterations {
+            let r = measure(&mut engine, &mut row, port_change(1000 + n as u16));
             assert!(r.chains_written >= 1);
         }
+        rows.push(("one policy change", row));
 
-        let mut cluster_change = Vec::new();
+        let mut row = Row::new();
         for n in 0..scale.iterations.min(scale.cluster_policies * 1000) {
-            if scale.cluster_policies == 0 {
-                break;
-            }
             // An Admin policy of a team with local pods changes a port.
             let p = cluster_policy(0, 1 + n as u16);
-            let t = Instant::now();
-            engine.change(|i| i.apply_cluster_policy(p));
-            let r = engine.sync().expect("cluster policy change");
-            cluster_change.push(t.elapsed());
-            phases.entry("cluster_change").or_default().push(r.phases);
+            let r = measure(&mut engine, &mut row, |i| i.apply_cluster_policy(p));
             assert!(r.chains_written >= 1);
         }
+        rows.push(("one cluster policy change", row));
 
-        let mut label_change = Vec::new();
+        let mut row = Row::new();
         for n in 0..scale.iterations {
             // A remote pod of a team-selected namespace flips frontend/backend.
             let i = scale.local + 20 * (n % (scale.pods / 20 - 10)) + 3;
             let tier = if n % 2 == 0 { "frontend" } else { "backend" };
             let p = pod(i, &scale, tier);
-            let t = Instant::now();
-            engine.change(|idx| idx.apply_pod(p));
-            let r = engine.sync().expect("label change");
-            label_change.push(t.elapsed());
-            phases.entry("label_change").or_default().push(r.phases);
+            measure(&mut engine, &mut row, |idx| idx.apply_pod(p));
         }
+        rows.push(("one pod label change", row));
 
-        let mut new_pod = Vec::new();
+        let mut row = Row::new();
         for n in 0..scale.iterations {
             let i = scale.pods + n;
             let p = pod(i, &scale, "backend");
@@ -419,67 +425,30 @@ fn main() {
                 ips: p.ips.clone(),
                 owner: Attachment::new(format!("sandbox-{n}"), "eth0"),
             };
-            let t = Instant::now();
-            engine.change(|idx| {
+            measure(&mut engine, &mut row, |idx| {
                 idx.apply_pod(p);
                 idx.apply_endpoint(ep);
             });
-            let r = engine.sync().expect("new pod");
-            new_pod.push(t.elapsed());
-            phases.entry("new_pod").or_default().push(r.phases);
         }
+        rows.push(("one new local pod", row));
 
-        let mut without_conntrack = Vec::new();
+        let mut row = Row::new();
         engine.set_conntrack_cleanup(false);
         for n in 0..scale.iterations.min(20) {
-            let mut p = policy(target, &scale);
-            p.ingress[0].ports[0] = PortMatch::tcp(2000 + n as u16);
-            let t = Instant::now();
-            engine.change(|i| i.apply_policy(p));
-            let r = engine.sync().expect("policy change");
-            without_conntrack.push(t.elapsed());
-            phases
-                .entry("without_conntrack")
-                .or_default()
-                .push(r.phases);
+            measure(&mut engine, &mut row, port_change(2000 + n as u16));
         }
+        rows.push(("one policy change, conntrack cleanup off", row));
 
         // The same with cleanup on, starting iptables-restore per change.
-        let mut one_shot = Vec::new();
+        let mut row = Row::new();
         engine.set_conntrack_cleanup(true);
         engine.dataplane().persistent_restore = false;
         for n in 0..scale.iterations.min(20) {
-            let mut p = policy(target, &scale);
-            p.ingress[0].ports[0] = PortMatch::tcp(3000 + n as u16);
-            let t = Instant::now();
-            engine.change(|i| i.apply_policy(p));
-            let r = engine.sync().expect("policy change");
-            one_shot.push(t.elapsed());
-            phases.entry("one_shot").or_default().push(r.phases);
+            measure(&mut engine, &mut row, port_change(3000 + n as u16));
         }
-        (
-            first,
-            rss_after,
-            policy_change,
-            cluster_change,
-            label_change,
-            new_pod,
-            without_conntrack,
-            one_shot,
-            phases,
-        )
+        rows.push(("one policy change, a restore process each", row));
+        (first, rss_after, rows)
     });
-    let (
-        first,
-        rss_after,
-        mut policy_change,
-        mut cluster_change,
-        mut label_change,
-        mut new_pod,
-        mut without_conntrack,
-        mut one_shot,
-        phases,
-    ) = measured;
 
     println!();
     println!(
@@ -516,40 +485,17 @@ fn main() {
     println!(
         "{:<44} {:>10.2} {:>10} {:>12.2}",
         "first full programming",
-        ms(first),
+        ms(first.0),
         "",
-        first.as_secs_f64() / floor.as_secs_f64()
+        first.0.as_secs_f64() / floor.as_secs_f64()
     );
-    let mut profile = Vec::new();
-    if let Some(p) = phases.get("first") {
-        profile.push(("first full programming", p));
-    }
-    let rows = [
-        ("one policy change", "policy_change", &mut policy_change),
-        (
-            "one cluster policy change",
-            "cluster_change",
-            &mut cluster_change,
-        ),
-        ("one pod label change", "label_change", &mut label_change),
-        ("one new local pod", "new_pod", &mut new_pod),
-        (
-            "one policy change, conntrack cleanup off",
-            "without_conntrack",
-            &mut without_conntrack,
-        ),
-        (
-            "one policy change, a restore process each",
-            "one_shot",
-            &mut one_shot,
-        ),
-    ];
-    for (name, key, v) in rows {
-        if v.is_empty() {
+    for (name, row) in &rows {
+        if row.is_empty() {
             continue;
         }
-        let p50 = percentile(v, 0.5);
-        let p99 = percentile(v, 0.99);
+        let mut v: Vec<Duration> = row.iter().map(|(d, _)| *d).collect();
+        let p50 = percentile(&mut v, 0.5);
+        let p99 = percentile(&mut v, 0.99);
         println!(
             "{:<44} {:>10.2} {:>10.2} {:>12.3}",
             name,
@@ -557,9 +503,6 @@ fn main() {
             ms(p99),
             p50.as_secs_f64() / floor.as_secs_f64()
         );
-        if let Some(p) = phases.get(key) {
-            profile.push((name, p));
-        }
     }
     // Where a sync's time goes: the p50 of each phase on its own.
     println!();
@@ -567,9 +510,15 @@ fn main() {
         "{:<44} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "phase p50, ms", "compile", "ipsets", "iptables", "conntrack", "read"
     );
-    for (name, p) in profile {
+    let profile = std::iter::once(("first full programming", vec![first.1]))
+        .chain(
+            rows.iter()
+                .map(|(name, row)| (*name, row.iter().map(|(_, p)| *p).collect())),
+        )
+        .filter(|(_, phases): &(&str, Vec<Phases>)| !phases.is_empty());
+    for (name, phases) in profile {
         let p50 = |f: fn(&Phases) -> u64| {
-            let mut v: Vec<Duration> = p.iter().map(|x| Duration::from_micros(f(x))).collect();
+            let mut v: Vec<Duration> = phases.iter().map(|x| Duration::from_micros(f(x))).collect();
             ms(percentile(&mut v, 0.5))
         };
         println!(
