@@ -871,7 +871,6 @@ impl Index {
         }
     }
 
-    /// The pods with `ip` (for flow evaluation).
     /// Whether a selectable pod holds `ip` (as [`Index::ip_owners`] would
     /// say), without building the map: for a few questions in a large
     /// cluster.
@@ -884,6 +883,7 @@ impl Index {
             })
     }
 
+    /// The pods with `ip` (for flow evaluation).
     pub fn ip_owners(&self) -> HashMap<IpAddr, PodKey> {
         let mut out = HashMap::new();
         for (k, p) in &self.pods {

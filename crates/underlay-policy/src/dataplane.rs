@@ -130,6 +130,17 @@ pub(crate) enum Restorer {
     Persistent(Option<restore::Session>),
 }
 
+/// The line a tool's error says it failed at (`iptables-restore: line N
+/// failed`, `ipset v7: Error in line N: …`): the number, and where its
+/// digits are in `text`.
+pub fn failed_line(text: &str) -> Option<(usize, std::ops::Range<usize>)> {
+    const AT: &str = "line ";
+    let start = text.find(AT)? + AT.len();
+    let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
+    let n = text[start..start + digits].parse().ok()?;
+    Some((n, start..start + digits))
+}
+
 /// Rule changes longer than this go through a process of their own, not
 /// the running session.
 pub const SESSION_MAX_LINES: usize = 1000;
@@ -204,12 +215,9 @@ impl CommandDataplane {
         Ok((ok, out.stdout, stderr))
     }
 
-    /// Whether the family's changes go through a running session: probes
-    /// the tool's back end the first time.
-    fn keeps_session(&self, family: Family) -> Result<bool> {
-        if !self.persistent_restore {
-            return Ok(false);
-        }
+    /// The family's way of writing rule changes, its back end probed the
+    /// first time.
+    fn restorer(&self, family: Family) -> Result<std::sync::MutexGuard<'_, Restorer>> {
         let mut restorer = self.restorers[family.index()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -222,21 +230,25 @@ impl CommandDataplane {
                 Restorer::OneShot
             };
         }
-        Ok(matches!(*restorer, Restorer::Persistent(_)))
+        Ok(restorer)
+    }
+
+    /// Whether `script` may go through a running session. While the
+    /// session listens, the kernel writes a notification of every rule a
+    /// transaction adds or deletes: a whole ruleset (a first programming, a
+    /// repair) is cheaper through its own process.
+    fn session_sized(&self, script: &str) -> bool {
+        self.persistent_restore && script.lines().count() <= SESSION_MAX_LINES
     }
 
     fn restore_one_filter(&self, family: Family, script: &str) -> Result<()> {
         let prog = format!("{}-restore", self.iptables[family.index()]);
-        // While the session listens, the kernel writes a notification of
-        // every rule a transaction adds or deletes: a whole ruleset (a
-        // first programming, a repair) is cheaper through its own process.
-        if script.lines().count() > SESSION_MAX_LINES || !self.keeps_session(family)? {
+        if !self.session_sized(script) {
             return self.restore_once(&prog, script);
         }
-        let mut restorer = self.restorers[family.index()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut restorer = self.restorer(family)?;
         let Restorer::Persistent(session) = &mut *restorer else {
+            drop(restorer);
             return self.restore_once(&prog, script);
         };
         if session.as_mut().is_some_and(|s| !s.is_running()) {
@@ -306,8 +318,11 @@ impl Dataplane for CommandDataplane {
         // about a millisecond, but a transaction racing another's commit is
         // refused by the kernel and the tool then re-reads its whole table.
         if scripts.iter().all(|(family, script)| {
-            script.lines().count() <= SESSION_MAX_LINES
-                && matches!(self.keeps_session(*family), Ok(true))
+            self.session_sized(script)
+                && matches!(
+                    self.restorer(*family).as_deref(),
+                    Ok(Restorer::Persistent(_))
+                )
         }) {
             return scripts
                 .iter()

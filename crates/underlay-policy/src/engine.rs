@@ -192,9 +192,9 @@ fn still_held(e: &DataplaneError) -> Option<usize> {
     if !text.contains("in use by a kernel component") {
         return None;
     }
-    let at = text.find("line ")? + "line ".len();
-    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
-    text[at..at + digits].parse().ok().filter(|n| *n >= 1)
+    crate::dataplane::failed_line(text)
+        .map(|(n, _)| n)
+        .filter(|n| *n >= 1)
 }
 
 fn micros_since(t: Instant) -> u64 {
@@ -506,12 +506,11 @@ impl<D: Dataplane> Engine<D> {
         // `ipset restore` stops at the first refused line; those before it
         // are done. A set the kernel still holds waits for a later sync
         // (until then it stays in `programmed`, which is true).
-        let destroyed = match &r {
-            Ok(()) => obsolete.len(),
-            Err(e) => match still_held(e) {
-                Some(line) => line - 1,
-                None => 0,
-            },
+        let held_at = r.as_ref().err().and_then(still_held);
+        let destroyed = match (&r, held_at) {
+            (Ok(()), _) => obsolete.len(),
+            (Err(_), Some(line)) => line - 1,
+            (Err(_), None) => 0,
         };
         let destroyed = destroyed.min(obsolete.len());
         for name in &obsolete[..destroyed] {
@@ -519,7 +518,7 @@ impl<D: Dataplane> Engine<D> {
         }
         report.sets_destroyed = destroyed;
         report.sets_deferred = obsolete.len() - destroyed;
-        let held = r.as_ref().err().is_some_and(|e| still_held(e).is_some());
+        let held = held_at.is_some();
         self.count_restore("ipset", r.is_ok() || held);
         if held {
             debug!(
@@ -775,7 +774,6 @@ impl<D: Dataplane> Engine<D> {
     }
 }
 
-/// The `ipset restore` line creating `name` as `want` says.
 /// Brings a dispatch chain to `rules`: in place when both its programmed
 /// and its desired state are well formed (entries inserted at the top,
 /// above the final drop; entries gone deleted by their spec), otherwise
@@ -803,6 +801,7 @@ fn edit_dispatch(
     }
 }
 
+/// The `ipset restore` line creating `name` as `want` says.
 fn create_set(script: &mut String, name: &str, want: &DesiredSet) {
     let _ = writeln!(
         script,

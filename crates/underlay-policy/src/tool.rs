@@ -93,7 +93,15 @@ fn collect(reader: JoinHandle<Vec<u8>>) -> String {
 /// exited, so its end is noticed at once, not at the next poll; it leaves
 /// the tool unreaped, so only this thread reaps it and a kill after the
 /// deadline can never reach a recycled process id.
-fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
+pub(crate) fn wait_until(
+    child: &mut Child,
+    deadline: Instant,
+) -> std::io::Result<Option<ExitStatus>> {
+    // Already reaped (or just exited): its pid may belong to another
+    // process by now, so it is not waited on again.
+    if let Some(status) = child.try_wait()? {
+        return Ok(Some(status));
+    }
     let pid = i32::try_from(child.id())
         .map(nix::unistd::Pid::from_raw)
         .map_err(std::io::Error::other)?;
@@ -114,7 +122,7 @@ fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Option<Ex
 }
 
 /// Kills the tool's process group and reaps the tool.
-fn kill_group(child: &mut Child) {
+pub(crate) fn kill_group(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),

@@ -47,8 +47,6 @@ pub struct FakeState {
     /// use. Here the first such destroy is refused, and by then every set
     /// of those transactions is free.
     pub releasing: BTreeSet<String>,
-    /// Model that late release (on by default, as the kernel behaves).
-    pub late_release: bool,
 }
 
 impl FakeState {
@@ -91,10 +89,7 @@ pub struct FakeDataplane {
 
 impl Default for FakeDataplane {
     fn default() -> Self {
-        let mut state = FakeState {
-            late_release: true,
-            ..FakeState::default()
-        };
+        let mut state = FakeState::default();
         for t in &mut state.tables {
             for b in ["INPUT", "FORWARD", "OUTPUT"] {
                 t.insert(b.into(), Vec::new());
@@ -195,9 +190,7 @@ impl FakeDataplane {
                 && releasing.contains(name)
             {
                 releasing.clear();
-                return Err(err(
-                    "Set cannot be destroyed: it is in use by a kernel component",
-                ));
+                return Err(err(SET_IN_USE));
             }
             set_command(sets, tables, &words, exist).map_err(err)?;
         }
@@ -242,10 +235,8 @@ impl Dataplane for FakeDataplane {
             .map_err(DataplaneError::Rejected)?;
         let before = sets_matched(&s.tables);
         s.tables[family.index()] = table;
-        if s.late_release {
-            let after = sets_matched(&s.tables);
-            s.releasing.extend(before.difference(&after).cloned());
-        }
+        let after = sets_matched(&s.tables);
+        s.releasing.extend(before.difference(&after).cloned());
         Ok(())
     }
 
@@ -457,6 +448,9 @@ fn create_set(
     }
 }
 
+/// ipset's refusal to destroy a set a rule (or the kernel) still holds.
+const SET_IN_USE: &str = "Set cannot be destroyed: it is in use by a kernel component";
+
 /// The sets some rule of either table matches on.
 fn sets_matched(tables: &[BTreeMap<String, Vec<String>>; 2]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -476,13 +470,8 @@ fn destroy_set(
     name: &str,
     exist: bool,
 ) -> Result<(), &'static str> {
-    let used = tables.iter().flat_map(|t| t.values()).flatten().any(|r| {
-        split_words(r)
-            .windows(2)
-            .any(|p| p[0] == "--match-set" && p[1] == name)
-    });
-    if used {
-        return Err("Set cannot be destroyed: it is in use by a kernel component");
+    if sets_matched(tables).contains(name) {
+        return Err(SET_IN_USE);
     }
     if sets.remove(name).is_none() && !exist {
         return Err("set does not exist");

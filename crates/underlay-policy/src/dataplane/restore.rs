@@ -62,7 +62,6 @@ pub struct Session {
     stdin: Option<ChildStdin>,
     stderr: Arc<Mutex<Vec<u8>>>,
     socket: Socket,
-    pid: u32,
     /// Names this session's ack chains apart from any other's.
     token: String,
     /// Blocks sent so far, wrapping (numbers the ack chains).
@@ -79,7 +78,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("program", &self.program)
-            .field("pid", &self.pid)
+            .field("pid", &self.child.id())
             .finish()
     }
 }
@@ -116,7 +115,6 @@ impl Session {
         }
         Ok(Session {
             program: program.to_string(),
-            pid: child.id(),
             stdin: child.stdin.take(),
             child,
             stderr,
@@ -129,7 +127,7 @@ impl Session {
     }
 
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.child.id()
     }
 
     /// The tool has not exited.
@@ -234,29 +232,23 @@ impl Session {
     /// block was committed.
     fn finish(&mut self, deadline: Instant, timeout: Duration) -> Result<()> {
         drop(self.stdin.take());
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => return Err(self.failed(&status.to_string())),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                _ => return Err(self.hung(timeout)),
-            }
+        match crate::tool::wait_until(&mut self.child, deadline) {
+            Ok(Some(status)) if status.success() => Ok(()),
+            Ok(Some(status)) => Err(self.failed(&status.to_string())),
+            _ => Err(self.hung(timeout)),
         }
     }
 
     /// The tool ended (or stopped reading) with blocks not committed.
     fn ended(&mut self, what: &str, deadline: Instant) -> DataplaneError {
-        // Its errors are complete once it exited and its pipe closed.
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+        match crate::tool::wait_until(&mut self.child, deadline) {
+            Ok(Some(status)) => {
+                // Let the reader take in the last of its errors.
                 std::thread::sleep(Duration::from_millis(1));
-                return self.failed(&format!("{what}: {status}"));
+                self.failed(&format!("{what}: {status}"))
             }
-            std::thread::sleep(Duration::from_millis(1));
+            _ => self.failed(what),
         }
-        self.failed(what)
     }
 
     fn failed(&self, status: &str) -> DataplaneError {
@@ -282,19 +274,12 @@ impl Drop for Session {
         // End of input ends the tool; a tool stuck mid-block is killed.
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        if !matches!(
+            crate::tool::wait_until(&mut self.child, deadline),
+            Ok(Some(_))
+        ) {
+            crate::tool::kill_group(&mut self.child);
         }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -368,15 +353,7 @@ fn token() -> String {
 /// The tool's `line N failed` counts every line it was ever sent; say
 /// instead which line of the change failed, as a one-shot run would.
 pub fn renumber(stderr: &str, lines_before: usize, origin: &[Option<usize>]) -> String {
-    const AT: &str = "line ";
-    let Some(start) = stderr.find(AT).map(|i| i + AT.len()) else {
-        return stderr.to_string();
-    };
-    let digits = stderr[start..]
-        .bytes()
-        .take_while(u8::is_ascii_digit)
-        .count();
-    let Ok(n) = stderr[start..start + digits].parse::<usize>() else {
+    let Some((n, at)) = super::failed_line(stderr) else {
         return stderr.to_string();
     };
     let ours = match n.checked_sub(lines_before + 1).and_then(|i| origin.get(i)) {
@@ -384,7 +361,7 @@ pub fn renumber(stderr: &str, lines_before: usize, origin: &[Option<usize>]) -> 
         Some(None) => format!("{n} (an ack chain's)"),
         None => n.to_string(),
     };
-    format!("{}{ours}{}", &stderr[..start], &stderr[start + digits..])
+    format!("{}{ours}{}", &stderr[..at.start], &stderr[at.end..])
 }
 
 /// The names of the chains whose deletion one datagram of notifications
