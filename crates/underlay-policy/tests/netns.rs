@@ -437,6 +437,12 @@ async fn connections_a_cluster_policy_newly_denies_are_cut() {
     assert!(keep.echo().await, "an allowed connection was cut");
 }
 
+/// An empty network namespace of the test's own, removed when dropped.
+async fn bare_namespace() -> underlay_lab::netns::Netns {
+    let name = format!("{}n", underlay_lab::netns::unique_prefix());
+    underlay_lab::netns::Netns::create(&name).await.unwrap()
+}
+
 /// Entries of `conntrack -L` (both families) in the namespace `ns`.
 fn conntrack_entries(ns: &str) -> usize {
     ["ipv4", "ipv6"]
@@ -455,13 +461,8 @@ async fn conntrack_deletion_touches_only_its_own_namespace() {
     if !require_root("conntrack_deletion_touches_only_its_own_namespace") {
         return;
     }
-    let prefix = underlay_lab::netns::unique_prefix();
-    let node = underlay_lab::netns::Netns::create(&format!("{prefix}n"))
-        .await
-        .unwrap();
-    let other = underlay_lab::netns::Netns::create(&format!("{prefix}o"))
-        .await
-        .unwrap();
+    let node = bare_namespace().await;
+    let other = bare_namespace().await;
     let flow = |protocol, src: &str, dst: &str, sport, dport| underlay_policy::eval::Flow {
         protocol,
         src: src.parse().unwrap(),
@@ -586,7 +587,7 @@ async fn conntrack_deletion_touches_only_its_own_namespace() {
     // Gone already: not counted, not an error.
     assert_eq!(dp.delete_flows(&flows).unwrap(), 0);
     // A namespace that does not exist is an error, never the current one.
-    let mut missing = CommandDataplane::in_netns(format!("{prefix}missing"));
+    let mut missing = CommandDataplane::in_netns(format!("{}missing", node.name()));
     assert!(missing.delete_flows(&flows[..1]).is_err());
 }
 
@@ -677,10 +678,7 @@ async fn rule_changes_go_through_one_running_restore_that_sees_other_writers() {
     if !require_root("rule_changes_go_through_one_running_restore_that_sees_other_writers") {
         return;
     }
-    let prefix = underlay_lab::netns::unique_prefix();
-    let node = underlay_lab::netns::Netns::create(&format!("{prefix}n"))
-        .await
-        .unwrap();
+    let node = bare_namespace().await;
     let ns = node.name().to_string();
     let mut dp = CommandDataplane::in_netns(&ns);
     // A change that is not committed within this is an error, not a hang.
@@ -791,12 +789,9 @@ async fn a_restore_running_in_another_pid_namespace_is_still_heard() {
     // As in a pod: the agent's children have other pids in the node's
     // first pid namespace, which the kernel's own notices use. Here the
     // tool runs under `unshare --pid --fork`, so it is not even our child.
-    let prefix = underlay_lab::netns::unique_prefix();
-    let node = underlay_lab::netns::Netns::create(&format!("{prefix}n"))
-        .await
-        .unwrap();
+    let node = bare_namespace().await;
     let ns = node.name().to_string();
-    let dir = std::env::temp_dir().join(format!("{prefix}-tools"));
+    let dir = std::env::temp_dir().join(format!("{ns}-tools"));
     std::fs::create_dir_all(&dir).unwrap();
     for (tool, run) in [
         ("restore", "unshare --pid --fork iptables-restore"),
