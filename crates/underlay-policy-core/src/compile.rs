@@ -32,7 +32,7 @@
 use crate::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Tier};
 use crate::index::{Index, Members, Selection, SetKey, SetKind};
 use crate::model::{Direction, Endpoint, Family, Peer, Policy, PortMatch, PortRef};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 pub const CHAIN_PREFIX: &str = "UDL-";
@@ -270,26 +270,62 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
         chains.extend(hook_chains(family, config));
         chains.extend(dispatch_chains(&endpoints));
         for ep in &endpoints {
-            chains.extend(endpoint_chains(index, config, &mut names, ep));
+            chains.extend(endpoint_chains(index, config, &mut names, ep, family));
         }
+        // A policy's chain exists in a family only while an endpoint chain
+        // of that family jumps to it.
+        let used = jump_targets(chains);
         for policy in cluster.values() {
             for dir in Direction::BOTH {
-                if !policy.rules(dir).is_empty() {
-                    chains.insert(
-                        names.cluster_chain(policy, dir),
-                        cluster_rules(policy, dir, family, config, &mut names),
-                    );
+                let name = names.cluster_chain(policy, dir);
+                if !policy.rules(dir).is_empty() && used.contains(&name) {
+                    let rules = cluster_rules(policy, dir, family, config, &mut names);
+                    chains.insert(name, rules);
                 }
             }
         }
         for policy in active.values() {
             for dir in Direction::BOTH {
-                if policy.applies(dir) {
-                    chains.insert(
-                        names.policy_chain(policy, dir),
-                        policy_rules(policy, dir, family, &mark, &mut names),
-                    );
+                let name = names.policy_chain(policy, dir);
+                if policy.applies(dir) && used.contains(&name) {
+                    let rules = policy_rules(policy, dir, family, &mark, &mut names);
+                    chains.insert(name, rules);
                 }
+            }
+        }
+    }
+    // And a set only while a rule of its family matches against it.
+    let matched = matched_sets(&out.chains);
+    out.sets.retain(|name, _| matched.contains(name.as_str()));
+    out
+}
+
+/// The chains of ours that `chains` jump or go to.
+fn jump_targets(chains: &BTreeMap<String, Vec<String>>) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for rule in chains.values().flatten() {
+        let mut words = rule.split(' ');
+        while let Some(w) = words.next() {
+            if (w == "-j" || w == "-g")
+                && let Some(target) = words.next().filter(|t| t.starts_with(CHAIN_PREFIX))
+            {
+                out.insert(target.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The sets some rule of either family matches against.
+fn matched_sets(chains: &[BTreeMap<String, Vec<String>>; 2]) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for rule in chains.iter().flat_map(|c| c.values()).flatten() {
+        let mut rest = rule.as_str();
+        while let Some(at) = rest.find("--match-set ") {
+            rest = &rest[at + "--match-set ".len()..];
+            let name = rest.split(' ').next().unwrap_or_default();
+            if !out.contains(name) {
+                out.insert(name.to_string());
             }
         }
     }
@@ -392,16 +428,23 @@ fn dispatch_chains(endpoints: &[&Endpoint]) -> [(String, Vec<String>); 2] {
     [(FROM_POD.into(), from_pod), (TO_POD.into(), to_pod)]
 }
 
-/// One endpoint's chains, one per direction: empty (open) when no policy
-/// of any tier selects it in that direction; else the tiers in order (see
-/// [`endpoint_rules`]); only a drop while the pod is unknown. When an
-/// audited policy selects it in a direction, that direction also gets an
-/// audit chain (see [`audit_chain`]).
+/// One endpoint's chains in one family, one per direction: empty (open)
+/// when no policy of any tier selects it in that direction; else the tiers
+/// in order (see [`endpoint_rules`]); only a drop while the pod is unknown.
+/// When an audited policy selects it in a direction, that direction also
+/// gets an audit chain (see [`audit_chain`]).
+///
+/// An endpoint with addresses, none of them in `family`, is closed in that
+/// family wherever a policy selects it: no peer can be allowed to reach an
+/// address it does not have, nor it to send from one. Those chains are a
+/// drop alone and change only with the selection, so a single-stack
+/// cluster's policy changes leave the other family alone.
 fn endpoint_chains(
     index: &Index,
     config: &Config,
     names: &mut Names,
     ep: &Endpoint,
+    family: Family,
 ) -> Vec<(String, Vec<String>)> {
     let chain = |dir| endpoint_chain(&ep.interface, dir);
     if index.pod(&ep.pod).is_none() {
@@ -414,6 +457,19 @@ fn endpoint_chains(
     let all = index.selection(ep);
     let mode = index.default_mode();
     let enforced = all.enforced(mode);
+    let addressed = ep.ips.is_empty() || ep.ips.iter().any(|ip| Family::of(*ip) == family);
+    if !addressed {
+        return Direction::BOTH
+            .map(|dir| {
+                let rules = if enforced.open(dir) {
+                    Vec::new()
+                } else {
+                    vec!["-j DROP".into()]
+                };
+                (chain(dir), rules)
+            })
+            .to_vec();
+    }
     let log = config.log_all
         || index
             .namespace(&ep.pod.namespace)

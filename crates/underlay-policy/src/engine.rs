@@ -59,6 +59,24 @@ struct ChainState {
     /// order), when it ends with the drop and holds no entry twice; such a
     /// chain is edited in place instead of rewritten.
     entries: Option<BTreeSet<String>>,
+    /// The rules of a chain without a digest, as saved (for a plain chain,
+    /// see [`is_plain`]).
+    verbatim: Option<Vec<String>>,
+}
+
+/// Chains that carry their rules instead of a digest: empty, or a drop
+/// alone (an open or closed endpoint, an unknown pod). `iptables-save`
+/// prints them as written, and without the digest's comment match a
+/// transaction that writes only such chains and dispatch entries uses
+/// native expressions alone. With iptables-nft, a transaction holding a
+/// match or target extension first waits for the kernel to release the
+/// previous one's, which takes tens of milliseconds.
+fn is_plain(rules: &[String]) -> bool {
+    match rules {
+        [] => true,
+        [only] => only == DISPATCH_END,
+        _ => false,
+    }
 }
 
 /// The chains that dispatch by interface, one entry per endpoint and a
@@ -79,12 +97,22 @@ fn expected_state(name: &str, rules: &[String]) -> ChainState {
             digest: None,
             len: rules.len(),
             entries,
+            verbatim: None,
+        };
+    }
+    if is_plain(rules) {
+        return ChainState {
+            digest: None,
+            len: rules.len(),
+            entries: None,
+            verbatim: Some(rules.to_vec()),
         };
     }
     ChainState {
         digest: Some(digest(rules)),
         len: rules.len() + 1,
         entries: None,
+        verbatim: None,
     }
 }
 
@@ -686,9 +714,10 @@ impl<D: Dataplane> Engine<D> {
             if have.contains_key(name) {
                 report.rules_replaced += 1;
             }
-            let d = digest(rules);
             let _ = writeln!(decl, ":{name} - [0:0]");
-            let _ = writeln!(body, "-A {name} -m comment --comment \"udl:{d:016x}\"");
+            if let Some(d) = expect.digest {
+                let _ = writeln!(body, "-A {name} -m comment --comment \"udl:{d:016x}\"");
+            }
             for r in rules {
                 let _ = writeln!(body, "-A {name} {r}");
             }
@@ -910,6 +939,7 @@ fn parse_save(text: &str) -> (BTreeMap<String, ChainState>, [Hook; 3]) {
                         digest: None,
                         len: 0,
                         entries: None,
+                        verbatim: (!is_dispatch(name)).then(Vec::new),
                     },
                 );
             }
@@ -946,6 +976,12 @@ fn parse_save(text: &str) -> (BTreeMap<String, ChainState>, [Hook; 3]) {
                     .find(|w| w[0] == "--comment")
                     .and_then(|w| w[1].strip_prefix("udl:"))
                     .and_then(|h| u64::from_str_radix(h, 16).ok());
+                if state.digest.is_some() {
+                    state.verbatim = None;
+                }
+            }
+            if let Some(rules) = &mut state.verbatim {
+                rules.push(rest[chain.len()..].trim_start().to_string());
             }
             state.len += 1;
         }

@@ -785,3 +785,153 @@ fn an_endpoint_whose_pod_is_unknown_is_denied_until_the_pod_is_known() {
     engine.sync().unwrap();
     assert_eq!(both_ways(&fake), [Verdict::Accept, Verdict::Accept]);
 }
+
+/// The chains of `family` whose names start with one of `prefixes`.
+fn chains_named(fake: &FakeDataplane, family: Family, prefixes: &[&str]) -> Vec<String> {
+    fake.state().tables[family.index()]
+        .keys()
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_single_stack_pod_is_closed_in_its_other_family_which_policy_changes_leave_alone() {
+    use underlay_policy::index::Index;
+    use underlay_policy::model::Pod;
+    use underlay_policy::model::{Attachment, Endpoint, Rule};
+    let s = &scenarios::all()[3]; // both directions denied in x
+    // Every endpoint holds only its IPv4 address, as in a single-stack
+    // cluster (the Pod objects keep both: the endpoint decides).
+    let single_stack = |idx: &mut Index| {
+        load_world(idx);
+        for p in Pid::all() {
+            let mut ep = p.endpoint();
+            ep.ips.retain(|ip| ip.is_ipv4());
+            idx.apply_endpoint(ep);
+        }
+        scenarios::prepare(idx, s);
+    };
+    let allow = |idx: &mut Index| {
+        idx.apply_policy(scenarios::ingress_policy(
+            "x",
+            "allow",
+            Selector::everything(),
+            vec![Rule::allow_all()],
+        ))
+    };
+    let new_pod = |idx: &mut Index| {
+        idx.apply_pod(Pod::new("x", "new").ip("10.88.0.77"));
+        idx.apply_endpoint(Endpoint {
+            pod: PodKey::new("x", "new"),
+            interface: "udlxnew".into(),
+            ips: vec!["10.88.0.77".parse().unwrap()],
+            owner: Attachment::new("sandbox-new", "eth0"),
+        });
+    };
+    let fake = FakeDataplane::new();
+    let mut first = engine(&fake);
+    first.change(single_stack);
+    first.sync().unwrap();
+
+    let v4: Vec<Probe> = Probe::all()
+        .into_iter()
+        .filter(|p| p.family == Family::V4)
+        .collect();
+    let bad = mismatches(&v4, |p| forward(&fake, p), &*s.expect);
+    assert!(bad.is_empty(), "IPv4 truth table: {bad:?}");
+
+    // IPv6 holds no policy's chain and no set: no endpoint can use them.
+    let policy_chains = ["UDL-PI-", "UDL-PE-", "UDL-CI-", "UDL-CE-"];
+    assert!(!chains_named(&fake, Family::V4, &policy_chains).is_empty());
+    assert_eq!(
+        chains_named(&fake, Family::V6, &policy_chains),
+        Vec::<String>::new()
+    );
+    let v6_sets: Vec<String> = fake
+        .state()
+        .sets
+        .iter()
+        .filter(|(_, s)| s.family == "inet6")
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(v6_sets, Vec::<String>::new());
+
+    // An IPv6 packet of a selected pod is dropped (it has no IPv6 address
+    // to be allowed by); one between unselected pods passes as before.
+    let v6 = |src: Pid, dst: Pid| Probe {
+        src,
+        dst,
+        protocol: Protocol::Tcp,
+        port: 80,
+        family: Family::V6,
+    };
+    let (x_a, y_a, z_a) = (
+        Pid { ns: 0, pod: 0 },
+        Pid { ns: 1, pod: 0 },
+        Pid { ns: 2, pod: 0 },
+    );
+    assert!(!forward(&fake, &v6(x_a, y_a)), "egress of x/a in IPv6");
+    assert!(!forward(&fake, &v6(y_a, x_a)), "ingress of x/a in IPv6");
+    assert!(forward(&fake, &v6(y_a, z_a)), "unselected pods stay open");
+
+    // A policy change that selects no other pod writes IPv4 only.
+    let before = fake.state().calls.len();
+    first.change(allow);
+    first.sync().unwrap();
+    let families: Vec<Family> = fake.state().calls[before..]
+        .iter()
+        .filter_map(|c| match c {
+            Call::RestoreFilter(f, _) => Some(*f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(families, vec![Family::V4]);
+    assert!(forward(
+        &fake,
+        &Probe {
+            family: Family::V4,
+            ..v6(y_a, x_a)
+        }
+    ));
+    assert!(!forward(&fake, &v6(y_a, x_a)), "still closed in IPv6");
+
+    // A new pod's IPv6 rules use no match extension: the dispatch entries
+    // and its chains (closed or open) are native expressions.
+    let before = fake.state().calls.len();
+    first.change(new_pod);
+    first.sync().unwrap();
+    let scripts: Vec<String> = fake.state().calls[before..]
+        .iter()
+        .filter_map(|c| match c {
+            Call::RestoreFilter(Family::V6, s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scripts.len(), 1, "{scripts:?}");
+    assert!(scripts[0].contains("udlxnew"), "{}", scripts[0]);
+    assert!(!scripts[0].contains(" -m "), "{}", scripts[0]);
+
+    // A restarted engine adopts the closed chains without writing.
+    let mut restarted = engine(&fake);
+    restarted.change(|idx| {
+        single_stack(idx);
+        allow(idx);
+        new_pod(idx);
+    });
+    let report = restarted.sync().unwrap();
+    assert!(report.wrote_nothing(), "{report:?}");
+
+    // Someone opens a closed chain: repair closes it again.
+    let closed = "UDL-E-".to_string() + &x_a.interface();
+    {
+        let mut st = fake.state();
+        let rules = st.tables[Family::V6.index()].get_mut(&closed).unwrap();
+        assert_eq!(rules, &vec!["-j DROP".to_string()]);
+        rules[0] = "-j ACCEPT".into();
+    }
+    assert!(forward(&fake, &v6(x_a, y_a)), "the edit opened it");
+    let report = first.repair().unwrap();
+    assert!(report.repaired, "{report:?}");
+    assert!(!forward(&fake, &v6(x_a, y_a)), "repair closes it");
+}
