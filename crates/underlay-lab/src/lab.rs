@@ -23,7 +23,8 @@ mod processes;
 mod state;
 
 pub use config::{
-    LabConfig, NODE_AGENT_HEALTH, NODE_API_ADDR, RESOURCE_GROUP, ROUTE_TABLE, SUBSCRIPTION,
+    LabConfig, NODE_AGENT_HEALTH, NODE_AGENT_METRICS, NODE_API_ADDR, RESOURCE_GROUP, ROUTE_TABLE,
+    SUBSCRIPTION,
 };
 pub use fabric::{AppliedTables, fabric_routes};
 pub use kubeconfig::rewrite_server;

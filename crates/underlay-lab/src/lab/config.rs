@@ -8,6 +8,8 @@ use std::time::Duration;
 
 /// Where agents find the API server inside their node namespace (the relay).
 pub const NODE_API_ADDR: &str = "127.0.0.1:6443";
+/// The agent's metrics endpoint inside its node namespace.
+pub const NODE_AGENT_METRICS: &str = "127.0.0.1:9962";
 /// The agent's health endpoint inside its node namespace.
 pub const NODE_AGENT_HEALTH: &str = "127.0.0.1:9963";
 /// The Azure identity of the lab's route table.

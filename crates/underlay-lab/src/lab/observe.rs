@@ -2,7 +2,7 @@
 //! agent and node readiness, node conditions, running pods, probes from a
 //! pod, and the route controller's leader.
 
-use super::{Error, Lab, NODE_AGENT_HEALTH, Result};
+use super::{Error, Lab, NODE_AGENT_HEALTH, NODE_AGENT_METRICS, Result};
 use crate::kubelet::PodInfo;
 use crate::netns::{self, Netns};
 use crate::traffic::{self, Outcome, Protocol};
@@ -47,9 +47,10 @@ impl Lab {
         loop {
             let p = path.clone();
             let ready = tokio::task::spawn_blocking(move || {
-                netns::in_netns(&p, || http_status(NODE_AGENT_HEALTH, "/readyz"))
+                netns::in_netns(&p, || http_get(NODE_AGENT_HEALTH, "/readyz"))
                     .ok()
                     .flatten()
+                    .map(|(status, _)| status)
             })
             .await
             .ok()
@@ -66,6 +67,20 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The agent of `node`'s metrics in the Prometheus text format, from its
+    /// metrics endpoint inside the node's namespace; `None` while it does
+    /// not answer 200.
+    pub async fn agent_metrics(&self, node: &str) -> Result<Option<String>> {
+        let net = self.node_net(node)?;
+        let path = Netns::existing(&net.netns).path();
+        let got = tokio::task::spawn_blocking(move || {
+            netns::in_netns(&path, || http_get(NODE_AGENT_METRICS, "/metrics"))
+        })
+        .await
+        .map_err(|e| Error::Usage(format!("metrics task failed: {e}")))??;
+        Ok(got.and_then(|(status, body)| (status == 200).then_some(body)))
     }
 
     /// Waits until the node is `Ready` (its runtime's network status, CNI
@@ -176,8 +191,8 @@ pub fn node_ready(node: &Node) -> Option<bool> {
         .map(|c| c.status == "True")
 }
 
-/// A plain HTTP/1.1 GET; returns the status code.
-fn http_status(addr: &str, path: &str) -> Option<u16> {
+/// A plain HTTP/1.1 GET: the status code and the body.
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let addr: SocketAddr = addr.parse().ok()?;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
@@ -186,8 +201,10 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    let head = String::from_utf8_lossy(&buf[..n]);
-    head.split_whitespace().nth(1)?.parse().ok()
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).ok()?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }

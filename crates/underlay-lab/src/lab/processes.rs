@@ -2,7 +2,10 @@
 //! route controller replicas in the lab's own — with their command lines,
 //! logs (`<dir>/logs/<what>.log`) and pids recorded in the state file.
 
-use super::{Lab, NODE_AGENT_HEALTH, RESOURCE_GROUP, ROUTE_TABLE, Result, SUBSCRIPTION, io};
+use super::{
+    Lab, NODE_AGENT_HEALTH, NODE_AGENT_METRICS, RESOURCE_GROUP, ROUTE_TABLE, Result, SUBSCRIPTION,
+    io,
+};
 use crate::netns::{self, Netns};
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -169,7 +172,7 @@ impl Lab {
             "--kubeconfig".into(),
             self.node_kubeconfig.clone().into(),
             "--metrics-addr".into(),
-            "127.0.0.1:9962".into(),
+            NODE_AGENT_METRICS.into(),
             "--health-addr".into(),
             NODE_AGENT_HEALTH.into(),
         ];
