@@ -20,16 +20,18 @@ pub enum Suite {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
     },
-    /// Pod-to-pod TCP throughput (iperf3) and request latency across two
-    /// lab nodes: native routing vs a VXLAN overlay, then 0 vs 1,000
-    /// NetworkPolicies (needs root). The underlay binaries are built and
-    /// run in the release profile.
+    /// Pod-to-pod TCP throughput (iperf3), request latency and new TCP
+    /// connections per second across two lab nodes: native routing vs a
+    /// VXLAN overlay, then 0 vs 1,000 NetworkPolicies, each pair alternated
+    /// over rounds and reported as medians with their spread (needs root).
+    /// The underlay binaries are built and run in the release profile.
     Datapath {
         /// Build and run the underlay binaries in the dev profile instead
         /// (quicker to build; the policy figures are then not representative).
         #[arg(long)]
         dev: bool,
-        /// Extra arguments (`--quick` for a short run).
+        /// Extra arguments: `--quick` for a short run, `--rounds N` (default
+        /// 5), `--policies N` (default 1,000).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
     },
