@@ -86,7 +86,7 @@ fn push_addr(buf: &mut Vec<u8>, v4: u16, v6: u16, addr: &IpAddr) {
     }
 }
 
-fn nfgenmsg(buf: &mut Vec<u8>, family: u8) {
+pub(crate) fn nfgenmsg(buf: &mut Vec<u8>, family: u8) {
     buf.extend_from_slice(&[family, NFNETLINK_V0]);
     buf.extend_from_slice(&0u16.to_be_bytes());
 }
@@ -216,7 +216,7 @@ pub fn parse_entry(body: &[u8]) -> Option<Flow> {
     Some(flow)
 }
 
-fn netfilter_socket() -> Result<netlink_sys::Socket> {
+pub(crate) fn netfilter_socket() -> Result<netlink_sys::Socket> {
     kernel_socket(
         NETLINK_NETFILTER,
         [

@@ -358,8 +358,7 @@ impl Dataplane for CommandDataplane {
     }
 
     fn restore_sets(&mut self, script: &str) -> Result<()> {
-        let prog = self.ipset.clone();
-        self.run_ok(&prog, &["restore"], Some(script)).map(drop)
+        crate::ctnetlink::in_netns(self.netns.as_deref(), || crate::ipsetnl::restore(script))
     }
 
     fn list_flows(&mut self) -> Result<Vec<Flow>> {
@@ -456,31 +455,41 @@ mod tests {
         out
     }
 
+    /// A dataplane whose `iptables-restore` is `tool`, a process per change.
+    fn one_shot(tool: &Script) -> CommandDataplane {
+        let prefix = tool.path().trim_end_matches("-restore").to_owned();
+        CommandDataplane {
+            iptables: [prefix.clone(), prefix],
+            persistent_restore: false,
+            ..CommandDataplane::default()
+        }
+    }
+
     #[test]
     fn five_thousand_lines_echoed_while_the_input_is_read_do_not_deadlock() {
         // A tool that answers each line of its input while reading it: with
         // both pipes full, a runner that writes all input before reading
         // any output would wait forever.
         let tool = Script::new(
-            "udl-echo",
-            "while read -r line; do echo \"$line added to the set\"; done",
+            "udl-echo-restore",
+            "while read -r line; do echo \"$line written\"; done",
         );
-        let mut dp = CommandDataplane {
-            ipset: tool.path(),
-            ..CommandDataplane::default()
-        };
+        let mut dp = one_shot(&tool);
         let script: String = (0..5000u32)
-            .map(|i| format!("add udl-x 10.1.{}.{}\n", i / 250, i % 250 + 1))
+            .map(|i| format!("-A UDL-X -s 10.1.{}.{} -j DROP\n", i / 250, i % 250 + 1))
             .collect();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(dp.restore_sets(&script).map_err(|e| e.to_string()));
+            let _ = tx.send(
+                dp.restore_filter(Family::V4, &script)
+                    .map_err(|e| e.to_string()),
+            );
         });
         let restored = rx
             .recv_timeout(std::time::Duration::from_secs(60))
             .expect("the restore deadlocked: both pipes full");
         assert_eq!(restored, Ok(()));
-        assert_eq!(children_named("udl-echo"), Vec::<String>::new());
+        assert_eq!(children_named("udl-echo-restore"), Vec::<String>::new());
     }
 
     #[test]
@@ -516,16 +525,16 @@ mod tests {
 
     #[test]
     fn a_tool_that_exits_before_reading_its_input_is_reaped_and_reported() {
-        let tool = Script::new("udl-early", "exit 3");
-        let mut dp = CommandDataplane {
-            ipset: tool.path(),
-            ..CommandDataplane::default()
-        };
+        let tool = Script::new("udl-early-restore", "exit 3");
+        let mut dp = one_shot(&tool);
         // Far more than a pipe holds.
-        let script = "add udl-x 10.0.0.1\n".repeat(20_000);
-        let err = dp.restore_sets(&script).unwrap_err().to_string();
-        assert!(err.contains("udl-early"), "{err}");
-        assert_eq!(children_named("udl-early"), Vec::<String>::new());
+        let script = "-A UDL-X -s 10.0.0.1 -j DROP\n".repeat(20_000);
+        let err = dp
+            .restore_filter(Family::V4, &script)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("udl-early-restore"), "{err}");
+        assert_eq!(children_named("udl-early-restore"), Vec::<String>::new());
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod dataplane;
 pub mod denials;
 pub mod describe;
 pub mod engine;
+pub mod ipsetnl;
 pub mod kernel_trace;
 pub mod metrics;
 pub mod nflog;

@@ -820,3 +820,143 @@ async fn a_restore_running_in_another_pid_namespace_is_still_heard() {
     assert_eq!(chain_rules(&ns, "iptables", "UDL-P").len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The members `ipset save` prints in namespace `ns` (`add` lines).
+fn saved_members(ns: &str) -> Vec<String> {
+    let mut v: Vec<String> = sh(&["ip", "netns", "exec", ns, "ipset", "save"])
+        .lines()
+        .filter(|l| l.starts_with("add "))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipset_scripts_run_over_netlink_as_the_tool_runs_them() {
+    if !require_root("ipset_scripts_run_over_netlink_as_the_tool_runs_them") {
+        return;
+    }
+    let node = bare_namespace().await;
+    let other = bare_namespace().await;
+    let mut dp = CommandDataplane::in_netns(node.name());
+    let script = "\
+create udlt4-p hash:ip family inet maxelem 1048576 -exist
+flush udlt4-p
+add udlt4-p 10.0.0.1 -exist
+add udlt4-p 10.0.0.2 -exist
+add udlt4-p 10.0.0.1 -exist
+create udlt6-n hash:net family inet6 maxelem 1048576 -exist
+add udlt6-n fd00::/64 -exist
+add udlt6-n fd00::/96 nomatch -exist
+create udlt4-o hash:ip,port family inet maxelem 1048576 -exist
+add udlt4-o 10.0.0.1,tcp:80 -exist
+add udlt4-o 10.0.0.1,sctp:9 -exist
+del udlt4-o 10.9.9.9,udp:53 -exist
+";
+    dp.restore_sets(script).unwrap();
+    // Run again, every line is a no-op (`-exist`): sets alike, members held.
+    dp.restore_sets(script).unwrap();
+    let mut want = vec![
+        "add udlt4-o 10.0.0.1,sctp:9",
+        "add udlt4-o 10.0.0.1,tcp:80",
+        "add udlt4-p 10.0.0.1",
+        "add udlt4-p 10.0.0.2",
+        "add udlt6-n fd00::/64",
+        "add udlt6-n fd00::/96 nomatch",
+    ];
+    want.sort();
+    assert_eq!(saved_members(node.name()), want);
+    assert_eq!(
+        sh(&["ip", "netns", "exec", other.name(), "ipset", "list", "-n"]),
+        "",
+        "another namespace's sets are untouched"
+    );
+
+    // Thousands of members built aside and swapped in, as the engine
+    // replaces a set that changes wholesale.
+    let mut swap = String::from(
+        "create udlt4-p-t hash:ip family inet maxelem 1048576 -exist\nflush udlt4-p-t\n",
+    );
+    for i in 0..3000u32 {
+        swap.push_str(&format!(
+            "add udlt4-p-t 10.1.{}.{} -exist\n",
+            i / 200,
+            i % 200
+        ));
+    }
+    swap.push_str("swap udlt4-p-t udlt4-p\ndestroy udlt4-p-t\n");
+    dp.restore_sets(&swap).unwrap();
+    let members = saved_members(node.name());
+    assert_eq!(
+        members
+            .iter()
+            .filter(|m| m.starts_with("add udlt4-p "))
+            .count(),
+        3000
+    );
+    assert!(!members.contains(&"add udlt4-p 10.0.0.1".to_string()));
+
+    // A set a rule still uses: the script stops at the refused line,
+    // whose number and wording the engine reads; what came before is done.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        node.name(),
+        "iptables",
+        "-A",
+        "INPUT",
+        "-m",
+        "set",
+        "--match-set",
+        "udlt4-p",
+        "src",
+        "-j",
+        "DROP",
+    ]);
+    let err = dp
+        .restore_sets("destroy udlt6-n\ndestroy udlt4-p\ndestroy udlt4-o\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Error in line 2") && err.contains("in use by a kernel component"),
+        "{err}"
+    );
+    let names = sh(&["ip", "netns", "exec", node.name(), "ipset", "list", "-n"]);
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort();
+    assert_eq!(names, vec!["udlt4-o", "udlt4-p"]);
+
+    // Bad input is refused before the kernel is asked; a missing set is
+    // the kernel's refusal, in the tool's words.
+    let err = dp
+        .restore_sets("add udlt4-o 10.0.0.2,tcp:81 -exist\nadd udlt4-p 10.0.0.300 -exist\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Error in line 2"), "{err}");
+    assert!(
+        !saved_members(node.name()).contains(&"add udlt4-o 10.0.0.2,tcp:81".to_string()),
+        "nothing of a refused script is run"
+    );
+    // A member the kernel refuses inside a run of edits: the error names
+    // its line, the members before it are in and those after it are not.
+    let err = dp
+        .restore_sets(
+            "add udlt4-o 10.0.0.3,tcp:1 -exist\nadd udlt4-o fd00::3,tcp:1 -exist\nadd udlt4-o 10.0.0.4,tcp:1 -exist\n",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Error in line 2"), "{err}");
+    let members = saved_members(node.name());
+    assert!(members.contains(&"add udlt4-o 10.0.0.3,tcp:1".to_string()));
+    assert!(!members.contains(&"add udlt4-o 10.0.0.4,tcp:1".to_string()));
+    let err = dp
+        .restore_sets("add udlt-none 10.0.0.1 -exist\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Error in line 1") && err.contains("does not exist"),
+        "{err}"
+    );
+}
