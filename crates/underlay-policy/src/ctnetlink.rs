@@ -227,12 +227,12 @@ pub(crate) fn netfilter_socket() -> Result<netlink_sys::Socket> {
     )
 }
 
-/// The live entries of one family (`AF_INET` or `AF_INET6`) in the
-/// conntrack table of the current network namespace ([`parse_entry`]).
-pub fn list(family: u8) -> Result<Vec<Flow>> {
-    let socket = netfilter_socket()?;
+/// The live entries of one family (`AF_INET` or `AF_INET6`, or both with
+/// `AF_UNSPEC`) in the conntrack table of the network namespace of
+/// `socket` ([`parse_entry`]).
+pub fn list(socket: &netlink_sys::Socket, family: u8) -> Result<Vec<Flow>> {
     let mut flows = Vec::new();
-    nl::dump(&socket, &encode_ct_dump(1, family), "conntrack dump", |m| {
+    nl::dump(socket, &encode_ct_dump(1, family), "conntrack dump", |m| {
         if m.kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW {
             flows.extend(parse_entry(m.body));
         }
@@ -280,15 +280,14 @@ pub fn in_netns<T: Send>(
     }
 }
 
-/// Deletes the entries of `flows` from the conntrack table of the current
-/// network namespace, on one socket, up to [`WINDOW`] requests in flight.
-/// Returns how many were deleted; entries already gone are not counted and
-/// not an error. Any other refusal is reported after every ack was read.
-pub fn delete(flows: &[Flow]) -> Result<usize> {
+/// Deletes the entries of `flows` from the conntrack table of the network
+/// namespace of `socket`, up to [`WINDOW`] requests in flight. Returns how
+/// many were deleted; entries already gone are not counted and not an
+/// error. Any other refusal is reported after every ack was read.
+pub fn delete(socket: &netlink_sys::Socket, flows: &[Flow]) -> Result<usize> {
     if flows.is_empty() {
         return Ok(0);
     }
-    let socket = netfilter_socket()?;
     let mut deleted = 0;
     let mut refused: Option<(Flow, i32)> = None;
     let mut recv = Vec::with_capacity(64 * 1024);

@@ -13,6 +13,7 @@ use crate::tool::ToolError;
 pub mod fake;
 pub mod restore;
 pub use fake::{Call, FakeDataplane, FakeSet, FakeState};
+use netlink_sys::Socket;
 use std::net::IpAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -115,6 +116,11 @@ pub struct CommandDataplane {
     /// per change.
     pub persistent_restore: bool,
     pub(crate) restorers: Arc<[Mutex<Restorer>; 2]>,
+    /// The `NETLINK_NETFILTER` socket of ipset and conntrack requests, kept
+    /// open: nf_tables answers the closing of any such socket by waiting
+    /// for the release of its last transaction (an RCU grace period, 8–30
+    /// ms here), so a socket per change cost more than its requests.
+    pub(crate) netfilter: Arc<Mutex<Option<Socket>>>,
 }
 
 /// How a family's rule changes are written.
@@ -157,6 +163,7 @@ impl Default for CommandDataplane {
             timeout: DEFAULT_TOOL_TIMEOUT,
             persistent_restore: true,
             restorers: Arc::default(),
+            netfilter: Arc::default(),
         }
     }
 }
@@ -272,6 +279,26 @@ impl CommandDataplane {
         applied
     }
 
+    /// Runs `work` on the kept netfilter socket of the dataplane's
+    /// namespace, opening it the first time. A socket an exchange failed on
+    /// may hold a stray answer: it is replaced. A request the kernel refused
+    /// (an ipset command) was answered in full, and the socket is kept.
+    fn with_netfilter<T>(&self, work: impl FnOnce(&Socket) -> Result<T>) -> Result<T> {
+        let mut kept = self.netfilter.lock().unwrap_or_else(|p| p.into_inner());
+        let socket = match &mut *kept {
+            Some(socket) => socket,
+            empty => empty.insert(crate::ctnetlink::in_netns(
+                self.netns.as_deref(),
+                crate::ctnetlink::netfilter_socket,
+            )?),
+        };
+        let result = work(socket);
+        if matches!(result, Err(ref e) if !matches!(e, DataplaneError::Failed { .. })) {
+            *kept = None;
+        }
+        result
+    }
+
     /// The process id of the family's running `iptables-restore`, if one
     /// is kept running.
     pub fn restore_session_pid(&self, family: Family) -> Option<u32> {
@@ -358,20 +385,18 @@ impl Dataplane for CommandDataplane {
     }
 
     fn restore_sets(&mut self, script: &str) -> Result<()> {
-        crate::ctnetlink::in_netns(self.netns.as_deref(), || crate::ipsetnl::restore(script))
+        self.with_netfilter(|socket| crate::ipsetnl::restore(socket, script))
     }
 
     fn list_flows(&mut self) -> Result<Vec<Flow>> {
-        crate::ctnetlink::in_netns(self.netns.as_deref(), || {
-            crate::ctnetlink::list(crate::nl::AF_UNSPEC)
-        })
+        self.with_netfilter(|socket| crate::ctnetlink::list(socket, crate::nl::AF_UNSPEC))
     }
 
     fn delete_flows(&mut self, flows: &[Flow]) -> Result<usize> {
         if flows.is_empty() {
             return Ok(0);
         }
-        crate::ctnetlink::in_netns(self.netns.as_deref(), || crate::ctnetlink::delete(flows))
+        self.with_netfilter(|socket| crate::ctnetlink::delete(socket, flows))
     }
 
     fn host_addresses(&mut self) -> Result<Vec<IpAddr>> {

@@ -17,7 +17,7 @@
 //! one message (`IPSET_ATTR_ADT`), so a set of thousands of members is a
 //! few round trips.
 
-use crate::ctnetlink::{netfilter_socket, nfgenmsg};
+use crate::ctnetlink::nfgenmsg;
 use crate::dataplane::{DataplaneError, Result};
 use crate::nl::{self, AF_INET, AF_INET6, AF_UNSPEC, NLM_F_ACK, NLM_F_REQUEST};
 use std::collections::HashMap;
@@ -248,9 +248,7 @@ fn parse(script: &str) -> Result<Vec<(usize, Command)>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let command = parse_line(line).map_err(|e| {
-            DataplaneError::Rejected(format!("ipset: Error in line {}: {e}", i + 1))
-        })?;
+        let command = parse_line(line).map_err(|e| refused("parse", i + 1, &e))?;
         out.push((i + 1, command));
     }
     Ok(out)
@@ -434,6 +432,15 @@ fn describe(verb: &str, code: i32) -> String {
     }
 }
 
+/// A script line refused, by us or by the kernel, in the tool's form.
+fn refused(verb: &str, line: usize, why: &str) -> DataplaneError {
+    DataplaneError::Failed {
+        program: "ipset (netlink)".into(),
+        status: format!("{verb} refused"),
+        stderr: format!("Error in line {line}: {why}"),
+    }
+}
+
 /// Sends one request and reads its ack: 0, or the kernel's error code
 /// and the line the kernel wrote into the request it echoes (an edit run's
 /// refused member).
@@ -511,13 +518,12 @@ fn kernel_revision(
 }
 
 /// Runs an ipset restore script (see the module's documentation) against
-/// the current network namespace.
-pub fn restore(script: &str) -> Result<()> {
+/// the network namespace of `socket`.
+pub fn restore(socket: &netlink_sys::Socket, script: &str) -> Result<()> {
     let commands = parse(script)?;
     if commands.is_empty() {
         return Ok(());
     }
-    let socket = netfilter_socket()?;
     let mut recv = Vec::with_capacity(8 * 1024);
     let mut revisions: HashMap<(String, u8), u8> = HashMap::new();
     for (kind, family) in commands.iter().filter_map(|(_, c)| match c {
@@ -527,7 +533,7 @@ pub fn restore(script: &str) -> Result<()> {
         if let std::collections::hash_map::Entry::Vacant(e) =
             revisions.entry((kind.clone(), family))
         {
-            e.insert(kernel_revision(&socket, kind, family, &mut recv)?);
+            e.insert(kernel_revision(socket, kind, family, &mut recv)?);
         }
     }
     for group in requests(&commands) {
@@ -537,18 +543,14 @@ pub fn restore(script: &str) -> Result<()> {
                 .copied()
                 .unwrap_or_default()
         });
-        let (code, echoed) = exchange(&socket, &request, &mut recv)?;
+        let (code, echoed) = exchange(socket, &request, &mut recv)?;
         if code == 0 {
             continue;
         }
         let (first, command) = &group[0];
         let lines = *first..=group[group.len() - 1].0;
         let line = echoed.filter(|l| lines.contains(l)).unwrap_or(*first);
-        return Err(DataplaneError::Failed {
-            program: "ipset (netlink)".into(),
-            status: format!("{} refused", command.verb()),
-            stderr: format!("Error in line {line}: {}", describe(command.verb(), code)),
-        });
+        return Err(refused(command.verb(), line, &describe(command.verb(), code)));
     }
     Ok(())
 }

@@ -959,4 +959,26 @@ del udlt4-o 10.9.9.9,udp:53 -exist
         err.contains("Error in line 1") && err.contains("does not exist"),
         "{err}"
     );
+
+    // All of it went through one socket, still open: closing a netfilter
+    // socket makes nf_tables wait for its last transaction's release.
+    let sockets = netfilter_sockets(node.name());
+    assert_eq!(sockets.len(), 1, "{sockets:?}");
+    dp.list_flows().unwrap();
+    dp.restore_sets("add udlt4-p 10.2.0.1 -exist\n").unwrap();
+    assert_eq!(netfilter_sockets(node.name()), sockets);
+}
+
+/// The inodes of the user-space `NETLINK_NETFILTER` sockets open in
+/// namespace `ns` (the kernel's own has port id 0).
+fn netfilter_sockets(ns: &str) -> Vec<String> {
+    sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/netlink"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"12") && f.get(2) != Some(&"0"))
+                .then(|| f.last().map(|s| s.to_string()))?
+        })
+        .collect()
 }
