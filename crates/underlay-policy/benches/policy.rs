@@ -10,7 +10,9 @@
 //! namespace, measured in the same run. The engine runs as the agent ships
 //! it (its flags' defaults: deny logging on, conntrack cleanup of newly
 //! denied connections on); a second, labelled policy-change row has the
-//! cleanup off.
+//! cleanup off. The change rows sync back to back, as a burst of changes
+//! does; labelled rows repeat three of them 100 ms apart, as a change that
+//! comes alone (see the comment there for why they differ).
 //!
 //! Then the deletion of N conntrack entries of newly denied connections:
 //! ctnetlink requests on one socket (what the engine does) against one
@@ -433,6 +435,46 @@ fn main() {
             });
         }
         rows.push(("one new local pod", row));
+
+        // The rows above sync back to back, like a burst of changes. A
+        // transaction that creates an iptables-nft match or target
+        // extension first waits for the kernel to release what the previous
+        // one deleted (an RCU grace period); a change that comes alone does
+        // not wait. The same changes, each one 100 ms after the last:
+        let settle = || std::thread::sleep(Duration::from_millis(100));
+        let alone = scale.iterations.min(20);
+        let mut row = Row::new();
+        for n in 0..alone {
+            settle();
+            measure(&mut engine, &mut row, port_change(4000 + n as u16));
+        }
+        rows.push(("one policy change, 100 ms after the last", row));
+        let mut row = Row::new();
+        for n in 0..alone {
+            settle();
+            let i = scale.local + 20 * (n % (scale.pods / 20 - 10)) + 3;
+            let tier = if n % 2 == 0 { "frontend" } else { "backend" };
+            let p = pod(i, &scale, tier);
+            measure(&mut engine, &mut row, |idx| idx.apply_pod(p));
+        }
+        rows.push(("one pod label change, 100 ms after the last", row));
+        let mut row = Row::new();
+        for n in 0..alone {
+            settle();
+            let i = scale.pods + scale.iterations + n;
+            let p = pod(i, &scale, "backend");
+            let ep = Endpoint {
+                pod: p.key.clone(),
+                interface: format!("udlm{n}"),
+                ips: p.ips.clone(),
+                owner: Attachment::new(format!("sandbox-m{n}"), "eth0"),
+            };
+            measure(&mut engine, &mut row, |idx| {
+                idx.apply_pod(p);
+                idx.apply_endpoint(ep);
+            });
+        }
+        rows.push(("one new local pod, 100 ms after the last", row));
 
         let mut row = Row::new();
         engine.set_conntrack_cleanup(false);
