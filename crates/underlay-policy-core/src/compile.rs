@@ -30,8 +30,8 @@
 //! protocol, port) so one shared rule resolves the name per pod.
 
 use crate::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Tier};
-use crate::index::{Index, Members, Selection, SetKey, SetKind};
-use crate::model::{Direction, Endpoint, Family, Peer, Policy, PortMatch, PortRef};
+use crate::index::{Index, Member, Members, Selection, SetKey, SetKind, net_entries};
+use crate::model::{Direction, Endpoint, Family, Peer, Policy, PortMatch, PortRef, Rule};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -187,6 +187,16 @@ impl Names {
         self.assign(&format!("{SET_PREFIX}{fam}-{kind}-"), &key.canonical())
     }
 
+    /// The `hash:net` set of `ipBlock`s an endpoint chain matches at once
+    /// (`cidrs` their rendering, in order), in one family.
+    pub fn blocks(&mut self, cidrs: &str, family: Family) -> String {
+        let fam = match family {
+            Family::V4 => '4',
+            Family::V6 => '6',
+        };
+        self.assign(&format!("{SET_PREFIX}{fam}-b-"), cidrs)
+    }
+
     /// The chain of a cluster policy in one direction.
     pub fn cluster_chain(&mut self, policy: &ClusterPolicy, dir: Direction) -> String {
         let d = match dir {
@@ -269,8 +279,12 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
         let chains = &mut out.chains[family.index()];
         chains.extend(hook_chains(family, config));
         chains.extend(dispatch_chains(&endpoints));
+        let mut merged = Merged {
+            family,
+            sets: &mut out.sets,
+        };
         for ep in &endpoints {
-            chains.extend(endpoint_chains(index, config, &mut names, ep, family));
+            chains.extend(endpoint_chains(index, config, &mut names, ep, &mut merged));
         }
         // A policy's chain exists in a family only while an endpoint chain
         // of that family jumps to it.
@@ -287,7 +301,7 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
         for policy in active.values() {
             for dir in Direction::BOTH {
                 let name = names.policy_chain(policy, dir);
-                if policy.applies(dir) && used.contains(&name) {
+                if unmerged(policy, dir) && used.contains(&name) {
                     let rules = policy_rules(policy, dir, family, &mark, &mut names);
                     chains.insert(name, rules);
                 }
@@ -444,8 +458,9 @@ fn endpoint_chains(
     config: &Config,
     names: &mut Names,
     ep: &Endpoint,
-    family: Family,
+    merged: &mut Merged<'_>,
 ) -> Vec<(String, Vec<String>)> {
+    let family = merged.family;
     let chain = |dir| endpoint_chain(&ep.interface, dir);
     if index.pod(&ep.pod).is_none() {
         // Unknown means denied: without its Pod object nothing says which
@@ -482,7 +497,7 @@ fn endpoint_chains(
                 Vec::new()
             } else {
                 let exits = Exits::enforcing(ALLOW.into(), deny_log);
-                endpoint_rules(&enforced, dir, config, names, &exits)
+                endpoint_rules(&enforced, dir, config, names, &exits, merged)
             };
             out.push((chain(dir), rules));
             continue;
@@ -492,7 +507,7 @@ fn endpoint_chains(
             Vec::new()
         } else {
             let exits = Exits::enforcing(audit.clone(), deny_log);
-            endpoint_rules(&enforced, dir, config, names, &exits)
+            endpoint_rules(&enforced, dir, config, names, &exits, merged)
         };
         if enforced.get(dir).is_empty() {
             // What the enforced tiers leave undecided is allowed: audit it.
@@ -504,7 +519,10 @@ fn endpoint_chains(
             deny: format!("-g {ALLOW}"),
             log: Some(log_rule(config, ep, dir, "audit")),
         };
-        out.push((audit, endpoint_rules(&all, dir, config, names, &exits)));
+        out.push((
+            audit,
+            endpoint_rules(&all, dir, config, names, &exits, merged),
+        ));
     }
     out
 }
@@ -556,6 +574,7 @@ fn endpoint_rules(
     config: &Config,
     names: &mut Names,
     exits: &Exits,
+    merged: &mut Merged<'_>,
 ) -> Vec<String> {
     let accepted = config.accepted();
     let (allow, deny) = (&exits.allow, &exits.deny);
@@ -592,13 +611,100 @@ fn endpoint_rules(
         }
         return rules;
     }
-    for p in policies {
+    rules.extend(merged.peer_rules(policies, dir, names, allow));
+    for p in policies.iter().filter(|p| unmerged(p, dir)) {
         rules.push(format!("-j {}", names.policy_chain(p, dir)));
         rules.push(format!("-m mark --mark {accepted} -g {allow}"));
     }
     rules.extend(exits.log.clone());
     rules.push(deny.clone());
     rules
+}
+
+/// A rule that allows its peers on every port: the endpoint chain matches
+/// its peers itself (see [`Merged`]) instead of jumping to the policy's
+/// chain.
+fn is_merged(rule: &Rule) -> bool {
+    rule.ports.is_empty() && !rule.peers.is_empty()
+}
+
+/// Whether a policy keeps a chain in `dir`: it applies there and has a
+/// rule the endpoint chains do not match themselves.
+fn unmerged(policy: &Policy, dir: Direction) -> bool {
+    policy.applies(dir) && policy.rules(dir).iter().any(|r| !is_merged(r))
+}
+
+/// The peers an endpoint's NetworkPolicies allow on every port, matched
+/// in the endpoint chain. A new connection to a pod that many policies
+/// select would otherwise walk every policy's chain (a jump, its rules and
+/// a mark check each): with 1,000 policies that is most of the cost of a
+/// connection. Here the `ipBlock`s without exceptions of all of them are
+/// one `hash:net` set, one lookup; every other peer set is one rule, once
+/// however many policies name it. Allowing is a union, so the order of
+/// these rules and the policies' chains does not matter.
+struct Merged<'a> {
+    family: Family,
+    /// The desired sets, which the `ipBlock` sets join.
+    sets: &'a mut BTreeMap<String, DesiredSet>,
+}
+
+impl Merged<'_> {
+    fn peer_rules(
+        &mut self,
+        policies: &[Arc<Policy>],
+        dir: Direction,
+        names: &mut Names,
+        allow: &str,
+    ) -> Vec<String> {
+        let peer_dir = match dir {
+            Direction::Ingress => "src",
+            Direction::Egress => "dst",
+        };
+        let mut blocks = Members::new();
+        let mut sets: Vec<String> = Vec::new();
+        for policy in policies {
+            for rule in policy.rules(dir).iter().filter(|r| is_merged(r)) {
+                for peer in &rule.peers {
+                    match peer {
+                        // Matches nothing in this family.
+                        Peer::IpBlock { cidr, .. } if cidr.family() != self.family => {}
+                        Peer::IpBlock { cidr, except } if except.is_empty() => {
+                            for cidr in net_entries(cidr) {
+                                let entry = Member::Net {
+                                    cidr,
+                                    nomatch: false,
+                                };
+                                blocks.insert(entry, 1);
+                            }
+                        }
+                        _ => {
+                            let key = SetKey::for_peer(&policy.namespace, peer);
+                            let set = names.set(&key, self.family);
+                            if !sets.contains(&set) {
+                                sets.push(set);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut rules = Vec::new();
+        if !blocks.is_empty() {
+            let id: Vec<String> = blocks.keys().map(|m| m.render()).collect();
+            let name = names.blocks(&id.join(","), self.family);
+            rules.push(format!("-m set --match-set {name} {peer_dir} -g {allow}"));
+            self.sets.entry(name).or_insert_with(|| DesiredSet {
+                family: self.family,
+                kind: SetKind::HashNet,
+                members: Arc::new(blocks),
+                describes: format!("{} ipBlocks allowed on every port", id.len()),
+            });
+        }
+        for set in sets {
+            rules.push(format!("-m set --match-set {set} {peer_dir} -g {allow}"));
+        }
+        rules
+    }
 }
 
 /// The NFLOG rule logging a denied (`kind` "deny") or audit-denied
@@ -638,7 +744,7 @@ fn policy_rules(
         Direction::Egress => ("dst", "src"),
     };
     let mut rules = Vec::new();
-    for rule in policy.rules(dir) {
+    for rule in policy.rules(dir).iter().filter(|r| !is_merged(r)) {
         let peers: Vec<String> = if rule.peers.is_empty() {
             vec![String::new()]
         } else {

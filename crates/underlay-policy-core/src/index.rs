@@ -194,6 +194,15 @@ impl Member {
     }
 }
 
+/// The `hash:net` entries of a network: itself, or the two halves of a
+/// /0, which the set type cannot hold.
+pub(crate) fn net_entries(cidr: &Cidr) -> Vec<Cidr> {
+    match cidr.halves() {
+        Some(h) if cidr.prefix_len() == 0 => h.to_vec(),
+        _ => vec![*cidr],
+    }
+}
+
 /// Members with the number of pods that contribute each (two pods may
 /// briefly share an address).
 pub type Members = BTreeMap<Member, u32>;
@@ -753,12 +762,7 @@ impl Index {
         let mut data = SetData::default();
         match key {
             SetKey::Block { cidr, except } => {
-                // hash:net cannot hold a /0: split it in two halves.
-                let roots = match cidr.halves() {
-                    Some(h) if cidr.prefix_len() == 0 => h.to_vec(),
-                    _ => vec![*cidr],
-                };
-                for c in roots {
+                for c in net_entries(cidr) {
                     data.add(Member::Net {
                         cidr: c,
                         nomatch: false,

@@ -550,7 +550,11 @@ pub fn restore(socket: &netlink_sys::Socket, script: &str) -> Result<()> {
         let (first, command) = &group[0];
         let lines = *first..=group[group.len() - 1].0;
         let line = echoed.filter(|l| lines.contains(l)).unwrap_or(*first);
-        return Err(refused(command.verb(), line, &describe(command.verb(), code)));
+        return Err(refused(
+            command.verb(),
+            line,
+            &describe(command.verb(), code),
+        ));
     }
     Ok(())
 }

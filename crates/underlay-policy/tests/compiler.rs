@@ -843,7 +843,6 @@ fn a_single_stack_pod_is_closed_in_its_other_family_which_policy_changes_leave_a
 
     // IPv6 holds no policy's chain and no set: no endpoint can use them.
     let policy_chains = ["UDL-PI-", "UDL-PE-", "UDL-CI-", "UDL-CE-"];
-    assert!(!chains_named(&fake, Family::V4, &policy_chains).is_empty());
     assert_eq!(
         chains_named(&fake, Family::V6, &policy_chains),
         Vec::<String>::new()
@@ -887,6 +886,11 @@ fn a_single_stack_pod_is_closed_in_its_other_family_which_policy_changes_leave_a
         })
         .collect();
     assert_eq!(families, vec![Family::V4]);
+    assert!(!chains_named(&fake, Family::V4, &policy_chains).is_empty());
+    assert_eq!(
+        chains_named(&fake, Family::V6, &policy_chains),
+        Vec::<String>::new()
+    );
     assert!(forward(
         &fake,
         &Probe {
@@ -934,4 +938,120 @@ fn a_single_stack_pod_is_closed_in_its_other_family_which_policy_changes_leave_a
     let report = first.repair().unwrap();
     assert!(report.repaired, "{report:?}");
     assert!(!forward(&fake, &v6(x_a, y_a)), "repair closes it");
+}
+
+#[test]
+fn the_peers_many_policies_allow_on_every_port_are_matched_by_the_endpoint_chain_at_once() {
+    use underlay_policy::model::{Peer, Policy, Rule};
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let x_a = Pid { ns: 0, pod: 0 };
+    let block_policy = |i: usize| {
+        let mut p = Policy::new("x", &format!("block-{i}"), Selector::labels([("pod", "a")]));
+        let cidr = format!("172.{}.{}.0/24", 16 + i / 256, i % 256);
+        p.ingress = vec![Rule::from(vec![Peer::block(&cidr, &[])])];
+        p
+    };
+    let from = |src: &str| {
+        // Arriving from the fabric, not from a pod interface.
+        let mut pkt = Packet {
+            iif: Some("eth0".into()),
+            oif: Some(x_a.interface()),
+            src: src.parse().unwrap(),
+            dst: x_a.ip(Family::V4),
+            protocol: Protocol::Tcp,
+            dport: 80,
+            mark: 0,
+        };
+        verdict(&fake, Family::V4, "FORWARD", &mut pkt)
+    };
+    let ingress_chain = || fake.state().tables[0][&format!("UDL-I-{}", x_a.interface())].clone();
+    let mut lengths = Vec::new();
+    for count in [20, 200] {
+        engine.change(|idx| {
+            for i in 0..count {
+                idx.apply_policy(block_policy(i));
+            }
+            // Two more naming the same pods: one rule for both.
+            for name in ["pods-b", "pods-b-too"] {
+                let mut p = Policy::new("x", name, Selector::labels([("pod", "a")]));
+                p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([(
+                    "pod", "b",
+                )]))])];
+                idx.apply_policy(p);
+            }
+        });
+        engine.sync().unwrap();
+        lengths.push(ingress_chain().len());
+        assert_eq!(from("172.16.7.9"), Verdict::Accept);
+        assert_eq!(
+            from(&format!(
+                "172.{}.{}.1",
+                16 + (count - 1) / 256,
+                (count - 1) % 256
+            )),
+            Verdict::Accept
+        );
+        assert_eq!(from("172.31.250.1"), Verdict::Drop);
+        let mut from_b = Packet {
+            iif: Some(Pid { ns: 0, pod: 1 }.interface()),
+            oif: Some(x_a.interface()),
+            src: Pid { ns: 0, pod: 1 }.ip(Family::V4),
+            dst: x_a.ip(Family::V4),
+            protocol: Protocol::Tcp,
+            dport: 80,
+            mark: 0,
+        };
+        assert_eq!(
+            verdict(&fake, Family::V4, "FORWARD", &mut from_b),
+            Verdict::Accept
+        );
+    }
+    // The chain does not grow with the policies, and none of them keeps a
+    // chain of its own.
+    assert_eq!(lengths[0], lengths[1], "{:?}", ingress_chain());
+    assert!(lengths[1] <= 5, "{:?}", ingress_chain());
+    assert_eq!(
+        chains_named(&fake, Family::V4, &["UDL-PI-"]),
+        Vec::<String>::new()
+    );
+
+    // An exception of one policy is no exception for another that allows
+    // the same addresses: the union of what each allows.
+    engine.change(|idx| {
+        let mut p = Policy::new("x", "except", Selector::labels([("pod", "a")]));
+        p.ingress = vec![Rule::from(vec![Peer::block(
+            "10.50.0.0/16",
+            &["10.50.1.0/24"],
+        )])];
+        idx.apply_policy(p);
+    });
+    engine.sync().unwrap();
+    assert_eq!(from("10.50.2.1"), Verdict::Accept);
+    assert_eq!(from("10.50.1.5"), Verdict::Drop, "excepted");
+    engine.change(|idx| {
+        let mut p = Policy::new("x", "inner", Selector::labels([("pod", "a")]));
+        p.ingress = vec![Rule::from(vec![Peer::block("10.50.1.0/25", &[])])];
+        idx.apply_policy(p);
+    });
+    engine.sync().unwrap();
+    assert_eq!(
+        from("10.50.1.5"),
+        Verdict::Accept,
+        "allowed by the other policy"
+    );
+    assert_eq!(
+        from("10.50.1.200"),
+        Verdict::Drop,
+        "excepted, allowed by none"
+    );
+    // Everything (a /0, which hash:net holds as two halves).
+    engine.change(|idx| {
+        let mut p = Policy::new("x", "all", Selector::labels([("pod", "a")]));
+        p.ingress = vec![Rule::from(vec![Peer::block("0.0.0.0/0", &[])])];
+        idx.apply_policy(p);
+    });
+    engine.sync().unwrap();
+    assert_eq!(from("10.50.1.200"), Verdict::Accept);
+    assert_eq!(from("203.0.113.9"), Verdict::Accept);
 }

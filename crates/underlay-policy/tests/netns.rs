@@ -384,11 +384,13 @@ async fn newly_denied_established_connections_are_cut() {
         "control: established flows pass without cleanup"
     );
 
-    // With cleanup (the default), the change cuts it.
+    // With cleanup (the default), the next change that rewrites x/a's
+    // rules cuts it: a second policy that also allows b, on port 81 only.
     e.set_conntrack_cleanup(true);
     e.change(|idx| {
         let mut p = only_b_to_a();
         p.name = "only-b-again".into();
+        p.ingress[0].ports = vec![underlay_policy::model::PortMatch::tcp(81)];
         idx.apply_policy(p);
     });
     let report = e.sync().unwrap();
