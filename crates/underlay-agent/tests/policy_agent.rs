@@ -510,10 +510,15 @@ async fn a_pod_recovered_from_the_kernel_keeps_its_policy() {
         "udlrecovera01",
         underlay_policy::model::Direction::Ingress,
     );
+    let rules: Vec<&str> = saved
+        .lines()
+        .filter(|l| l.starts_with(&format!("-A {chain} ")))
+        .collect();
     assert!(
-        saved
-            .lines()
-            .any(|l| l.starts_with(&format!("-A {chain} ")) && l.contains("-j UDL-PI-")),
+        rules.last().is_some_and(|l| l.ends_with("-j DROP"))
+            && rules
+                .iter()
+                .any(|l| l.contains("--match-set") || l.contains("-j UDL-PI-")),
         "{saved}"
     );
     drop(agent);

@@ -427,8 +427,9 @@ fn backend(agent: &Agent) -> String {
 }
 
 /// The node's filter table, read with the machine's own tool of the
-/// backend the agent wrote to, has the policy's chain and the pod's egress
-/// chain jumping to it.
+/// backend the agent wrote to, has the pod's egress chain isolating it:
+/// the policy has no egress rule, so the chain allows nothing and ends
+/// with the drop.
 fn check_rules(node: &Netns, backend: &str, host_if: &str) {
     let save = match backend {
         "nft" => "iptables-nft-save",
@@ -448,11 +449,16 @@ fn check_rules(node: &Netns, backend: &str, host_if: &str) {
         rules.contains(&format!(":{pod_chain} ")),
         "no egress chain of the pod in\n{rules}"
     );
+    let chain: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.starts_with(&format!("-A {pod_chain} ")))
+        .collect();
     assert!(
-        rules
-            .lines()
-            .any(|l| l.starts_with(&format!("-A {pod_chain} ")) && l.contains("-j UDL-PE-")),
-        "the pod's egress chain does not jump to a policy chain in\n{rules}"
+        chain.last().is_some_and(|l| l.ends_with("-j DROP"))
+            && !chain
+                .iter()
+                .any(|l| l.contains("UDL-ALLOW") || l.contains("-j UDL-PE-")),
+        "the pod's egress chain does not isolate it in\n{rules}"
     );
 }
 
