@@ -861,16 +861,7 @@ fn update_set(
     if Arc::ptr_eq(&have.members, &want.members) {
         return;
     }
-    let adds: Vec<&Member> = want
-        .members
-        .keys()
-        .filter(|m| !have.members.contains_key(m))
-        .collect();
-    let dels: Vec<&Member> = have
-        .members
-        .keys()
-        .filter(|m| !want.members.contains_key(m))
-        .collect();
+    let (adds, dels) = member_diff(&have.members, &want.members);
     let changes = adds.len() + dels.len();
     if changes == 0 {
         return;
@@ -894,6 +885,32 @@ fn update_set(
             let _ = writeln!(script, "add {name} {} -exist", m.render());
         }
     }
+}
+
+/// The members `want` has and `have` lacks, and those `have` has and
+/// `want` lacks: one walk of both in order, not a lookup per member (a set
+/// of every pod holds the whole cluster).
+fn member_diff<'a>(have: &'a Members, want: &'a Members) -> (Vec<&'a Member>, Vec<&'a Member>) {
+    let (mut adds, mut dels) = (Vec::new(), Vec::new());
+    let mut have = have.keys().peekable();
+    let mut want = want.keys().peekable();
+    loop {
+        let order = match (have.peek(), want.peek()) {
+            (Some(h), Some(w)) => h.cmp(w),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => break,
+        };
+        match order {
+            std::cmp::Ordering::Less => dels.extend(have.next()),
+            std::cmp::Ordering::Greater => adds.extend(want.next()),
+            std::cmp::Ordering::Equal => {
+                have.next();
+                want.next();
+            }
+        }
+    }
+    (adds, dels)
 }
 
 fn keys_equal(a: &Members, b: &Members) -> bool {
@@ -1029,4 +1046,40 @@ fn parse_ipset_save(text: &str) -> BTreeMap<String, SetState> {
         }
     }
     sets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_member_diff_walk_finds_what_lookups_find() {
+        let ip = |i: u32| Member::Ip(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+        let set = |f: &dyn Fn(u32) -> bool| -> Members {
+            (0..400).filter(|i| f(*i)).map(|i| (ip(i), 1)).collect()
+        };
+        type Pick = &'static dyn Fn(u32) -> bool;
+        let cases: [(Pick, Pick); 5] = [
+            (&|i| i % 2 == 0, &|i| i % 3 == 0),
+            (&|_| false, &|i| i < 10),
+            (&|i| i < 10, &|_| false),
+            (&|i| i > 100, &|i| i > 100),
+            (&|i| i % 7 != 0, &|i| i % 5 != 0 && i < 390),
+        ];
+        for (h, w) in cases {
+            let (have, want) = (set(h), set(w));
+            let (adds, dels) = member_diff(&have, &want);
+            let by_lookup = |a: &Members, b: &Members| -> Vec<Member> {
+                a.keys().filter(|m| !b.contains_key(m)).cloned().collect()
+            };
+            assert_eq!(
+                adds.into_iter().cloned().collect::<Vec<_>>(),
+                by_lookup(&want, &have)
+            );
+            assert_eq!(
+                dels.into_iter().cloned().collect::<Vec<_>>(),
+                by_lookup(&have, &want)
+            );
+        }
+    }
 }
