@@ -1,9 +1,9 @@
 //! `cargo xtask bench datapath`: pod-to-pod throughput, latency and new
 //! connections per second across two nodes — native routing against a VXLAN
-//! overlay, then 0 against 1,000 policies — each pair alternated over
-//! rounds and reported as medians with their spread and as ratios to the
-//! reference measured in the same run. Needs root, iperf3, and (for the
-//! policy part) the underlay binaries.
+//! overlay, then 0 against 1,000 policies and against a VXLAN overlay on the
+//! same lab — each comparison alternated over rounds and reported as medians
+//! with their spread and as ratios to the references measured in the same
+//! run. Needs root, iperf3, and (for the lab part) the underlay binaries.
 
 use clap::Parser;
 use std::io::Write as _;
@@ -16,7 +16,7 @@ struct Args {
     /// A short run for development: 2 rounds, 200 policies, 1 s measurements.
     #[arg(long)]
     quick: bool,
-    /// Rounds per comparison (each measures both configurations once).
+    /// Rounds per comparison (each measures every configuration once).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     rounds: Option<u16>,
     /// Policies in the "N policies" configuration.

@@ -3,12 +3,14 @@
 //! native routing (the fabric routes pod CIDRs to nodes) against a VXLAN
 //! overlay (the design underlay rejects) between the same namespaces; then
 //! on a full lab with no NetworkPolicy against N policies selecting the
-//! server. Each comparison alternates its two configurations round by round
-//! and reports each one's median and spread over the rounds, and the ratio
-//! of medians to the reference measured in the same run.
+//! server and against a VXLAN overlay carrying the same pods' traffic. Each
+//! comparison alternates its configurations round by round and reports each
+//! one's median and spread over the rounds, and the ratio of medians to the
+//! reference(s) measured in the same run.
 
 mod connrate;
 mod iperf;
+mod lab_overlay;
 mod policies;
 pub mod report;
 mod routing;
@@ -31,7 +33,7 @@ pub struct Settings {
     /// How long each connection-rate measurement opens connections.
     pub connect_for: Duration,
     pub policies: usize,
-    /// Rounds per comparison: each measures both configurations once.
+    /// Rounds per comparison: each measures every configuration once.
     pub rounds: usize,
     /// Where the underlay binaries are; `None` skips the policy part.
     pub bin_dir: Option<PathBuf>,
@@ -66,15 +68,38 @@ impl Settings {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How every table's rounds run and what its figures mean.
-fn method(rounds: usize, switch: &str) -> String {
+/// How every table's rounds run and what its figures mean, for `configs`
+/// configurations.
+fn method(rounds: usize, configs: usize, switch: &str) -> String {
+    let order = if configs == 2 {
+        "both configurations: A then B in even rounds, B then A in odd ones (A B B A A B ...), \
+         so that drift over the run falls on both alike and each round switches once."
+            .to_owned()
+    } else {
+        let rounds: Vec<String> = (0..configs)
+            .map(|r| {
+                let letters: Vec<String> = order(r, configs)
+                    .iter()
+                    .map(|c| config_letter(*c).to_string())
+                    .collect();
+                letters.join(" ")
+            })
+            .collect();
+        format!(
+            "all {configs} configurations, the order rotating by one each round ({} ...), so \
+             that each takes each place in turn and drift over the run falls on all alike.",
+            rounds.join(", ")
+        )
+    };
     format!(
-        "{rounds} rounds, each measuring both configurations: A then B in even rounds, \
-         B then A in odd ones (A B B A A B ...), so that drift over the run falls on both \
-         alike and each round switches once. {switch} \
-         Spread = min–max over the rounds; ratio = this row's median / the reference's \
-         median, measured in the same run. p99 has no goal."
+        "{rounds} rounds, each measuring {order} {switch} \
+         Spread = min–max over the rounds; ratio to X = this row's median / X's median, \
+         measured in the same run. p99 has no goal."
     )
+}
+
+fn config_letter(config: usize) -> char {
+    char::from(b'A' + (config % 26) as u8)
 }
 
 /// Native routing versus a VXLAN overlay between the same two nodes and
@@ -93,22 +118,26 @@ pub async fn native_vs_overlay(settings: &Settings) -> Result<Table, BoxError> {
         title: format!("native routing vs {vxlan} (no agents, no policy)"),
         method: method(
             settings.rounds,
+            2,
             "Switching mode swaps the routes only: fabric routes for native, routes \
              via vxlan0 for the overlay (its devices exist throughout).",
         ),
         series: result?,
+        also_against: Vec::new(),
         // Underlay must open connections at least as fast as the overlay:
         // the overlay's rate at most the native one.
         targets: vec![Target {
             metric: Metric::ConnRate,
             series: 1,
+            reference: 0,
             goal: Goal::AtMost(1.0),
         }],
     })
 }
 
 /// Underlay on a full lab (real CNI, agents, route controller) with no
-/// policy and with `settings.policies` policies selecting the server pod.
+/// policy, with `settings.policies` policies selecting the server pod, and
+/// with no policy and the two nodes' pod traffic carried by a VXLAN overlay.
 pub async fn policies(settings: &Settings, bin_dir: &Path) -> Result<Table, BoxError> {
     let dir = tempfile_dir()?;
     let mut config = LabConfig::new(&netns::unique_prefix(), &dir, bin_dir);
@@ -120,36 +149,61 @@ pub async fn policies(settings: &Settings, bin_dir: &Path) -> Result<Table, BoxE
     lab.shutdown().await?;
     let _ = std::fs::remove_dir_all(&dir);
     let n = settings.policies;
+    let [_, _, vxlan] = policies::names(n);
+    let (series, overlay) = result?;
     Ok(Table {
-        title: format!("underlay, 0 vs {n} NetworkPolicies selecting the server pod"),
+        title: format!(
+            "underlay, 0 vs {n} NetworkPolicies selecting the server pod, and a VXLAN overlay \
+             on the same lab"
+        ),
         method: method(
             settings.rounds,
+            3,
             &format!(
                 "Switching to {n} creates them (plus one allowing the client's namespace) and \
                  waits until the server node's agent reports {} programmed, a pod no policy \
                  allows is cut off and the client still connects; switching to 0 deletes them \
                  and waits until the agent reports none and that pod connects again. The \
                  server pod is selected by every policy; every connection's SYN is evaluated \
-                 by its ingress rules.",
+                 by its ingress rules. {vxlan}: the same agents, pods and 0 policies, but the \
+                 two nodes carry pod traffic over {overlay} Switching to it adds, on both \
+                 nodes, a route for the peer node's pod CIDR via the VXLAN device (more \
+                 specific than the default route to the fabric, which keeps its pod-CIDR \
+                 routes), and waits until `ip route get` of the peer pod shows the device on \
+                 both nodes and a connection from client to server raises both devices' \
+                 transmit counters; switching away deletes those routes, waits until the \
+                 lookups leave the device, and restores the pods' MTU.",
                 n + 1
             ),
         ),
-        series: result?,
+        series,
+        also_against: vec![2],
         targets: vec![
             Target {
                 metric: Metric::Throughput,
                 series: 1,
+                reference: 0,
                 goal: Goal::AtLeast(0.95),
             },
             Target {
                 metric: Metric::P50,
                 series: 1,
+                reference: 0,
                 goal: Goal::AtMost(1.05),
             },
             Target {
                 metric: Metric::ConnRate,
                 series: 1,
+                reference: 0,
                 goal: Goal::AtLeast(0.9),
+            },
+            // Underlay with the policies must still open connections at
+            // least as fast as the overlay without any.
+            Target {
+                metric: Metric::ConnRate,
+                series: 1,
+                reference: 2,
+                goal: Goal::AtLeast(1.0),
             },
         ],
     })
@@ -161,26 +215,33 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Two configurations measured in turn.
+/// Configurations measured in turn.
 trait Alternate {
-    /// Puts configuration `config` (0 or 1) in place, and returns once it is.
+    /// Puts configuration `config` (an index into the names) in place, and
+    /// returns once it is.
     async fn switch_to(&mut self, config: usize) -> Result<(), BoxError>;
     async fn measure(&mut self, config: usize) -> Result<Sample, BoxError>;
 }
 
-/// `rounds` rounds of both configurations, ordered A B, B A, A B, ...:
-/// each round has both, the order cancels a steady drift, and the
-/// configuration changes once per round. The series of `names`.
-async fn alternate(
+/// The order round `round` measures `configs` configurations in: rotated
+/// by one each round (A B C, B C A, C A B, ...), so that each takes each
+/// place in turn and a steady drift falls on all alike. With two it is
+/// A B, B A, A B, ...: the configuration changes once per round.
+fn order(round: usize, configs: usize) -> Vec<usize> {
+    (0..configs).map(|i| (round + i) % configs).collect()
+}
+
+/// `rounds` rounds of every configuration, in the [`order`] of each round.
+/// The series of `names`.
+async fn alternate<const N: usize>(
     bench: &mut impl Alternate,
     rounds: usize,
-    names: [&str; 2],
+    names: [&str; N],
 ) -> Result<Vec<Series>, BoxError> {
     let mut series = names.map(Series::new);
     let mut current = None;
     for round in 0..rounds.max(1) {
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for config in order {
+        for config in order(round, N) {
             if current != Some(config) {
                 bench.switch_to(config).await?;
                 current = Some(config);
@@ -280,4 +341,31 @@ fn latency(client: &Path, target: SocketAddr, n: usize) -> Result<(f64, f64), Bo
     s.sort_by(f64::total_cmp);
     let pct = |p: f64| s[((s.len() as f64 - 1.0) * p) as usize];
     Ok((pct(0.5), pct(0.99)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{method, order};
+
+    #[test]
+    fn rounds_rotate_the_order_so_each_configuration_takes_each_place() {
+        assert_eq!(
+            (0..4).map(|r| order(r, 2)).collect::<Vec<_>>(),
+            [[0, 1], [1, 0], [0, 1], [1, 0]]
+        );
+        let three: Vec<Vec<usize>> = (0..4).map(|r| order(r, 3)).collect();
+        assert_eq!(three, [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]);
+        for place in 0..3 {
+            let mut at: Vec<usize> = three[..3].iter().map(|o| o[place]).collect();
+            at.sort_unstable();
+            assert_eq!(at, [0, 1, 2], "place {place}");
+        }
+        assert!(order(0, 1) == [0] && order(5, 0).is_empty());
+    }
+
+    #[test]
+    fn the_method_names_the_order_of_three_configurations() {
+        assert!(method(5, 3, "").contains("(A B C, B C A, C A B ...)"));
+        assert!(method(5, 2, "").contains("(A B B A A B ...)"));
+    }
 }

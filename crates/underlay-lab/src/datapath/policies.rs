@@ -1,9 +1,14 @@
 //! Underlay on a full lab (real CNI, agents, route controller) with no
-//! NetworkPolicy and with N policies selecting the server pod, alternated by
-//! creating and deleting the policies, each change awaited until the server
-//! node's dataplane enforces it.
+//! NetworkPolicy, with N policies selecting the server pod, and with no
+//! policy and a VXLAN overlay carrying the two nodes' pod traffic,
+//! alternated by creating and deleting the policies, each change awaited
+//! until the server node's dataplane enforces it, and by adding and deleting
+//! the overlay's routes, each change awaited until the nodes' route lookups
+//! and the overlay's counters show it.
 
+use super::lab_overlay::LabOverlay;
 use super::{Alternate, BoxError, Probes, Sample, Series, Settings};
+use crate::kubelet::PodInfo;
 use crate::lab::Lab;
 use crate::netns::Netns;
 use crate::scenario;
@@ -12,8 +17,6 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The label on every policy the benchmark creates.
@@ -25,50 +28,80 @@ const SERVER_NODE: &str = "node-2";
 /// How long a policy change may take to reach the dataplane.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(300);
 
-/// The configurations, in table order (the first is the reference).
-pub fn names(policies: usize) -> [String; 2] {
-    ["0 policies".into(), format!("{policies} policies")]
+/// The configurations, in table order (the first is the reference; the
+/// policies' connection rate is compared to the overlay's too).
+pub fn names(policies: usize) -> [String; 3] {
+    [
+        "0 policies".into(),
+        format!("{policies} policies"),
+        "VXLAN overlay, 0 policies".into(),
+    ]
 }
 
 /// Pods x/a (client) and z/c (a source no policy allows) on node-1, y/b
-/// (server) on node-2; then both policy counts in alternating rounds.
-pub async fn compare(lab: &Lab, settings: &Settings) -> Result<Vec<Series>, BoxError> {
-    let (pa, pb, ip) = client_and_server(lab).await?;
+/// (server) on node-2, and the overlay's devices on both nodes; then the
+/// three configurations in rotating rounds. The series, and what the
+/// overlay is.
+pub async fn compare(lab: &Lab, settings: &Settings) -> Result<(Vec<Series>, String), BoxError> {
+    let (a, b) = client_and_server(lab).await?;
     scenario::namespace(lab, "z").await?;
     scenario::pod(lab, "z/c", Some("node-1"), json!({})).await?;
     lab.wait_pod_running("z/c", Duration::from_secs(60)).await?;
-    let probes = Probes::start(pa, &pb, ip)?;
-    let [none, many] = names(settings.policies);
-    let mut counts = Counts {
+    let overlay = LabOverlay::create(lab, &a, &b).await?;
+    let described = overlay.describe();
+    let pb = Netns::existing(&b.netns).path();
+    let probes = Probes::start(Netns::existing(&a.netns).path(), &pb, b.ips[0])?;
+    let [none, many, vxlan] = names(settings.policies);
+    let mut configs = Configs {
         lab,
         probes,
         settings,
+        overlay,
+        policies_on: None,
+        overlay_on: None,
     };
-    super::alternate(&mut counts, settings.rounds, [&none, &many]).await
+    let series = super::alternate(&mut configs, settings.rounds, [&none, &many, &vxlan]).await?;
+    Ok((series, described))
 }
 
-struct Counts<'a> {
+struct Configs<'a> {
     lab: &'a Lab,
     probes: Probes,
     settings: &'a Settings,
+    overlay: LabOverlay,
+    /// Whether the policies, and the overlay, are in place (`None`: not
+    /// known yet).
+    policies_on: Option<bool>,
+    overlay_on: Option<bool>,
 }
 
-impl Alternate for Counts<'_> {
+impl Alternate for Configs<'_> {
+    /// Leaves the overlay first and enters it last, so that policies change
+    /// on the fabric's routes only.
     async fn switch_to(&mut self, config: usize) -> Result<(), BoxError> {
-        let t = Instant::now();
-        let n = self.settings.policies;
-        if config == 0 {
-            delete_policies(self.lab).await?;
-            wait_no_policy(self.lab).await?;
+        let (want_policies, want_overlay) = (config == 1, config == 2);
+        if !want_overlay && self.overlay_on != Some(false) {
+            let t = Instant::now();
+            self.overlay_on = None;
+            self.overlay.switch_off(self.lab).await?;
+            self.overlay_on = Some(false);
             eprintln!(
-                "datapath: 0 policies: the benchmark's deleted, none enforced after {:.1}s",
+                "datapath: VXLAN overlay: off, pods routed by the fabric after {:.1}s",
                 t.elapsed().as_secs_f64()
             );
-        } else {
-            create_policies(self.lab, n).await?;
-            wait_policies_in_force(self.lab, n + 1).await?;
+        }
+        if self.policies_on != Some(want_policies) {
+            self.policies_on = None;
+            self.set_policies(want_policies).await?;
+            self.policies_on = Some(want_policies);
+        }
+        if want_overlay && self.overlay_on != Some(true) {
+            let t = Instant::now();
+            self.overlay_on = None;
+            self.overlay.switch_on(self.lab).await?;
+            self.overlay_on = Some(true);
             eprintln!(
-                "datapath: {n} policies: created, in force after {:.1}s",
+                "datapath: VXLAN overlay: on, pods' traffic through it after {:.1}s",
                 t.elapsed().as_secs_f64()
             );
         }
@@ -81,9 +114,33 @@ impl Alternate for Counts<'_> {
     }
 }
 
-/// Pods x/a on node-1 and y/b on node-2, once x/a reaches y/b: the client's
-/// and the server's namespace, and the server's address.
-async fn client_and_server(lab: &Lab) -> Result<(PathBuf, PathBuf, IpAddr), BoxError> {
+impl Configs<'_> {
+    /// Creates the policies (`on`) or deletes them, and waits until the
+    /// server node's dataplane enforces the change.
+    async fn set_policies(&self, on: bool) -> Result<(), BoxError> {
+        let t = Instant::now();
+        let n = self.settings.policies;
+        if on {
+            create_policies(self.lab, n).await?;
+            wait_policies_in_force(self.lab, n + 1).await?;
+            eprintln!(
+                "datapath: {n} policies: created, in force after {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+        } else {
+            delete_policies(self.lab).await?;
+            wait_no_policy(self.lab).await?;
+            eprintln!(
+                "datapath: 0 policies: the benchmark's deleted, none enforced after {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Pods x/a on node-1 and y/b on node-2, once x/a reaches y/b.
+async fn client_and_server(lab: &Lab) -> Result<(PodInfo, PodInfo), BoxError> {
     for ns in ["x", "y"] {
         scenario::namespace(lab, ns).await?;
     }
@@ -91,9 +148,6 @@ async fn client_and_server(lab: &Lab) -> Result<(PathBuf, PathBuf, IpAddr), BoxE
     scenario::pod(lab, "y/b", Some(SERVER_NODE), json!({})).await?;
     let a = lab.wait_pod_running("x/a", Duration::from_secs(60)).await?;
     let b = lab.wait_pod_running("y/b", Duration::from_secs(60)).await?;
-    let ip = b.ips[0];
-    let pa = Netns::existing(&a.netns).path();
-    let pb = Netns::existing(&b.netns).path();
     let o = scenario::expect_reach(
         lab,
         "x/a",
@@ -107,7 +161,7 @@ async fn client_and_server(lab: &Lab) -> Result<(PathBuf, PathBuf, IpAddr), BoxE
     if !o.matched {
         return Err(format!("x/a cannot reach y/b: {}", o.outcome).into());
     }
-    Ok((pa, pb, ip))
+    Ok((a, b))
 }
 
 /// `count` policies selecting the server y/b, then one allowing the client's

@@ -1,6 +1,7 @@
 //! Figures over alternating rounds: each configuration's median and spread
-//! (min–max over the rounds), the ratio of its median to the reference's,
-//! and the issue's goal for that ratio, printed as a markdown table.
+//! (min–max over the rounds), the ratio of its median to each reference's
+//! (the first configuration's, and any other the table names), and the
+//! issue's goals for those ratios, printed as a markdown table.
 
 use std::fmt::Write as _;
 
@@ -123,21 +124,25 @@ impl Spread {
 }
 
 /// A goal the issue sets for `metric` of the configuration `series` (an
-/// index into the table's series) as a ratio to the reference.
+/// index into the table's series) as a ratio to the configuration
+/// `reference` (0, the first, unless the table compares to another too).
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
     pub metric: Metric,
     pub series: usize,
+    pub reference: usize,
     pub goal: Goal,
 }
 
-/// One comparison: the first series is the reference.
+/// One comparison: the first series is the reference; `also_against` adds
+/// a ratio column to each of those series too.
 #[derive(Clone, Debug)]
 pub struct Table {
     pub title: String,
     /// How the rounds were run, printed under the title.
     pub method: String,
     pub series: Vec<Series>,
+    pub also_against: Vec<usize>,
     pub targets: Vec<Target>,
 }
 
@@ -147,19 +152,20 @@ impl Table {
         let mut out = String::new();
         let _ = writeln!(out, "\n## {}\n", self.title);
         let _ = writeln!(out, "{}\n", self.method);
-        let reference = self.series.first().map_or("", |s| s.name.as_str());
-        let ratio_head = format!("ratio to {reference}");
+        let mut head: Vec<String> = ["row", "median", "spread (min–max)"]
+            .map(str::to_owned)
+            .into();
+        for r in self.references() {
+            let name = self.series.get(r).map_or("", |s| s.name.as_str());
+            head.push(format!("ratio to {name}"));
+        }
+        head.push("goal".into());
         let rows = self.rows();
-        let widths = [
-            column_width("row", rows.iter().map(|r| r[0].as_str())),
-            column_width("median", rows.iter().map(|r| r[1].as_str())),
-            column_width("spread (min–max)", rows.iter().map(|r| r[2].as_str())),
-            column_width(&ratio_head, rows.iter().map(|r| r[3].as_str())),
-            column_width("goal", rows.iter().map(|r| r[4].as_str())),
-        ];
-        let head = ["row", "median", "spread (min–max)", &ratio_head, "goal"];
-        line(&mut out, &head.map(str::to_owned), &widths);
-        let rule = widths.map(|w| "-".repeat(w));
+        let widths: Vec<usize> = (0..head.len())
+            .map(|c| column_width(&head[c], rows.iter().map(|r| r[c].as_str())))
+            .collect();
+        line(&mut out, &head, &widths);
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
         line(&mut out, &rule, &widths);
         for r in &rows {
             line(&mut out, r, &widths);
@@ -167,37 +173,60 @@ impl Table {
         out
     }
 
-    fn rows(&self) -> Vec<[String; 5]> {
+    /// The series each ratio column compares to: the first, then the others
+    /// the table names.
+    fn references(&self) -> Vec<usize> {
+        let mut refs = vec![0];
+        refs.extend(self.also_against.iter().filter(|r| **r != 0));
+        refs
+    }
+
+    /// Per row: name, median, spread, one ratio per reference, goals.
+    fn rows(&self) -> Vec<Vec<String>> {
+        let refs = self.references();
         let mut rows = Vec::new();
         for metric in Metric::ALL {
-            let reference = self.series.first().and_then(|s| spread(s, metric));
             for (i, s) in self.series.iter().enumerate() {
                 let d = metric.decimals();
                 let name = format!("{}, {}", metric.label(), s.name);
                 let Some(sp) = spread(s, metric) else {
-                    rows.push([name, "-".into(), "-".into(), "-".into(), String::new()]);
+                    let mut row = vec![name, "-".into(), "-".into()];
+                    row.extend(refs.iter().map(|_| "-".to_owned()));
+                    row.push(String::new());
+                    rows.push(row);
                     continue;
                 };
-                let ratio = reference.map(|r| sp.median / r.median);
-                let ratio_text = match ratio {
-                    _ if i == 0 => "1.000 (reference)".to_owned(),
-                    Some(r) if r.is_finite() => format!("{r:.3}"),
-                    _ => "-".to_owned(),
+                let ratio = |reference: usize| {
+                    let base = spread(self.series.get(reference)?, metric)?;
+                    Some(sp.median / base.median).filter(|r| r.is_finite())
                 };
-                let goal = self
-                    .targets
-                    .iter()
-                    .find(|t| t.metric == metric && t.series == i)
-                    .zip(ratio)
-                    .map(|(t, r)| t.goal.text(r))
-                    .unwrap_or_default();
-                rows.push([
+                let mut row = vec![
                     name,
                     format!("{:.d$}", sp.median),
                     format!("{:.d$}–{:.d$}", sp.min, sp.max),
-                    ratio_text,
-                    goal,
-                ]);
+                ];
+                for r in &refs {
+                    row.push(match ratio(*r) {
+                        _ if i == *r => "1.000 (reference)".to_owned(),
+                        Some(x) => format!("{x:.3}"),
+                        None => "-".to_owned(),
+                    });
+                }
+                // Each goal; named by its reference when the table has several.
+                let goals: Vec<String> = self
+                    .targets
+                    .iter()
+                    .filter(|t| t.metric == metric && t.series == i)
+                    .filter_map(|t| {
+                        let text = t.goal.text(ratio(t.reference)?);
+                        Some(match self.series.get(t.reference) {
+                            Some(r) if refs.len() > 1 => format!("to {}: {text}", r.name),
+                            _ => text,
+                        })
+                    })
+                    .collect();
+                row.push(goals.join("; "));
+                rows.push(row);
             }
         }
         rows
@@ -217,11 +246,12 @@ fn column_width<'a>(head: &str, cells: impl Iterator<Item = &'a str>) -> usize {
         .unwrap_or(0)
 }
 
-fn line(out: &mut String, cells: &[String; 5], widths: &[usize; 5]) {
+fn line(out: &mut String, cells: &[String], widths: &[usize]) {
     out.push('|');
+    let last = cells.len().saturating_sub(1);
     for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
         // Text left, figures right.
-        if i == 0 || i == 4 {
+        if i == 0 || i == last {
             let _ = write!(out, " {cell:<w$} |");
         } else {
             let _ = write!(out, " {cell:>w$} |");
@@ -273,20 +303,24 @@ mod tests {
                     samples: vec![sample(9.0, 110.0, 800.0), sample(13.0, 90.0, 1000.0)],
                 },
             ],
+            also_against: Vec::new(),
             targets: vec![
                 Target {
                     metric: Metric::Throughput,
                     series: 1,
+                    reference: 0,
                     goal: Goal::AtLeast(0.95),
                 },
                 Target {
                     metric: Metric::P50,
                     series: 1,
+                    reference: 0,
                     goal: Goal::AtMost(1.05),
                 },
                 Target {
                     metric: Metric::ConnRate,
                     series: 1,
+                    reference: 0,
                     goal: Goal::AtLeast(0.9),
                 },
             ],
@@ -334,9 +368,74 @@ mod tests {
             title: "t".into(),
             method: "m".into(),
             series: vec![Series::new("none"), Series::new("many")],
+            also_against: vec![1],
             targets: Vec::new(),
         };
-        assert!(table.rows().iter().all(|r| r[1] == "-" && r[3] == "-"));
+        assert!(
+            table
+                .rows()
+                .iter()
+                .all(|r| r[1] == "-" && r[3] == "-" && r[4] == "-")
+        );
         assert!(table.render().contains("| throughput Gbit/s, none"));
+    }
+
+    #[test]
+    fn a_second_reference_gets_its_own_ratio_column_and_named_goals() {
+        let table = Table {
+            title: "t".into(),
+            method: "m".into(),
+            series: vec![
+                Series {
+                    name: "none".into(),
+                    samples: vec![sample(10.0, 100.0, 1000.0)],
+                },
+                Series {
+                    name: "many".into(),
+                    samples: vec![sample(9.0, 110.0, 950.0)],
+                },
+                Series {
+                    name: "vxlan".into(),
+                    samples: vec![sample(8.0, 120.0, 1000.0)],
+                },
+            ],
+            also_against: vec![2],
+            targets: vec![
+                Target {
+                    metric: Metric::ConnRate,
+                    series: 1,
+                    reference: 0,
+                    goal: Goal::AtLeast(0.9),
+                },
+                Target {
+                    metric: Metric::ConnRate,
+                    series: 1,
+                    reference: 2,
+                    goal: Goal::AtLeast(1.0),
+                },
+            ],
+        };
+        let rows = table.rows();
+        let find = |name: &str| rows.iter().find(|r| r[0] == name).unwrap().clone();
+        assert_eq!(
+            find("new TCP connections/s, many")[3..],
+            [
+                "0.950".to_owned(),
+                "0.950".into(),
+                "to none: ≥ 0.90: met; to vxlan: ≥ 1.00: MISSED".into()
+            ]
+        );
+        assert_eq!(
+            find("throughput Gbit/s, vxlan")[3..],
+            [
+                "0.800".to_owned(),
+                "1.000 (reference)".into(),
+                String::new()
+            ]
+        );
+        assert_eq!(find("throughput Gbit/s, none")[4], "1.250");
+        let head = table.render();
+        assert!(head.contains(" ratio to none |") && head.contains(" ratio to vxlan |"));
+        assert_eq!(rows.len(), 12);
     }
 }

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// The two nodes' overlay peers: each reaches the other's pod CIDR.
-type OverlayPairs<'a> = [(&'a NodeNet, [(&'a NodeNet, &'static str); 1]); 2];
+type OverlayPairs<'a> = [(&'a NodeNet, [(&'a NodeNet, &'a str); 1]); 2];
 
 /// The configurations, in table order (the first is the reference).
 pub const MODES: [&str; 2] = ["native routing", "VXLAN overlay"];
@@ -102,8 +102,9 @@ impl Alternate for Modes<'_> {
 
 /// The overlay's devices and forwarding entries on both nodes, without its
 /// routes: they exist throughout, and switching modes swaps the routes
-/// only (fabric routes for native, routes via vxlan0 for the overlay).
-async fn create_overlay_devices(pairs: &OverlayPairs<'_>) -> Result<(), BoxError> {
+/// only (fabric routes for native, routes via vxlan0 for the overlay). The
+/// lab's overlay creates its devices the same way.
+pub(super) async fn create_overlay_devices(pairs: &OverlayPairs<'_>) -> Result<(), BoxError> {
     for (node, peers) in pairs {
         let lines: Vec<String> = overlay::lines(node, peers)
             .into_iter()
