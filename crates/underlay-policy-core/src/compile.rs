@@ -10,13 +10,16 @@
 //! - `UDL-E-<if>` / `UDL-I-<if>`: per endpoint. Empty when no policy of
 //!   any tier selects the pod in that direction (open); otherwise the
 //!   tiers in order: the Admin tier's cluster policy chains, then, when a
-//!   NetworkPolicy selects the pod, a jump to each selecting policy's
-//!   chain, returning as soon as one allowed, then drop; else the Baseline
-//!   tier's chains. A drop alone while the endpoint's Pod object is
-//!   unknown.
-//! - `UDL-PI-<h>` / `UDL-PE-<h>`: per NetworkPolicy, shared by every
-//!   endpoint it selects. Allowed packets get the accept verdict; the
-//!   endpoint chain tests it.
+//!   NetworkPolicy selects the pod, the peers the selecting policies allow
+//!   on every port (their `ipBlock`s without exceptions in one
+//!   `udl<family>-b-<h>` `hash:net` set, every other peer set in one rule)
+//!   and a jump to each selecting policy's chain, returning as soon as one
+//!   allowed, then drop; else the Baseline tier's chains. A drop alone
+//!   while the endpoint's Pod object is unknown, and in a family the
+//!   endpoint has no address in, wherever a policy selects it.
+//! - `UDL-PI-<h>` / `UDL-PE-<h>`: per NetworkPolicy with rules that have
+//!   ports or no peers, shared by every endpoint it selects. Allowed
+//!   packets get the accept verdict; the endpoint chain tests it.
 //! - `UDL-CI-<h>` / `UDL-CE-<h>`: per ClusterNetworkPolicy, shared the
 //!   same way. Each rule sets its action's verdict only while none is set,
 //!   so the first matching rule decides.
