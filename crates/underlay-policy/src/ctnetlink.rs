@@ -302,15 +302,12 @@ pub fn delete(socket: &netlink_sys::Socket, flows: &[Flow]) -> Result<usize> {
         }
         // One datagram: the kernel handles each message in turn and acks
         // each, whether or not an earlier one failed.
-        let sent = socket
-            .send(&batch, 0)
-            .map_err(io("send to the netfilter socket"))?;
-        if sent != batch.len() {
-            return Err(DataplaneError::Rejected(format!(
-                "the netfilter socket took {sent} of {} bytes",
-                batch.len()
-            )));
-        }
+        nl::send(
+            socket,
+            &batch,
+            "send to the netfilter socket",
+            "the netfilter socket",
+        )?;
         while !pending.is_empty() {
             recv.clear();
             socket

@@ -441,7 +441,34 @@ fn refused(verb: &str, line: usize, why: &str) -> DataplaneError {
     }
 }
 
-/// Sends one request and reads its ack: 0, or the kernel's error code
+/// Sends one request and hands each message of the answer to `answer`
+/// until it returns something.
+fn ask<T>(
+    socket: &netlink_sys::Socket,
+    request: &[u8],
+    recv: &mut Vec<u8>,
+    mut answer: impl FnMut(nl::Message<'_>) -> Option<T>,
+) -> Result<T> {
+    nl::send(
+        socket,
+        request,
+        "send to the netfilter socket",
+        "the netfilter socket",
+    )?;
+    loop {
+        recv.clear();
+        socket
+            .recv(recv, 0)
+            .map_err(nl::io("receive from the netfilter socket"))?;
+        for m in nl::messages(recv).map_err(DataplaneError::Rejected)? {
+            if let Some(found) = answer(m) {
+                return Ok(found);
+            }
+        }
+    }
+}
+
+/// Sends one request and reads its ack: 0, or the kernel's error code,
 /// and the line the kernel wrote into the request it echoes (an edit run's
 /// refused member).
 fn exchange(
@@ -449,33 +476,17 @@ fn exchange(
     request: &[u8],
     recv: &mut Vec<u8>,
 ) -> Result<(i32, Option<usize>)> {
-    let sent = socket
-        .send(request, 0)
-        .map_err(nl::io("send to the netfilter socket"))?;
-    if sent != request.len() {
-        return Err(DataplaneError::Rejected(format!(
-            "the netfilter socket took {sent} of {} bytes",
-            request.len()
-        )));
-    }
-    loop {
-        recv.clear();
-        socket
-            .recv(recv, 0)
-            .map_err(nl::io("receive from the netfilter socket"))?;
-        let messages = nl::messages(recv).map_err(DataplaneError::Rejected)?;
-        if let Some(m) = messages.iter().find(|m| m.error().is_some()) {
-            let code = -m.error().unwrap_or_default();
-            // errno, the echoed header, its nfgenmsg, then its attributes.
-            let line = m
-                .body
-                .get(4 + nl::NLMSG_HDRLEN + 4..)
-                .and_then(|attrs| nl::attr(attrs, IPSET_ATTR_LINENO))
-                .and_then(|l| nl::u32_at(l, 0))
-                .map(|l| l as usize);
-            return Ok((code, line));
-        }
-    }
+    ask(socket, request, recv, |m| {
+        let code = -m.error()?;
+        // errno, the echoed header, its nfgenmsg, then its attributes.
+        let line = m
+            .body
+            .get(4 + nl::NLMSG_HDRLEN + 4..)
+            .and_then(|attrs| nl::attr(attrs, IPSET_ATTR_LINENO))
+            .and_then(|l| nl::u32_at(l, 0))
+            .map(|l| l as usize);
+        Some((code, line))
+    })
 }
 
 /// The newest revision of a set type the kernel has (`IPSET_CMD_TYPE`).
@@ -489,32 +500,20 @@ fn kernel_revision(
     push_name(&mut buf, IPSET_ATTR_TYPENAME, kind);
     nl::push_attr(&mut buf, IPSET_ATTR_FAMILY, &[family]);
     nl::finish_message(&mut buf);
-    socket
-        .send(&buf, 0)
-        .map_err(nl::io("send to the netfilter socket"))?;
-    loop {
-        recv.clear();
-        socket
-            .recv(recv, 0)
-            .map_err(nl::io("receive from the netfilter socket"))?;
-        for m in nl::messages(recv).map_err(DataplaneError::Rejected)? {
-            if let Some(code) = m.error() {
-                return Err(DataplaneError::Rejected(format!(
-                    "ipset: the kernel has no {kind} sets: {}",
-                    describe("create", -code)
-                )));
-            }
-            // nfgenmsg, then the attributes.
-            if let Some(rev) = m
-                .body
-                .get(4..)
-                .and_then(|attrs| nl::attr(attrs, IPSET_ATTR_REVISION))
-                .and_then(|r| r.first())
-            {
-                return Ok(*rev);
-            }
+    ask(socket, &buf, recv, |m| {
+        if let Some(code) = m.error() {
+            return Some(Err(DataplaneError::Rejected(format!(
+                "ipset: the kernel has no {kind} sets: {}",
+                describe("create", -code)
+            ))));
         }
-    }
+        // nfgenmsg, then the attributes.
+        m.body
+            .get(4..)
+            .and_then(|attrs| nl::attr(attrs, IPSET_ATTR_REVISION))
+            .and_then(|r| r.first())
+            .map(|rev| Ok(*rev))
+    })?
 }
 
 /// Runs an ipset restore script (see the module's documentation) against

@@ -142,6 +142,19 @@ pub fn messages(buf: &[u8]) -> std::result::Result<Vec<Message<'_>>, String> {
     Ok(out)
 }
 
+/// Sends `buf` whole on `socket`; `op` names the send in errors, `what`
+/// the socket.
+pub fn send(socket: &Socket, buf: &[u8], op: &'static str, what: &str) -> Result<()> {
+    let sent = socket.send(buf, 0).map_err(io(op))?;
+    if sent != buf.len() {
+        return Err(DataplaneError::Rejected(format!(
+            "{what} took {sent} of {} bytes",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
 pub fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
     move |source| DataplaneError::Netlink { op, source }
 }
