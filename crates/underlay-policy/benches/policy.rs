@@ -392,6 +392,27 @@ fn main() {
             p.ingress[0].ports[0] = PortMatch::tcp(port);
             move |i: &mut Index| i.apply_policy(p)
         };
+        // A remote pod of a team-selected namespace flips frontend/backend.
+        let label_change = |n: usize| {
+            let i = scale.local + 20 * (n % (scale.pods / 20 - 10)) + 3;
+            let tier = if n.is_multiple_of(2) { "frontend" } else { "backend" };
+            let p = pod(i, &scale, tier);
+            move |idx: &mut Index| idx.apply_pod(p)
+        };
+        // The k-th new pod, on this node.
+        let new_pod = |k: usize| {
+            let p = pod(scale.pods + k, &scale, "backend");
+            let ep = Endpoint {
+                pod: p.key.clone(),
+                interface: format!("udln{k}"),
+                ips: p.ips.clone(),
+                owner: Attachment::new(format!("sandbox-{k}"), "eth0"),
+            };
+            move |idx: &mut Index| {
+                idx.apply_pod(p);
+                idx.apply_endpoint(ep);
+            }
+        };
         let mut rows: Vec<(&str, Row)> = Vec::new();
         let mut row = Row::new();
         for n in 0..scale.iterations {
@@ -411,28 +432,13 @@ fn main() {
 
         let mut row = Row::new();
         for n in 0..scale.iterations {
-            // A remote pod of a team-selected namespace flips frontend/backend.
-            let i = scale.local + 20 * (n % (scale.pods / 20 - 10)) + 3;
-            let tier = if n % 2 == 0 { "frontend" } else { "backend" };
-            let p = pod(i, &scale, tier);
-            measure(&mut engine, &mut row, |idx| idx.apply_pod(p));
+            measure(&mut engine, &mut row, label_change(n));
         }
         rows.push(("one pod label change", row));
 
         let mut row = Row::new();
         for n in 0..scale.iterations {
-            let i = scale.pods + n;
-            let p = pod(i, &scale, "backend");
-            let ep = Endpoint {
-                pod: p.key.clone(),
-                interface: format!("udln{n}"),
-                ips: p.ips.clone(),
-                owner: Attachment::new(format!("sandbox-{n}"), "eth0"),
-            };
-            measure(&mut engine, &mut row, |idx| {
-                idx.apply_pod(p);
-                idx.apply_endpoint(ep);
-            });
+            measure(&mut engine, &mut row, new_pod(n));
         }
         rows.push(("one new local pod", row));
 
@@ -452,27 +458,13 @@ fn main() {
         let mut row = Row::new();
         for n in 0..alone {
             settle();
-            let i = scale.local + 20 * (n % (scale.pods / 20 - 10)) + 3;
-            let tier = if n % 2 == 0 { "frontend" } else { "backend" };
-            let p = pod(i, &scale, tier);
-            measure(&mut engine, &mut row, |idx| idx.apply_pod(p));
+            measure(&mut engine, &mut row, label_change(n));
         }
         rows.push(("one pod label change, 100 ms after the last", row));
         let mut row = Row::new();
         for n in 0..alone {
             settle();
-            let i = scale.pods + scale.iterations + n;
-            let p = pod(i, &scale, "backend");
-            let ep = Endpoint {
-                pod: p.key.clone(),
-                interface: format!("udlm{n}"),
-                ips: p.ips.clone(),
-                owner: Attachment::new(format!("sandbox-m{n}"), "eth0"),
-            };
-            measure(&mut engine, &mut row, |idx| {
-                idx.apply_pod(p);
-                idx.apply_endpoint(ep);
-            });
+            measure(&mut engine, &mut row, new_pod(scale.iterations + n));
         }
         rows.push(("one new local pod, 100 ms after the last", row));
 
