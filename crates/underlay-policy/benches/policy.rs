@@ -395,7 +395,11 @@ fn main() {
         // A remote pod of a team-selected namespace flips frontend/backend.
         let label_change = |n: usize| {
             let i = scale.local + 20 * (n % (scale.pods / 20 - 10)) + 3;
-            let tier = if n.is_multiple_of(2) { "frontend" } else { "backend" };
+            let tier = if n.is_multiple_of(2) {
+                "frontend"
+            } else {
+                "backend"
+            };
             let p = pod(i, &scale, tier);
             move |idx: &mut Index| idx.apply_pod(p)
         };
