@@ -351,7 +351,7 @@ async fn standalone_with_policy_but_no_api_server_stays_not_ready_and_says_why()
     {
         return;
     }
-    let ns = Netns::create(&format!("{}nk", netns::unique_prefix()))
+    let ns = Netns::create_unique("nk")
         .await
         .expect("create the namespace");
     let dir = tempfile::tempdir().unwrap();

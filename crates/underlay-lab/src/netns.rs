@@ -73,6 +73,12 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Creates a namespace of its own for one test or benchmark: the
+    /// process's [`unique_prefix`] followed by `tag`.
+    pub async fn create_unique(tag: &str) -> Result<Self> {
+        Self::create(&format!("{}{tag}", unique_prefix())).await
+    }
+
     /// Refers to an existing namespace without owning it.
     pub fn existing(name: &str) -> Self {
         Self {

@@ -441,8 +441,9 @@ async fn connections_a_cluster_policy_newly_denies_are_cut() {
 
 /// An empty network namespace of the test's own, removed when dropped.
 async fn bare_namespace() -> underlay_lab::netns::Netns {
-    let name = format!("{}n", underlay_lab::netns::unique_prefix());
-    underlay_lab::netns::Netns::create(&name).await.unwrap()
+    underlay_lab::netns::Netns::create_unique("n")
+        .await
+        .unwrap()
 }
 
 /// Entries of `conntrack -L` (both families) in the namespace `ns`.

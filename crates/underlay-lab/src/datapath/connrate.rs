@@ -153,9 +153,7 @@ mod tests {
         if !netns::require_root("each_counted_connection_is_a_new_one_the_server_answered") {
             return;
         }
-        let ns = Netns::create(&format!("{}-cr", netns::unique_prefix()))
-            .await
-            .expect("namespace");
+        let ns = Netns::create_unique("-cr").await.expect("namespace");
         let server = ConnServer::start(&ns.path()).expect("server");
         let target = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), PORT);
         let opened = ns

@@ -239,9 +239,7 @@ mod tests {
         if !netns::require_root("a_server_that_cannot_listen_is_an_error_with_its_stderr") {
             return;
         }
-        let ns = Netns::create(&format!("{}-ip", netns::unique_prefix()))
-            .await
-            .expect("namespace");
+        let ns = Netns::create_unique("-ip").await.expect("namespace");
         let _holder = ns
             .enter(|| TcpListener::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), PORT)))
             .expect("enter")
@@ -263,9 +261,7 @@ mod tests {
         if !netns::require_root("a_started_server_accepts_at_once") {
             return;
         }
-        let ns = Netns::create(&format!("{}-ip", netns::unique_prefix()))
-            .await
-            .expect("namespace");
+        let ns = Netns::create_unique("-ip").await.expect("namespace");
         let path = ns.path();
         let server = tokio::task::spawn_blocking(move || IperfServer::start(&path))
             .await
