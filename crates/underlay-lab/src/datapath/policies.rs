@@ -80,30 +80,16 @@ impl Alternate for Configs<'_> {
     /// on the fabric's routes only.
     async fn switch_to(&mut self, config: usize) -> Result<(), BoxError> {
         let (want_policies, want_overlay) = (config == 1, config == 2);
-        if !want_overlay && self.overlay_on != Some(false) {
-            let t = Instant::now();
-            self.overlay_on = None;
-            self.overlay.switch_off(self.lab).await?;
-            self.overlay_on = Some(false);
-            eprintln!(
-                "datapath: VXLAN overlay: off, pods routed by the fabric after {:.1}s",
-                t.elapsed().as_secs_f64()
-            );
+        if !want_overlay {
+            self.set_overlay(false).await?;
         }
         if self.policies_on != Some(want_policies) {
             self.policies_on = None;
             self.set_policies(want_policies).await?;
             self.policies_on = Some(want_policies);
         }
-        if want_overlay && self.overlay_on != Some(true) {
-            let t = Instant::now();
-            self.overlay_on = None;
-            self.overlay.switch_on(self.lab).await?;
-            self.overlay_on = Some(true);
-            eprintln!(
-                "datapath: VXLAN overlay: on, pods' traffic through it after {:.1}s",
-                t.elapsed().as_secs_f64()
-            );
+        if want_overlay {
+            self.set_overlay(true).await?;
         }
         Ok(())
     }
@@ -115,6 +101,32 @@ impl Alternate for Configs<'_> {
 }
 
 impl Configs<'_> {
+    /// Carries the pods' traffic over the overlay (`on`) or the fabric,
+    /// unless it already is.
+    async fn set_overlay(&mut self, on: bool) -> Result<(), BoxError> {
+        if self.overlay_on == Some(on) {
+            return Ok(());
+        }
+        let t = Instant::now();
+        self.overlay_on = None;
+        if on {
+            self.overlay.switch_on(self.lab).await?;
+        } else {
+            self.overlay.switch_off(self.lab).await?;
+        }
+        self.overlay_on = Some(on);
+        let state = if on {
+            "on, pods' traffic through it"
+        } else {
+            "off, pods routed by the fabric"
+        };
+        eprintln!(
+            "datapath: VXLAN overlay: {state} after {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
     /// Creates the policies (`on`) or deletes them, and waits until the
     /// server node's dataplane enforces the change.
     async fn set_policies(&self, on: bool) -> Result<(), BoxError> {
