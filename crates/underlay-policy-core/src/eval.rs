@@ -256,7 +256,7 @@ impl<'a> Evaluator<'a> {
         }
         let selection = match scope {
             Scope::Enforced => self.index.selection(ep).enforced(self.index.default_mode()),
-            Scope::All => self.index.selection(ep),
+            Scope::All => self.index.selection(ep).into_owned(),
         };
         let peer_ip = match dir {
             Direction::Ingress => flow.src,

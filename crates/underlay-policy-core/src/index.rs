@@ -9,6 +9,7 @@ use crate::model::{
     Attachment, Cidr, Direction, Endpoint, Family, Mode, Namespace, Peer, Pod, PodKey, Policy,
     PortRef, Protocol, Selector, parse_cidr,
 };
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -261,6 +262,53 @@ pub struct Index {
     sets_stale: bool,
     /// The mode of policies that do not name one.
     default_mode: Mode,
+    /// Each endpoint's selection as [`Index::refresh_sets`] last worked it
+    /// out, and what changed since (see [`Selections`]).
+    selections: Selections,
+}
+
+/// The policies selecting each endpoint, kept between compiles: working
+/// them out means matching every cluster policy's selectors and the pod's
+/// namespace's policies against the pod, for every endpoint, several times
+/// per compile. A change marks what it can alter, and only that is worked
+/// out again: a pod's change its own endpoints, a NetworkPolicy's or a
+/// namespace's the endpoints in that namespace, a cluster policy's all.
+#[derive(Debug, Default)]
+struct Selections {
+    /// By interface: the pod it was worked out for, and the selection.
+    cached: BTreeMap<String, (PodKey, Selection)>,
+    all_stale: bool,
+    stale_namespaces: BTreeSet<String>,
+    stale_pods: BTreeSet<PodKey>,
+}
+
+impl Selections {
+    fn get(&self, ep: &Endpoint) -> Option<&Selection> {
+        let (pod, selection) = self.cached.get(&ep.interface)?;
+        let fresh = *pod == ep.pod
+            && !self.all_stale
+            && !self.stale_namespaces.contains(&ep.pod.namespace)
+            && !self.stale_pods.contains(&ep.pod);
+        fresh.then_some(selection)
+    }
+
+    fn pod_changed(&mut self, key: &PodKey) {
+        if !self.all_stale {
+            self.stale_pods.insert(key.clone());
+        }
+    }
+
+    fn namespace_changed(&mut self, namespace: &str) {
+        if !self.all_stale {
+            self.stale_namespaces.insert(namespace.to_string());
+        }
+    }
+
+    fn all_changed(&mut self) {
+        self.all_stale = true;
+        self.stale_namespaces.clear();
+        self.stale_pods.clear();
+    }
 }
 
 /// Policies that select one endpoint, per direction, in a stable order.
@@ -376,6 +424,7 @@ impl Index {
                 self.retract(p);
             }
         }
+        self.selections.namespace_changed(&name);
         self.namespaces.insert(name, ns);
         if labels_changed {
             for p in &members {
@@ -396,6 +445,7 @@ impl Index {
             self.retract(p);
         }
         self.namespaces.remove(name);
+        self.selections.namespace_changed(name);
         for p in &members {
             self.assert(p);
         }
@@ -435,6 +485,7 @@ impl Index {
         self.assert(&key);
         if self.endpoints_by_pod.contains_key(&key) {
             self.sets_stale = true;
+            self.selections.pod_changed(&key);
         }
         self.touch();
     }
@@ -455,6 +506,9 @@ impl Index {
     }
 
     fn remove_pod_record(&mut self, key: &PodKey) {
+        if self.endpoints_by_pod.contains_key(key) {
+            self.selections.pod_changed(key);
+        }
         self.pods.remove(key);
         self.gone.remove(key);
         if let Some(names) = self.pods_by_ns.get_mut(&key.namespace) {
@@ -488,6 +542,7 @@ impl Index {
             .entry(key.namespace.clone())
             .or_default()
             .insert(key.name.clone());
+        self.selections.namespace_changed(&key.namespace);
         self.policies.insert(key, Arc::new(policy));
         self.sets_stale = true;
         self.touch();
@@ -497,6 +552,7 @@ impl Index {
         if self.policies.remove(key).is_none() {
             return;
         }
+        self.selections.namespace_changed(&key.namespace);
         if let Some(names) = self.policies_by_ns.get_mut(&key.namespace) {
             names.remove(&key.name);
             if names.is_empty() {
@@ -548,6 +604,7 @@ impl Index {
 
     fn insert_endpoint(&mut self, ep: Endpoint) {
         let pod = ep.pod.clone();
+        self.selections.pod_changed(&pod);
         self.retract(&pod);
         self.endpoints_by_pod
             .entry(pod.clone())
@@ -577,6 +634,7 @@ impl Index {
                 // Same pod: swap in place, so a pod the API already
                 // deleted keeps its record (and its labels) meanwhile.
                 self.retract(&ep.pod);
+                self.selections.pod_changed(&ep.pod);
                 self.endpoints.insert(interface.to_string(), previous);
                 self.assert(&ep.pod);
             }
@@ -611,6 +669,7 @@ impl Index {
 
     fn remove_endpoint_inner(&mut self, ep: &Endpoint) {
         self.retract(&ep.pod);
+        self.selections.pod_changed(&ep.pod);
         self.endpoints.remove(&ep.interface);
         let mut last = false;
         if let Some(ifs) = self.endpoints_by_pod.get_mut(&ep.pod) {
@@ -665,8 +724,18 @@ impl Index {
 
     // ---- selection ----
 
-    /// The policies that select `ep`, per direction, ordered by name.
-    pub fn selection(&self, ep: &Endpoint) -> Selection {
+    /// The policies that select `ep`, per direction, ordered by name: as
+    /// [`Index::refresh_sets`] last worked it out, unless a change since
+    /// may have altered it.
+    pub fn selection(&self, ep: &Endpoint) -> Cow<'_, Selection> {
+        match self.selections.get(ep) {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(self.select(ep)),
+        }
+    }
+
+    /// Works out which policies select `ep`.
+    fn select(&self, ep: &Endpoint) -> Selection {
         let mut out = Selection::default();
         let Some(pod) = self.pods.get(&ep.pod) else {
             return out;
@@ -732,6 +801,7 @@ impl Index {
     /// are filled from the whole index, unused ones dropped. Cheap when
     /// nothing that decides activity changed.
     pub fn refresh_sets(&mut self) {
+        self.refresh_selections();
         if !self.sets_stale {
             return;
         }
@@ -751,6 +821,27 @@ impl Index {
                 self.sets.insert(key, data);
             }
         }
+    }
+
+    /// Works out again the selections a change may have altered, and
+    /// forgets those of endpoints that are gone.
+    fn refresh_selections(&mut self) {
+        let worked: Vec<(String, PodKey, Selection)> = self
+            .endpoints
+            .values()
+            .filter(|ep| self.selections.get(ep).is_none())
+            .map(|ep| (ep.interface.clone(), ep.pod.clone(), self.select(ep)))
+            .collect();
+        let endpoints = &self.endpoints;
+        let s = &mut self.selections;
+        s.cached
+            .retain(|interface, _| endpoints.contains_key(interface));
+        for (interface, pod, selection) in worked {
+            s.cached.insert(interface, (pod, selection));
+        }
+        s.all_stale = false;
+        s.stale_namespaces.clear();
+        s.stale_pods.clear();
     }
 
     /// The active sets; call [`Index::refresh_sets`] first.

@@ -4,6 +4,7 @@
 //! chains, rule for rule, and the same set members.
 
 use std::collections::BTreeMap;
+use underlay_policy_core::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterRule, Tier};
 use underlay_policy_core::compile::{Config, Desired, compile};
 use underlay_policy_core::index::Index;
 use underlay_policy_core::model::{
@@ -38,6 +39,7 @@ struct World {
     namespaces: BTreeMap<String, Namespace>,
     pods: BTreeMap<PodKey, Pod>,
     policies: BTreeMap<PodKey, Policy>,
+    cluster: BTreeMap<String, ClusterPolicy>,
     endpoints: BTreeMap<PodKey, Endpoint>,
 }
 
@@ -52,6 +54,9 @@ impl World {
         }
         for p in self.policies.values() {
             idx.apply_policy(p.clone());
+        }
+        for p in self.cluster.values() {
+            idx.apply_cluster_policy(p.clone());
         }
         for ep in self.endpoints.values() {
             idx.apply_endpoint(ep.clone());
@@ -80,6 +85,36 @@ fn policy(rng: &mut Rng, ns: &str, name: &str) -> Policy {
         p.egress = vec![rule];
     } else {
         p.ingress = vec![rule];
+    }
+    p
+}
+
+/// A cluster policy whose subject is one team's namespaces (or every
+/// namespace) and, sometimes, one app's pods.
+fn cluster_policy(rng: &mut Rng, name: &str) -> ClusterPolicy {
+    let namespaces = match rng.below(3) {
+        0 => Selector::everything(),
+        _ => Selector::labels([("team", rng.pick(&TEAMS[..2]))]),
+    };
+    let tier = if rng.below(2) == 0 {
+        Tier::Admin
+    } else {
+        Tier::Baseline
+    };
+    let mut p = ClusterPolicy::new(name, tier, rng.below(3) as u16, namespaces);
+    if rng.below(2) == 0 {
+        p.subject_pods = Selector::labels([("app", rng.pick(&APPS))]);
+    }
+    let action = [Action::Accept, Action::Deny, Action::Pass][rng.below(3)];
+    let peer = ClusterPeer::Pods {
+        namespaces: Selector::everything(),
+        pods: Selector::labels([("app", rng.pick(&APPS))]),
+    };
+    let rule = ClusterRule::new(action, vec![peer]);
+    if rng.below(2) == 0 {
+        p.ingress = vec![rule];
+    } else {
+        p.egress = vec![rule];
     }
     p
 }
@@ -114,7 +149,18 @@ fn any_sequence_of_changes_compiles_like_a_fresh_index() {
             let ns = rng.pick(&NAMESPACES);
             let name = rng.pick(&PODS);
             let key = PodKey::new(ns, name);
-            match rng.below(8) {
+            match rng.below(10) {
+                8 => {
+                    let cname = format!("cnp{}", rng.below(3));
+                    let p = cluster_policy(&mut rng, &cname);
+                    world.cluster.insert(cname, p.clone());
+                    idx.apply_cluster_policy(p);
+                }
+                9 => {
+                    let cname = format!("cnp{}", rng.below(3));
+                    world.cluster.remove(&cname);
+                    idx.delete_cluster_policy(&cname);
+                }
                 0 => {
                     let team = rng.pick(&TEAMS);
                     let mut n = Namespace::new(ns);
@@ -167,9 +213,19 @@ fn any_sequence_of_changes_compiles_like_a_fresh_index() {
                     (None, None) => {}
                 },
             }
+            // Between compiles, every endpoint's selection is what a fresh
+            // index works out, whatever the index kept from the last one.
+            let fresh = world.fresh();
+            for ep in world.endpoints.values() {
+                assert_eq!(
+                    idx.selection(ep),
+                    fresh.selection(ep),
+                    "seed {seed}, step {step}: {ep:?}"
+                );
+            }
             if step % 10 == 9 {
                 idx.refresh_sets();
-                let mut fresh = world.fresh();
+                let mut fresh = fresh;
                 fresh.refresh_sets();
                 let (have, want) = (
                     snapshot(&compile(&idx, &config)),

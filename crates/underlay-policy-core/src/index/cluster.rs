@@ -14,12 +14,14 @@ impl Index {
             return;
         }
         self.cluster.insert(policy.name.clone(), Arc::new(policy));
+        self.selections.all_changed();
         self.sets_stale = true;
         self.touch();
     }
 
     pub fn delete_cluster_policy(&mut self, name: &str) {
         if self.cluster.remove(name).is_some() {
+            self.selections.all_changed();
             self.sets_stale = true;
             self.touch();
         }
