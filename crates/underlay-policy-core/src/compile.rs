@@ -169,10 +169,36 @@ pub fn fnv64(data: &[u8]) -> u64 {
 /// every object (in a stable order), and an identity whose name another
 /// identity already holds hashes again with a counter until it finds a free
 /// one. Names stay stable across restarts as long as nobody collides.
+///
+/// One `Names` serves one compile. Within it, the names of a policy's
+/// chains and of the sets of its peers are also kept by the object's
+/// address: the index holds every policy, and so its peers, for the whole
+/// compile, so an address stands for one object throughout, and asking
+/// again (once per endpoint a policy selects) costs a lookup instead of
+/// writing out and hashing the identity.
 #[derive(Debug, Default)]
 pub struct Names {
     by_identity: HashMap<String, String>,
     owner: HashMap<String, String>,
+    by_address: HashMap<(usize, u8), String>,
+    /// The key and family of every set named, by name.
+    sets: HashMap<String, (SetKey, Family)>,
+}
+
+/// What `Names::by_address` stores under an object's address.
+#[derive(Clone, Copy)]
+enum Named {
+    Chain(Direction),
+    Set(Family),
+}
+
+impl Named {
+    fn tag(self) -> u8 {
+        match self {
+            Named::Chain(d) => d.index() as u8,
+            Named::Set(f) => 2 + f.index() as u8,
+        }
+    }
 }
 
 impl Names {
@@ -187,7 +213,35 @@ impl Names {
             Family::V4 => '4',
             Family::V6 => '6',
         };
-        self.assign(&format!("{SET_PREFIX}{fam}-{kind}-"), &key.canonical())
+        let name = self.assign(&format!("{SET_PREFIX}{fam}-{kind}-"), &key.canonical());
+        if !self.sets.contains_key(&name) {
+            self.sets.insert(name.clone(), (key.clone(), family));
+        }
+        name
+    }
+
+    /// The set of a NetworkPolicy peer (of `namespace`'s policy) in one
+    /// family.
+    fn peer_set(&mut self, namespace: &str, peer: &Peer, family: Family) -> String {
+        let at = (std::ptr::from_ref(peer) as usize, Named::Set(family).tag());
+        if let Some(name) = self.by_address.get(&at) {
+            return name.clone();
+        }
+        let name = self.set(&SetKey::for_peer(namespace, peer), family);
+        self.by_address.insert(at, name.clone());
+        name
+    }
+
+    /// The set of a cluster policy peer in one family; none for a peer
+    /// that matches everything.
+    fn cluster_peer_set(&mut self, peer: &ClusterPeer, family: Family) -> Option<String> {
+        let at = (std::ptr::from_ref(peer) as usize, Named::Set(family).tag());
+        if let Some(name) = self.by_address.get(&at) {
+            return Some(name.clone());
+        }
+        let name = self.set(&SetKey::for_cluster_peer(peer)?, family);
+        self.by_address.insert(at, name.clone());
+        Some(name)
     }
 
     /// The `hash:net` set of `ipBlock`s an endpoint chain matches at once
@@ -202,21 +256,33 @@ impl Names {
 
     /// The chain of a cluster policy in one direction.
     pub fn cluster_chain(&mut self, policy: &ClusterPolicy, dir: Direction) -> String {
+        let at = (std::ptr::from_ref(policy) as usize, Named::Chain(dir).tag());
+        if let Some(name) = self.by_address.get(&at) {
+            return name.clone();
+        }
         let d = match dir {
             Direction::Ingress => "CI",
             Direction::Egress => "CE",
         };
-        self.assign(&format!("{CHAIN_PREFIX}{d}-"), &policy.name)
+        let name = self.assign(&format!("{CHAIN_PREFIX}{d}-"), &policy.name);
+        self.by_address.insert(at, name.clone());
+        name
     }
 
     /// The chain of a policy in one direction (at most 28 characters).
     pub fn policy_chain(&mut self, policy: &Policy, dir: Direction) -> String {
+        let at = (std::ptr::from_ref(policy) as usize, Named::Chain(dir).tag());
+        if let Some(name) = self.by_address.get(&at) {
+            return name.clone();
+        }
         let d = match dir {
             Direction::Ingress => "PI",
             Direction::Egress => "PE",
         };
         let id = format!("{}/{}", policy.namespace, policy.name);
-        self.assign(&format!("{CHAIN_PREFIX}{d}-"), &id)
+        let name = self.assign(&format!("{CHAIN_PREFIX}{d}-"), &id);
+        self.by_address.insert(at, name.clone());
+        name
     }
 
     fn assign(&mut self, prefix: &str, id: &str) -> String {
@@ -255,7 +321,6 @@ pub fn endpoint_chain(interface: &str, dir: Direction) -> String {
 pub fn compile(index: &Index, config: &Config) -> Desired {
     let mut out = Desired::default();
     let mut names = Names::default();
-    compile_sets(index, &mut names, &mut out);
 
     let endpoints: Vec<&Endpoint> = index.endpoints().collect();
     out.endpoints = endpoints.len();
@@ -285,13 +350,14 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
         let mut merged = Merged {
             family,
             sets: &mut out.sets,
+            jumps: HashSet::new(),
         };
         for ep in &endpoints {
             chains.extend(endpoint_chains(index, config, &mut names, ep, &mut merged));
         }
         // A policy's chain exists in a family only while an endpoint chain
         // of that family jumps to it.
-        let used = jump_targets(chains);
+        let used = merged.jumps;
         for policy in cluster.values() {
             for dir in Direction::BOTH {
                 let name = names.cluster_chain(policy, dir);
@@ -311,64 +377,28 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
             }
         }
     }
-    // And a set only while a rule of its family matches against it.
-    let matched = matched_sets(&out.chains);
-    out.sets.retain(|name, _| matched.contains(name.as_str()));
+    // And a set only while a rule of its family matches against it: a set
+    // is named only for a rule that matches against it.
+    add_sets(index, names, &mut out);
     out
 }
 
-/// The chains of ours that `chains` jump or go to.
-fn jump_targets(chains: &BTreeMap<String, Vec<String>>) -> HashSet<String> {
-    let mut out = HashSet::new();
-    for rule in chains.values().flatten() {
-        let mut words = rule.split(' ');
-        while let Some(w) = words.next() {
-            if (w == "-j" || w == "-g")
-                && let Some(target) = words.next().filter(|t| t.starts_with(CHAIN_PREFIX))
-            {
-                out.insert(target.to_string());
-            }
-        }
-    }
-    out
-}
-
-/// The sets some rule of either family matches against.
-fn matched_sets(chains: &[BTreeMap<String, Vec<String>>; 2]) -> HashSet<String> {
-    let mut out = HashSet::new();
-    for rule in chains.iter().flat_map(|c| c.values()).flatten() {
-        let mut rest = rule.as_str();
-        while let Some(at) = rest.find("--match-set ") {
-            rest = &rest[at + "--match-set ".len()..];
-            let name = rest.split(' ').next().unwrap_or_default();
-            if !out.contains(name) {
-                out.insert(name.to_string());
-            }
-        }
-    }
-    out
-}
-
-/// One set per peer set of the index and family (an `ipBlock` only in its
-/// own family).
-fn compile_sets(index: &Index, names: &mut Names, out: &mut Desired) {
-    for (key, data) in index.sets() {
-        for family in Family::ALL {
-            if let SetKey::Block { cidr, .. } = key
-                && cidr.family() != family
-            {
-                continue;
-            }
-            out.sets.insert(
-                names.set(key, family),
-                DesiredSet {
-                    family,
-                    kind: key.kind(),
-                    members: data.members[family.index()].clone(),
-                    describes: key.canonical(),
-                },
-            );
-        }
+/// The peer sets the rules match against, with the members the index
+/// holds for them.
+fn add_sets(index: &Index, names: Names, out: &mut Desired) {
+    for (name, (key, family)) in names.sets {
+        let Some(data) = index.sets().get(&key) else {
+            continue;
+        };
+        out.sets.insert(
+            name,
+            DesiredSet {
+                family,
+                kind: key.kind(),
+                members: data.members[family.index()].clone(),
+                describes: key.canonical(),
+            },
+        );
     }
 }
 
@@ -589,7 +619,9 @@ fn endpoint_rules(
             } else {
                 format!("-m mark --mark {} ", config.undecided())
             };
-            rules.push(format!("{guard}-j {}", names.cluster_chain(p, dir)));
+            let chain = names.cluster_chain(p, dir);
+            rules.push(format!("{guard}-j {chain}"));
+            merged.jumps.insert(chain);
         }
         rules.push(format!("-m mark --mark {accepted} -g {allow}"));
         if let Some(log) = &exits.log {
@@ -616,7 +648,9 @@ fn endpoint_rules(
     }
     rules.extend(merged.peer_rules(policies, dir, names, allow));
     for p in policies.iter().filter(|p| unmerged(p, dir)) {
-        rules.push(format!("-j {}", names.policy_chain(p, dir)));
+        let chain = names.policy_chain(p, dir);
+        rules.push(format!("-j {chain}"));
+        merged.jumps.insert(chain);
         rules.push(format!("-m mark --mark {accepted} -g {allow}"));
     }
     rules.extend(exits.log.clone());
@@ -649,6 +683,8 @@ struct Merged<'a> {
     family: Family,
     /// The desired sets, which the `ipBlock` sets join.
     sets: &'a mut BTreeMap<String, DesiredSet>,
+    /// The policy chains the endpoint chains of this family jump to.
+    jumps: HashSet<String>,
 }
 
 impl Merged<'_> {
@@ -681,8 +717,7 @@ impl Merged<'_> {
                             }
                         }
                         _ => {
-                            let key = SetKey::for_peer(&policy.namespace, peer);
-                            let set = names.set(&key, self.family);
+                            let set = names.peer_set(&policy.namespace, peer, self.family);
                             if !sets.contains(&set) {
                                 sets.push(set);
                             }
@@ -758,13 +793,16 @@ fn policy_rules(
                     Peer::Pods { .. } => true,
                 })
                 .map(|p| {
-                    let key = SetKey::for_peer(&policy.namespace, p);
-                    format!("-m set --match-set {} {peer_dir}", names.set(&key, family))
+                    let set = names.peer_set(&policy.namespace, p, family);
+                    format!("-m set --match-set {set} {peer_dir}")
                 })
                 .collect()
         };
-        // A rule whose peers are all ipBlocks of the other family matches
-        // nothing here (it must not turn into "any peer").
+        if peers.is_empty() {
+            // Every peer is an ipBlock of the other family: the rule
+            // matches nothing here (it must not turn into "any peer").
+            continue;
+        }
         let ports: Vec<String> = if rule.ports.is_empty() {
             vec![String::new()]
         } else {
@@ -826,6 +864,9 @@ fn cluster_rules(
     let mut rules = Vec::new();
     for rule in policy.rules(dir) {
         let peers = cluster_peers(rule, family, peer_dir, names);
+        if peers.is_empty() {
+            continue;
+        }
         let ports: Vec<String> = if rule.ports.is_empty() {
             vec![String::new()]
         } else {
@@ -869,8 +910,8 @@ fn cluster_peers(
     rule.peers
         .iter()
         .filter(|p| !matches!(p, ClusterPeer::Network(c) if c.family() != family))
-        .map(|p| match SetKey::for_cluster_peer(p) {
-            Some(key) => format!("-m set --match-set {} {peer_dir}", names.set(&key, family)),
+        .map(|p| match names.cluster_peer_set(p, family) {
+            Some(set) => format!("-m set --match-set {set} {peer_dir}"),
             None => String::new(),
         })
         .collect()
