@@ -89,6 +89,20 @@ fn is_dispatch(name: &str) -> bool {
 
 const DISPATCH_END: &str = "-j DROP";
 
+/// Each family's chains by name, with their rules.
+type Chains = [BTreeMap<String, Vec<String>>; 2];
+
+/// Whether the last sync wrote (or left) `name` with these very rules.
+fn unchanged(
+    written: Option<&BTreeMap<String, Vec<String>>>,
+    name: &str,
+    rules: &[String],
+) -> bool {
+    written
+        .and_then(|w| w.get(name))
+        .is_some_and(|r| r.as_slice() == rules)
+}
+
 /// What a chain's state should be once `rules` are programmed.
 fn expected_state(name: &str, rules: &[String]) -> ChainState {
     if is_dispatch(name) {
@@ -254,6 +268,10 @@ pub struct Engine<D: Dataplane> {
     config: Config,
     dataplane: D,
     programmed: Option<Programmed>,
+    /// The chains the last sync made `programmed` hold, rule for rule: a
+    /// chain compiled to the same rules again is left alone without
+    /// digesting it. Only while `programmed` is what our writes made it.
+    written: Option<Chains>,
     metrics: Metrics,
     synced_generation: Option<u64>,
     dirty_since: Option<Instant>,
@@ -269,6 +287,7 @@ impl<D: Dataplane> Engine<D> {
             config,
             dataplane,
             programmed: None,
+            written: None,
             metrics,
             synced_generation: None,
             dirty_since: None,
@@ -389,8 +408,10 @@ impl<D: Dataplane> Engine<D> {
     fn sync_inner(&mut self) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let previous = self.programmed.take();
+        let reread = previous.is_none();
+        let written = self.written.take().filter(|_| !reread);
         let t = Instant::now();
-        let mut programmed = match previous.clone() {
+        let mut programmed = match previous {
             Some(p) => p,
             None => self.read_node()?,
         };
@@ -399,7 +420,7 @@ impl<D: Dataplane> Engine<D> {
         self.index.refresh_sets();
         let desired = compile::compile(&self.index, &self.config);
         report.phases.compile = micros_since(t);
-        if previous.is_none() && self.synced_generation.is_some() {
+        if reread && self.synced_generation.is_some() {
             // A re-read after we had programmed once: any difference is
             // someone else's doing (or a failed write) and is repaired.
             report.repaired = !self.matches(&programmed, &desired);
@@ -415,7 +436,7 @@ impl<D: Dataplane> Engine<D> {
         let obsolete_sets = self.write_sets(&mut programmed, &desired, &mut report)?;
         report.phases.ipsets = micros_since(t);
         let t = Instant::now();
-        self.write_chains(&mut programmed, &desired, &mut report)?;
+        self.write_chains(&mut programmed, &desired, written.as_ref(), &mut report)?;
         report.phases.iptables = micros_since(t);
         let t = Instant::now();
         self.destroy_sets(&mut programmed, &obsolete_sets, &mut report)?;
@@ -424,6 +445,8 @@ impl<D: Dataplane> Engine<D> {
 
         self.programmed = Some(programmed);
         self.update_gauges(&desired);
+        let Desired { chains, .. } = desired;
+        self.written = Some(chains);
 
         // 4. Connections the change denies stop too.
         // Deleted chains alone deny nothing: an endpoint's go with its pod,
@@ -476,12 +499,14 @@ impl<D: Dataplane> Engine<D> {
         &mut self,
         programmed: &mut Programmed,
         desired: &Desired,
+        written: Option<&Chains>,
         report: &mut SyncReport,
     ) -> Result<()> {
         let scripts: Vec<(Family, String)> = Family::ALL
             .into_iter()
             .filter_map(|family| {
-                let script = self.chain_changes(programmed, desired, family, report)?;
+                let written = written.map(|w| &w[family.index()]);
+                let script = self.chain_changes(programmed, desired, family, written, report)?;
                 Some((family, script))
             })
             .collect();
@@ -505,10 +530,15 @@ impl<D: Dataplane> Engine<D> {
             return Err(e);
         }
         for family in Family::ALL {
+            let written = written.map(|w| &w[family.index()]);
+            let mut had = std::mem::take(&mut programmed.chains[family.index()]);
             let chains = &mut programmed.chains[family.index()];
-            chains.clear();
             for (name, rules) in &desired.chains[family.index()] {
-                chains.insert(name.clone(), expected_state(name, rules));
+                let state = match had.remove(name) {
+                    Some(state) if unchanged(written, name, rules) => state,
+                    _ => expected_state(name, rules),
+                };
+                chains.insert(name.clone(), state);
             }
             programmed.hooks[family.index()] = [Hook::IN_PLACE; 3];
         }
@@ -695,6 +725,7 @@ impl<D: Dataplane> Engine<D> {
         programmed: &Programmed,
         desired: &Desired,
         family: Family,
+        written: Option<&BTreeMap<String, Vec<String>>>,
         report: &mut SyncReport,
     ) -> Option<String> {
         let have = &programmed.chains[family.index()];
@@ -702,6 +733,9 @@ impl<D: Dataplane> Engine<D> {
         let mut decl = String::new();
         let mut body = String::new();
         for (name, rules) in want {
+            if unchanged(written, name, rules) && have.contains_key(name) {
+                continue;
+            }
             let expect = expected_state(name, rules);
             if have.get(name) == Some(&expect) {
                 continue;
