@@ -34,7 +34,7 @@
 
 use crate::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Tier};
 use crate::index::{Index, Member, Members, Selection, SetKey, SetKind, net_entries};
-use crate::model::{Direction, Endpoint, Family, Peer, Policy, PortMatch, PortRef, Rule};
+use crate::model::{Direction, Endpoint, Family, Mode, Peer, Policy, PortMatch, PortRef, Rule};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -180,9 +180,22 @@ pub fn fnv64(data: &[u8]) -> u64 {
 pub struct Names {
     by_identity: HashMap<String, String>,
     owner: HashMap<String, String>,
-    by_address: HashMap<(usize, u8), String>,
+    by_address: HashMap<(usize, u8), Claim>,
     /// The key and family of every set named, by name.
     sets: HashMap<String, (SetKey, Family)>,
+    /// While one endpoint's chains are compiled: every name they use, in
+    /// the order asked (see [`Compiler`]).
+    trace: Option<Vec<Claim>>,
+}
+
+/// One name handed out: the identity asked for and the name it got.
+#[derive(Debug, Clone)]
+struct Claim {
+    prefix: String,
+    id: String,
+    name: String,
+    /// For a peer set: its key and family, so the set is compiled.
+    set: Option<(SetKey, Family)>,
 }
 
 /// What `Names::by_address` stores under an object's address.
@@ -204,6 +217,10 @@ impl Named {
 impl Names {
     /// The ipset name of a set key in one family (at most 31 characters).
     pub fn set(&mut self, key: &SetKey, family: Family) -> String {
+        self.set_claim(key, family).name
+    }
+
+    fn set_claim(&mut self, key: &SetKey, family: Family) -> Claim {
         let kind = match key.kind() {
             SetKind::HashIp => 'p',
             SetKind::HashNet => 'n',
@@ -213,10 +230,57 @@ impl Names {
             Family::V4 => '4',
             Family::V6 => '6',
         };
-        let name = self.assign(&format!("{SET_PREFIX}{fam}-{kind}-"), &key.canonical());
-        if !self.sets.contains_key(&name) {
-            self.sets.insert(name.clone(), (key.clone(), family));
+        self.claim(
+            format!("{SET_PREFIX}{fam}-{kind}-"),
+            key.canonical(),
+            Some((key.clone(), family)),
+        )
+    }
+
+    /// Names an identity and records the claim.
+    fn claim(&mut self, prefix: String, id: String, set: Option<(SetKey, Family)>) -> Claim {
+        let name = self.assign(&prefix, &id);
+        let claim = Claim {
+            prefix,
+            id,
+            name,
+            set,
+        };
+        self.record(&claim);
+        claim
+    }
+
+    fn record(&mut self, claim: &Claim) {
+        if let Some((key, family)) = &claim.set
+            && !self.sets.contains_key(&claim.name)
+        {
+            self.sets.insert(claim.name.clone(), (key.clone(), *family));
         }
+        if let Some(trace) = &mut self.trace {
+            trace.push(claim.clone());
+        }
+    }
+
+    /// Asks again for a name an earlier compile handed out; false if this
+    /// compile gives the identity another one (a collision came or went).
+    fn replay(&mut self, claim: &Claim) -> bool {
+        if self.assign(&claim.prefix, &claim.id) != claim.name {
+            return false;
+        }
+        self.record(claim);
+        true
+    }
+
+    /// The name kept under an object's address (recorded again), or the
+    /// one `claim` hands out, then kept there.
+    fn by_address(&mut self, at: (usize, u8), claim: impl FnOnce(&mut Names) -> Claim) -> String {
+        if let Some(kept) = self.by_address.get(&at).cloned() {
+            self.record(&kept);
+            return kept.name;
+        }
+        let claimed = claim(self);
+        let name = claimed.name.clone();
+        self.by_address.insert(at, claimed);
         name
     }
 
@@ -224,24 +288,17 @@ impl Names {
     /// family.
     fn peer_set(&mut self, namespace: &str, peer: &Peer, family: Family) -> String {
         let at = (std::ptr::from_ref(peer) as usize, Named::Set(family).tag());
-        if let Some(name) = self.by_address.get(&at) {
-            return name.clone();
-        }
-        let name = self.set(&SetKey::for_peer(namespace, peer), family);
-        self.by_address.insert(at, name.clone());
-        name
+        self.by_address(at, |names| {
+            names.set_claim(&SetKey::for_peer(namespace, peer), family)
+        })
     }
 
     /// The set of a cluster policy peer in one family; none for a peer
     /// that matches everything.
     fn cluster_peer_set(&mut self, peer: &ClusterPeer, family: Family) -> Option<String> {
+        let key = SetKey::for_cluster_peer(peer)?;
         let at = (std::ptr::from_ref(peer) as usize, Named::Set(family).tag());
-        if let Some(name) = self.by_address.get(&at) {
-            return Some(name.clone());
-        }
-        let name = self.set(&SetKey::for_cluster_peer(peer)?, family);
-        self.by_address.insert(at, name.clone());
-        Some(name)
+        Some(self.by_address(at, |names| names.set_claim(&key, family)))
     }
 
     /// The `hash:net` set of `ipBlock`s an endpoint chain matches at once
@@ -251,38 +308,33 @@ impl Names {
             Family::V4 => '4',
             Family::V6 => '6',
         };
-        self.assign(&format!("{SET_PREFIX}{fam}-b-"), cidrs)
+        self.claim(format!("{SET_PREFIX}{fam}-b-"), cidrs.to_string(), None)
+            .name
     }
 
     /// The chain of a cluster policy in one direction.
     pub fn cluster_chain(&mut self, policy: &ClusterPolicy, dir: Direction) -> String {
         let at = (std::ptr::from_ref(policy) as usize, Named::Chain(dir).tag());
-        if let Some(name) = self.by_address.get(&at) {
-            return name.clone();
-        }
-        let d = match dir {
-            Direction::Ingress => "CI",
-            Direction::Egress => "CE",
-        };
-        let name = self.assign(&format!("{CHAIN_PREFIX}{d}-"), &policy.name);
-        self.by_address.insert(at, name.clone());
-        name
+        self.by_address(at, |names| {
+            let d = match dir {
+                Direction::Ingress => "CI",
+                Direction::Egress => "CE",
+            };
+            names.claim(format!("{CHAIN_PREFIX}{d}-"), policy.name.clone(), None)
+        })
     }
 
     /// The chain of a policy in one direction (at most 28 characters).
     pub fn policy_chain(&mut self, policy: &Policy, dir: Direction) -> String {
         let at = (std::ptr::from_ref(policy) as usize, Named::Chain(dir).tag());
-        if let Some(name) = self.by_address.get(&at) {
-            return name.clone();
-        }
-        let d = match dir {
-            Direction::Ingress => "PI",
-            Direction::Egress => "PE",
-        };
-        let id = format!("{}/{}", policy.namespace, policy.name);
-        let name = self.assign(&format!("{CHAIN_PREFIX}{d}-"), &id);
-        self.by_address.insert(at, name.clone());
-        name
+        self.by_address(at, |names| {
+            let d = match dir {
+                Direction::Ingress => "PI",
+                Direction::Egress => "PE",
+            };
+            let id = format!("{}/{}", policy.namespace, policy.name);
+            names.claim(format!("{CHAIN_PREFIX}{d}-"), id, None)
+        })
     }
 
     fn assign(&mut self, prefix: &str, id: &str) -> String {
@@ -319,6 +371,154 @@ pub fn endpoint_chain(interface: &str, dir: Direction) -> String {
 
 /// Compiles the index (after [`Index::refresh_sets`]) into the desired state.
 pub fn compile(index: &Index, config: &Config) -> Desired {
+    compile_with(index, config, None)
+}
+
+/// Compiles one index again and again, as its changes come: an endpoint's
+/// chains are compiled again only when something they are made of changed
+/// (the endpoint, its pod's being known, the policies selecting it, the
+/// default mode, whether its namespace logs denials), and are otherwise
+/// the ones the last compile made. The names they use are asked for again
+/// in the same order, so every name is the one a fresh compile hands out;
+/// should one differ (a colliding identity came or went), the endpoint is
+/// compiled again. The result is always what [`compile`] gives.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    config: Option<Config>,
+    endpoints: HashMap<(String, Family), Compiled>,
+}
+
+impl Compiler {
+    pub fn compile(&mut self, index: &Index, config: &Config) -> Desired {
+        if self.config.as_ref() != Some(config) {
+            self.config = Some(config.clone());
+            self.endpoints.clear();
+        }
+        let mut kept = HashMap::new();
+        let desired = compile_with(
+            index,
+            config,
+            Some(Cache {
+                last: &mut self.endpoints,
+                next: &mut kept,
+            }),
+        );
+        self.endpoints = kept;
+        desired
+    }
+}
+
+/// One endpoint's chains in one family, and what they were made of.
+#[derive(Debug)]
+struct Compiled {
+    inputs: Inputs,
+    chains: Vec<(String, Vec<String>)>,
+    claims: Vec<Claim>,
+    jumps: Vec<String>,
+    blocks: Vec<(String, DesiredSet)>,
+}
+
+/// What an endpoint's chains are made of, besides the names.
+#[derive(Debug)]
+struct Inputs {
+    ep: Endpoint,
+    known: bool,
+    selection: Selection,
+    mode: Mode,
+    log: bool,
+}
+
+impl Inputs {
+    fn of(index: &Index, config: &Config, ep: &Endpoint) -> Inputs {
+        Inputs {
+            ep: ep.clone(),
+            known: index.pod(&ep.pod).is_some(),
+            selection: index.selection(ep).into_owned(),
+            mode: index.default_mode(),
+            log: logs_denials(index, config, ep),
+        }
+    }
+
+    /// The same endpoint, and the very same policy objects selecting it.
+    fn same(&self, other: &Inputs) -> bool {
+        fn same_list<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+        }
+        let (a, b) = (&self.selection, &other.selection);
+        self.ep == other.ep
+            && self.known == other.known
+            && self.mode == other.mode
+            && self.log == other.log
+            && same_list(&a.ingress, &b.ingress)
+            && same_list(&a.egress, &b.egress)
+            && (0..2).all(|i| same_list(&a.admin[i], &b.admin[i]))
+            && (0..2).all(|i| same_list(&a.baseline[i], &b.baseline[i]))
+    }
+}
+
+/// The endpoint chains of the last compile, and those of this one.
+struct Cache<'a> {
+    last: &'a mut HashMap<(String, Family), Compiled>,
+    next: &'a mut HashMap<(String, Family), Compiled>,
+}
+
+/// Whether denied packets of `ep` are logged.
+fn logs_denials(index: &Index, config: &Config, ep: &Endpoint) -> bool {
+    config.log_all
+        || index
+            .namespace(&ep.pod.namespace)
+            .is_some_and(|n| n.log_denied)
+}
+
+/// One endpoint's chains in one family: the last compile's when nothing
+/// they are made of changed and their names are still theirs, otherwise
+/// compiled (and kept for the next compile).
+fn cached_endpoint_chains(
+    index: &Index,
+    config: &Config,
+    names: &mut Names,
+    ep: &Endpoint,
+    merged: &mut Merged<'_>,
+    cache: &mut Cache<'_>,
+) -> Vec<(String, Vec<String>)> {
+    let key = (ep.interface.clone(), merged.family);
+    let inputs = Inputs::of(index, config, ep);
+    if let Some(last) = cache.last.remove(&key)
+        && last.inputs.same(&inputs)
+        && last.claims.iter().all(|c| names.replay(c))
+    {
+        for jump in &last.jumps {
+            merged.jumps.insert(jump.clone());
+        }
+        for (name, set) in &last.blocks {
+            merged
+                .sets
+                .entry(name.clone())
+                .or_insert_with(|| set.clone());
+        }
+        let chains = last.chains.clone();
+        cache.next.insert(key, last);
+        return chains;
+    }
+    names.trace = Some(Vec::new());
+    merged.record = Some(Recorded::default());
+    let chains = endpoint_chains(index, config, names, ep, merged);
+    let claims = names.trace.take().unwrap_or_default();
+    let recorded = merged.record.take().unwrap_or_default();
+    cache.next.insert(
+        key,
+        Compiled {
+            inputs,
+            chains: chains.clone(),
+            claims,
+            jumps: recorded.jumps,
+            blocks: recorded.blocks,
+        },
+    );
+    chains
+}
+
+fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) -> Desired {
     let mut out = Desired::default();
     let mut names = Names::default();
 
@@ -351,9 +551,16 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
             family,
             sets: &mut out.sets,
             jumps: HashSet::new(),
+            record: None,
         };
         for ep in &endpoints {
-            chains.extend(endpoint_chains(index, config, &mut names, ep, &mut merged));
+            let compiled = match &mut cache {
+                Some(cache) => {
+                    cached_endpoint_chains(index, config, &mut names, ep, &mut merged, cache)
+                }
+                None => endpoint_chains(index, config, &mut names, ep, &mut merged),
+            };
+            chains.extend(compiled);
         }
         // A policy's chain exists in a family only while an endpoint chain
         // of that family jumps to it.
@@ -518,10 +725,7 @@ fn endpoint_chains(
             })
             .to_vec();
     }
-    let log = config.log_all
-        || index
-            .namespace(&ep.pod.namespace)
-            .is_some_and(|n| n.log_denied);
+    let log = logs_denials(index, config, ep);
     let mut out = Vec::new();
     for dir in Direction::BOTH {
         let deny_log = log.then(|| log_rule(config, ep, dir, "deny"));
@@ -621,7 +825,7 @@ fn endpoint_rules(
             };
             let chain = names.cluster_chain(p, dir);
             rules.push(format!("{guard}-j {chain}"));
-            merged.jumps.insert(chain);
+            merged.jump(chain);
         }
         rules.push(format!("-m mark --mark {accepted} -g {allow}"));
         if let Some(log) = &exits.log {
@@ -650,7 +854,7 @@ fn endpoint_rules(
     for p in policies.iter().filter(|p| unmerged(p, dir)) {
         let chain = names.policy_chain(p, dir);
         rules.push(format!("-j {chain}"));
-        merged.jumps.insert(chain);
+        merged.jump(chain);
         rules.push(format!("-m mark --mark {accepted} -g {allow}"));
     }
     rules.extend(exits.log.clone());
@@ -685,6 +889,24 @@ struct Merged<'a> {
     sets: &'a mut BTreeMap<String, DesiredSet>,
     /// The policy chains the endpoint chains of this family jump to.
     jumps: HashSet<String>,
+    /// While one endpoint's chains are compiled: its jumps and sets.
+    record: Option<Recorded>,
+}
+
+/// What one endpoint's chains add besides themselves.
+#[derive(Debug, Default)]
+struct Recorded {
+    jumps: Vec<String>,
+    blocks: Vec<(String, DesiredSet)>,
+}
+
+impl Merged<'_> {
+    fn jump(&mut self, chain: String) {
+        if let Some(r) = &mut self.record {
+            r.jumps.push(chain.clone());
+        }
+        self.jumps.insert(chain);
+    }
 }
 
 impl Merged<'_> {
@@ -731,12 +953,15 @@ impl Merged<'_> {
             let id: Vec<String> = blocks.keys().map(|m| m.render()).collect();
             let name = names.blocks(&id.join(","), self.family);
             rules.push(format!("-m set --match-set {name} {peer_dir} -g {allow}"));
-            self.sets.entry(name).or_insert_with(|| DesiredSet {
+            let set = self.sets.entry(name.clone()).or_insert_with(|| DesiredSet {
                 family: self.family,
                 kind: SetKind::HashNet,
                 members: Arc::new(blocks),
                 describes: format!("{} ipBlocks allowed on every port", id.len()),
             });
+            if let Some(r) = &mut self.record {
+                r.blocks.push((name, set.clone()));
+            }
         }
         for set in sets {
             rules.push(format!("-m set --match-set {set} {peer_dir} -g {allow}"));

@@ -1,11 +1,12 @@
 //! The index keeps peer sets and selections up to date one change at a
-//! time. Whatever the sequence of changes, compiling it must give exactly
-//! what compiling a fresh index holding the same objects gives: the same
-//! chains, rule for rule, and the same set members.
+//! time, and the engine's [`Compiler`] compiles again only the endpoints a
+//! change touched. Whatever the sequence of changes, that must give exactly
+//! what compiling a fresh index holding the same objects from scratch
+//! gives: the same chains, rule for rule, and the same set members.
 
 use std::collections::BTreeMap;
 use underlay_policy_core::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterRule, Tier};
-use underlay_policy_core::compile::{Config, Desired, compile};
+use underlay_policy_core::compile::{Compiler, Config, Desired, compile};
 use underlay_policy_core::index::Index;
 use underlay_policy_core::model::{
     Attachment, Endpoint, Namespace, Peer, Pod, PodKey, Policy, PortMatch, Rule, Selector,
@@ -145,6 +146,7 @@ fn any_sequence_of_changes_compiles_like_a_fresh_index() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
         let mut world = World::default();
         let mut idx = Index::new();
+        let mut compiler = Compiler::default();
         for step in 0..300 {
             let ns = rng.pick(&NAMESPACES);
             let name = rng.pick(&PODS);
@@ -167,6 +169,8 @@ fn any_sequence_of_changes_compiles_like_a_fresh_index() {
                     if !team.is_empty() {
                         n = n.label("team", team);
                     }
+                    // Whether it logs denials is part of its pods' chains.
+                    n.log_denied = rng.below(2) == 0;
                     world.namespaces.insert(ns.into(), n.clone());
                     idx.apply_namespace(n);
                 }
@@ -228,11 +232,61 @@ fn any_sequence_of_changes_compiles_like_a_fresh_index() {
                 let mut fresh = fresh;
                 fresh.refresh_sets();
                 let (have, want) = (
-                    snapshot(&compile(&idx, &config)),
+                    snapshot(&compiler.compile(&idx, &config)),
                     snapshot(&compile(&fresh, &config)),
                 );
                 assert_eq!(have, want, "seed {seed}, step {step}");
             }
         }
     }
+}
+
+/// `x/qut94zsly7zq` and `y/q9wr7e0srw14` hash alike, so whichever is named
+/// first (in key order) holds the chain name both would take. An endpoint
+/// chain the compiler keeps names `y`'s chain; once `x`'s policy becomes
+/// active, `y`'s chain is renamed, and the kept chain must follow.
+#[test]
+fn a_kept_endpoint_chain_follows_a_rename_a_collision_forces() {
+    let config = Config::default();
+    let mut idx = Index::new();
+    let mut compiler = Compiler::default();
+    let pod = |ns: &str, ip: &str| Pod::new(ns, "a").label("app", "web").ip(ip);
+    let endpoint = |ns: &str, ip: &str| Endpoint {
+        pod: PodKey::new(ns, "a"),
+        interface: format!("udl{ns}a"),
+        ips: vec![ip.parse().unwrap()],
+        owner: Attachment::new(format!("sandbox-{ns}"), "eth0"),
+    };
+    let policy = |ns: &str, name: &str| {
+        let mut p = Policy::new(ns, name, Selector::labels([("app", "web")]));
+        let mut rule = Rule::from(vec![Peer::pods(Selector::labels([("app", "db")]))]);
+        rule.ports = vec![PortMatch::tcp(80)];
+        p.ingress = vec![rule];
+        p
+    };
+    for (ns, ip) in [("x", "10.0.0.1"), ("y", "10.0.1.1")] {
+        idx.apply_namespace(Namespace::new(ns));
+        idx.apply_pod(pod(ns, ip));
+    }
+    idx.apply_endpoint(endpoint("y", "10.0.1.1"));
+    idx.apply_policy(policy("y", "q9wr7e0srw14"));
+    idx.refresh_sets();
+    let first = compiler.compile(&idx, &config);
+    assert_eq!(snapshot(&first), snapshot(&compile(&idx, &config)));
+
+    idx.apply_endpoint(endpoint("x", "10.0.0.1"));
+    idx.apply_policy(policy("x", "qut94zsly7zq"));
+    idx.refresh_sets();
+    let second = compiler.compile(&idx, &config);
+    assert_eq!(snapshot(&second), snapshot(&compile(&idx, &config)));
+    // The two policies' chains are two chains.
+    let jumps = |d: &Desired, iface: &str| -> Vec<String> {
+        d.chains[0][&format!("UDL-I-{iface}")]
+            .iter()
+            .filter(|r| r.starts_with("-j UDL-PI-"))
+            .cloned()
+            .collect()
+    };
+    assert_ne!(jumps(&second, "udlxa"), jumps(&second, "udlya"));
+    assert_ne!(jumps(&first, "udlya"), jumps(&second, "udlya"));
 }

@@ -6,7 +6,7 @@
 //! left, so enforcement never has an open or closed window.
 
 use crate::compile::{
-    self, CHAIN_PREFIX, Config, Desired, DesiredSet, FROM_POD, HOOKS, SET_PREFIX, TO_POD, fnv64,
+    CHAIN_PREFIX, Compiler, Config, Desired, DesiredSet, FROM_POD, HOOKS, SET_PREFIX, TO_POD, fnv64,
 };
 use crate::dataplane::{Dataplane, DataplaneError, split_words};
 use crate::eval::Evaluator;
@@ -272,6 +272,8 @@ pub struct Engine<D: Dataplane> {
     /// chain compiled to the same rules again is left alone without
     /// digesting it. Only while `programmed` is what our writes made it.
     written: Option<Chains>,
+    /// Compiles only the endpoints a change touched.
+    compiler: Compiler,
     metrics: Metrics,
     synced_generation: Option<u64>,
     dirty_since: Option<Instant>,
@@ -288,6 +290,7 @@ impl<D: Dataplane> Engine<D> {
             dataplane,
             programmed: None,
             written: None,
+            compiler: Compiler::default(),
             metrics,
             synced_generation: None,
             dirty_since: None,
@@ -418,7 +421,7 @@ impl<D: Dataplane> Engine<D> {
         report.phases.read = micros_since(t);
         let t = Instant::now();
         self.index.refresh_sets();
-        let desired = compile::compile(&self.index, &self.config);
+        let desired = self.compiler.compile(&self.index, &self.config);
         report.phases.compile = micros_since(t);
         if reread && self.synced_generation.is_some() {
             // A re-read after we had programmed once: any difference is
