@@ -181,8 +181,9 @@ pub struct Names {
     by_identity: HashMap<String, String>,
     owner: HashMap<String, String>,
     by_address: HashMap<(usize, u8), Claim>,
-    /// The key and family of every set named, by name.
-    sets: HashMap<String, (SetKey, Family)>,
+    /// The key and family of every set named, by name, and what it
+    /// stands for.
+    sets: HashMap<String, (SetKey, Family, String)>,
     /// While one endpoint's chains are compiled: every name they use, in
     /// the order asked (see [`Compiler`]).
     trace: Option<Vec<Claim>>,
@@ -254,7 +255,8 @@ impl Names {
         if let Some((key, family)) = &claim.set
             && !self.sets.contains_key(&claim.name)
         {
-            self.sets.insert(claim.name.clone(), (key.clone(), *family));
+            let entry = (key.clone(), *family, claim.id.clone());
+            self.sets.insert(claim.name.clone(), entry);
         }
         if let Some(trace) = &mut self.trace {
             trace.push(claim.clone());
@@ -386,6 +388,38 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
 pub struct Compiler {
     config: Option<Config>,
     endpoints: HashMap<(String, Family), Compiled>,
+    policies: HashMap<PolicyKey, CompiledPolicy>,
+}
+
+/// A policy's chain in one family: the policy object's address (the entry
+/// holds the object, so no other takes that address meanwhile), the
+/// direction and the family.
+type PolicyKey = (usize, Direction, Family);
+
+/// The chain of one policy or cluster policy in one direction and family,
+/// the names it used, and the object it was compiled from.
+#[derive(Debug)]
+struct CompiledPolicy {
+    _compiled_from: Compiling,
+    rules: Vec<String>,
+    claims: Vec<Claim>,
+}
+
+/// The object a policy chain is compiled from.
+#[derive(Debug)]
+enum Compiling {
+    Policy(Arc<Policy>),
+    Cluster(Arc<ClusterPolicy>),
+}
+
+impl Compiling {
+    fn key(&self, dir: Direction, family: Family) -> PolicyKey {
+        let at = match self {
+            Compiling::Policy(p) => Arc::as_ptr(p) as usize,
+            Compiling::Cluster(p) => Arc::as_ptr(p) as usize,
+        };
+        (at, dir, family)
+    }
 }
 
 impl Compiler {
@@ -394,16 +428,19 @@ impl Compiler {
             self.config = Some(config.clone());
             self.endpoints.clear();
         }
-        let mut kept = HashMap::new();
+        let (mut kept, mut kept_policies) = (HashMap::new(), HashMap::new());
         let desired = compile_with(
             index,
             config,
             Some(Cache {
                 last: &mut self.endpoints,
                 next: &mut kept,
+                last_policies: &mut self.policies,
+                next_policies: &mut kept_policies,
             }),
         );
         self.endpoints = kept;
+        self.policies = kept_policies;
         desired
     }
 }
@@ -460,6 +497,42 @@ impl Inputs {
 struct Cache<'a> {
     last: &'a mut HashMap<(String, Family), Compiled>,
     next: &'a mut HashMap<(String, Family), Compiled>,
+    last_policies: &'a mut HashMap<PolicyKey, CompiledPolicy>,
+    next_policies: &'a mut HashMap<PolicyKey, CompiledPolicy>,
+}
+
+/// A policy's chain in one family: the last compile's when it was
+/// compiled from this very object and its names are still its own,
+/// otherwise compiled (and kept for the next compile).
+fn policy_chain_rules(
+    cache: &mut Option<Cache<'_>>,
+    names: &mut Names,
+    from: Compiling,
+    dir: Direction,
+    family: Family,
+    compile: impl FnOnce(&mut Names) -> Vec<String>,
+) -> Vec<String> {
+    let Some(cache) = cache else {
+        return compile(names);
+    };
+    let key = from.key(dir, family);
+    if let Some(last) = cache.last_policies.remove(&key)
+        && last.claims.iter().all(|c| names.replay(c))
+    {
+        let rules = last.rules.clone();
+        cache.next_policies.insert(key, last);
+        return rules;
+    }
+    names.trace = Some(Vec::new());
+    let rules = compile(names);
+    let claims = names.trace.take().unwrap_or_default();
+    let compiled = CompiledPolicy {
+        _compiled_from: from,
+        rules: rules.clone(),
+        claims,
+    };
+    cache.next_policies.insert(key, compiled);
+    rules
 }
 
 /// Whether denied packets of `ep` are logged.
@@ -569,7 +642,11 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
             for dir in Direction::BOTH {
                 let name = names.cluster_chain(policy, dir);
                 if !policy.rules(dir).is_empty() && used.contains(&name) {
-                    let rules = cluster_rules(policy, dir, family, config, &mut names);
+                    let from = Compiling::Cluster(policy.clone());
+                    let rules =
+                        policy_chain_rules(&mut cache, &mut names, from, dir, family, |n| {
+                            cluster_rules(policy, dir, family, config, n)
+                        });
                     chains.insert(name, rules);
                 }
             }
@@ -578,7 +655,11 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
             for dir in Direction::BOTH {
                 let name = names.policy_chain(policy, dir);
                 if unmerged(policy, dir) && used.contains(&name) {
-                    let rules = policy_rules(policy, dir, family, &mark, &mut names);
+                    let from = Compiling::Policy(policy.clone());
+                    let rules =
+                        policy_chain_rules(&mut cache, &mut names, from, dir, family, |n| {
+                            policy_rules(policy, dir, family, &mark, n)
+                        });
                     chains.insert(name, rules);
                 }
             }
@@ -593,7 +674,7 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
 /// The peer sets the rules match against, with the members the index
 /// holds for them.
 fn add_sets(index: &Index, names: Names, out: &mut Desired) {
-    for (name, (key, family)) in names.sets {
+    for (name, (key, family, describes)) in names.sets {
         let Some(data) = index.sets().get(&key) else {
             continue;
         };
@@ -603,7 +684,7 @@ fn add_sets(index: &Index, names: Names, out: &mut Desired) {
                 family,
                 kind: key.kind(),
                 members: data.members[family.index()].clone(),
-                describes: key.canonical(),
+                describes,
             },
         );
     }

@@ -290,3 +290,51 @@ fn a_kept_endpoint_chain_follows_a_rename_a_collision_forces() {
     assert_ne!(jumps(&second, "udlxa"), jumps(&second, "udlya"));
     assert_ne!(jumps(&first, "udlya"), jumps(&second, "udlya"));
 }
+
+/// The sets of `role=q9p8zoni7o20` pods in `x` and `role=qrtqa5y7y30c` pods
+/// in `y` hash alike. A policy chain the compiler keeps matches against
+/// `y`'s set; once `x`'s policy becomes active, its set is named first and
+/// `y`'s is renamed, and the kept policy chain must follow.
+#[test]
+fn a_kept_policy_chain_follows_a_set_rename_a_collision_forces() {
+    let config = Config::default();
+    let mut idx = Index::new();
+    let mut compiler = Compiler::default();
+    let endpoint = |ns: &str, ip: &str| Endpoint {
+        pod: PodKey::new(ns, "a"),
+        interface: format!("udl{ns}a"),
+        ips: vec![ip.parse().unwrap()],
+        owner: Attachment::new(format!("sandbox-{ns}"), "eth0"),
+    };
+    let policy = |ns: &str, role: &str| {
+        let mut p = Policy::new(ns, "from-role", Selector::labels([("app", "web")]));
+        let mut rule = Rule::from(vec![Peer::pods(Selector::labels([("role", role)]))]);
+        rule.ports = vec![PortMatch::tcp(80)];
+        p.ingress = vec![rule];
+        p
+    };
+    for (ns, ip) in [("x", "10.0.0.1"), ("y", "10.0.1.1")] {
+        idx.apply_namespace(Namespace::new(ns));
+        idx.apply_pod(Pod::new(ns, "a").label("app", "web").ip(ip));
+    }
+    idx.apply_endpoint(endpoint("y", "10.0.1.1"));
+    idx.apply_policy(policy("y", "qrtqa5y7y30c"));
+    idx.refresh_sets();
+    let first = compiler.compile(&idx, &config);
+    assert_eq!(snapshot(&first), snapshot(&compile(&idx, &config)));
+
+    idx.apply_endpoint(endpoint("x", "10.0.0.1"));
+    idx.apply_policy(policy("x", "q9p8zoni7o20"));
+    idx.refresh_sets();
+    let second = compiler.compile(&idx, &config);
+    assert_eq!(snapshot(&second), snapshot(&compile(&idx, &config)));
+    // The name y's set had is x's now, and y's set has another.
+    let (name, was) = first.sets.iter().next().unwrap();
+    assert!(was.describes.contains("qrtqa5y7y30c"), "{}", was.describes);
+    assert!(
+        second.sets[name].describes.contains("q9p8zoni7o20"),
+        "{}",
+        second.sets[name].describes
+    );
+    assert_eq!(second.sets.len(), 2);
+}
