@@ -265,6 +265,42 @@ pub struct Index {
     /// Each endpoint's selection as [`Index::refresh_sets`] last worked it
     /// out, and what changed since (see [`Selections`]).
     selections: Selections,
+    /// The policies and cluster policies active at the last
+    /// [`Index::refresh_sets`] (by key; the very objects), and how many of
+    /// them need each set: a refresh looks only at the policies that came,
+    /// went or changed since.
+    active: BTreeMap<ActiveKey, Active>,
+    wanted: HashMap<SetKey, u32>,
+}
+
+/// An active policy or cluster policy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum ActiveKey {
+    Policy(PodKey),
+    Cluster(String),
+}
+
+#[derive(Debug, Clone)]
+enum Active {
+    Policy(Arc<Policy>),
+    Cluster(Arc<ClusterPolicy>),
+}
+
+impl Active {
+    fn same(&self, other: &Active) -> bool {
+        match (self, other) {
+            (Active::Policy(a), Active::Policy(b)) => Arc::ptr_eq(a, b),
+            (Active::Cluster(a), Active::Cluster(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    fn sets(&self) -> BTreeSet<SetKey> {
+        match self {
+            Active::Policy(p) => Index::sets_of(p),
+            Active::Cluster(p) => Index::sets_of_cluster(p),
+        }
+    }
 }
 
 /// The policies selecting each endpoint, kept between compiles: working
@@ -806,16 +842,54 @@ impl Index {
             return;
         }
         self.sets_stale = false;
-        let mut wanted: BTreeSet<SetKey> = self
+        let mut active: BTreeMap<ActiveKey, Active> = self
             .active_policies()
-            .values()
-            .flat_map(|p| Index::sets_of(p))
+            .into_iter()
+            .map(|(k, p)| (ActiveKey::Policy(k), Active::Policy(p)))
             .collect();
-        for p in self.active_cluster_policies().values() {
-            wanted.extend(Index::sets_of_cluster(p));
+        active.extend(
+            self.active_cluster_policies()
+                .into_iter()
+                .map(|(k, p)| (ActiveKey::Cluster(k), Active::Cluster(p))),
+        );
+        // Count the sets of the policies that went or changed out, and of
+        // those that came or changed in.
+        let last = std::mem::take(&mut self.active);
+        let mut gone: BTreeSet<SetKey> = BTreeSet::new();
+        for (key, was) in &last {
+            if active.get(key).is_some_and(|now| now.same(was)) {
+                continue;
+            }
+            for set in was.sets() {
+                if let Some(n) = self.wanted.get_mut(&set) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.wanted.remove(&set);
+                        gone.insert(set);
+                    }
+                }
+            }
         }
-        self.sets.retain(|k, _| wanted.contains(k));
-        for key in wanted {
+        let mut came: Vec<SetKey> = Vec::new();
+        for (key, now) in &active {
+            if last.get(key).is_some_and(|was| was.same(now)) {
+                continue;
+            }
+            for set in now.sets() {
+                let n = self.wanted.entry(set.clone()).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    came.push(set);
+                }
+            }
+        }
+        self.active = active;
+        for key in gone {
+            if !self.wanted.contains_key(&key) {
+                self.sets.remove(&key);
+            }
+        }
+        for key in came {
             if !self.sets.contains_key(&key) {
                 let data = self.fill(&key);
                 self.sets.insert(key, data);

@@ -231,6 +231,13 @@ fn any_sequence_of_changes_compiles_like_a_fresh_index() {
                 idx.refresh_sets();
                 let mut fresh = fresh;
                 fresh.refresh_sets();
+                // The index keeps the sets the active policies need, no more.
+                assert!(
+                    idx.sets().keys().eq(fresh.sets().keys()),
+                    "seed {seed}, step {step}: sets {:?} instead of {:?}",
+                    idx.sets().keys().collect::<Vec<_>>(),
+                    fresh.sets().keys().collect::<Vec<_>>()
+                );
                 let (have, want) = (
                     snapshot(&compiler.compile(&idx, &config)),
                     snapshot(&compile(&fresh, &config)),
