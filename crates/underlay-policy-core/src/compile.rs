@@ -10,11 +10,18 @@
 //! - `UDL-E-<if>` / `UDL-I-<if>`: per endpoint. Empty when no policy of
 //!   any tier selects the pod in that direction (open); otherwise the
 //!   tiers in order: the Admin tier's cluster policy chains, then, when a
-//!   NetworkPolicy selects the pod, the peers the selecting policies allow
-//!   on every port (their `ipBlock`s without exceptions in one
-//!   `udl<family>-b-<h>` `hash:net` set, every other peer set in one rule)
-//!   and a jump to each selecting policy's chain, returning as soon as one
-//!   allowed, then drop; else the Baseline tier's chains. A drop alone
+//!   NetworkPolicy selects the pod, a jump to the chain of the peers the
+//!   selecting policies allow on every port and a jump to each selecting
+//!   policy's chain, returning as soon as one allowed, then drop; else the
+//!   Baseline tier's chains.
+//! - `UDL-M-<h>`: the peers some endpoints' policies allow on every port
+//!   (their `ipBlock`s without exceptions in one `udl<family>-b-<h>`
+//!   `hash:net` set, every other peer set in one rule, each going to
+//!   `UDL-ACCEPTED`), named after its rules and shared by every endpoint
+//!   with the same peers. Set matches live only in shared chains: a set
+//!   match makes iptables-nft instantiate the kernel's `set` extension,
+//!   which first waits for the release of the previous transaction's rules,
+//!   so a pod whose peers chain exists comes and goes without that wait. A drop alone
 //!   while the endpoint's Pod object is unknown, and in a family the
 //!   endpoint has no address in, wherever a policy selects it.
 //! - `UDL-PI-<h>` / `UDL-PE-<h>`: per NetworkPolicy with rules that have
@@ -46,6 +53,8 @@ pub const OUTPUT: &str = "UDL-OUTPUT";
 pub const FROM_POD: &str = "UDL-FROM-POD";
 pub const TO_POD: &str = "UDL-TO-POD";
 pub const ALLOW: &str = "UDL-ALLOW";
+/// Sets the accept verdict and returns: where a peers chain's matches go.
+pub const ACCEPTED: &str = "UDL-ACCEPTED";
 
 /// The built-in chains we hook, with the chain each jumps to.
 pub const HOOKS: [(&str, &str); 3] = [("FORWARD", FORWARD), ("INPUT", INPUT), ("OUTPUT", OUTPUT)];
@@ -314,6 +323,13 @@ impl Names {
             .name
     }
 
+    /// The chain matching the peers some endpoints' NetworkPolicies allow
+    /// on every port, named after its rules (`rules` their text).
+    pub fn peers_chain(&mut self, rules: &str) -> String {
+        self.claim(format!("{CHAIN_PREFIX}M-"), rules.to_string(), None)
+            .name
+    }
+
     /// The chain of a cluster policy in one direction.
     pub fn cluster_chain(&mut self, policy: &ClusterPolicy, dir: Direction) -> String {
         let at = (std::ptr::from_ref(policy) as usize, Named::Chain(dir).tag());
@@ -453,6 +469,7 @@ struct Compiled {
     claims: Vec<Claim>,
     jumps: Vec<String>,
     blocks: Vec<(String, DesiredSet)>,
+    peers: Vec<(String, Vec<String>)>,
 }
 
 /// What an endpoint's chains are made of, besides the names.
@@ -569,6 +586,12 @@ fn cached_endpoint_chains(
                 .entry(name.clone())
                 .or_insert_with(|| set.clone());
         }
+        for (name, rules) in &last.peers {
+            merged
+                .peers
+                .entry(name.clone())
+                .or_insert_with(|| rules.clone());
+        }
         let chains = last.chains.clone();
         cache.next.insert(key, last);
         return chains;
@@ -586,6 +609,7 @@ fn cached_endpoint_chains(
             claims,
             jumps: recorded.jumps,
             blocks: recorded.blocks,
+            peers: recorded.peers,
         },
     );
     chains
@@ -624,6 +648,7 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
             family,
             sets: &mut out.sets,
             jumps: HashSet::new(),
+            peers: BTreeMap::new(),
             record: None,
         };
         for ep in &endpoints {
@@ -635,6 +660,7 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
             };
             chains.extend(compiled);
         }
+        chains.extend(merged.peers);
         // A policy's chain exists in a family only while an endpoint chain
         // of that family jumps to it.
         let used = merged.jumps;
@@ -692,7 +718,7 @@ fn add_sets(index: &Index, names: Names, out: &mut Desired) {
 
 /// The chains the built-in chains jump to, and `UDL-ALLOW`: the same for
 /// every cluster, but for IPv6's neighbour discovery.
-fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 4] {
+fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 5] {
     let any_pod = format!("{}+", config.interface_prefix);
     let forward = vec![
         format!("-i {any_pod} -m conntrack --ctstate INVALID -j DROP"),
@@ -732,11 +758,13 @@ fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 4] {
         "-o {any_pod} -m conntrack --ctstate INVALID -j DROP"
     )];
     let allow = vec![format!("-j MARK --set-xmark {}", config.undecided())];
+    let accepted = vec![format!("-j MARK --set-xmark {}", config.accepted())];
     [
         (FORWARD.into(), forward),
         (INPUT.into(), input),
         (OUTPUT.into(), output),
         (ALLOW.into(), allow),
+        (ACCEPTED.into(), accepted),
     ]
 }
 
@@ -931,7 +959,7 @@ fn endpoint_rules(
         }
         return rules;
     }
-    rules.extend(merged.peer_rules(policies, dir, names, allow));
+    rules.extend(merged.peer_rules(policies, dir, names, &accepted, allow));
     for p in policies.iter().filter(|p| unmerged(p, dir)) {
         let chain = names.policy_chain(p, dir);
         rules.push(format!("-j {chain}"));
@@ -970,7 +998,10 @@ struct Merged<'a> {
     sets: &'a mut BTreeMap<String, DesiredSet>,
     /// The policy chains the endpoint chains of this family jump to.
     jumps: HashSet<String>,
-    /// While one endpoint's chains are compiled: its jumps and sets.
+    /// The peers chains they jump to, with their rules.
+    peers: BTreeMap<String, Vec<String>>,
+    /// While one endpoint's chains are compiled: its jumps, sets and
+    /// peers chains.
     record: Option<Recorded>,
 }
 
@@ -979,6 +1010,7 @@ struct Merged<'a> {
 struct Recorded {
     jumps: Vec<String>,
     blocks: Vec<(String, DesiredSet)>,
+    peers: Vec<(String, Vec<String>)>,
 }
 
 impl Merged<'_> {
@@ -996,6 +1028,7 @@ impl Merged<'_> {
         policies: &[Arc<Policy>],
         dir: Direction,
         names: &mut Names,
+        accepted: &str,
         allow: &str,
     ) -> Vec<String> {
         let peer_dir = match dir {
@@ -1033,7 +1066,9 @@ impl Merged<'_> {
         if !blocks.is_empty() {
             let id: Vec<String> = blocks.keys().map(|m| m.render()).collect();
             let name = names.blocks(&id.join(","), self.family);
-            rules.push(format!("-m set --match-set {name} {peer_dir} -g {allow}"));
+            rules.push(format!(
+                "-m set --match-set {name} {peer_dir} -g {ACCEPTED}"
+            ));
             let set = self.sets.entry(name.clone()).or_insert_with(|| DesiredSet {
                 family: self.family,
                 kind: SetKind::HashNet,
@@ -1045,9 +1080,20 @@ impl Merged<'_> {
             }
         }
         for set in sets {
-            rules.push(format!("-m set --match-set {set} {peer_dir} -g {allow}"));
+            rules.push(format!("-m set --match-set {set} {peer_dir} -g {ACCEPTED}"));
         }
-        rules
+        if rules.is_empty() {
+            return rules;
+        }
+        let chain = names.peers_chain(&rules.join("\n"));
+        if let Some(r) = &mut self.record {
+            r.peers.push((chain.clone(), rules.clone()));
+        }
+        self.peers.entry(chain.clone()).or_insert(rules);
+        vec![
+            format!("-j {chain}"),
+            format!("-m mark --mark {accepted} -g {allow}"),
+        ]
     }
 }
 

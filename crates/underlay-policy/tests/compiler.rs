@@ -1055,3 +1055,77 @@ fn the_peers_many_policies_allow_on_every_port_are_matched_by_the_endpoint_chain
     assert_eq!(from("10.50.1.200"), Verdict::Accept);
     assert_eq!(from("203.0.113.9"), Verdict::Accept);
 }
+
+/// A set match makes iptables-nft instantiate the kernel's `set` match
+/// extension, and the kernel first waits for the previous transaction's
+/// rules to be released (an RCU grace period, milliseconds). The peers a
+/// pod's policies allow on every port are matched in a chain shared by
+/// every endpoint with the same peers, so a pod coming or going whose peers
+/// another pod already has writes no set match: its chains jump to the
+/// shared one.
+#[test]
+fn a_pod_whose_peers_chain_exists_comes_and_goes_without_a_set_match() {
+    use underlay_policy::model::{Attachment, Endpoint, Peer, Pod, Policy, Rule};
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    // Every pod of x admits x's pods b, on every port.
+    let mut p = Policy::new("x", "from-b", Selector::everything());
+    p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([(
+        "pod", "b",
+    )]))])];
+    engine.change(|idx| idx.apply_policy(p));
+    engine.sync().unwrap();
+
+    let new = Endpoint {
+        pod: PodKey::new("x", "d"),
+        interface: "udlxd".into(),
+        ips: vec!["10.88.0.77".parse().unwrap()],
+        owner: Attachment::new("sandbox-xd", "eth0"),
+    };
+    let scripts_of = |fake: &FakeDataplane, from: usize| -> Vec<String> {
+        fake.state().calls[from..]
+            .iter()
+            .filter_map(|c| match c {
+                Call::RestoreFilter(_, script) => Some(script.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let before = fake.state().calls.len();
+    engine.change(|idx| {
+        idx.apply_pod(Pod::new("x", "d").label("pod", "d").ip("10.88.0.77"));
+        idx.apply_endpoint(new.clone());
+    });
+    engine.sync().unwrap();
+    let added = scripts_of(&fake, before);
+    assert!(added.iter().any(|s| s.contains("udlxd")), "{added:?}");
+    assert!(
+        added.iter().all(|s| !s.contains("-m set")),
+        "a set match for the new pod: {added:?}"
+    );
+    let to_new = |src: Pid| -> bool {
+        let mut pkt = Packet {
+            iif: Some(src.interface()),
+            oif: Some("udlxd".into()),
+            src: src.ip(Family::V4),
+            dst: "10.88.0.77".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            dport: 80,
+            mark: 0,
+        };
+        verdict(&fake, Family::V4, "FORWARD", &mut pkt) == Verdict::Accept
+    };
+    assert!(to_new(Pid { ns: 0, pod: 1 }), "x/b -> x/d");
+    assert!(!to_new(Pid { ns: 0, pod: 2 }), "x/c -> x/d");
+    assert!(!to_new(Pid { ns: 1, pod: 1 }), "y/b -> x/d");
+
+    let before = fake.state().calls.len();
+    engine.change(|idx| idx.delete_endpoint("udlxd", &new.owner));
+    engine.sync().unwrap();
+    let removed = scripts_of(&fake, before);
+    assert!(removed.iter().any(|s| s.contains("udlxd")), "{removed:?}");
+    assert!(
+        removed.iter().all(|s| !s.contains("-m set")),
+        "a set match when the pod went: {removed:?}"
+    );
+}
