@@ -486,8 +486,24 @@ impl PluginOutput {
 }
 
 /// Runs a plugin binary inside `node` as a container runtime does.
+/// `ip` by its full path: a command named by a bare name whose `PATH` is
+/// set anew cannot be started with `posix_spawn`, so the standard library
+/// forks this whole process instead, which in a benchmark holding an API
+/// server costs more than the plugin (a runtime starts plugins with a
+/// vfork-like spawn).
+fn ip_program() -> &'static Path {
+    static IP: OnceLock<PathBuf> = OnceLock::new();
+    IP.get_or_init(|| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("ip"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("ip"))
+    })
+}
+
 pub fn exec_plugin(node: &Netns, binary: &Path, inv: &Invocation, stdin: &Value) -> PluginOutput {
-    let mut cmd = Command::new("ip");
+    let mut cmd = Command::new(ip_program());
     cmd.args(["netns", "exec", &node.name])
         .arg(binary)
         .env_clear()
