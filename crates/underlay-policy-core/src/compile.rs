@@ -55,6 +55,9 @@ pub const TO_POD: &str = "UDL-TO-POD";
 pub const ALLOW: &str = "UDL-ALLOW";
 /// Sets the accept verdict and returns: where a peers chain's matches go.
 pub const ACCEPTED: &str = "UDL-ACCEPTED";
+/// Clears the verdict and returns: endpoint chains jump here rather than
+/// set the mark themselves (see [`native`]).
+pub const CLEAR: &str = "UDL-CLEAR";
 
 /// The built-in chains we hook, with the chain each jumps to.
 pub const HOOKS: [(&str, &str); 3] = [("FORWARD", FORWARD), ("INPUT", INPUT), ("OUTPUT", OUTPUT)];
@@ -718,7 +721,7 @@ fn add_sets(index: &Index, names: Names, out: &mut Desired) {
 
 /// The chains the built-in chains jump to, and `UDL-ALLOW`: the same for
 /// every cluster, but for IPv6's neighbour discovery.
-fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 5] {
+fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 6] {
     let any_pod = format!("{}+", config.interface_prefix);
     let forward = vec![
         format!("-i {any_pod} -m conntrack --ctstate INVALID -j DROP"),
@@ -739,12 +742,10 @@ fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 5] {
     ];
     if family == Family::V6 {
         // Neighbour discovery with the gateway must work whatever the
-        // pod's egress policy says, or the pod loses its IPv6 link.
-        for t in [
-            "router-solicitation",
-            "neighbour-solicitation",
-            "neighbour-advertisement",
-        ] {
+        // pod's egress policy says, or the pod loses its IPv6 link: router
+        // solicitation, neighbour solicitation and advertisement, by number
+        // as `ip6tables-save` prints them.
+        for t in [133, 135, 136] {
             input.push(format!(
                 "-i {any_pod} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN"
             ));
@@ -765,6 +766,10 @@ fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 5] {
         (OUTPUT.into(), output),
         (ALLOW.into(), allow),
         (ACCEPTED.into(), accepted),
+        (
+            CLEAR.into(),
+            vec![format!("-j MARK --set-xmark {}", config.undecided())],
+        ),
     ]
 }
 
@@ -924,7 +929,7 @@ fn endpoint_rules(
 ) -> Vec<String> {
     let accepted = config.accepted();
     let (allow, deny) = (&exits.allow, &exits.deny);
-    let mut rules = vec![format!("-j MARK --set-xmark {}", config.undecided())];
+    let mut rules = vec![format!("-j {CLEAR}")];
     let mut tier = |rules: &mut Vec<String>, policies: &[Arc<ClusterPolicy>]| {
         for (i, p) in policies.iter().enumerate() {
             let guard = if i == 0 {
@@ -947,7 +952,7 @@ fn endpoint_rules(
     let baseline = selection.tier(Tier::Baseline, dir);
     // Clears a Pass, so no verdict bit leaves the chain or reaches the
     // next tier.
-    let clear = format!("-j MARK --set-xmark {}", config.undecided());
+    let clear = format!("-j {CLEAR}");
     if !admin.is_empty() {
         tier(&mut rules, admin);
         rules.push(clear.clone());
@@ -1116,9 +1121,39 @@ fn log_rule(config: &Config, ep: &Endpoint, dir: Direction, kind: &str) -> Strin
         .map(|c| if c == '"' || c == '\\' { '_' } else { c })
         .collect();
     format!(
-        "-m limit --limit {} -j NFLOG --nflog-group {} --nflog-prefix \"{prefix}\"",
-        config.log_rate, config.nflog_group
+        "-m limit --limit {} -j NFLOG --nflog-prefix \"{prefix}\" --nflog-group {}",
+        saved_rate(&config.log_rate),
+        config.nflog_group
     )
+}
+
+/// A `limit` rate as `iptables-save` prints it (`10/second` is saved as
+/// `10/sec`), so a chain of native rules reads back as it was written.
+fn saved_rate(rate: &str) -> String {
+    let Some((n, unit)) = rate.split_once('/') else {
+        return rate.to_string();
+    };
+    let unit = match unit {
+        "s" | "sec" | "second" => "sec",
+        "m" | "min" | "minute" => "min",
+        "h" | "hour" => "hour",
+        "d" | "day" => "day",
+        other => other,
+    };
+    format!("{n}/{unit}")
+}
+
+/// Whether every rule is a native nf_tables expression for iptables-nft
+/// (no `set` match, `MARK` target or `comment` match, which it runs as
+/// xtables extensions) and reads back from `iptables-save` as written.
+/// Writing an extension makes the kernel first wait for the release of the
+/// previous transaction's rules, milliseconds after a change that deleted
+/// any; endpoint chains are written with native rules only, so a pod that
+/// comes or goes right after another does not wait.
+pub fn native(rules: &[String]) -> bool {
+    rules
+        .iter()
+        .all(|r| !r.contains("-m set ") && !r.contains("-j MARK ") && !r.contains("-m comment "))
 }
 
 /// The rules of one policy chain.
@@ -1295,7 +1330,7 @@ mod tests {
         let quoted = endpoint("x", "a\"b\\c");
         let rule = log_rule(&config, &quoted, Direction::Egress, "deny");
         assert!(
-            rule.ends_with("--nflog-prefix \"udl deny out x/a_b_c\""),
+            rule.contains("--nflog-prefix \"udl deny out x/a_b_c\" --nflog-group"),
             "{rule}"
         );
     }

@@ -6,7 +6,8 @@
 //! left, so enforcement never has an open or closed window.
 
 use crate::compile::{
-    CHAIN_PREFIX, Compiler, Config, Desired, DesiredSet, FROM_POD, HOOKS, SET_PREFIX, TO_POD, fnv64,
+    self, CHAIN_PREFIX, Compiler, Config, Desired, DesiredSet, FROM_POD, HOOKS, SET_PREFIX, TO_POD,
+    fnv64,
 };
 use crate::dataplane::{Dataplane, DataplaneError, split_words};
 use crate::eval::Evaluator;
@@ -64,19 +65,15 @@ struct ChainState {
     verbatim: Option<Vec<String>>,
 }
 
-/// Chains that carry their rules instead of a digest: empty, or a drop
-/// alone (an open or closed endpoint, an unknown pod). `iptables-save`
-/// prints them as written, and without the digest's comment match a
+/// Chains that carry their rules instead of a digest: those of native
+/// rules only ([`compile::native`]; every endpoint chain), which
+/// `iptables-save` prints as written. Without the digest's comment match a
 /// transaction that writes only such chains and dispatch entries uses
 /// native expressions alone. With iptables-nft, a transaction holding a
 /// match or target extension first waits for the kernel to release the
-/// previous one's, which takes tens of milliseconds.
+/// previous one's rules, which takes milliseconds after a deletion.
 fn is_plain(rules: &[String]) -> bool {
-    match rules {
-        [] => true,
-        [only] => only == DISPATCH_END,
-        _ => false,
-    }
+    compile::native(rules)
 }
 
 /// The chains that dispatch by interface, one entry per endpoint and a

@@ -200,7 +200,7 @@ fn drops_of_both_tiers_are_logged_when_the_namespace_asks() {
         .unwrap();
     let logs = chain
         .iter()
-        .filter(|r| r.contains("NFLOG --nflog-group 7"))
+        .filter(|r| r.contains("-j NFLOG ") && r.ends_with("--nflog-group 7"))
         .count();
     assert_eq!(logs, 2, "one log rule per tier's deny: {chain:?}");
     // Every logged packet is one the next rule drops.

@@ -217,6 +217,18 @@ async fn denied_packets_are_logged_when_the_namespace_asks() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(packets >= 1, "{nflog}");
+
+    // The logged chains carry their rules instead of a digest; they read
+    // back as written, so a restarted agent adopts them without writing.
+    let mut restarted = self::engine(&lab);
+    restarted.change(|idx| {
+        let mut ns = idx.namespace("x").unwrap().clone();
+        ns.log_denied = true;
+        idx.apply_namespace(ns);
+        idx.apply_policy(only_b_to_a());
+    });
+    let report = restarted.sync().unwrap();
+    assert!(report.wrote_nothing(), "restart rewrote rules: {report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
