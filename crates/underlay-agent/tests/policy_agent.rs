@@ -518,7 +518,7 @@ async fn a_pod_recovered_from_the_kernel_keeps_its_policy() {
         rules.last().is_some_and(|l| l.ends_with("-j DROP"))
             && rules
                 .iter()
-                .any(|l| l.contains("--match-set") || l.contains("-j UDL-PI-")),
+                .any(|l| l.contains("-j UDL-M-") || l.contains("-j UDL-PI-")),
         "{saved}"
     );
     drop(agent);

@@ -503,6 +503,7 @@ fn ip_program() -> &'static Path {
 }
 
 pub fn exec_plugin(node: &Netns, binary: &Path, inv: &Invocation, stdin: &Value) -> PluginOutput {
+    // starts: ip
     let mut cmd = Command::new(ip_program());
     cmd.args(["netns", "exec", &node.name])
         .arg(binary)
