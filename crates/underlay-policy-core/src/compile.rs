@@ -444,8 +444,11 @@ impl Compiling {
 impl Compiler {
     pub fn compile(&mut self, index: &Index, config: &Config) -> Desired {
         if self.config.as_ref() != Some(config) {
-            self.config = Some(config.clone());
-            self.endpoints.clear();
+            // Every kept chain was compiled for the last configuration.
+            *self = Compiler {
+                config: Some(config.clone()),
+                ..Compiler::default()
+            };
         }
         let (mut kept, mut kept_policies) = (HashMap::new(), HashMap::new());
         let desired = compile_with(

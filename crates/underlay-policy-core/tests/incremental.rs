@@ -345,3 +345,35 @@ fn a_kept_policy_chain_follows_a_set_rename_a_collision_forces() {
     );
     assert_eq!(second.sets.len(), 2);
 }
+
+/// Policy chains carry the configured mark: a compiler given another
+/// configuration keeps none of the chains it compiled for the last one.
+#[test]
+fn a_changed_configuration_compiles_everything_again() {
+    let mut idx = Index::new();
+    let mut compiler = Compiler::default();
+    idx.apply_namespace(Namespace::new("x"));
+    idx.apply_pod(Pod::new("x", "a").label("app", "web").ip("10.0.0.1"));
+    idx.apply_endpoint(Endpoint {
+        pod: PodKey::new("x", "a"),
+        interface: "udlxa".into(),
+        ips: vec!["10.0.0.1".parse().unwrap()],
+        owner: Attachment::new("sandbox-x", "eth0"),
+    });
+    let mut p = Policy::new("x", "web", Selector::labels([("app", "web")]));
+    let mut rule = Rule::from(vec![Peer::pods(Selector::labels([("app", "db")]))]);
+    rule.ports = vec![PortMatch::tcp(80)];
+    p.ingress = vec![rule];
+    idx.apply_policy(p);
+    idx.refresh_sets();
+    let first = Config::default();
+    compiler.compile(&idx, &first);
+    let other = Config {
+        mark: first.mark << 2,
+        ..first
+    };
+    assert_eq!(
+        snapshot(&compiler.compile(&idx, &other)),
+        snapshot(&compile(&idx, &other))
+    );
+}
