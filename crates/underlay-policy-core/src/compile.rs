@@ -13,17 +13,16 @@
 //!   NetworkPolicy selects the pod, a jump to the chain of the peers the
 //!   selecting policies allow on every port and a jump to each selecting
 //!   policy's chain, returning as soon as one allowed, then drop; else the
-//!   Baseline tier's chains.
+//!   Baseline tier's chains. A drop alone while the endpoint's Pod object
+//!   is unknown, and in a family the endpoint has no address in, wherever
+//!   a policy selects it. Native rules only (see [`native`]): the verdict
+//!   is cleared by a jump to `UDL-CLEAR`, so a pod that comes or goes
+//!   writes no xtables extension.
 //! - `UDL-M-<h>`: the peers some endpoints' policies allow on every port
 //!   (their `ipBlock`s without exceptions in one `udl<family>-b-<h>`
 //!   `hash:net` set, every other peer set in one rule, each going to
 //!   `UDL-ACCEPTED`), named after its rules and shared by every endpoint
-//!   with the same peers. Set matches live only in shared chains: a set
-//!   match makes iptables-nft instantiate the kernel's `set` extension,
-//!   which first waits for the release of the previous transaction's rules,
-//!   so a pod whose peers chain exists comes and goes without that wait. A drop alone
-//!   while the endpoint's Pod object is unknown, and in a family the
-//!   endpoint has no address in, wherever a policy selects it.
+//!   with the same peers.
 //! - `UDL-PI-<h>` / `UDL-PE-<h>`: per NetworkPolicy with rules that have
 //!   ports or no peers, shared by every endpoint it selects. Allowed
 //!   packets get the accept verdict; the endpoint chain tests it.
@@ -516,7 +515,8 @@ impl Inputs {
     }
 }
 
-/// The endpoint chains of the last compile, and those of this one.
+/// The endpoint and policy chains of the last compile, and those of this
+/// one.
 struct Cache<'a> {
     last: &'a mut HashMap<(String, Family), Compiled>,
     next: &'a mut HashMap<(String, Family), Compiled>,
