@@ -248,44 +248,54 @@ fn any_sequence_of_changes_compiles_like_a_fresh_index() {
     }
 }
 
-/// `x/qut94zsly7zq` and `y/q9wr7e0srw14` hash alike, so whichever is named
-/// first (in key order) holds the chain name both would take. An endpoint
-/// chain the compiler keeps names `y`'s chain; once `x`'s policy becomes
-/// active, `y`'s chain is renamed, and the kept chain must follow.
-#[test]
-fn a_kept_endpoint_chain_follows_a_rename_a_collision_forces() {
+/// Pods `x/a` and `y/a` (`app=web`), each a local endpoint. First `y`'s
+/// endpoint and its policy `policy("y", y)`, then `x`'s and
+/// `policy("x", x)`: each compiled by one long-lived compiler, and each
+/// checked to be what a fresh compile gives. Returns both compiles.
+fn y_then_x(policy: impl Fn(&str, &str) -> Policy, y: &str, x: &str) -> (Desired, Desired) {
     let config = Config::default();
     let mut idx = Index::new();
     let mut compiler = Compiler::default();
-    let pod = |ns: &str, ip: &str| Pod::new(ns, "a").label("app", "web").ip(ip);
     let endpoint = |ns: &str, ip: &str| Endpoint {
         pod: PodKey::new(ns, "a"),
         interface: format!("udl{ns}a"),
         ips: vec![ip.parse().unwrap()],
         owner: Attachment::new(format!("sandbox-{ns}"), "eth0"),
     };
-    let policy = |ns: &str, name: &str| {
-        let mut p = Policy::new(ns, name, Selector::labels([("app", "web")]));
-        let mut rule = Rule::from(vec![Peer::pods(Selector::labels([("app", "db")]))]);
-        rule.ports = vec![PortMatch::tcp(80)];
-        p.ingress = vec![rule];
-        p
-    };
     for (ns, ip) in [("x", "10.0.0.1"), ("y", "10.0.1.1")] {
         idx.apply_namespace(Namespace::new(ns));
-        idx.apply_pod(pod(ns, ip));
+        idx.apply_pod(Pod::new(ns, "a").label("app", "web").ip(ip));
     }
-    idx.apply_endpoint(endpoint("y", "10.0.1.1"));
-    idx.apply_policy(policy("y", "q9wr7e0srw14"));
-    idx.refresh_sets();
-    let first = compiler.compile(&idx, &config);
-    assert_eq!(snapshot(&first), snapshot(&compile(&idx, &config)));
+    let mut compiled = Vec::new();
+    for (ns, ip, arg) in [("y", "10.0.1.1", y), ("x", "10.0.0.1", x)] {
+        idx.apply_endpoint(endpoint(ns, ip));
+        idx.apply_policy(policy(ns, arg));
+        idx.refresh_sets();
+        let have = compiler.compile(&idx, &config);
+        assert_eq!(snapshot(&have), snapshot(&compile(&idx, &config)));
+        compiled.push(have);
+    }
+    let second = compiled.pop().unwrap();
+    (compiled.pop().unwrap(), second)
+}
 
-    idx.apply_endpoint(endpoint("x", "10.0.0.1"));
-    idx.apply_policy(policy("x", "qut94zsly7zq"));
-    idx.refresh_sets();
-    let second = compiler.compile(&idx, &config);
-    assert_eq!(snapshot(&second), snapshot(&compile(&idx, &config)));
+/// Ingress to `app=web` from `peer` pods on TCP port 80 (a policy chain).
+fn web_on_80(ns: &str, name: &str, peer: Selector) -> Policy {
+    let mut p = Policy::new(ns, name, Selector::labels([("app", "web")]));
+    let mut rule = Rule::from(vec![Peer::pods(peer)]);
+    rule.ports = vec![PortMatch::tcp(80)];
+    p.ingress = vec![rule];
+    p
+}
+
+/// `x/qut94zsly7zq` and `y/q9wr7e0srw14` hash alike, so whichever is named
+/// first (in key order) holds the chain name both would take. An endpoint
+/// chain the compiler keeps names `y`'s chain; once `x`'s policy becomes
+/// active, `y`'s chain is renamed, and the kept chain must follow.
+#[test]
+fn a_kept_endpoint_chain_follows_a_rename_a_collision_forces() {
+    let policy = |ns: &str, name: &str| web_on_80(ns, name, Selector::labels([("app", "db")]));
+    let (first, second) = y_then_x(policy, "q9wr7e0srw14", "qut94zsly7zq");
     // The two policies' chains are two chains.
     let jumps = |d: &Desired, iface: &str| -> Vec<String> {
         d.chains[0][&format!("UDL-I-{iface}")]
@@ -304,37 +314,9 @@ fn a_kept_endpoint_chain_follows_a_rename_a_collision_forces() {
 /// `y`'s is renamed, and the kept policy chain must follow.
 #[test]
 fn a_kept_policy_chain_follows_a_set_rename_a_collision_forces() {
-    let config = Config::default();
-    let mut idx = Index::new();
-    let mut compiler = Compiler::default();
-    let endpoint = |ns: &str, ip: &str| Endpoint {
-        pod: PodKey::new(ns, "a"),
-        interface: format!("udl{ns}a"),
-        ips: vec![ip.parse().unwrap()],
-        owner: Attachment::new(format!("sandbox-{ns}"), "eth0"),
-    };
-    let policy = |ns: &str, role: &str| {
-        let mut p = Policy::new(ns, "from-role", Selector::labels([("app", "web")]));
-        let mut rule = Rule::from(vec![Peer::pods(Selector::labels([("role", role)]))]);
-        rule.ports = vec![PortMatch::tcp(80)];
-        p.ingress = vec![rule];
-        p
-    };
-    for (ns, ip) in [("x", "10.0.0.1"), ("y", "10.0.1.1")] {
-        idx.apply_namespace(Namespace::new(ns));
-        idx.apply_pod(Pod::new(ns, "a").label("app", "web").ip(ip));
-    }
-    idx.apply_endpoint(endpoint("y", "10.0.1.1"));
-    idx.apply_policy(policy("y", "qrtqa5y7y30c"));
-    idx.refresh_sets();
-    let first = compiler.compile(&idx, &config);
-    assert_eq!(snapshot(&first), snapshot(&compile(&idx, &config)));
-
-    idx.apply_endpoint(endpoint("x", "10.0.0.1"));
-    idx.apply_policy(policy("x", "q9p8zoni7o20"));
-    idx.refresh_sets();
-    let second = compiler.compile(&idx, &config);
-    assert_eq!(snapshot(&second), snapshot(&compile(&idx, &config)));
+    let policy =
+        |ns: &str, role: &str| web_on_80(ns, "from-role", Selector::labels([("role", role)]));
+    let (first, second) = y_then_x(policy, "qrtqa5y7y30c", "q9p8zoni7o20");
     // The name y's set had is x's now, and y's set has another.
     let (name, was) = first.sets.iter().next().unwrap();
     assert!(was.describes.contains("qrtqa5y7y30c"), "{}", was.describes);
@@ -360,11 +342,7 @@ fn a_changed_configuration_compiles_everything_again() {
         ips: vec!["10.0.0.1".parse().unwrap()],
         owner: Attachment::new("sandbox-x", "eth0"),
     });
-    let mut p = Policy::new("x", "web", Selector::labels([("app", "web")]));
-    let mut rule = Rule::from(vec![Peer::pods(Selector::labels([("app", "db")]))]);
-    rule.ports = vec![PortMatch::tcp(80)];
-    p.ingress = vec![rule];
-    idx.apply_policy(p);
+    idx.apply_policy(web_on_80("x", "web", Selector::labels([("app", "db")])));
     idx.refresh_sets();
     let first = Config::default();
     compiler.compile(&idx, &first);
