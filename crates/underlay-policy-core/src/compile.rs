@@ -18,17 +18,22 @@
 //!   a policy selects it. Native rules only (see [`native`]): the verdict
 //!   is cleared by a jump to `UDL-CLEAR`, so a pod that comes or goes
 //!   writes no xtables extension.
-//! - `UDL-M-<h>`: the peers some endpoints' policies allow on every port
+//! - `UDL-M-<h>`: set matches, each going to a verdict chain on the first
+//!   match, named after its rules and shared by everything with the same
+//!   matches: the peers some endpoints' policies allow on every port
 //!   (their `ipBlock`s without exceptions in one `udl<family>-b-<h>`
-//!   `hash:net` set, every other peer set in one rule, each going to
-//!   `UDL-ACCEPTED`), named after its rules and shared by every endpoint
-//!   with the same peers.
+//!   `hash:net` set, every other peer set in one rule), and the peers (and
+//!   named ports) of one policy or cluster policy rule.
 //! - `UDL-PI-<h>` / `UDL-PE-<h>`: per NetworkPolicy with rules that have
-//!   ports or no peers, shared by every endpoint it selects. Allowed
-//!   packets get the accept verdict; the endpoint chain tests it.
+//!   ports or no peers, shared by every endpoint it selects. Native rules
+//!   only: per port the protocol and port, then a jump to the rule's
+//!   `UDL-M-` chain (or to `UDL-ACCEPTED` for any peer), so a port change
+//!   writes no extension. Allowed packets get the accept verdict; the
+//!   endpoint chain tests it.
 //! - `UDL-CI-<h>` / `UDL-CE-<h>`: per ClusterNetworkPolicy, shared the
-//!   same way. Each rule sets its action's verdict only while none is set,
-//!   so the first matching rule decides.
+//!   same way and native the same way. Each rule goes to its action's
+//!   verdict chain (`UDL-ACCEPTED`, `UDL-DENIED`, `UDL-PASSED`) only while
+//!   no verdict is set, so the first matching rule decides.
 //!
 //! The verdict lives in two bits of the packet mark (the configured bit
 //! and the one above: accept, deny, pass); `UDL-ALLOW` and every other way
@@ -52,8 +57,11 @@ pub const OUTPUT: &str = "UDL-OUTPUT";
 pub const FROM_POD: &str = "UDL-FROM-POD";
 pub const TO_POD: &str = "UDL-TO-POD";
 pub const ALLOW: &str = "UDL-ALLOW";
-/// Sets the accept verdict and returns: where a peers chain's matches go.
+/// Set a verdict and return: where the rules of policy chains and the
+/// `UDL-M-` chains go once they match.
 pub const ACCEPTED: &str = "UDL-ACCEPTED";
+pub const DENIED: &str = "UDL-DENIED";
+pub const PASSED: &str = "UDL-PASSED";
 /// Clears the verdict and returns: endpoint chains jump here rather than
 /// set the mark themselves (see [`native`]).
 pub const CLEAR: &str = "UDL-CLEAR";
@@ -101,14 +109,6 @@ impl Config {
     /// No verdict yet.
     fn undecided(&self) -> String {
         format!("0x0/0x{:x}", self.verdict_mask())
-    }
-
-    fn verdict(&self, action: Action) -> String {
-        match action {
-            Action::Accept => self.accepted(),
-            Action::Deny => self.denied(),
-            Action::Pass => self.passed(),
-        }
     }
 }
 
@@ -419,7 +419,7 @@ type PolicyKey = (usize, Direction, Family);
 #[derive(Debug)]
 struct CompiledPolicy {
     _compiled_from: Compiling,
-    rules: Vec<String>,
+    ruled: Ruled,
     claims: Vec<Claim>,
 }
 
@@ -533,8 +533,8 @@ fn policy_chain_rules(
     from: Compiling,
     dir: Direction,
     family: Family,
-    compile: impl FnOnce(&mut Names) -> Vec<String>,
-) -> Vec<String> {
+    compile: impl FnOnce(&mut Names) -> Ruled,
+) -> Ruled {
     let Some(cache) = cache else {
         return compile(names);
     };
@@ -542,20 +542,20 @@ fn policy_chain_rules(
     if let Some(last) = cache.last_policies.remove(&key)
         && last.claims.iter().all(|c| names.replay(c))
     {
-        let rules = last.rules.clone();
+        let ruled = last.ruled.clone();
         cache.next_policies.insert(key, last);
-        return rules;
+        return ruled;
     }
     names.trace = Some(Vec::new());
-    let rules = compile(names);
+    let ruled = compile(names);
     let claims = names.trace.take().unwrap_or_default();
     let compiled = CompiledPolicy {
         _compiled_from: from,
-        rules: rules.clone(),
+        ruled: ruled.clone(),
         claims,
     };
     cache.next_policies.insert(key, compiled);
-    rules
+    ruled
 }
 
 /// Whether denied packets of `ep` are logged.
@@ -645,7 +645,6 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
         }
     }
 
-    let mark = format!("0x{:x}/0x{:x}", config.mark, config.mark);
     for family in Family::ALL {
         let chains = &mut out.chains[family.index()];
         chains.extend(hook_chains(family, config));
@@ -675,11 +674,12 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
                 let name = names.cluster_chain(policy, dir);
                 if !policy.rules(dir).is_empty() && used.contains(&name) {
                     let from = Compiling::Cluster(policy.clone());
-                    let rules =
+                    let ruled =
                         policy_chain_rules(&mut cache, &mut names, from, dir, family, |n| {
                             cluster_rules(policy, dir, family, config, n)
                         });
-                    chains.insert(name, rules);
+                    chains.insert(name, ruled.rules);
+                    chains.extend(ruled.matches);
                 }
             }
         }
@@ -688,11 +688,12 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
                 let name = names.policy_chain(policy, dir);
                 if unmerged(policy, dir) && used.contains(&name) {
                     let from = Compiling::Policy(policy.clone());
-                    let rules =
+                    let ruled =
                         policy_chain_rules(&mut cache, &mut names, from, dir, family, |n| {
-                            policy_rules(policy, dir, family, &mark, n)
+                            policy_rules(policy, dir, family, n)
                         });
-                    chains.insert(name, rules);
+                    chains.insert(name, ruled.rules);
+                    chains.extend(ruled.matches);
                 }
             }
         }
@@ -724,7 +725,7 @@ fn add_sets(index: &Index, names: Names, out: &mut Desired) {
 
 /// The chains the built-in chains jump to, and `UDL-ALLOW`: the same for
 /// every cluster, but for IPv6's neighbour discovery.
-fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 6] {
+fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 8] {
     let any_pod = format!("{}+", config.interface_prefix);
     let forward = vec![
         format!("-i {any_pod} -m conntrack --ctstate INVALID -j DROP"),
@@ -762,13 +763,15 @@ fn hook_chains(family: Family, config: &Config) -> [(String, Vec<String>); 6] {
         "-o {any_pod} -m conntrack --ctstate INVALID -j DROP"
     )];
     let allow = vec![format!("-j MARK --set-xmark {}", config.undecided())];
-    let accepted = vec![format!("-j MARK --set-xmark {}", config.accepted())];
+    let verdict = |v: String| vec![format!("-j MARK --set-xmark {v}")];
     [
         (FORWARD.into(), forward),
         (INPUT.into(), input),
         (OUTPUT.into(), output),
         (ALLOW.into(), allow),
-        (ACCEPTED.into(), accepted),
+        (ACCEPTED.into(), verdict(config.accepted())),
+        (DENIED.into(), verdict(config.denied())),
+        (PASSED.into(), verdict(config.passed())),
         (
             CLEAR.into(),
             vec![format!("-j MARK --set-xmark {}", config.undecided())],
@@ -1159,19 +1162,13 @@ pub fn native(rules: &[String]) -> bool {
         .all(|r| !r.contains("-m set ") && !r.contains("-j MARK ") && !r.contains("-m comment "))
 }
 
-/// The rules of one policy chain.
-fn policy_rules(
-    policy: &Policy,
-    dir: Direction,
-    family: Family,
-    mark: &str,
-    names: &mut Names,
-) -> Vec<String> {
-    let (peer_dir, _) = match dir {
-        Direction::Ingress => ("src", "dst"),
-        Direction::Egress => ("dst", "src"),
+/// The rules of one policy chain, and the `UDL-M-` chains they jump to.
+fn policy_rules(policy: &Policy, dir: Direction, family: Family, names: &mut Names) -> Ruled {
+    let peer_dir = match dir {
+        Direction::Ingress => "src",
+        Direction::Egress => "dst",
     };
-    let mut rules = Vec::new();
+    let mut out = Ruled::default();
     for rule in policy.rules(dir).iter().filter(|r| !is_merged(r)) {
         let peers: Vec<String> = if rule.peers.is_empty() {
             vec![String::new()]
@@ -1193,51 +1190,136 @@ fn policy_rules(
             // matches nothing here (it must not turn into "any peer").
             continue;
         }
-        let ports: Vec<String> = if rule.ports.is_empty() {
-            vec![String::new()]
-        } else {
-            rule.ports
-                .iter()
-                .map(|p| port_match(p, family, names))
-                .collect()
-        };
-        for peer in &peers {
-            for port in &ports {
-                let mut line = String::new();
-                for part in [peer.as_str(), port.as_str()] {
-                    if !part.is_empty() {
-                        line.push_str(part);
-                        line.push(' ');
-                    }
-                }
-                line.push_str(&format!("-j MARK --set-xmark {mark}"));
-                rules.push(line);
-            }
-        }
+        let ports: Vec<PortSpec> = rule
+            .ports
+            .iter()
+            .map(|p| port_spec(p, family, names))
+            .collect();
+        out.rule_lines(&peers, &ports, "", ACCEPTED, names);
     }
-    rules
+    out
 }
 
-fn port_match(p: &PortMatch, family: Family, names: &mut Names) -> String {
+/// A policy or cluster policy chain's rules, and the `UDL-M-` chains of
+/// set matches they jump to.
+#[derive(Debug, Default, Clone)]
+struct Ruled {
+    rules: Vec<String>,
+    matches: Vec<(String, Vec<String>)>,
+}
+
+/// One port of a rule.
+enum PortSpec {
+    /// A protocol, with a port or range (`-m <proto> --dport N[:M]`).
+    Native {
+        proto: &'static str,
+        dport: Option<String>,
+    },
+    /// A named port: the protocol and a set match
+    /// (`-p tcp -m set --match-set S dst,dst`).
+    Set(String),
+}
+
+impl Ruled {
+    /// The lines of one rule, going to the `verdict` chain (which sets the
+    /// verdict and returns), each behind `guard` (matches, or nothing).
+    ///
+    /// The chain itself gets native rules only: per numeric port the
+    /// protocol and port, then a jump. Every set match (each peer, a named
+    /// port) lives in a `UDL-M-<h>` chain named after its rules, which goes
+    /// to the verdict on the first match and is shared by every rule with
+    /// the same matches. A rule whose ports change is then rewritten with
+    /// native rules alone, and its transaction writes no xtables extension
+    /// (see [`native`]). A rule without peer sets goes to the verdict
+    /// directly. Within one rule every line has the same verdict, so their
+    /// order does not matter.
+    fn rule_lines(
+        &mut self,
+        peers: &[String],
+        ports: &[PortSpec],
+        guard: &str,
+        verdict: &str,
+        names: &mut Names,
+    ) {
+        let line = |parts: &[&str]| {
+            parts
+                .iter()
+                .filter(|p| !p.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let go = format!("-g {verdict}");
+        let any_peer = peers.iter().all(String::is_empty);
+        let target = if any_peer {
+            go.clone()
+        } else {
+            let rules: Vec<String> = peers.iter().map(|p| line(&[p, &go])).collect();
+            format!("-j {}", self.matches_chain(rules, names))
+        };
+        if ports.is_empty() {
+            self.rules.push(line(&[guard, &target]));
+            return;
+        }
+        let mut named = Vec::new();
+        for port in ports {
+            match port {
+                // `iptables-save` prints the protocol before every match.
+                PortSpec::Native { proto, dport } => {
+                    let proto_part = format!("-p {proto}");
+                    let dport_part = match dport {
+                        Some(d) => format!("-m {proto} --dport {d}"),
+                        None => String::new(),
+                    };
+                    self.rules
+                        .push(line(&[&proto_part, guard, &dport_part, &target]));
+                }
+                PortSpec::Set(m) => {
+                    for peer in peers {
+                        named.push(line(&[m, peer, &go]));
+                    }
+                }
+            }
+        }
+        if !named.is_empty() {
+            let chain = self.matches_chain(named, names);
+            self.rules.push(line(&[guard, &format!("-j {chain}")]));
+        }
+    }
+
+    fn matches_chain(&mut self, rules: Vec<String>, names: &mut Names) -> String {
+        let chain = names.peers_chain(&rules.join("\n"));
+        if !self.matches.iter().any(|(n, _)| *n == chain) {
+            self.matches.push((chain.clone(), rules));
+        }
+        chain
+    }
+}
+
+fn port_spec(p: &PortMatch, family: Family, names: &mut Names) -> PortSpec {
     let proto = p.protocol.name();
     match (&p.port, p.end_port) {
-        (None, _) => format!("-p {proto}"),
-        (Some(PortRef::Number(n)), None) => format!("-p {proto} -m {proto} --dport {n}"),
-        (Some(PortRef::Number(n)), Some(end)) => {
-            format!("-p {proto} -m {proto} --dport {n}:{end}")
-        }
+        (None, _) => PortSpec::Native { proto, dport: None },
+        (Some(PortRef::Number(n)), None) => PortSpec::Native {
+            proto,
+            dport: Some(n.to_string()),
+        },
+        (Some(PortRef::Number(n)), Some(end)) => PortSpec::Native {
+            proto,
+            dport: Some(format!("{n}:{end}")),
+        },
         (Some(PortRef::Name(name)), _) => {
             let set = names.set(&SetKey::NamedPort { name: name.clone() }, family);
             // The destination is the endpoint for ingress and the peer for
             // egress: either way the name resolves against the pod the
             // packet is addressed to.
-            format!("-p {proto} -m set --match-set {set} dst,dst")
+            PortSpec::Set(format!("-p {proto} -m set --match-set {set} dst,dst"))
         }
     }
 }
 
 /// The rules of a cluster policy's chain: each rule's (peer, port) pairs
-/// in order, each setting the rule's verdict while none is set, so the
+/// in order, each going to the rule's verdict while none is set, so the
 /// first rule that matches decides.
 fn cluster_rules(
     policy: &ClusterPolicy,
@@ -1245,48 +1327,38 @@ fn cluster_rules(
     family: Family,
     config: &Config,
     names: &mut Names,
-) -> Vec<String> {
+) -> Ruled {
     let peer_dir = match dir {
         Direction::Ingress => "src",
         Direction::Egress => "dst",
     };
     let guard = format!("-m mark --mark {}", config.undecided());
-    let mut rules = Vec::new();
+    let mut out = Ruled::default();
     for rule in policy.rules(dir) {
         let peers = cluster_peers(rule, family, peer_dir, names);
         if peers.is_empty() {
             continue;
         }
-        let ports: Vec<String> = if rule.ports.is_empty() {
-            vec![String::new()]
-        } else {
-            rule.ports
-                .iter()
-                .map(|p| match p {
-                    ClusterPort::Port(p) => port_match(p, family, names),
-                    ClusterPort::Named(name) => {
-                        let set = names.set(&SetKey::NamedPort { name: name.clone() }, family);
-                        format!("-m set --match-set {set} dst,dst")
-                    }
-                })
-                .collect()
+        let ports: Vec<PortSpec> = rule
+            .ports
+            .iter()
+            .map(|p| match p {
+                ClusterPort::Port(p) => port_spec(p, family, names),
+                ClusterPort::Named(name) => {
+                    // Named ports of cluster policies name no protocol.
+                    let set = names.set(&SetKey::NamedPort { name: name.clone() }, family);
+                    PortSpec::Set(format!("-m set --match-set {set} dst,dst"))
+                }
+            })
+            .collect();
+        let verdict = match rule.action {
+            Action::Accept => ACCEPTED,
+            Action::Deny => DENIED,
+            Action::Pass => PASSED,
         };
-        let verdict = format!("-j MARK --set-xmark {}", config.verdict(rule.action));
-        for peer in &peers {
-            for port in &ports {
-                let parts = [guard.as_str(), peer.as_str(), port.as_str(), &verdict];
-                rules.push(
-                    parts
-                        .iter()
-                        .filter(|p| !p.is_empty())
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                );
-            }
-        }
+        out.rule_lines(&peers, &ports, &guard, verdict, names);
     }
-    rules
+    out
 }
 
 /// The peer matches of one cluster policy rule in one family (a network

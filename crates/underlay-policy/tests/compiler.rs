@@ -1132,3 +1132,108 @@ fn a_pod_whose_peers_chain_exists_comes_and_goes_writing_native_rules_only() {
         "an extension when the pod went: {removed:?}"
     );
 }
+
+/// A policy or a cluster policy whose port changes rewrites its chain with
+/// native rules only: the set matches of its peers and named ports live in
+/// shared `UDL-M-` chains named after their rules, which the change leaves
+/// as they are, and its rules go to the verdict's chain instead of setting
+/// the mark themselves.
+#[test]
+fn a_policy_or_cluster_policy_whose_port_changes_writes_native_rules_only() {
+    use underlay_policy::cluster::{
+        Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Tier,
+    };
+    use underlay_policy::model::{Peer, Policy, PortMatch, Rule};
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let ns = |name: &str| Selector::labels([("ns", name)]);
+    // x/a admits x/b on one numeric port and on its named port "web" (80).
+    let allow = |port: u16| {
+        let mut p = Policy::new("x", "from-b", Selector::labels([("pod", "a")]));
+        p.ingress = vec![
+            Rule::from(vec![Peer::pods(Selector::labels([("pod", "b")]))]).ports(vec![
+                PortMatch::tcp(port),
+                PortMatch::named(Protocol::Tcp, "web"),
+            ]),
+        ];
+        p
+    };
+    // Pods of y may not reach pods of x on one port.
+    let guard = |port: u16| {
+        let mut p = ClusterPolicy::new("guard", Tier::Admin, 10, ns("x"));
+        p.ingress = vec![
+            ClusterRule::new(
+                Action::Deny,
+                vec![ClusterPeer::Pods {
+                    namespaces: ns("y"),
+                    pods: Selector::everything(),
+                }],
+            )
+            .ports(vec![ClusterPort::Port(PortMatch::tcp(port))]),
+        ];
+        p
+    };
+    let reaches = |fake: &FakeDataplane, src: Pid, dst: Pid, dport: u16| -> bool {
+        let mut pkt = Packet {
+            iif: Some(src.interface()),
+            oif: Some(dst.interface()),
+            src: src.ip(Family::V4),
+            dst: dst.ip(Family::V4),
+            protocol: Protocol::Tcp,
+            dport,
+            mark: 0,
+        };
+        verdict(fake, Family::V4, "FORWARD", &mut pkt) == Verdict::Accept
+    };
+    let (xa, xb, yb) = (
+        Pid { ns: 0, pod: 0 },
+        Pid { ns: 0, pod: 1 },
+        Pid { ns: 1, pod: 1 },
+    );
+    engine.change(|idx| {
+        idx.apply_policy(allow(82));
+        idx.apply_cluster_policy(guard(81));
+    });
+    engine.sync().unwrap();
+    assert!(reaches(&fake, xb, xa, 82) && reaches(&fake, xb, xa, 80));
+    assert!(!reaches(&fake, xb, xa, 83));
+    assert!(!reaches(&fake, yb, xb, 81) && reaches(&fake, yb, xb, 80));
+
+    let scripts_of = |fake: &FakeDataplane, from: usize| -> Vec<String> {
+        fake.state().calls[from..]
+            .iter()
+            .filter_map(|c| match c {
+                Call::RestoreFilter(_, script) => Some(script.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let extensions = ["-m set ", "-j MARK ", "-m comment "];
+    let native = |scripts: &[String]| {
+        scripts
+            .iter()
+            .all(|s| extensions.iter().all(|e| !s.contains(e)))
+    };
+    let before = fake.state().calls.len();
+    engine.change(|idx| idx.apply_policy(allow(83)));
+    engine.sync().unwrap();
+    let written = scripts_of(&fake, before);
+    assert!(
+        written.iter().any(|s| s.contains("--dport 83")),
+        "{written:?}"
+    );
+    assert!(native(&written), "an extension for a port: {written:?}");
+    assert!(reaches(&fake, xb, xa, 83) && reaches(&fake, xb, xa, 80));
+    assert!(!reaches(&fake, xb, xa, 82));
+
+    let before = fake.state().calls.len();
+    engine.change(|idx| idx.apply_cluster_policy(guard(80)));
+    engine.sync().unwrap();
+    let written = scripts_of(&fake, before);
+    assert!(
+        written.iter().any(|s| s.contains("--dport 80")),
+        "{written:?}"
+    );
+    assert!(native(&written), "an extension for a port: {written:?}");
+    assert!(!reaches(&fake, yb, xb, 80) && reaches(&fake, yb, xb, 81));
+}
