@@ -216,6 +216,29 @@ pub fn parse_entry(body: &[u8]) -> Option<Flow> {
     Some(flow)
 }
 
+/// What one conntrack event says (a message of the new or destroy
+/// group): a connection's original tuple began or ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    New(Flow),
+    Destroyed(Flow),
+}
+
+/// One message of the conntrack event groups; `None` for any other
+/// message and for one it cannot read. Unlike [`parse_entry`] it keeps
+/// every tuple, answered or not: a new connection's event comes before any
+/// answer, and no event says when one arrives.
+pub fn parse_event(kind: u16, body: &[u8]) -> Option<Event> {
+    let tuple = || parse_tuple(nl::attr(body.get(NFGENMSG_LEN..)?, CTA_TUPLE_ORIG)?);
+    match kind {
+        k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => tuple().map(Event::New),
+        k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE => {
+            tuple().map(Event::Destroyed)
+        }
+        _ => None,
+    }
+}
+
 pub(crate) fn netfilter_socket() -> Result<netlink_sys::Socket> {
     kernel_socket(
         NETLINK_NETFILTER,
@@ -231,10 +254,26 @@ pub(crate) fn netfilter_socket() -> Result<netlink_sys::Socket> {
 /// `AF_UNSPEC`) in the conntrack table of the network namespace of
 /// `socket` ([`parse_entry`]).
 pub fn list(socket: &netlink_sys::Socket, family: u8) -> Result<Vec<Flow>> {
+    list_with(socket, family, parse_entry)
+}
+
+/// Every entry's original tuple, live connection or not (the seed of a
+/// table the events keep: see [`parse_event`]).
+pub fn list_tuples(socket: &netlink_sys::Socket, family: u8) -> Result<Vec<Flow>> {
+    list_with(socket, family, |body| {
+        parse_tuple(nl::attr(body.get(NFGENMSG_LEN..)?, CTA_TUPLE_ORIG)?)
+    })
+}
+
+fn list_with(
+    socket: &netlink_sys::Socket,
+    family: u8,
+    parse: impl Fn(&[u8]) -> Option<Flow>,
+) -> Result<Vec<Flow>> {
     let mut flows = Vec::new();
     nl::dump(socket, &encode_ct_dump(1, family), "conntrack dump", |m| {
         if m.kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW {
-            flows.extend(parse_entry(m.body));
+            flows.extend(parse(m.body));
         }
         Ok(())
     })?;
@@ -508,6 +547,26 @@ mod tests {
         assert_eq!(dump.len(), 20);
         assert_eq!(nl::u16_at(&dump, 6), Some(NLM_F_REQUEST | NLM_F_DUMP));
         assert_eq!(dump[16], AF_INET6);
+    }
+
+    #[test]
+    fn events_say_which_tuple_began_or_ended_whatever_its_state() {
+        let new = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW;
+        let destroy = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+        let tcp = flow(6, "10.0.0.1", "10.0.0.2");
+        // A new connection's event comes before any answer.
+        let unanswered = entry(&tcp, 0x08, Some(1));
+        assert_eq!(parse_event(new, &unanswered), Some(Event::New(tcp)));
+        assert_eq!(
+            parse_event(destroy, &unanswered),
+            Some(Event::Destroyed(tcp))
+        );
+        // Another subsystem's message, or one cut short, says nothing.
+        assert_eq!(parse_event(IPCTNL_MSG_CT_NEW, &unanswered), None);
+        for cut in 0..unanswered.len() {
+            let _ = parse_event(new, &unanswered[..cut]);
+        }
+        assert_eq!(parse_event(new, &unanswered[..8]), None);
     }
 
     fn ack(seq: u32, error: i32, payload: usize) -> Vec<u8> {

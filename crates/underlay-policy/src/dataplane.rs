@@ -11,13 +11,16 @@ use crate::model::Family;
 use crate::tool::ToolError;
 
 pub mod fake;
+pub mod flows;
 pub mod restore;
 pub use fake::{Call, FakeDataplane, FakeSet, FakeState};
 use netlink_sys::Socket;
 use std::net::IpAddr;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::{debug, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -89,10 +92,14 @@ pub trait Dataplane: Send + 'static {
     }
     /// `ipset restore`.
     fn restore_sets(&mut self, script: &str) -> Result<()>;
-    /// The conntrack table, both families in one listing (each listing
+    /// The conntrack table, both families in one listing. The real
+    /// dataplane keeps it from the kernel's events ([`flows`]): a dump
     /// walks the kernel's whole conntrack hash, however few entries the
-    /// namespace holds).
+    /// namespace holds.
     fn list_flows(&mut self) -> Result<Vec<Flow>>;
+    /// Starts following the conntrack table, so the first listing after a
+    /// change need not dump it (none by default).
+    fn watch_flows(&mut self) {}
     /// Deletes these connections in one batch; returns how many entries
     /// were deleted (flows that ended meanwhile are not counted).
     fn delete_flows(&mut self, flows: &[Flow]) -> Result<usize>;
@@ -121,6 +128,33 @@ pub struct CommandDataplane {
     /// for the release of its last transaction (an RCU grace period, 8–30
     /// ms here), so a socket per change cost more than its requests.
     pub(crate) netfilter: Arc<Mutex<Option<Socket>>>,
+    /// The receive buffer of the conntrack event socket ([`flows`]).
+    pub conntrack_event_buffer: usize,
+    pub(crate) flows: Arc<Mutex<Flows>>,
+    /// Conntrack dumps so far.
+    pub(crate) dumps: Arc<AtomicU64>,
+}
+
+/// Where the conntrack listing comes from.
+#[derive(Default)]
+pub(crate) enum Flows {
+    /// Not tried yet (or opening failed: tried again at the next listing).
+    #[default]
+    Unopened,
+    /// A table kept from events.
+    Watching(flows::FlowWatch),
+    /// The namespace sends no conntrack events: a dump each time.
+    Dumping,
+}
+
+impl std::fmt::Debug for Flows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Flows::Unopened => "Unopened",
+            Flows::Watching(_) => "Watching",
+            Flows::Dumping => "Dumping",
+        })
+    }
 }
 
 /// How a family's rule changes are written.
@@ -164,6 +198,9 @@ impl Default for CommandDataplane {
             persistent_restore: true,
             restorers: Arc::default(),
             netfilter: Arc::default(),
+            conntrack_event_buffer: flows::EVENT_BUFFER,
+            flows: Arc::default(),
+            dumps: Arc::default(),
         }
     }
 }
@@ -174,6 +211,13 @@ impl CommandDataplane {
             netns: Some(name.into()),
             ..CommandDataplane::default()
         }
+    }
+
+    /// How many times the conntrack table was dumped: at the first listing
+    /// and then only when events were lost or the table is refreshed
+    /// ([`flows`]).
+    pub fn conntrack_dumps(&self) -> u64 {
+        self.dumps.load(Ordering::Relaxed)
     }
 
     fn command(&self, program: &str) -> Command {
@@ -389,7 +433,53 @@ impl Dataplane for CommandDataplane {
     }
 
     fn list_flows(&mut self) -> Result<Vec<Flow>> {
-        self.with_netfilter(|socket| crate::ctnetlink::list(socket, crate::nl::AF_UNSPEC))
+        self.watch_flows();
+        let source = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        match &*source {
+            Flows::Watching(watch) => {
+                let (flows, dumped) = watch.list(|| {
+                    self.dumps.fetch_add(1, Ordering::Relaxed);
+                    self.with_netfilter(|socket| {
+                        crate::ctnetlink::list_tuples(socket, crate::nl::AF_UNSPEC)
+                    })
+                })?;
+                if dumped {
+                    debug!(flows = flows.len(), "conntrack table read whole");
+                }
+                Ok(flows)
+            }
+            Flows::Unopened | Flows::Dumping => {
+                self.dumps.fetch_add(1, Ordering::Relaxed);
+                self.with_netfilter(|socket| crate::ctnetlink::list(socket, crate::nl::AF_UNSPEC))
+            }
+        }
+    }
+
+    fn watch_flows(&mut self) {
+        let mut source = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        if !matches!(*source, Flows::Unopened) {
+            return;
+        }
+        let buffer = self.conntrack_event_buffer;
+        match crate::ctnetlink::in_netns(self.netns.as_deref(), || flows::FlowWatch::open(buffer)) {
+            Ok(Some(watch)) => {
+                *source = Flows::Watching(watch);
+                drop(source);
+                // The first fill, now rather than at the first change.
+                if let Err(e) = self.list_flows() {
+                    warn!(error = %e, "reading the conntrack table failed; the next listing tries again");
+                }
+            }
+            Ok(None) => {
+                info!(
+                    "nf_conntrack_events is 0: the conntrack table is dumped on every change that could deny a connection"
+                );
+                *source = Flows::Dumping;
+            }
+            Err(e) => {
+                warn!(error = %e, "following conntrack events failed; dumping the table instead");
+            }
+        }
     }
 
     fn delete_flows(&mut self, flows: &[Flow]) -> Result<usize> {

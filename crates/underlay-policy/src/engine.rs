@@ -448,6 +448,11 @@ impl<D: Dataplane> Engine<D> {
         let Desired { chains, .. } = desired;
         self.written = Some(chains);
 
+        if self.conntrack_cleanup {
+            // Once: from now on the table is kept from events.
+            self.dataplane.watch_flows();
+        }
+
         // 4. Connections the change denies stop too.
         // Deleted chains alone deny nothing: an endpoint's go with its pod,
         // a policy's once no endpoint jumps to it (those endpoints' chains

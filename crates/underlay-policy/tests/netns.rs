@@ -577,9 +577,11 @@ async fn conntrack_deletion_touches_only_its_own_namespace() {
         }
         assert_eq!(conntrack_entries(ns), 4, "{ns}");
     }
+    // Without conntrack events the table is dumped at every listing: the
+    // dump reads every entry back with its whole tuple, and an entry that
+    // was never answered is not a live connection.
+    no_conntrack_events(node.name());
     let mut dp = CommandDataplane::in_netns(node.name());
-    // The dump reads every entry back with its whole tuple, and an entry
-    // that was never answered is not a live connection.
     sh(&[
         "ip",
         "netns",
@@ -606,6 +608,8 @@ async fn conntrack_deletion_touches_only_its_own_namespace() {
     let mut want = flows.to_vec();
     want.sort_by_key(key);
     assert_eq!(listed, want);
+    assert_eq!(dp.list_flows().unwrap().len(), 4);
+    assert_eq!(dp.conntrack_dumps(), 2, "a dump per listing");
     assert_eq!(dp.delete_flows(&listed).unwrap(), 4);
     sh(&[
         "ip",
@@ -628,6 +632,139 @@ async fn conntrack_deletion_touches_only_its_own_namespace() {
     // A namespace that does not exist is an error, never the current one.
     let mut missing = CommandDataplane::in_netns(format!("{}missing", node.name()));
     assert!(missing.delete_flows(&flows[..1]).is_err());
+}
+
+fn no_conntrack_events(ns: &str) {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-qw",
+        "net.netfilter.nf_conntrack_events=0",
+    ]);
+}
+
+/// `conntrack -I` of an established TCP entry `src:sport -> dst:80` in `ns`
+/// (`SEEN_REPLY` unless `unanswered`).
+fn insert_tcp(ns: &str, src: &str, sport: u16, unanswered: bool) {
+    let sport = sport.to_string();
+    let mut cmd = vec![
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "conntrack",
+        "-I",
+        "-p",
+        "tcp",
+        "-s",
+        src,
+        "-d",
+        "10.0.0.2",
+        "--sport",
+        &sport,
+        "--dport",
+        "80",
+        "--state",
+        "ESTABLISHED",
+        "-t",
+        "600",
+    ];
+    if !unanswered {
+        cmd.extend_from_slice(&["-u", "SEEN_REPLY"]);
+    }
+    sh(&cmd);
+}
+
+/// A listing after the first reads the table the kernel's events keep, not
+/// a dump (which walks the whole conntrack hash of every namespace);
+/// events it could not hold make the next listing dump again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conntrack_table_is_kept_from_events_after_one_dump() {
+    if !require_root("the_conntrack_table_is_kept_from_events_after_one_dump") {
+        return;
+    }
+    let node = bare_namespace().await;
+    let ns = node.name();
+    let tcp = |src: &str, sport: u16| underlay_policy::eval::Flow {
+        protocol: 6,
+        src: src.parse().unwrap(),
+        dst: "10.0.0.2".parse().unwrap(),
+        sport,
+        dport: 80,
+    };
+    let listed = |dp: &mut CommandDataplane| {
+        let mut l = dp.list_flows().unwrap();
+        l.sort();
+        l
+    };
+    // Before anyone listens: only the dump sees it.
+    insert_tcp(ns, "10.0.0.1", 1000, false);
+    let mut dp = CommandDataplane::in_netns(ns);
+    assert_eq!(listed(&mut dp), vec![tcp("10.0.0.1", 1000)]);
+    assert_eq!(dp.conntrack_dumps(), 1);
+
+    // Later connections come from events, answered or not (no event says
+    // when one is answered, so an unanswered one is kept).
+    insert_tcp(ns, "10.0.0.3", 3000, false);
+    insert_tcp(ns, "10.0.0.4", 4000, true);
+    let want = vec![
+        tcp("10.0.0.1", 1000),
+        tcp("10.0.0.3", 3000),
+        tcp("10.0.0.4", 4000),
+    ];
+    assert_eq!(listed(&mut dp), want);
+    // Ended ones go with their destroy events, whoever deleted them.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "conntrack",
+        "-D",
+        "-s",
+        "10.0.0.3",
+    ]);
+    assert_eq!(dp.delete_flows(&[tcp("10.0.0.4", 4000)]).unwrap(), 1);
+    assert_eq!(listed(&mut dp), vec![tcp("10.0.0.1", 1000)]);
+    assert_eq!(dp.conntrack_dumps(), 1, "a listing dumped again");
+
+    // A socket too small for a burst loses events: the next listing
+    // dumps, and still sees every connection.
+    let mut small = CommandDataplane::in_netns(ns);
+    small.conntrack_event_buffer = 1;
+    assert_eq!(listed(&mut small).len(), 1);
+    assert_eq!(small.conntrack_dumps(), 1);
+    let script: String = (0..2000)
+        .map(|i| {
+            format!(
+                "-I -p tcp -s 10.1.{}.{} -d 10.0.0.2 --sport 5000 --dport 80 --state ESTABLISHED -t 600 -u SEEN_REPLY\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "conntrack", "-R", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run conntrack");
+    let mut stdin = child.stdin.take().expect("conntrack's stdin");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(script.as_bytes())
+    });
+    assert!(child.wait().expect("wait for conntrack").success());
+    writer.join().expect("writer").expect("write to conntrack");
+    assert_eq!(listed(&mut small).len(), 2001);
+    assert_eq!(small.conntrack_dumps(), 2, "lost events were not noticed");
+    // The roomy socket held them all.
+    assert_eq!(listed(&mut dp).len(), 2001);
+    assert_eq!(dp.conntrack_dumps(), 1);
 }
 
 /// kube-proxy starting after us puts `KUBE-FORWARD` (which accepts packets
@@ -1003,9 +1140,14 @@ del udlt4-o 10.9.9.9,udp:53 -exist
     // socket makes nf_tables wait for its last transaction's release.
     let sockets = netfilter_sockets(node.name());
     assert_eq!(sockets.len(), 1, "{sockets:?}");
+    // Listing conntrack adds the event socket, kept open the same way.
     dp.list_flows().unwrap();
+    let with_events = netfilter_sockets(node.name());
+    assert_eq!(with_events.len(), 2, "{with_events:?}");
+    assert!(with_events.contains(&sockets[0]), "{with_events:?}");
     dp.restore_sets("add udlt4-p 10.2.0.1 -exist\n").unwrap();
-    assert_eq!(netfilter_sockets(node.name()), sockets);
+    dp.list_flows().unwrap();
+    assert_eq!(netfilter_sockets(node.name()), with_events);
 }
 
 /// The inodes of the user-space `NETLINK_NETFILTER` sockets open in
