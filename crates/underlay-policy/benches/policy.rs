@@ -19,8 +19,13 @@
 //! `conntrack -R` batch (the reference) and one `conntrack -D` process per
 //! entry, in the same run.
 //!
+//! The node carries established connections of its pods that policy
+//! allows (2,000 by default) from before the first programming, as a node
+//! whose agent restarts does: every change that could deny one evaluates
+//! them all.
+//!
 //! Flags: `--pods N --namespaces N --policies N --cluster-policies N
-//! --local N --iterations N --conntrack N`.
+//! --local N --iterations N --conntrack N --established N`.
 #![allow(clippy::print_stdout)]
 
 use std::process::Command;
@@ -47,6 +52,7 @@ struct Scale {
     local: usize,
     iterations: usize,
     conntrack: usize,
+    established: usize,
 }
 
 fn parse_args() -> Scale {
@@ -58,6 +64,7 @@ fn parse_args() -> Scale {
         local: 100,
         iterations: 50,
         conntrack: 200,
+        established: 2_000,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -71,6 +78,7 @@ fn parse_args() -> Scale {
             "--local" => Some(&mut s.local),
             "--iterations" => Some(&mut s.iterations),
             "--conntrack" => Some(&mut s.conntrack),
+            "--established" => Some(&mut s.established),
             _ => None, // cargo passes `--bench`
         };
         if let (Some(slot), Some(v)) = (slot, value) {
@@ -381,6 +389,12 @@ fn main() {
         let metrics = Metrics::default();
         let mut engine = Engine::new(CommandDataplane::default(), shipped.clone(), metrics);
         engine.change(|i| build(&mut *i, &scale));
+        let established = allowed_connections(engine.index(), &scale);
+        insert_flows(&ns, &established);
+        println!(
+            "established connections policy allows, on the node before it is programmed: {}",
+            established.len()
+        );
         let t = Instant::now();
         let r = engine.sync().expect("first full programming");
         let first = (t.elapsed(), r.phases);
@@ -574,8 +588,28 @@ fn main() {
     conntrack_deletion(scale.conntrack);
 }
 
-/// Established TCP entries `10.9.x.y:port -> 10.8.0.2:80`, inserted with
-/// one `conntrack -R` batch.
+/// Up to `scale.established` connections from remote pods to the local
+/// pods' named port, each one policy allows.
+fn allowed_connections(index: &Index, scale: &Scale) -> Vec<Flow> {
+    let eval = underlay_policy::eval::Evaluator::new(index);
+    let remote = scale.pods - scale.local;
+    (0..scale.established * 50)
+        .map(|j| {
+            let dst = j % scale.local;
+            Flow {
+                protocol: 6,
+                src: ip_of(scale.local + (j * 37) % remote).parse().unwrap(),
+                dst: ip_of(dst).parse().unwrap(),
+                sport: 20_000 + (j % 40_000) as u16,
+                dport: 8080 + (dst % 3) as u16,
+            }
+        })
+        .filter(|f| eval.allowed(f))
+        .take(scale.established)
+        .collect()
+}
+
+/// Established TCP entries, inserted with one `conntrack -R` batch.
 fn insert_flows(ns: &Netns, flows: &[Flow]) {
     let script: String = flows
         .iter()
