@@ -164,7 +164,6 @@ enum Scope {
 /// A view of the index prepared for evaluating many flows.
 pub struct Evaluator<'a> {
     index: &'a Index,
-    owners: HashMap<IpAddr, PodKey>,
     local: HashMap<IpAddr, &'a Endpoint>,
 }
 
@@ -176,11 +175,7 @@ impl<'a> Evaluator<'a> {
                 local.insert(*ip, ep);
             }
         }
-        Evaluator {
-            index,
-            owners: index.ip_owners(),
-            local,
-        }
+        Evaluator { index, local }
     }
 
     /// True when the flow touches a local endpoint.
@@ -369,8 +364,8 @@ impl<'a> Evaluator<'a> {
     /// Whether the flow's destination pod has a container port `name` of
     /// the flow's protocol and port.
     fn named_port(&self, name: &str, proto: Protocol, flow: &Flow) -> bool {
-        self.owners
-            .get(&flow.dst)
+        self.index
+            .owner_of(&flow.dst)
             .and_then(|k| self.index.pod(k))
             .and_then(|pod| pod.resolve(name, proto))
             == Some(flow.dport)
@@ -396,7 +391,7 @@ impl<'a> Evaluator<'a> {
         own_ns: &str,
         ip: &IpAddr,
     ) -> bool {
-        let Some(key) = self.owners.get(ip) else {
+        let Some(key) = self.index.owner_of(ip) else {
             return false;
         };
         let Some(pod) = self.index.pod(key) else {

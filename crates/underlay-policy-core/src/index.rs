@@ -10,6 +10,7 @@ use crate::model::{
     PortRef, Protocol, Selector, parse_cidr,
 };
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -254,6 +255,8 @@ pub struct Index {
     /// one back in force.
     standby: BTreeMap<String, Vec<Endpoint>>,
     endpoints_by_pod: HashMap<PodKey, BTreeSet<String>>,
+    /// The selectable pods holding each address (see [`Index::owner_of`]).
+    owners: HashMap<IpAddr, Owners>,
     sets: BTreeMap<SetKey, SetData>,
     /// Bumped by every change; the engine syncs when it moves.
     generation: u64,
@@ -271,6 +274,45 @@ pub struct Index {
     /// went or changed since.
     active: BTreeMap<ActiveKey, Active>,
     wanted: HashMap<SetKey, u32>,
+}
+
+/// The pods holding one address: almost always one (a map entry costs
+/// no set), several only while an address is reused.
+#[derive(Debug)]
+enum Owners {
+    One(PodKey),
+    Many(BTreeSet<PodKey>),
+}
+
+impl Owners {
+    fn add(&mut self, pk: &PodKey) {
+        match self {
+            Owners::One(k) if k == pk => {}
+            Owners::One(k) => {
+                *self = Owners::Many(BTreeSet::from([k.clone(), pk.clone()]));
+            }
+            Owners::Many(keys) => {
+                keys.insert(pk.clone());
+            }
+        }
+    }
+
+    /// Removes `pk`; true when no owner is left.
+    fn remove(&mut self, pk: &PodKey) -> bool {
+        match self {
+            Owners::One(k) => k == pk,
+            Owners::Many(keys) => {
+                keys.remove(pk);
+                if keys.len() <= 1 {
+                    match keys.pop_first() {
+                        Some(last) => *self = Owners::One(last),
+                        None => return true,
+                    }
+                }
+                false
+            }
+        }
+    }
 }
 
 /// An active policy or cluster policy.
@@ -1019,6 +1061,7 @@ impl Index {
     }
 
     fn retract(&mut self, pk: &PodKey) {
+        self.disown(pk);
         let keys: Vec<SetKey> = self.sets.keys().cloned().collect();
         for k in keys {
             for m in self.contribution(&k, pk) {
@@ -1030,6 +1073,16 @@ impl Index {
     }
 
     fn assert(&mut self, pk: &PodKey) {
+        if self.pods.get(pk).is_some_and(Pod::selectable) {
+            for ip in self.pod_ips(pk) {
+                match self.owners.entry(ip) {
+                    Entry::Vacant(v) => {
+                        v.insert(Owners::One(pk.clone()));
+                    }
+                    Entry::Occupied(mut o) => o.get_mut().add(pk),
+                }
+            }
+        }
         let keys: Vec<SetKey> = self.sets.keys().cloned().collect();
         for k in keys {
             for m in self.contribution(&k, pk) {
@@ -1040,30 +1093,44 @@ impl Index {
         }
     }
 
-    /// Whether a selectable pod holds `ip` (as [`Index::ip_owners`] would
-    /// say), without building the map: for a few questions in a large
-    /// cluster.
-    pub fn owns_address(&self, ip: &IpAddr) -> bool {
-        self.pods
-            .values()
-            .any(|p| p.selectable() && p.ips.contains(ip))
-            || self.endpoints.values().any(|ep| {
-                ep.ips.contains(ip) && self.pods.get(&ep.pod).is_some_and(Pod::selectable)
-            })
-    }
-
-    /// The pods with `ip` (for flow evaluation).
-    pub fn ip_owners(&self) -> HashMap<IpAddr, PodKey> {
-        let mut out = HashMap::new();
-        for (k, p) in &self.pods {
-            if !p.selectable() {
-                continue;
-            }
-            for ip in self.pod_ips(k) {
-                out.insert(ip, k.clone());
+    /// Takes `pk` out of the owners of the addresses it holds (before a
+    /// change, as [`Index::retract`] runs: every change of a pod or an
+    /// endpoint retracts, changes, then asserts).
+    fn disown(&mut self, pk: &PodKey) {
+        if !self.pods.get(pk).is_some_and(Pod::selectable) {
+            return;
+        }
+        for ip in self.pod_ips(pk) {
+            if let Entry::Occupied(mut o) = self.owners.entry(ip)
+                && o.get_mut().remove(pk)
+            {
+                o.remove();
             }
         }
-        out
+    }
+
+    /// Whether a selectable pod holds `ip`.
+    pub fn owns_address(&self, ip: &IpAddr) -> bool {
+        self.owners.contains_key(ip)
+    }
+
+    /// The selectable pod holding `ip` (its status IPs or a local
+    /// endpoint's), for flow evaluation; of several (an address reused
+    /// before the old pod's deletion was seen), the first by key. Kept as
+    /// pods and endpoints change, so a lookup costs no walk of the pods.
+    pub fn owner_of(&self, ip: &IpAddr) -> Option<&PodKey> {
+        match self.owners.get(ip)? {
+            Owners::One(k) => Some(k),
+            Owners::Many(keys) => keys.first(),
+        }
+    }
+
+    /// Every address's owner, as [`Index::owner_of`] answers (for tests).
+    pub fn ip_owners(&self) -> BTreeMap<IpAddr, PodKey> {
+        self.owners
+            .keys()
+            .filter_map(|ip| Some((*ip, self.owner_of(ip)?.clone())))
+            .collect()
     }
 
     /// Replaces every namespace with `all` (after a relist), applying only
@@ -1158,6 +1225,24 @@ mod tests {
         }
         assert!(idx.owns_address(&"10.0.0.3".parse().unwrap()));
         assert!(!idx.owns_address(&"10.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_reused_address_keeps_an_owner_until_its_last_pod_lets_go() {
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut idx = Index::new();
+        idx.apply_pod(Pod::new("x", "old").ip("10.0.0.9"));
+        idx.apply_pod(Pod::new("y", "new").ip("10.0.0.9"));
+        assert_eq!(idx.owner_of(&ip), Some(&PodKey::new("x", "old")));
+        idx.delete_pod(&PodKey::new("x", "old"));
+        assert_eq!(idx.owner_of(&ip), Some(&PodKey::new("y", "new")));
+        // It moves to another address, then finishes: nobody owns either.
+        idx.apply_pod(Pod::new("y", "new").ip("10.0.0.8"));
+        assert_eq!(idx.owner_of(&ip), None);
+        let mut done = Pod::new("y", "new").ip("10.0.0.8");
+        done.terminated = true;
+        idx.apply_pod(done);
+        assert!(idx.ip_owners().is_empty());
     }
 
     #[test]

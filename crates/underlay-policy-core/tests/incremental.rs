@@ -181,7 +181,9 @@ fn any_sequence_of_changes_compiles_like_a_fresh_index() {
                         PODS.iter().position(|p| *p == name).unwrap_or(0),
                         rng.below(3) + 1
                     );
-                    let pod = Pod::new(ns, name).label("app", rng.pick(&APPS)).ip(&ip);
+                    let mut pod = Pod::new(ns, name).label("app", rng.pick(&APPS)).ip(&ip);
+                    // A finished pod is no peer, and owns no address.
+                    pod.terminated = rng.below(6) == 0;
                     world.pods.insert(key, pod.clone());
                     idx.apply_pod(pod);
                 }
@@ -220,6 +222,12 @@ fn any_sequence_of_changes_compiles_like_a_fresh_index() {
             // Between compiles, every endpoint's selection is what a fresh
             // index works out, whatever the index kept from the last one.
             let fresh = world.fresh();
+            // And every address's owner, which conntrack cleanup asks.
+            assert_eq!(
+                idx.ip_owners(),
+                fresh.ip_owners(),
+                "seed {seed}, step {step}"
+            );
             for ep in world.endpoints.values() {
                 assert_eq!(
                     idx.selection(ep),

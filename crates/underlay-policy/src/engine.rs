@@ -10,12 +10,11 @@ use crate::compile::{
     fnv64,
 };
 use crate::dataplane::{Dataplane, DataplaneError, split_words};
-use crate::eval::Evaluator;
+use crate::eval::{Evaluator, Flow};
 use crate::index::{Index, Member, Members, SetKind};
 use crate::metrics::{Metrics, ToolLabel};
 use crate::model::Family;
-use crate::model::PodKey;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -190,6 +189,10 @@ pub struct SyncReport {
     /// a change that may deny what was allowed. Members that left with
     /// their deleted pod are not counted.
     pub members_narrowed: usize,
+    /// The chains replaced and the sets narrowed: what could deny a
+    /// connection that was allowed. Conntrack cleanup evaluates the
+    /// connections of the endpoints whose chains lead to one of them.
+    pub narrowing: Vec<String>,
     pub restore_calls: usize,
     pub conntrack_removed: usize,
     /// The node differed from what this engine last programmed.
@@ -213,10 +216,6 @@ pub struct Phases {
     /// Listing and deleting conntrack entries.
     pub conntrack: u64,
 }
-
-/// Deleted set members whose owner one sync looks up one at a time (each
-/// lookup walks the pods) before it maps every address's owner at once.
-const OWNER_LOOKUPS: usize = 16;
 
 /// The line of an `ipset restore` script that `destroy` refused because
 /// the set is still in use (by a rule the kernel has not yet released):
@@ -277,6 +276,8 @@ pub struct Engine<D: Dataplane> {
     sets_awaiting_destroy: usize,
     status: Status,
     conntrack_cleanup: bool,
+    /// A conntrack cleanup failed: the next looks at every connection.
+    cleanup_owed: bool,
 }
 
 impl<D: Dataplane> Engine<D> {
@@ -294,6 +295,7 @@ impl<D: Dataplane> Engine<D> {
             sets_awaiting_destroy: 0,
             status: Status::default(),
             conntrack_cleanup: true,
+            cleanup_owed: false,
         }
     }
 
@@ -458,10 +460,13 @@ impl<D: Dataplane> Engine<D> {
         // a policy's once no endpoint jumps to it (those endpoints' chains
         // are rewritten, which counts). Members that left a set with their
         // pod took only that pod's connections.
-        let could_deny = report.members_narrowed > 0 || report.rules_replaced > 0;
-        if self.conntrack_cleanup && could_deny {
+        if self.conntrack_cleanup && !report.narrowing.is_empty() {
             let t = Instant::now();
-            report.conntrack_removed = self.clean_conntrack();
+            let reached = match (&self.written, self.cleanup_owed) {
+                (Some(chains), false) => reached_endpoints(chains, &report.narrowing),
+                _ => None,
+            };
+            report.conntrack_removed = self.clean_conntrack(reached.as_ref());
             report.phases.conntrack = micros_since(t);
         }
         Ok(report)
@@ -665,27 +670,13 @@ impl<D: Dataplane> Engine<D> {
         report: &mut SyncReport,
     ) -> (String, Vec<String>) {
         let mut script = String::new();
-        // A few deleted members (a label change) are looked up one by one;
-        // past OWNER_LOOKUPS, the owners of every address are mapped once.
-        let mut lookups = 0;
-        let mut owners: Option<HashMap<IpAddr, PodKey>> = None;
-        // Only conntrack cleanup asks whether a change narrowed a set: with
-        // it off, the owners of the cluster's addresses are never looked up.
+        // Only conntrack cleanup asks whether a change narrowed a set.
         let cleanup = self.conntrack_cleanup;
         let mut still_owned = |m: &Member| match m {
             _ if !cleanup => true,
             Member::Net { .. } => true,
             Member::Ip(ip) | Member::IpPort(ip, ..) => {
-                if self.index.nodes().any(|n| n.ips.contains(ip)) {
-                    return true;
-                }
-                lookups += 1;
-                if owners.is_none() && lookups <= OWNER_LOOKUPS {
-                    return self.index.owns_address(ip);
-                }
-                owners
-                    .get_or_insert_with(|| self.index.ip_owners())
-                    .contains_key(ip)
+                self.index.nodes().any(|n| n.ips.contains(ip)) || self.index.owns_address(ip)
             }
         };
         for (name, want) in &desired.sets {
@@ -752,6 +743,7 @@ impl<D: Dataplane> Engine<D> {
             }
             if have.contains_key(name) {
                 report.rules_replaced += 1;
+                report.narrowing.push(name.clone());
             }
             let _ = writeln!(decl, ":{name} - [0:0]");
             if let Some(d) = expect.digest {
@@ -796,21 +788,44 @@ impl<D: Dataplane> Engine<D> {
         Some(format!("*filter\n{decl}{body}{tail}COMMIT\n"))
     }
 
-    fn clean_conntrack(&mut self) -> usize {
+    /// Deletes the conntrack entries of connections policy now denies,
+    /// among those of the endpoints `reached` names (by interface; `None`:
+    /// every endpoint). A cleanup that failed is owed: the next one looks
+    /// at every endpoint's connections.
+    fn clean_conntrack(&mut self, reached: Option<&BTreeSet<String>>) -> usize {
+        let addresses: Option<HashSet<IpAddr>> = reached.map(|interfaces| {
+            self.index
+                .endpoints()
+                .filter(|ep| interfaces.contains(&ep.interface))
+                .flat_map(|ep| ep.ips.iter().copied())
+                .collect()
+        });
+        if addresses.as_ref().is_some_and(HashSet::is_empty) {
+            return 0;
+        }
+        self.cleanup_owed = true;
         let flows = match self.dataplane.list_flows() {
             Ok(f) => f,
             Err(e) => {
-                warn!(error = %e, "listing conntrack entries failed; existing connections keep flowing until they end");
+                warn!(error = %e, "listing conntrack entries failed; existing connections keep flowing until the next cleanup");
                 return 0;
             }
         };
+        let flows: Vec<Flow> = match &addresses {
+            Some(a) => flows
+                .into_iter()
+                .filter(|f| a.contains(&f.src) || a.contains(&f.dst))
+                .collect(),
+            None => flows,
+        };
         if flows.is_empty() {
+            self.cleanup_owed = false;
             return 0;
         }
         let host: BTreeSet<_> = match self.dataplane.host_addresses() {
             Ok(h) => h.into_iter().collect(),
             Err(e) => {
-                warn!(error = %e, "listing node addresses failed; skipping conntrack cleanup");
+                warn!(error = %e, "listing node addresses failed; skipping conntrack cleanup until the next change");
                 return 0;
             }
         };
@@ -822,12 +837,16 @@ impl<D: Dataplane> Engine<D> {
                 .collect()
         };
         if denied.is_empty() {
+            self.cleanup_owed = false;
             return 0;
         }
         let removed = match self.dataplane.delete_flows(&denied) {
-            Ok(n) => n,
+            Ok(n) => {
+                self.cleanup_owed = false;
+                n
+            }
             Err(e) => {
-                warn!(error = %e, flows = denied.len(), "deleting conntrack entries failed; those connections keep flowing until they end");
+                warn!(error = %e, flows = denied.len(), "deleting conntrack entries failed; those connections keep flowing until the next cleanup");
                 0
             }
         };
@@ -840,6 +859,65 @@ impl<D: Dataplane> Engine<D> {
         }
         removed
     }
+}
+
+/// The interfaces of the endpoints whose chains lead, by jumps and set
+/// matches, to a chain or set of `narrowing` (in either family): only
+/// their connections can have lost what allowed them. `None` when one is
+/// reached from elsewhere (a hook, the dispatch or a verdict chain): then
+/// every endpoint's can.
+fn reached_endpoints(chains: &Chains, narrowing: &[String]) -> Option<BTreeSet<String>> {
+    let mut users: HashMap<&str, Vec<&str>> = HashMap::new();
+    for family in chains {
+        for (chain, rules) in family {
+            for rule in rules {
+                let mut words = rule.split_ascii_whitespace();
+                while let Some(w) = words.next() {
+                    if matches!(w, "-j" | "-g" | "--match-set")
+                        && let Some(target) = words.next()
+                    {
+                        users.entry(target).or_default().push(chain);
+                    }
+                }
+            }
+        }
+    }
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut todo: Vec<&str> = narrowing.iter().map(String::as_str).collect();
+    let mut reached = BTreeSet::new();
+    while let Some(name) = todo.pop() {
+        if !seen.insert(name) {
+            continue;
+        }
+        let endpoint = ["UDL-I-", "UDL-E-", "UDL-AI-", "UDL-AE-"]
+            .iter()
+            .find_map(|p| name.strip_prefix(p));
+        if let Some(interface) = endpoint {
+            reached.insert(interface.to_string());
+            continue;
+        }
+        if !name.starts_with(compile::CHAIN_PREFIX) && !name.starts_with(compile::SET_PREFIX) {
+            return None;
+        }
+        let is_shared = [
+            compile::FORWARD,
+            compile::INPUT,
+            compile::OUTPUT,
+            FROM_POD,
+            TO_POD,
+            compile::ALLOW,
+            compile::ACCEPTED,
+            compile::DENIED,
+            compile::PASSED,
+            compile::CLEAR,
+        ]
+        .contains(&name);
+        if is_shared {
+            return None;
+        }
+        todo.extend(users.get(name).into_iter().flatten());
+    }
+    Some(reached)
 }
 
 /// Brings a dispatch chain to `rules`: in place when both its programmed
@@ -907,7 +985,11 @@ fn update_set(
     }
     report.members_added += adds.len();
     report.members_deleted += dels.len();
-    report.members_narrowed += dels.iter().filter(|m| still_owned(m)).count();
+    let narrowed = dels.iter().filter(|m| still_owned(m)).count();
+    report.members_narrowed += narrowed;
+    if narrowed > 0 {
+        report.narrowing.push(name.to_string());
+    }
     if changes > SWAP_THRESHOLD && changes > want.members.len() / 2 {
         let tmp = format!("{name}-t");
         create_set(script, &tmp, want);

@@ -447,6 +447,71 @@ fn newly_denied_connections_lose_their_conntrack_entries() {
     assert_eq!(batches, vec![vec![flow(ya, xa, 80), flow(ya, xa, 81)]]);
 }
 
+/// A change can deny only the connections of the endpoints whose chains
+/// lead to what it replaced or narrowed; the others' entries are left as
+/// they are, even one policy denies (a cleanup that failed earlier). That
+/// failure is owed: the cleanup after it looks at every connection.
+#[test]
+fn a_change_cleans_only_the_connections_of_the_endpoints_it_reaches() {
+    use underlay_policy::model::{Peer, Policy, PortMatch, Rule};
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    let flow = |src: Pid, dst: Pid| Flow {
+        protocol: 6,
+        src: src.ip(Family::V4),
+        dst: dst.ip(Family::V4),
+        sport: 40000,
+        dport: 80,
+    };
+    let (xa, xb, ya, yb) = (
+        Pid { ns: 0, pod: 0 },
+        Pid { ns: 0, pod: 1 },
+        Pid { ns: 1, pod: 0 },
+        Pid { ns: 1, pod: 1 },
+    );
+    let only_from = |ns: &str, to: &str, from: &str, port: u16| {
+        let mut p = Policy::new(
+            ns,
+            &format!("{to}-from-{from}"),
+            Selector::labels([("pod", to)]),
+        );
+        p.ingress = vec![
+            Rule::from(vec![Peer::pods(Selector::labels([("pod", from)]))])
+                .ports(vec![PortMatch::tcp(port)]),
+        ];
+        p
+    };
+    engine.change(|idx| {
+        idx.apply_policy(only_from("x", "a", "b", 80));
+        idx.apply_policy(only_from("y", "a", "b", 80));
+    });
+    engine.sync().unwrap();
+    // y/b -> x/a is denied already (its cleanup failed, say); x/b -> x/a
+    // and y/b -> y/a are allowed.
+    let stale = flow(yb, xa);
+    fake.state().flows = vec![stale, flow(xb, xa), flow(yb, ya)];
+
+    // y/a's policy moves to port 81: only y/a's connections are looked at.
+    engine.change(|idx| idx.apply_policy(only_from("y", "a", "b", 81)));
+    let report = engine.sync().unwrap();
+    assert_eq!(report.conntrack_removed, 1, "{report:?}");
+    assert_eq!(fake.state().flows, vec![stale, flow(xb, xa)]);
+
+    // A listing fails: the next cleanup owes every endpoint a look.
+    fake.state().fail_next_listing = true;
+    engine.change(|idx| idx.apply_policy(only_from("y", "a", "b", 82)));
+    assert_eq!(engine.sync().unwrap().conntrack_removed, 0);
+    engine.change(|idx| idx.apply_policy(only_from("y", "a", "b", 83)));
+    let report = engine.sync().unwrap();
+    assert_eq!(report.conntrack_removed, 1, "{report:?}");
+    assert_eq!(fake.state().flows, vec![flow(xb, xa)]);
+    // Owed no more: y/a's next change leaves x/a's connections alone.
+    fake.state().flows.push(stale);
+    engine.change(|idx| idx.apply_policy(only_from("y", "a", "b", 84)));
+    assert_eq!(engine.sync().unwrap().conntrack_removed, 0);
+    assert_eq!(fake.state().flows, vec![flow(xb, xa), stale]);
+}
+
 /// The conntrack listings the fake received.
 fn conntrack_listings(fake: &FakeDataplane) -> usize {
     fake.state()

@@ -41,6 +41,8 @@ pub struct FakeState {
     pub host: Vec<IpAddr>,
     /// Makes the next restore of either kind fail with this message.
     pub fail_next_restore: Option<String>,
+    /// Makes the next conntrack listing fail.
+    pub fail_next_listing: bool,
     /// Sets whose last matching rule a rule transaction removed. The
     /// kernel drops a rule's hold on its sets after the transaction, once
     /// readers are done with it: a `destroy` right away is refused as in
@@ -265,6 +267,9 @@ impl Dataplane for FakeDataplane {
     fn list_flows(&mut self) -> Result<Vec<Flow>> {
         let mut s = self.state();
         s.calls.push(Call::ListFlows);
+        if std::mem::take(&mut s.fail_next_listing) {
+            return Err(DataplaneError::Rejected("conntrack listing refused".into()));
+        }
         Ok(s.flows.clone())
     }
 
