@@ -22,6 +22,8 @@ pub struct AgentService {
     pub endpoints: Endpoints,
     pub metrics: Arc<Metrics>,
     pub node_name: String,
+    /// Told after each detach: the DEL retired a host interface.
+    pub retired: crate::retired::Retired,
 }
 
 fn to_status(e: EndpointError) -> Status {
@@ -180,6 +182,7 @@ impl Agent for AgentService {
                 .await
                 .map_err(to_status)?;
             tracing::info!(%key, released = rec.is_some(), "detached");
+            self.retired.wake();
             Ok(v1::DetachResponse {
                 released: rec.is_some(),
                 host_interface: rec.map(|r| r.host_interface).unwrap_or_default(),
@@ -355,6 +358,7 @@ mod tests {
             endpoints,
             metrics,
             node_name: "n1".into(),
+            retired: crate::retired::Retired::default(),
         }
     }
 

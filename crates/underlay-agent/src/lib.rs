@@ -27,6 +27,7 @@ pub mod node;
 pub mod ops;
 pub mod policy_hook;
 pub mod recover;
+pub mod retired;
 pub mod store;
 
 pub use args::Args;
@@ -360,6 +361,7 @@ pub async fn run_until(
         endpoints: endpoints.clone(),
         metrics: metrics.clone(),
         node_name: node.clone(),
+        retired: retired::Retired::start(),
     };
     let bring = tokio::spawn(bring_up(endpoints, static_cidrs, client, node, metrics));
     let served = tonic::transport::Server::builder()

@@ -259,6 +259,7 @@ mod tests {
             endpoints,
             metrics: agent_metrics,
             node_name: "n1".into(),
+            retired: crate::retired::Retired::default(),
         };
         deny(
             &agent,

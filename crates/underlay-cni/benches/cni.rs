@@ -210,8 +210,9 @@ fn main() {
     );
     assert_eq!(out.code, 0, "resident pod: {} {}", out.stdout, out.stderr);
 
-    let bare_agent = Agent::start(&["10.245.0.0/16"]);
-    let bare = underlay_target("underlay, policy off", Node::new(), &bare_agent);
+    let bare_node = Node::new();
+    let bare_agent = Agent::start(&bare_node.ns, &["10.245.0.0/16"]);
+    let bare = underlay_target("underlay, policy off", bare_node, &bare_agent);
     let state = tempfile::tempdir().expect("temporary directory");
     let reference = Arc::new(Target {
         name: "ptp+host-local",

@@ -87,8 +87,11 @@ pub trait Dataplane {
     /// Creates and configures the veth pair, host and pod side. On error the
     /// caller undoes it with [`Dataplane::teardown`].
     async fn setup(&self, link: &PodLink) -> Result<Wired, DataplaneError>;
-    /// Removes the pod's interface (and with it the host side) and the host
-    /// side if it is still owned by `container_id`. Gone is fine.
+    /// Takes the pod's interfaces out of service: the host side, when
+    /// `container_id` owns it, is retired (down, no routes, in
+    /// [`underlay_proto::RETIRED_LINK_GROUP`], deleted later by the agent
+    /// or with the pod's namespace); otherwise the pod's interface is
+    /// deleted. Gone is fine.
     async fn teardown(
         &self,
         netns: Option<&Path>,
@@ -98,6 +101,14 @@ pub trait Dataplane {
     ) -> Result<(), DataplaneError>;
     /// Verifies the pod's interface, addresses and routes and the host side.
     async fn check(&self, link: &PodLink) -> Result<(), DataplaneError>;
+    /// Deletes `host_ifname` (and with it the pod's side) if its owner is
+    /// `container_id` and a DEL retired it: an ADD into the namespace a
+    /// DEL left finds its interface gone. True if deleted.
+    async fn remove_retired(
+        &self,
+        host_ifname: &str,
+        container_id: &str,
+    ) -> Result<bool, DataplaneError>;
     /// Deletes `host_ifname` if its owner is `container_id`; true if deleted.
     async fn remove_host_interface(
         &self,

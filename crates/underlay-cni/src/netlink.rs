@@ -149,6 +149,27 @@ fn mac_of(link: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
+/// Takes a pod's host interface out of service without deleting it: down
+/// (so neither end of the pair carries a packet, and the kernel drops its
+/// host routes) and in [`underlay_proto::RETIRED_LINK_GROUP`], whose links
+/// the agent deletes in batches. Deleting a link blocks its caller for an
+/// RCU grace period (17 ms here), most of a DEL; a sandbox's namespace,
+/// removed by the runtime after DEL, takes the pair with it anyway.
+async fn retire_link(h: &Handle, link: &LinkMessage, name: &str) -> Result<(), DataplaneError> {
+    let message = LinkUnspec::new_with_index(link.header.index)
+        .down()
+        .append_extra_attribute(LinkAttribute::Group(underlay_proto::RETIRED_LINK_GROUP))
+        .build();
+    match h.link().set(message).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_errno(&e, &[ENODEV, ENOENT]) => Ok(()),
+        Err(e) => Err(DataplaneError::Netlink {
+            op: format!("retire link {name}"),
+            source: e,
+        }),
+    }
+}
+
 async fn delete_link(h: &Handle, link: &LinkMessage, name: &str) -> Result<(), DataplaneError> {
     match h.link().del(link.header.index).execute().await {
         Ok(()) => Ok(()),
@@ -478,6 +499,12 @@ impl crate::dataplane::Dataplane for Netlink {
         host_ifname: &str,
         container_id: &str,
     ) -> Result<(), DataplaneError> {
+        // Our host side, found: retired, and the pair with it.
+        if let Some(host) = link_by_name(&self.host, host_ifname).await?
+            && alias_of(&host) == Some(container_id)
+        {
+            return retire_link(&self.host, &host, host_ifname).await;
+        }
         if let Some(path) = netns {
             match open_netns(path) {
                 Ok(ns) => match connect_in(&ns, path) {
@@ -574,6 +601,25 @@ impl crate::dataplane::Dataplane for Netlink {
             }
         }
         Ok(())
+    }
+
+    async fn remove_retired(
+        &self,
+        host_ifname: &str,
+        container_id: &str,
+    ) -> Result<bool, DataplaneError> {
+        match link_by_name(&self.host, host_ifname).await? {
+            Some(l)
+                if alias_of(&l) == Some(container_id)
+                    && l.attributes.iter().any(|a| {
+                        matches!(a, LinkAttribute::Group(g) if *g == underlay_proto::RETIRED_LINK_GROUP)
+                    }) =>
+            {
+                delete_link(&self.host, &l, host_ifname).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn remove_host_interface(

@@ -24,7 +24,7 @@ fn chained_with_portmap_and_bandwidth_a_host_port_reaches_the_pod() {
         );
     }
     let node = Node::new();
-    let agent = Agent::start(&["10.244.9.0/24", "fd00:9::/64"]);
+    let agent = Agent::start(&node.ns, &["10.244.9.0/24", "fd00:9::/64"]);
     let pod = Netns::new("pod");
     let list = json!({
         "cniVersion": "1.0.0",
@@ -117,7 +117,7 @@ fn chained_with_portmap_and_bandwidth_a_host_port_reaches_the_pod() {
     let del = inv.with_command("DEL");
     exec_chain(&node.ns, &list, &del, &runtime_config, Some(&result))
         .unwrap_or_else(|e| panic!("chain DEL failed: {} {}", e.stdout, e.stderr));
-    assert!(node.pod_links().is_empty());
+    node.assert_retired_then(&[]);
     let nat = node.ns.exec(&["iptables-save", "-t", "nat"]);
     assert!(!String::from_utf8_lossy(&nat.stdout).contains("30080"));
     assert_eq!(agent.status().unwrap().endpoints, 0);
@@ -129,7 +129,7 @@ fn a_prev_result_from_an_earlier_plugin_is_kept_and_extended() {
         return;
     }
     let node = Node::new();
-    let agent = Agent::start(&["10.244.10.0/24"]);
+    let agent = Agent::start(&node.ns, &["10.244.10.0/24"]);
     let pod = Netns::new("pod");
     let mut c = conf("1.0.0", &agent.socket());
     c["prevResult"] = json!({

@@ -26,7 +26,7 @@ fn add_check_del_dual_stack_through_the_real_binary() {
         return;
     }
     let node = Node::new();
-    let agent = Agent::start(&[V4, V6]);
+    let agent = Agent::start(&node.ns, &[V4, V6]);
     let pod = Netns::new("pod");
     let inv = Invocation::new("ADD", "c0ffee01", Some(&pod.path()));
     let c = conf("1.1.0", &agent.socket());
@@ -107,11 +107,14 @@ fn add_check_del_dual_stack_through_the_real_binary() {
     assert_eq!(again.error_code(), 101, "{}", again.stdout);
     cni(&node.ns, &inv.with_command("CHECK"), &check).ok();
 
-    // DEL removes both sides and the agent's record; DEL again is fine.
+    // DEL retires the host side (down, no routes: nothing flows) and
+    // removes the agent's record; the agent then deletes the pair, both
+    // sides; DEL again is fine.
     cni(&node.ns, &inv.with_command("DEL"), &c).ok();
-    assert!(!pod.links().contains(&"eth0".to_string()));
-    assert!(node.pod_links().is_empty(), "{:?}", node.pod_links());
+    assert!(!ping(&pod, "192.0.2.1"), "the pod still reaches the node");
     assert_eq!(agent.status().unwrap().endpoints, 0);
+    node.assert_retired_then(&[]);
+    assert!(!pod.links().contains(&"eth0".to_string()));
     cni(&node.ns, &inv.with_command("DEL"), &c).ok();
     // CHECK now finds no attachment at the agent (code 3).
     assert_eq!(
@@ -129,7 +132,7 @@ fn results_are_shaped_for_each_requested_version() {
         return;
     }
     let node = Node::new();
-    let agent = Agent::start(&[V4, V6]);
+    let agent = Agent::start(&node.ns, &[V4, V6]);
     for (i, version) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
         let pod = Netns::new("pod");
         let id = format!("ver{i}");
@@ -206,7 +209,7 @@ fn two_pods_on_a_node_reach_each_other_with_ping_and_tcp() {
         return;
     }
     let node = Node::new();
-    let agent = Agent::start(&[V4, V6]);
+    let agent = Agent::start(&node.ns, &[V4, V6]);
     let a = Netns::new("pa");
     let b = Netns::new("pb");
     let ra = add(&node, &agent, &a, "aaaa", "1.1.0");

@@ -26,7 +26,7 @@ fn fifty_concurrent_adds_then_dels_leave_nothing_behind() {
         return;
     }
     let node = Arc::new(Node::new());
-    let agent = Arc::new(Agent::start(&["10.244.20.0/24", "fd00:20::/64"]));
+    let agent = Arc::new(Agent::start(&node.ns, &["10.244.20.0/24", "fd00:20::/64"]));
     let pods: Vec<Arc<Netns>> = (0..50).map(|_| Arc::new(Netns::new("p"))).collect();
     let adds = pods
         .iter()
@@ -64,7 +64,7 @@ fn fifty_concurrent_adds_then_dels_leave_nothing_behind() {
     for o in parallel(dels) {
         o.ok();
     }
-    assert!(node.pod_links().is_empty(), "{:?}", node.pod_links());
+    node.assert_retired_then(&[]);
     let st = agent.status().unwrap();
     assert_eq!(st.endpoints, 0);
     assert!(st.pools.iter().all(|p| p.allocated == 0), "{:?}", st.pools);
@@ -82,7 +82,7 @@ fn agent_killed_mid_storm_restarts_without_losing_or_duplicating_addresses() {
         return;
     }
     let node = Arc::new(Node::new());
-    let mut agent = Agent::start(&["10.244.21.0/24"]);
+    let mut agent = Agent::start(&node.ns, &["10.244.21.0/24"]);
     let socket = agent.socket();
     let pods: Vec<Arc<Netns>> = (0..30).map(|_| Arc::new(Netns::new("k"))).collect();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -161,7 +161,7 @@ fn agent_killed_mid_storm_restarts_without_losing_or_duplicating_addresses() {
         cni(&node.ns, &inv, &conf("1.1.0", &agent.socket())).ok();
     }
     assert_eq!(agent.status().unwrap().endpoints, 0);
-    assert!(node.pod_links().is_empty(), "{:?}", node.pod_links());
+    node.assert_retired_then(&[]);
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn gc_releases_attachments_the_runtime_no_longer_knows() {
         return;
     }
     let node = Node::new();
-    let agent = Agent::start(&["10.244.22.0/24"]);
+    let agent = Agent::start(&node.ns, &["10.244.22.0/24"]);
     let pods: Vec<Netns> = (0..3).map(|_| Netns::new("g")).collect();
     for (i, pod) in pods.iter().enumerate() {
         let inv = Invocation::new("ADD", &format!("gc{i}"), Some(&pod.path()));
@@ -210,7 +210,7 @@ fn a_new_sandbox_of_the_same_pod_takes_over_the_host_interface_name() {
         return;
     }
     let node = Node::new();
-    let agent = Agent::start(&["10.244.23.0/24"]);
+    let agent = Agent::start(&node.ns, &["10.244.23.0/24"]);
     let old = Netns::new("old");
     let new = Netns::new("new");
     let c = conf("1.1.0", &agent.socket());
@@ -225,7 +225,7 @@ fn a_new_sandbox_of_the_same_pod_takes_over_the_host_interface_name() {
     check["prevResult"] = r2;
     cni(&node.ns, &second.with_command("CHECK"), &check).ok();
     cni(&node.ns, &second.with_command("DEL"), &c).ok();
-    assert!(node.pod_links().is_empty());
+    node.assert_retired_then(&[]);
 }
 
 /// `ns-a/qg4e1bk4woov` and `ns-b/qkk67uhtf1ij` hash to the same 44 bits,
@@ -239,7 +239,7 @@ fn a_pod_whose_name_hashes_like_another_never_takes_over_its_host_interface() {
         return;
     }
     let node = Node::new();
-    let agent = Agent::start(&["10.244.24.0/24"]);
+    let agent = Agent::start(&node.ns, &["10.244.24.0/24"]);
     let (pod_a, pod_b) = (Netns::new("a"), Netns::new("b"));
     let c = conf("1.1.0", &agent.socket());
     let mut a = Invocation::new("ADD", "sandbox-a", Some(&pod_a.path()));
@@ -265,9 +265,9 @@ fn a_pod_whose_name_hashes_like_another_never_takes_over_its_host_interface() {
         cni(&node.ns, &inv.with_command("CHECK"), &check).ok();
     }
     cni(&node.ns, &b.with_command("DEL"), &c).ok();
-    assert_eq!(node.pod_links(), vec![host_a]);
+    node.assert_retired_then(&[&host_a]);
     cni(&node.ns, &a.with_command("DEL"), &c).ok();
-    assert!(node.pod_links().is_empty());
+    node.assert_retired_then(&[]);
 }
 
 #[test]
@@ -332,6 +332,6 @@ fn a_late_del_of_a_replaced_sandbox_keeps_the_new_one_reachable_under_policy() {
     assert_eq!(st.policy.map(|p| p.endpoints), Some(1), "{}", rules());
 
     cni(&node.ns, &second.with_command("DEL"), &c).ok();
-    assert!(node.pod_links().is_empty());
+    node.assert_retired_then(&[]);
     assert_eq!(agent.status().unwrap().policy.map(|p| p.endpoints), Some(0));
 }

@@ -10,6 +10,15 @@ pub mod v1 {
     include!("gen/underlay.v1.rs");
 }
 
+/// The link group (`IFLA_GROUP`) of host interfaces the plugin's DEL
+/// retired: down, routeless, their pod gone. The agent deletes the whole
+/// group in one request after a DEL: deleting a link makes the caller wait
+/// for an RCU grace period, which a DEL would otherwise spend, and one
+/// request deletes any number of links in one grace period. Part of the
+/// contract between the plugin and the agent ("udl" in ASCII: no other
+/// software on the node is expected to use it).
+pub const RETIRED_LINK_GROUP: u32 = 0x0075_646c;
+
 use std::path::Path;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};

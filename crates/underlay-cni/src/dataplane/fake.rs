@@ -75,6 +75,13 @@ impl Dataplane for FakeDataplane {
         }
         Ok(())
     }
+    async fn remove_retired(
+        &self,
+        _host_ifname: &str,
+        _container_id: &str,
+    ) -> Result<bool, DataplaneError> {
+        Ok(false)
+    }
     async fn remove_host_interface(
         &self,
         host_ifname: &str,

@@ -169,6 +169,60 @@ impl Node {
             .filter(|l| l.starts_with("udl"))
             .collect()
     }
+
+    /// After DEL: every host interface the plugin made but `remaining` is
+    /// retired — down, in the retired group and carrying no route — unless
+    /// already deleted; and the agent deletes them within a few seconds.
+    pub fn assert_retired_then(&self, remaining: &[&str]) {
+        self.assert_retired(remaining);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut left = self.pod_links();
+            left.sort();
+            let mut want: Vec<String> = remaining.iter().map(|s| s.to_string()).collect();
+            want.sort();
+            if left == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not delete the retired interfaces: {left:?}, want {want:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Every host interface the plugin made but `remaining` is retired (or
+    /// already deleted).
+    pub fn assert_retired(&self, remaining: &[&str]) {
+        let group = format!("group {}", underlay_proto::RETIRED_LINK_GROUP);
+        for link in self.pod_links() {
+            if remaining.contains(&link.as_str()) {
+                continue;
+            }
+            let shown = self
+                .ns
+                .exec(&["ip", "-d", "-o", "link", "show", "dev", &link]);
+            if !shown.status.success() {
+                continue; // deleted meanwhile
+            }
+            let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+            let flags = shown.split('<').nth(1).and_then(|f| f.split('>').next());
+            assert!(
+                flags.is_some_and(|f| !f.split(',').any(|x| x == "UP")),
+                "{link} is up after DEL: {shown}"
+            );
+            assert!(shown.contains(&group), "{link} is not retired: {shown}");
+            for family in ["-4", "-6"] {
+                let routes = self.ns.exec(&["ip", family, "route", "show", "dev", &link]);
+                let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+                assert!(
+                    routes.trim().is_empty(),
+                    "{link} still routes after DEL: {routes}"
+                );
+            }
+        }
+    }
 }
 
 fn target_dir_of_cni() -> PathBuf {
@@ -242,19 +296,21 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub cidrs: Vec<String>,
     pub extra: Vec<String>,
-    /// The namespace the agent runs in when it enforces policy (its
-    /// iptables rules and ipsets are that namespace's); `None`: the
-    /// agent runs without policy where the test runs.
-    pub policy_netns: Option<String>,
+    /// The node namespace the agent runs in, as a node's agent runs in
+    /// the node's: the plugin wires pods there, and the agent's iptables
+    /// rules, ipsets and link deletions are that namespace's.
+    pub netns: String,
+    /// Whether it enforces policy.
+    pub policy: bool,
 }
 
 impl Agent {
-    pub fn start(cidrs: &[&str]) -> Self {
-        Self::start_with(cidrs, &[])
+    pub fn start(node: &Netns, cidrs: &[&str]) -> Self {
+        Self::start_with(node, cidrs, &[])
     }
 
-    pub fn start_with(cidrs: &[&str], extra: &[&str]) -> Self {
-        Self::launch(cidrs, extra, None)
+    pub fn start_with(node: &Netns, cidrs: &[&str], extra: &[&str]) -> Self {
+        Self::launch(node, cidrs, extra, false)
     }
 
     /// An agent enforcing policy inside `node`, reading pods and policies
@@ -262,20 +318,17 @@ impl Agent {
     /// it the agent refuses to attach rather than run pods open).
     pub fn start_with_policy_in(node: &Netns, cidrs: &[&str], kubeconfig: &Path) -> Self {
         let kubeconfig = kubeconfig.display().to_string();
-        Self::launch(
-            cidrs,
-            &["--kubeconfig", &kubeconfig],
-            Some(node.name.clone()),
-        )
+        Self::launch(node, cidrs, &["--kubeconfig", &kubeconfig], true)
     }
 
-    fn launch(cidrs: &[&str], extra: &[&str], policy_netns: Option<String>) -> Self {
+    fn launch(node: &Netns, cidrs: &[&str], extra: &[&str], policy: bool) -> Self {
         let mut a = Self {
             child: None,
             dir: tempfile::tempdir().expect("temporary directory"),
             cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            policy_netns,
+            netns: node.name.clone(),
+            policy,
         };
         a.spawn();
         a.wait_ready();
@@ -296,20 +349,11 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
-        let mut cmd = match &self.policy_netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(agent_bin());
-                c.arg("--policy=true").env_remove("KUBECONFIG");
-                c
-            }
-            None => {
-                // starts: underlay-agent
-                let mut c = Command::new(agent_bin());
-                c.arg("--policy=false");
-                c
-            }
-        };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(agent_bin())
+            .arg(format!("--policy={}", self.policy))
+            .env_remove("KUBECONFIG");
         cmd.arg("--node-name")
             .arg("test-node")
             .arg("--socket")
