@@ -132,7 +132,7 @@ pub async fn add<A: Agent, D: Dataplane>(
     let netns = require_netns(env, "ADD")?;
     // ADD again after DEL, into the same namespace: what the DEL retired
     // goes first.
-    dp.remove_retired(&host_interface(env), &env.container_id)
+    dp.remove_retired(netns, &env.ifname, &host_interface(env), &env.container_id)
         .await
         .map_err(dataplane_error)?;
     refuse_existing_interface(dp, netns, &env.ifname).await?;

@@ -101,11 +101,14 @@ pub trait Dataplane {
     ) -> Result<(), DataplaneError>;
     /// Verifies the pod's interface, addresses and routes and the host side.
     async fn check(&self, link: &PodLink) -> Result<(), DataplaneError>;
-    /// Deletes `host_ifname` (and with it the pod's side) if its owner is
-    /// `container_id` and a DEL retired it: an ADD into the namespace a
-    /// DEL left finds its interface gone. True if deleted.
+    /// Deletes what a DEL retired and left in the way of an ADD: the host
+    /// side `host_ifname` owned by `container_id`, or the pair of the
+    /// namespace's `ifname` whose host side is retired (a runtime that
+    /// reuses a namespace). True if it deleted one.
     async fn remove_retired(
         &self,
+        netns: &Path,
+        ifname: &str,
         host_ifname: &str,
         container_id: &str,
     ) -> Result<bool, DataplaneError>;

@@ -170,6 +170,13 @@ async fn retire_link(h: &Handle, link: &LinkMessage, name: &str) -> Result<(), D
     }
 }
 
+/// Whether a DEL retired this link ([`retire_link`]).
+fn is_retired(link: &LinkMessage) -> bool {
+    link.attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::Group(g) if *g == underlay_proto::RETIRED_LINK_GROUP))
+}
+
 async fn delete_link(h: &Handle, link: &LinkMessage, name: &str) -> Result<(), DataplaneError> {
     match h.link().del(link.header.index).execute().await {
         Ok(()) => Ok(()),
@@ -605,20 +612,61 @@ impl crate::dataplane::Dataplane for Netlink {
 
     async fn remove_retired(
         &self,
+        netns: &Path,
+        ifname: &str,
         host_ifname: &str,
         container_id: &str,
     ) -> Result<bool, DataplaneError> {
-        match link_by_name(&self.host, host_ifname).await? {
-            Some(l)
-                if alias_of(&l) == Some(container_id)
-                    && l.attributes.iter().any(|a| {
-                        matches!(a, LinkAttribute::Group(g) if *g == underlay_proto::RETIRED_LINK_GROUP)
-                    }) =>
+        // This container's own host side, retired by its DEL.
+        if let Some(l) = link_by_name(&self.host, host_ifname).await?
+            && alias_of(&l) == Some(container_id)
+            && is_retired(&l)
+        {
+            delete_link(&self.host, &l, host_ifname).await?;
+            return Ok(true);
+        }
+        // The namespace's interface, whose host side (another container's:
+        // a runtime that reuses namespaces) a DEL retired.
+        let ns = match open_netns(netns) {
+            Ok(ns) => ns,
+            Err(DataplaneError::NetnsNotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let pod = connect_in(&ns, netns)?;
+        let Some(inside) = link_by_name(&pod, ifname).await? else {
+            return Ok(false);
+        };
+        let Some(peer) = inside.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Link(i) => Some(*i),
+            _ => None,
+        }) else {
+            return Ok(false);
+        };
+        let host = self
+            .host
+            .link()
+            .get()
+            .match_index(peer)
+            .execute()
+            .try_next()
+            .await;
+        match host {
+            // Its peer is exactly this interface, and retired.
+            Ok(Some(h))
+                if is_retired(&h)
+                    && h.attributes
+                        .iter()
+                        .any(|a| *a == LinkAttribute::Link(inside.header.index)) =>
             {
-                delete_link(&self.host, &l, host_ifname).await?;
+                delete_link(&self.host, &h, ifname).await?;
                 Ok(true)
             }
-            _ => Ok(false),
+            Ok(_) => Ok(false),
+            Err(e) if is_errno(&e, &[ENODEV, ENOENT]) => Ok(false),
+            Err(e) => Err(DataplaneError::Netlink {
+                op: format!("find the host side of {ifname}"),
+                source: e,
+            }),
         }
     }
 

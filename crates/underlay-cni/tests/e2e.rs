@@ -126,6 +126,32 @@ fn add_check_del_dual_stack_through_the_real_binary() {
     cni(&node.ns, &inv.with_command("DEL"), &c).ok();
 }
 
+/// A runtime that reuses a namespace: ADD of another container right after
+/// a DEL, before the agent deleted what the DEL retired, finds the old pair
+/// in the way and deletes it first; the new pod works.
+#[test]
+fn a_namespace_reused_right_after_del_takes_the_next_container() {
+    if skip_unless_root("a_namespace_reused_right_after_del_takes_the_next_container") {
+        return;
+    }
+    let node = Node::new();
+    let agent = Agent::start(&node.ns, &[V4, V6]);
+    let pod = Netns::new("pod");
+    let c = conf("1.1.0", &agent.socket());
+    for round in 0..5 {
+        let inv = Invocation::new("ADD", &format!("reuse{round}"), Some(&pod.path()));
+        let result = cni(&node.ns, &inv, &c).ok().json();
+        let ip = result_ips(&result)[0].clone();
+        assert!(
+            ping(&pod, "192.0.2.1"),
+            "round {round}: {ip} cannot reach the node"
+        );
+        cni(&node.ns, &inv.with_command("DEL"), &c).ok();
+    }
+    node.assert_retired_then(&[]);
+    assert_eq!(agent.status().unwrap().endpoints, 0);
+}
+
 #[test]
 fn results_are_shaped_for_each_requested_version() {
     if skip_unless_root("results_are_shaped_for_each_requested_version") {

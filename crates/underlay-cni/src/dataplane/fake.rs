@@ -77,6 +77,8 @@ impl Dataplane for FakeDataplane {
     }
     async fn remove_retired(
         &self,
+        _netns: &Path,
+        _ifname: &str,
         _host_ifname: &str,
         _container_id: &str,
     ) -> Result<bool, DataplaneError> {
