@@ -170,6 +170,17 @@ async fn retire_link(h: &Handle, link: &LinkMessage, name: &str) -> Result<(), D
     }
 }
 
+/// Whether `ifname` leaves the pod's namespace within 100 ms.
+async fn gone_soon(pod: &Handle, ifname: &str) -> Result<bool, DataplaneError> {
+    for _ in 0..20 {
+        if link_by_name(pod, ifname).await?.is_none() {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Ok(false)
+}
+
 /// Whether a DEL retired this link ([`retire_link`]).
 fn is_retired(link: &LinkMessage) -> bool {
     link.attributes
@@ -655,14 +666,17 @@ impl crate::dataplane::Dataplane for Netlink {
             Ok(Some(h))
                 if is_retired(&h)
                     && h.attributes
-                        .iter()
-                        .any(|a| *a == LinkAttribute::Link(inside.header.index)) =>
+                        .contains(&LinkAttribute::Link(inside.header.index)) =>
             {
                 delete_link(&self.host, &h, ifname).await?;
                 Ok(true)
             }
-            Ok(_) => Ok(false),
-            Err(e) if is_errno(&e, &[ENODEV, ENOENT]) => Ok(false),
+            Ok(Some(_)) => Ok(false),
+            // No peer on the host: the agent is deleting the retired pair
+            // right now (the pod's side goes a moment after the host's), or
+            // the interface is not ours (its peer lives elsewhere) and stays.
+            Ok(None) => gone_soon(&pod, ifname).await,
+            Err(e) if is_errno(&e, &[ENODEV, ENOENT]) => gone_soon(&pod, ifname).await,
             Err(e) => Err(DataplaneError::Netlink {
                 op: format!("find the host side of {ifname}"),
                 source: e,
