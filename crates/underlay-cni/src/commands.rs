@@ -130,11 +130,6 @@ pub async fn add<A: Agent, D: Dataplane>(
     dp: &D,
 ) -> Result<Value> {
     let netns = require_netns(env, "ADD")?;
-    // ADD again after DEL, into the same namespace: what the DEL retired
-    // goes first.
-    dp.remove_retired(netns, &env.ifname, &host_interface(env), &env.container_id)
-        .await
-        .map_err(dataplane_error)?;
     refuse_existing_interface(dp, netns, &env.ifname).await?;
     let (attached, host_ifname) = attach(env, conf, agent).await?;
     tracing::debug!(container_id = %env.container_id, host_interface = %host_ifname, "attached at the agent");

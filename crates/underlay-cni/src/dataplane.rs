@@ -101,17 +101,6 @@ pub trait Dataplane {
     ) -> Result<(), DataplaneError>;
     /// Verifies the pod's interface, addresses and routes and the host side.
     async fn check(&self, link: &PodLink) -> Result<(), DataplaneError>;
-    /// Deletes what a DEL retired and left in the way of an ADD: the host
-    /// side `host_ifname` owned by `container_id`, or the pair of the
-    /// namespace's `ifname` whose host side is retired (a runtime that
-    /// reuses a namespace). True if it deleted one.
-    async fn remove_retired(
-        &self,
-        netns: &Path,
-        ifname: &str,
-        host_ifname: &str,
-        container_id: &str,
-    ) -> Result<bool, DataplaneError>;
     /// Deletes `host_ifname` if its owner is `container_id`; true if deleted.
     async fn remove_host_interface(
         &self,

@@ -170,22 +170,48 @@ async fn retire_link(h: &Handle, link: &LinkMessage, name: &str) -> Result<(), D
     }
 }
 
-/// Whether `ifname` leaves the pod's namespace within 100 ms.
-async fn gone_soon(pod: &Handle, ifname: &str) -> Result<bool, DataplaneError> {
-    for _ in 0..20 {
-        if link_by_name(pod, ifname).await?.is_none() {
-            return Ok(true);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+/// The pod's side of a retired pair, `ifname` in `netns` if its peer is
+/// the host side `host_index`: down and renamed `udlr<host index>`, so the
+/// namespace holds no `ifname` any more, as after a deletion, and a later
+/// ADD (ours or another plugin's) can create one. A namespace already gone
+/// is fine; a rename refused falls back to deleting the pair.
+async fn retire_pod_side(
+    netns: &Path,
+    ifname: &str,
+    host_index: u32,
+) -> Result<(), DataplaneError> {
+    let ns = match open_netns(netns) {
+        Ok(ns) => ns,
+        Err(DataplaneError::NetnsNotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let pod = match connect_in(&ns, netns) {
+        Ok(pod) => pod,
+        Err(DataplaneError::NotANetns { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let Some(inside) = link_by_name(&pod, ifname).await? else {
+        return Ok(());
+    };
+    if !inside.attributes.contains(&LinkAttribute::Link(host_index)) {
+        return Ok(()); // not our pair's
     }
-    Ok(false)
-}
-
-/// Whether a DEL retired this link ([`retire_link`]).
-fn is_retired(link: &LinkMessage) -> bool {
-    link.attributes
-        .iter()
-        .any(|a| matches!(a, LinkAttribute::Group(g) if *g == underlay_proto::RETIRED_LINK_GROUP))
+    let index = inside.header.index;
+    let netlink = |op: String| move |source| DataplaneError::Netlink { op, source };
+    let down = LinkUnspec::new_with_index(index).down().build();
+    match pod.link().set(down).execute().await {
+        Ok(()) => {}
+        Err(e) if is_errno(&e, &[ENODEV, ENOENT]) => return Ok(()),
+        Err(e) => return Err(netlink(format!("take {ifname} down"))(e)),
+    }
+    let renamed = LinkUnspec::new_with_index(index)
+        .name(format!("udlr{host_index:x}"))
+        .build();
+    match pod.link().set(renamed).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_errno(&e, &[ENODEV, ENOENT]) => Ok(()),
+        Err(_) => delete_link(&pod, &inside, ifname).await,
+    }
 }
 
 async fn delete_link(h: &Handle, link: &LinkMessage, name: &str) -> Result<(), DataplaneError> {
@@ -517,11 +543,16 @@ impl crate::dataplane::Dataplane for Netlink {
         host_ifname: &str,
         container_id: &str,
     ) -> Result<(), DataplaneError> {
-        // Our host side, found: retired, and the pair with it.
+        // Our host side, found: retired, and the pod's side renamed out of
+        // the way (a runtime may ADD into the namespace again).
         if let Some(host) = link_by_name(&self.host, host_ifname).await?
             && alias_of(&host) == Some(container_id)
         {
-            return retire_link(&self.host, &host, host_ifname).await;
+            retire_link(&self.host, &host, host_ifname).await?;
+            if let Some(path) = netns {
+                retire_pod_side(path, ifname, host.header.index).await?;
+            }
+            return Ok(());
         }
         if let Some(path) = netns {
             match open_netns(path) {
@@ -619,69 +650,6 @@ impl crate::dataplane::Dataplane for Netlink {
             }
         }
         Ok(())
-    }
-
-    async fn remove_retired(
-        &self,
-        netns: &Path,
-        ifname: &str,
-        host_ifname: &str,
-        container_id: &str,
-    ) -> Result<bool, DataplaneError> {
-        // This container's own host side, retired by its DEL.
-        if let Some(l) = link_by_name(&self.host, host_ifname).await?
-            && alias_of(&l) == Some(container_id)
-            && is_retired(&l)
-        {
-            delete_link(&self.host, &l, host_ifname).await?;
-            return Ok(true);
-        }
-        // The namespace's interface, whose host side (another container's:
-        // a runtime that reuses namespaces) a DEL retired.
-        let ns = match open_netns(netns) {
-            Ok(ns) => ns,
-            Err(DataplaneError::NetnsNotFound(_)) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        let pod = connect_in(&ns, netns)?;
-        let Some(inside) = link_by_name(&pod, ifname).await? else {
-            return Ok(false);
-        };
-        let Some(peer) = inside.attributes.iter().find_map(|a| match a {
-            LinkAttribute::Link(i) => Some(*i),
-            _ => None,
-        }) else {
-            return Ok(false);
-        };
-        let host = self
-            .host
-            .link()
-            .get()
-            .match_index(peer)
-            .execute()
-            .try_next()
-            .await;
-        match host {
-            // Its peer is exactly this interface, and retired.
-            Ok(Some(h))
-                if is_retired(&h)
-                    && h.attributes
-                        .contains(&LinkAttribute::Link(inside.header.index)) =>
-            {
-                delete_link(&self.host, &h, ifname).await?;
-                Ok(true)
-            }
-            Ok(Some(_)) => Ok(false),
-            // No peer on the host: the agent is deleting the retired pair
-            // right now (the pod's side goes a moment after the host's), or
-            // the interface is not ours (its peer lives elsewhere) and stays.
-            Ok(None) => gone_soon(&pod, ifname).await,
-            Err(e) if is_errno(&e, &[ENODEV, ENOENT]) => gone_soon(&pod, ifname).await,
-            Err(e) => Err(DataplaneError::Netlink {
-                op: format!("find the host side of {ifname}"),
-                source: e,
-            }),
-        }
     }
 
     async fn remove_host_interface(

@@ -75,15 +75,6 @@ impl Dataplane for FakeDataplane {
         }
         Ok(())
     }
-    async fn remove_retired(
-        &self,
-        _netns: &Path,
-        _ifname: &str,
-        _host_ifname: &str,
-        _container_id: &str,
-    ) -> Result<bool, DataplaneError> {
-        Ok(false)
-    }
     async fn remove_host_interface(
         &self,
         host_ifname: &str,
