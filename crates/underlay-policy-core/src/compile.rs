@@ -389,6 +389,15 @@ pub fn endpoint_chain(interface: &str, dir: Direction) -> String {
     format!("{CHAIN_PREFIX}{d}-{interface}")
 }
 
+/// The interface of an endpoint chain ([`endpoint_chain`]) or audit chain
+/// ([`audit_chain`]); `None` for any other chain.
+pub fn chain_interface(chain: &str) -> Option<&str> {
+    let rest = chain.strip_prefix(CHAIN_PREFIX)?;
+    ["I-", "E-", "AI-", "AE-"]
+        .iter()
+        .find_map(|d| rest.strip_prefix(d))
+}
+
 /// Compiles the index (after [`Index::refresh_sets`]) into the desired state.
 pub fn compile(index: &Index, config: &Config) -> Desired {
     compile_with(index, config, None)
@@ -1250,8 +1259,7 @@ impl Ruled {
                 .join(" ")
         };
         let go = format!("-g {verdict}");
-        let any_peer = peers.iter().all(String::is_empty);
-        let target = if any_peer {
+        let target = if peers.iter().all(String::is_empty) {
             go.clone()
         } else {
             let rules: Vec<String> = peers.iter().map(|p| line(&[p, &go])).collect();

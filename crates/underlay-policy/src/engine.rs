@@ -790,9 +790,16 @@ impl<D: Dataplane> Engine<D> {
 
     /// Deletes the conntrack entries of connections policy now denies,
     /// among those of the endpoints `reached` names (by interface; `None`:
-    /// every endpoint). A cleanup that failed is owed: the next one looks
-    /// at every endpoint's connections.
+    /// every endpoint); returns how many. A cleanup that failed is owed:
+    /// the next one looks at every endpoint's connections.
     fn clean_conntrack(&mut self, reached: Option<&BTreeSet<String>>) -> usize {
+        let removed = self.try_clean_conntrack(reached);
+        self.cleanup_owed = removed.is_none();
+        removed.unwrap_or(0)
+    }
+
+    /// [`Engine::clean_conntrack`]'s work; `None` when a step failed.
+    fn try_clean_conntrack(&mut self, reached: Option<&BTreeSet<String>>) -> Option<usize> {
         let addresses: Option<HashSet<IpAddr>> = reached.map(|interfaces| {
             self.index
                 .endpoints()
@@ -801,14 +808,13 @@ impl<D: Dataplane> Engine<D> {
                 .collect()
         });
         if addresses.as_ref().is_some_and(HashSet::is_empty) {
-            return 0;
+            return Some(0);
         }
-        self.cleanup_owed = true;
         let flows = match self.dataplane.list_flows() {
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %e, "listing conntrack entries failed; existing connections keep flowing until the next cleanup");
-                return 0;
+                return None;
             }
         };
         let flows: Vec<Flow> = match &addresses {
@@ -819,14 +825,13 @@ impl<D: Dataplane> Engine<D> {
             None => flows,
         };
         if flows.is_empty() {
-            self.cleanup_owed = false;
-            return 0;
+            return Some(0);
         }
         let host: BTreeSet<_> = match self.dataplane.host_addresses() {
             Ok(h) => h.into_iter().collect(),
             Err(e) => {
                 warn!(error = %e, "listing node addresses failed; skipping conntrack cleanup until the next change");
-                return 0;
+                return None;
             }
         };
         let denied: Vec<_> = {
@@ -837,17 +842,13 @@ impl<D: Dataplane> Engine<D> {
                 .collect()
         };
         if denied.is_empty() {
-            self.cleanup_owed = false;
-            return 0;
+            return Some(0);
         }
         let removed = match self.dataplane.delete_flows(&denied) {
-            Ok(n) => {
-                self.cleanup_owed = false;
-                n
-            }
+            Ok(n) => n,
             Err(e) => {
                 warn!(error = %e, flows = denied.len(), "deleting conntrack entries failed; those connections keep flowing until the next cleanup");
-                0
+                return None;
             }
         };
         if removed > 0 {
@@ -857,7 +858,7 @@ impl<D: Dataplane> Engine<D> {
             );
             self.metrics.conntrack_removed.inc_by(removed as u64);
         }
-        removed
+        Some(removed)
     }
 }
 
@@ -889,10 +890,7 @@ fn reached_endpoints(chains: &Chains, narrowing: &[String]) -> Option<BTreeSet<S
         if !seen.insert(name) {
             continue;
         }
-        let endpoint = ["UDL-I-", "UDL-E-", "UDL-AI-", "UDL-AE-"]
-            .iter()
-            .find_map(|p| name.strip_prefix(p));
-        if let Some(interface) = endpoint {
+        if let Some(interface) = compile::chain_interface(name) {
             reached.insert(interface.to_string());
             continue;
         }

@@ -1121,6 +1121,26 @@ fn the_peers_many_policies_allow_on_every_port_are_matched_by_the_endpoint_chain
     assert_eq!(from("203.0.113.9"), Verdict::Accept);
 }
 
+/// The rule scripts the fake received from call `from` on.
+fn scripts_since(fake: &FakeDataplane, from: usize) -> Vec<String> {
+    fake.state().calls[from..]
+        .iter()
+        .filter_map(|c| match c {
+            Call::RestoreFilter(_, script) => Some(script.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// No script holds an xtables extension iptables-nft would instantiate
+/// (`set` match, `MARK` target, `comment` match).
+fn native(scripts: &[String]) -> bool {
+    let extensions = ["-m set ", "-j MARK ", "-m comment "];
+    scripts
+        .iter()
+        .all(|s| extensions.iter().all(|e| !s.contains(e)))
+}
+
 /// With iptables-nft, a `set` match, a `MARK` target or a `comment` match
 /// is an xtables extension, and writing one makes the kernel first wait for
 /// the release of the previous transaction's rules (milliseconds after a
@@ -1147,29 +1167,14 @@ fn a_pod_whose_peers_chain_exists_comes_and_goes_writing_native_rules_only() {
         ips: vec!["10.88.0.77".parse().unwrap()],
         owner: Attachment::new("sandbox-xd", "eth0"),
     };
-    let scripts_of = |fake: &FakeDataplane, from: usize| -> Vec<String> {
-        fake.state().calls[from..]
-            .iter()
-            .filter_map(|c| match c {
-                Call::RestoreFilter(_, script) => Some(script.clone()),
-                _ => None,
-            })
-            .collect()
-    };
     let before = fake.state().calls.len();
     engine.change(|idx| {
         idx.apply_pod(Pod::new("x", "d").label("pod", "d").ip("10.88.0.77"));
         idx.apply_endpoint(new.clone());
     });
     engine.sync().unwrap();
-    let added = scripts_of(&fake, before);
+    let added = scripts_since(&fake, before);
     assert!(added.iter().any(|s| s.contains("udlxd")), "{added:?}");
-    let extensions = ["-m set ", "-j MARK ", "-m comment "];
-    let native = |scripts: &[String]| {
-        scripts
-            .iter()
-            .all(|s| extensions.iter().all(|e| !s.contains(e)))
-    };
     assert!(native(&added), "an extension for the new pod: {added:?}");
     let to_new = |src: Pid| -> bool {
         let mut pkt = Packet {
@@ -1190,7 +1195,7 @@ fn a_pod_whose_peers_chain_exists_comes_and_goes_writing_native_rules_only() {
     let before = fake.state().calls.len();
     engine.change(|idx| idx.delete_endpoint("udlxd", &new.owner));
     engine.sync().unwrap();
-    let removed = scripts_of(&fake, before);
+    let removed = scripts_since(&fake, before);
     assert!(removed.iter().any(|s| s.contains("udlxd")), "{removed:?}");
     assert!(
         native(&removed),
@@ -1264,41 +1269,20 @@ fn a_policy_or_cluster_policy_whose_port_changes_writes_native_rules_only() {
     assert!(!reaches(&fake, xb, xa, 83));
     assert!(!reaches(&fake, yb, xb, 81) && reaches(&fake, yb, xb, 80));
 
-    let scripts_of = |fake: &FakeDataplane, from: usize| -> Vec<String> {
-        fake.state().calls[from..]
-            .iter()
-            .filter_map(|c| match c {
-                Call::RestoreFilter(_, script) => Some(script.clone()),
-                _ => None,
-            })
-            .collect()
+    // Applies a change that moves a rule to `port`: the chain is written
+    // with the new port and no extension.
+    let mut moves_to = |port: u16, change: &dyn Fn(&mut underlay_policy::index::Index)| {
+        let before = fake.state().calls.len();
+        engine.change(change);
+        engine.sync().unwrap();
+        let written = scripts_since(&fake, before);
+        let dport = format!("--dport {port}");
+        assert!(written.iter().any(|s| s.contains(&dport)), "{written:?}");
+        assert!(native(&written), "an extension for a port: {written:?}");
     };
-    let extensions = ["-m set ", "-j MARK ", "-m comment "];
-    let native = |scripts: &[String]| {
-        scripts
-            .iter()
-            .all(|s| extensions.iter().all(|e| !s.contains(e)))
-    };
-    let before = fake.state().calls.len();
-    engine.change(|idx| idx.apply_policy(allow(83)));
-    engine.sync().unwrap();
-    let written = scripts_of(&fake, before);
-    assert!(
-        written.iter().any(|s| s.contains("--dport 83")),
-        "{written:?}"
-    );
-    assert!(native(&written), "an extension for a port: {written:?}");
+    moves_to(83, &|idx| idx.apply_policy(allow(83)));
     assert!(reaches(&fake, xb, xa, 83) && reaches(&fake, xb, xa, 80));
     assert!(!reaches(&fake, xb, xa, 82));
-
-    let before = fake.state().calls.len();
-    engine.change(|idx| idx.apply_cluster_policy(guard(80)));
-    engine.sync().unwrap();
-    let written = scripts_of(&fake, before);
-    assert!(
-        written.iter().any(|s| s.contains("--dport 80")),
-        "{written:?}"
-    );
-    assert!(native(&written), "an extension for a port: {written:?}");
+    moves_to(80, &|idx| idx.apply_cluster_policy(guard(80)));
     assert!(!reaches(&fake, yb, xb, 80) && reaches(&fake, yb, xb, 81));
 }
