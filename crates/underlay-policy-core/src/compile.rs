@@ -1259,7 +1259,13 @@ impl Ruled {
                 .join(" ")
         };
         let go = format!("-g {verdict}");
-        let target = if peers.iter().all(String::is_empty) {
+        // Where a rule goes once a numeric port (or no port) matched; a rule
+        // of named ports alone has no such line, and no peers chain.
+        let numeric =
+            ports.is_empty() || ports.iter().any(|p| matches!(p, PortSpec::Native { .. }));
+        let target = if !numeric {
+            String::new()
+        } else if peers.iter().all(String::is_empty) {
             go.clone()
         } else {
             let rules: Vec<String> = peers.iter().map(|p| line(&[p, &go])).collect();

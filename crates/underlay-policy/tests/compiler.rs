@@ -89,6 +89,34 @@ fn every_scenario_compiles_to_its_truth_table() {
                 &bad[..bad.len().min(4)]
             ));
         }
+        // Every peers, policy and cluster policy chain is jumped to: none
+        // is written that nothing uses (the shared chains always are).
+        for (family, table) in fake.state().tables.iter().enumerate() {
+            let targets: std::collections::HashSet<&str> = table
+                .values()
+                .flatten()
+                .flat_map(|r| {
+                    let words: Vec<&str> = r.split_whitespace().collect();
+                    words
+                        .windows(2)
+                        .filter(|w| w[0] == "-j" || w[0] == "-g")
+                        .map(|w| w[1])
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let unused: Vec<&String> = table
+                .keys()
+                .filter(|c| {
+                    ["UDL-M-", "UDL-PI-", "UDL-PE-", "UDL-CI-", "UDL-CE-"]
+                        .iter()
+                        .any(|p| c.starts_with(p))
+                })
+                .filter(|c| !targets.contains(c.as_str()))
+                .collect();
+            if !unused.is_empty() {
+                failures.push(format!("{} (family {family}): unused {unused:?}", s.name));
+            }
+        }
         // The user-space evaluator agrees with the same truth table.
         let eval = Evaluator::new(engine.index());
         let bad = mismatches(
