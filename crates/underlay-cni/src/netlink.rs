@@ -170,6 +170,22 @@ async fn retire_link(h: &Handle, link: &LinkMessage, name: &str) -> Result<(), D
     }
 }
 
+/// A netlink handle in the pod's namespace for DEL; `None` when the
+/// namespace is gone (the path missing, or a bind mount whose namespace
+/// was removed), which is not an error for DEL.
+fn still_there(netns: &Path) -> Result<Option<Handle>, DataplaneError> {
+    let ns = match open_netns(netns) {
+        Ok(ns) => ns,
+        Err(DataplaneError::NetnsNotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match connect_in(&ns, netns) {
+        Ok(pod) => Ok(Some(pod)),
+        Err(DataplaneError::NotANetns { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The pod's side of a retired pair, `ifname` in `netns` if its peer is
 /// the host side `host_index`: down and renamed `udlr<host index>`, so the
 /// namespace holds no `ifname` any more, as after a deletion, and a later
@@ -180,15 +196,8 @@ async fn retire_pod_side(
     ifname: &str,
     host_index: u32,
 ) -> Result<(), DataplaneError> {
-    let ns = match open_netns(netns) {
-        Ok(ns) => ns,
-        Err(DataplaneError::NetnsNotFound(_)) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let pod = match connect_in(&ns, netns) {
-        Ok(pod) => pod,
-        Err(DataplaneError::NotANetns { .. }) => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(pod) = still_there(netns)? else {
+        return Ok(());
     };
     let Some(inside) = link_by_name(&pod, ifname).await? else {
         return Ok(());
@@ -197,12 +206,16 @@ async fn retire_pod_side(
         return Ok(()); // not our pair's
     }
     let index = inside.header.index;
-    let netlink = |op: String| move |source| DataplaneError::Netlink { op, source };
     let down = LinkUnspec::new_with_index(index).down().build();
     match pod.link().set(down).execute().await {
         Ok(()) => {}
         Err(e) if is_errno(&e, &[ENODEV, ENOENT]) => return Ok(()),
-        Err(e) => return Err(netlink(format!("take {ifname} down"))(e)),
+        Err(source) => {
+            return Err(DataplaneError::Netlink {
+                op: format!("take {ifname} down"),
+                source,
+            });
+        }
     }
     let renamed = LinkUnspec::new_with_index(index)
         .name(format!("udlr{host_index:x}"))
@@ -554,22 +567,11 @@ impl crate::dataplane::Dataplane for Netlink {
             }
             return Ok(());
         }
-        if let Some(path) = netns {
-            match open_netns(path) {
-                Ok(ns) => match connect_in(&ns, path) {
-                    Ok(pod) => {
-                        if let Some(l) = link_by_name(&pod, ifname).await? {
-                            delete_link(&pod, &l, ifname).await?;
-                        }
-                    }
-                    // A bind mount whose namespace is gone is not an error
-                    // for DEL.
-                    Err(DataplaneError::NotANetns { .. }) => {}
-                    Err(e) => return Err(e),
-                },
-                Err(DataplaneError::NetnsNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+        if let Some(path) = netns
+            && let Some(pod) = still_there(path)?
+            && let Some(l) = link_by_name(&pod, ifname).await?
+        {
+            delete_link(&pod, &l, ifname).await?;
         }
         self.remove_host_interface(host_ifname, container_id)
             .await
