@@ -216,6 +216,12 @@ pub fn parse_entry(body: &[u8]) -> Option<Flow> {
     Some(flow)
 }
 
+/// The original tuple of one conntrack message (an entry of a dump, an
+/// event), whatever the entry's state.
+fn original_tuple(body: &[u8]) -> Option<Flow> {
+    parse_tuple(nl::attr(body.get(NFGENMSG_LEN..)?, CTA_TUPLE_ORIG)?)
+}
+
 /// What one conntrack event says (a message of the new or destroy
 /// group): a connection's original tuple began or ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +235,7 @@ pub enum Event {
 /// every tuple, answered or not: a new connection's event comes before any
 /// answer, and no event says when one arrives.
 pub fn parse_event(kind: u16, body: &[u8]) -> Option<Event> {
-    let tuple = || parse_tuple(nl::attr(body.get(NFGENMSG_LEN..)?, CTA_TUPLE_ORIG)?);
+    let tuple = || original_tuple(body);
     match kind {
         k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => tuple().map(Event::New),
         k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE => {
@@ -260,9 +266,7 @@ pub fn list(socket: &netlink_sys::Socket, family: u8) -> Result<Vec<Flow>> {
 /// Every entry's original tuple, live connection or not (the seed of a
 /// table the events keep: see [`parse_event`]).
 pub fn list_tuples(socket: &netlink_sys::Socket, family: u8) -> Result<Vec<Flow>> {
-    list_with(socket, family, |body| {
-        parse_tuple(nl::attr(body.get(NFGENMSG_LEN..)?, CTA_TUPLE_ORIG)?)
-    })
+    list_with(socket, family, original_tuple)
 }
 
 fn list_with(
