@@ -52,7 +52,8 @@ pub enum Suite {
     Routes,
     /// CNI ADD+DEL latency (p50/p99), one at a time and 8 at a time:
     /// underlay (plugin + agent) against the reference ptp + host-local
-    /// plugins in the same run, as ratios (needs root).
+    /// plugins in the same run, as ratios (needs root). The plugin and the
+    /// agent are the shipped builds (static, release).
     Cni,
 }
 
@@ -68,7 +69,30 @@ pub fn run(args: &Args) -> Result<()> {
         crate::setup::run_setup(false)?;
     }
     match &args.suite {
-        Suite::Cni => exec(cargo().args(["bench", "-p", "underlay-cni", "--bench", "cni"])),
+        Suite::Cni => {
+            // The plugin and the agent as the images ship them: static,
+            // release, the plugin linked at a fixed address.
+            let version = build::VersionInfo::detect()?;
+            let shipped: Vec<_> = build::BINARIES
+                .iter()
+                .filter(|(pkg, _)| matches!(*pkg, "underlay-agent" | "underlay-cni"))
+                .copied()
+                .collect();
+            let built = build::build_static(true, &shipped, &version)?;
+            let path = |name: &str| {
+                built
+                    .iter()
+                    .find(|(bin, _)| bin == name)
+                    .map(|(_, path)| path.clone())
+                    .expect("built above")
+            };
+            exec(
+                cargo()
+                    .args(["bench", "-p", "underlay-cni", "--bench", "cni"])
+                    .env("UNDERLAY_CNI_BIN", path("underlay-cni"))
+                    .env("UNDERLAY_AGENT_BIN", path("underlay-agent")),
+            )
+        }
         // The routes suite waits on (scaled) Azure latency, not on CPU, so
         // the quick-to-build dev profile measures the same thing.
         Suite::Routes => exec(cargo().args([

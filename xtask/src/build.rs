@@ -243,12 +243,27 @@ pub fn build(args: &Args) -> Result<Output> {
             missing.join(", ")
         );
     }
+    let binaries = build_static(args.release, &present, &version)?;
+    Ok(Output {
+        version,
+        binaries,
+        missing,
+    })
+}
+
+/// Builds `bins` (package, binary) statically for [`TARGET`], as the images
+/// ship them, stamped with `version`; returns each binary's path.
+pub fn build_static(
+    release: bool,
+    bins: &[(&str, &str)],
+    version: &VersionInfo,
+) -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = cargo();
     cmd.args(["build", "--locked", "--target", TARGET]);
-    if args.release {
+    if release {
         cmd.arg("--release");
     }
-    for (pkg, bin) in &present {
+    for (pkg, bin) in bins {
         cmd.args(["-p", pkg, "--bin", bin]);
     }
     cmd.env(
@@ -258,8 +273,8 @@ pub fn build(args: &Args) -> Result<Output> {
     .env("UNDERLAY_BUILD_VERSION", version.display())
     .env("UNDERLAY_GIT_COMMIT", &version.commit);
     exec(&mut cmd)?;
-    let dir = out_dir(args.release);
-    let binaries = present
+    let dir = out_dir(release);
+    let binaries = bins
         .iter()
         .map(|(_, bin)| (bin.to_string(), dir.join(bin)))
         .collect::<Vec<_>>();
@@ -270,13 +285,38 @@ pub fn build(args: &Args) -> Result<Output> {
                 path.display()
             );
         }
+        if bin == "underlay-cni" {
+            let mut header = [0u8; 18];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open(path)
+                    .with_context(|| format!("open {}", path.display()))?,
+                &mut header,
+            )
+            .with_context(|| format!("read the ELF header of {}", path.display()))?;
+            if elf_type(&header) != Some(ELF_EXECUTABLE) {
+                bail!(
+                    "{} is not a fixed-address executable (ELF type {:?}); crates/underlay-cni/build.rs links the static plugin with -no-pie so that each start applies no relocations",
+                    path.display(),
+                    elf_type(&header)
+                );
+            }
+        }
         eprintln!("build: {bin} -> {}", path.display());
     }
-    Ok(Output {
-        version,
-        binaries,
-        missing,
-    })
+    Ok(binaries)
+}
+
+/// `e_type` of an ELF executable: [`ELF_EXECUTABLE`] (fixed address) or 3
+/// (position independent).
+const ELF_EXECUTABLE: u16 = 2;
+
+/// The `e_type` of a little-endian ELF file's header, `None` when `bytes`
+/// is not one.
+fn elf_type(bytes: &[u8]) -> Option<u16> {
+    if bytes.len() < 18 || &bytes[..4] != b"\x7fELF" || bytes[5] != 1 {
+        return None;
+    }
+    Some(u16::from_le_bytes([bytes[16], bytes[17]]))
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -303,6 +343,20 @@ mod tests {
         let manifest = "[package]\nversion = \"9.9.9\"\n\n[workspace.package]\nedition = \"2024\"\nversion = \"0.3.1\"\n[workspace.dependencies]\nversion = \"1\"\n";
         assert_eq!(workspace_version(manifest).as_deref(), Some("0.3.1"));
         assert_eq!(workspace_version("[workspace]\nmembers = []\n"), None);
+    }
+
+    #[test]
+    fn elf_type_reads_the_header_of_a_little_endian_elf_file() {
+        let mut header = [0u8; 18];
+        header[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        header[16] = 2;
+        assert_eq!(elf_type(&header), Some(ELF_EXECUTABLE));
+        header[16] = 3;
+        assert_eq!(elf_type(&header), Some(3));
+        assert_eq!(elf_type(&header[..17]), None);
+        assert_eq!(elf_type(b"#!/bin/sh\nexec true\n"), None);
+        header[5] = 2; // big-endian
+        assert_eq!(elf_type(&header), None);
     }
 
     #[test]

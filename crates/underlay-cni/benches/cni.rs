@@ -16,8 +16,14 @@
 //! watch has not seen it, and programs its policy before answering) and
 //! sets up proxy ARP/NDP and sysctls.
 //!
-//! Knobs: `UNDERLAY_BENCH_ROUNDS` (40), `UNDERLAY_BENCH_PODS` (10000),
-//! `UNDERLAY_BENCH_POLICIES` (2000).
+//! The plugin and the agent are the binaries `UNDERLAY_CNI_BIN` and
+//! `UNDERLAY_AGENT_BIN` name: `cargo xtask bench cni` builds them as the
+//! images ship them (static, release). Run by `cargo bench` alone, the
+//! bench profile's own builds are used.
+//!
+//! Knobs: `UNDERLAY_BENCH_ROUNDS` (100: one at a time 100 pods, 8 at a
+//! time 50 per worker, so p99 is a percentile, not the slowest sample),
+//! `UNDERLAY_BENCH_PODS` (10000), `UNDERLAY_BENCH_POLICIES` (2000).
 
 #![allow(clippy::print_stdout)] // the report is this program's output
 
@@ -169,7 +175,7 @@ fn main() {
     if skip_unless_root("cni bench") {
         return;
     }
-    let rounds = knob("UNDERLAY_BENCH_ROUNDS", 40);
+    let rounds = knob("UNDERLAY_BENCH_ROUNDS", 100);
     let size = cluster::Size {
         pods: knob("UNDERLAY_BENCH_PODS", 10_000),
         policies: knob("UNDERLAY_BENCH_POLICIES", 2_000),
@@ -237,7 +243,12 @@ fn main() {
     for t in targets {
         measure(t, &pods, 1, 3);
     }
-    println!("ADD+DEL latency, {rounds} rounds per worker (ms)");
+    println!("plugin: {}", cni_bin());
+    println!("agent:  {}", agent_bin().display());
+    println!(
+        "ADD+DEL latency, {rounds} pods one at a time, {} per worker 8 at a time (ms)",
+        rounds / 2
+    );
     println!(
         "{:<24} {:>9} {:>9} {:>9} {:>9}",
         "", "seq p50", "seq p99", "8x p50", "8x p99"

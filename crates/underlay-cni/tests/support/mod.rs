@@ -232,8 +232,14 @@ fn target_dir_of_cni() -> PathBuf {
         .to_path_buf()
 }
 
+/// The plugin: cargo's build of it, or the one `UNDERLAY_CNI_BIN` names
+/// (the benchmark runs the shipped, static build).
 pub fn cni_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_underlay-cni")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("UNDERLAY_CNI_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_underlay-cni").to_owned())
+    })
 }
 
 fn newest_source(dir: &Path) -> std::time::SystemTime {
@@ -254,11 +260,14 @@ fn newest_source(dir: &Path) -> std::time::SystemTime {
 
 /// The agent binary, built next to the plugin when it is missing or older
 /// than its sources (cargo builds only this package's binaries for its
-/// tests).
+/// tests), or the one `UNDERLAY_AGENT_BIN` names.
 pub fn agent_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(bin) = std::env::var_os("UNDERLAY_AGENT_BIN") {
+                return bin.into();
+            }
             let dir = target_dir_of_cni();
             let bin = dir.join("underlay-agent");
             let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
