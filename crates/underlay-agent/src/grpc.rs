@@ -22,7 +22,8 @@ pub struct AgentService {
     pub endpoints: Endpoints,
     pub metrics: Arc<Metrics>,
     pub node_name: String,
-    /// Told after each detach: the DEL retired a host interface.
+    /// Told of each Attach and Detach, and after each detach: the DEL
+    /// retired a host interface.
     pub retired: crate::retired::Retired,
 }
 
@@ -143,6 +144,7 @@ impl Agent for AgentService {
     ) -> Result<Response<v1::AttachResponse>, Status> {
         let lease = crate::conn::lease_of(&req);
         let req = req.into_inner();
+        self.retired.operation();
         self.timed("Attach", async {
             let pod = req.pod.unwrap_or_default();
             let key = key_of(req.key);
@@ -174,6 +176,7 @@ impl Agent for AgentService {
         req: Request<v1::DetachRequest>,
     ) -> Result<Response<v1::DetachResponse>, Status> {
         let req = req.into_inner();
+        self.retired.operation();
         self.timed("Detach", async {
             let key = key_of(req.key);
             let rec = self
