@@ -585,6 +585,33 @@ fn main() {
             p50(|x| x.read)
         );
     }
+    // And where the p99 went: the phases of the sample at the p99 rank,
+    // and what the sync spent besides them (the index change, the diff).
+    println!();
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "the p99 sample, ms", "total", "compile", "ipsets", "iptables", "conntrack", "other"
+    );
+    for (name, row) in &rows {
+        let mut row = row.clone();
+        if row.is_empty() {
+            continue;
+        }
+        row.sort_by_key(|(wall, _)| *wall);
+        let (wall, p) = row[((row.len() as f64 - 1.0) * 0.99).round() as usize];
+        let phases = p.compile + p.ipsets + p.iptables + p.conntrack + p.read;
+        let us = |v: u64| v as f64 / 1000.0;
+        println!(
+            "{:<44} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            name,
+            ms(wall),
+            us(p.compile),
+            us(p.ipsets),
+            us(p.iptables),
+            us(p.conntrack),
+            (ms(wall) - us(phases)).max(0.0)
+        );
+    }
     conntrack_deletion(scale.conntrack);
 }
 
