@@ -295,32 +295,59 @@ impl CommandDataplane {
     fn restore_one_filter(&self, family: Family, script: &str) -> Result<()> {
         let prog = format!("{}-restore", self.iptables[family.index()]);
         if !self.session_sized(script) {
-            return self.restore_once(&prog, script);
+            self.restore_once(&prog, script)?;
+            // A whole ruleset (a first programming): the changes after it
+            // come through the session, so have it read the table and
+            // warm up now rather than on the first change.
+            if self.persistent_restore
+                && let Err(e) = self.session(family, &prog)
+            {
+                debug!(error = %e, program = %prog, "starting the restore session failed; the next change starts it");
+            }
+            return Ok(());
         }
-        let mut restorer = self.restorer(family)?;
-        let Restorer::Persistent(session) = &mut *restorer else {
+        let mut restorer = self.session(family, &prog)?;
+        let Restorer::Persistent(Some(running)) = &mut *restorer else {
             drop(restorer);
             return self.restore_once(&prog, script);
+        };
+        let applied = running.apply(script, self.timeout);
+        if applied.is_err() {
+            // The tool exited or is stuck: the next change starts another.
+            *restorer = Restorer::Persistent(None);
+        }
+        applied
+    }
+
+    /// The family's restorer, with its session running and warmed up when
+    /// the back end keeps one.
+    fn session(&self, family: Family, prog: &str) -> Result<std::sync::MutexGuard<'_, Restorer>> {
+        let mut restorer = self.restorer(family)?;
+        let Restorer::Persistent(session) = &mut *restorer else {
+            return Ok(restorer);
         };
         if session.as_mut().is_some_and(|s| !s.is_running()) {
             // Ended between changes (killed, or the binary replaced): start
             // another rather than fail this change.
             *session = None;
         }
-        let running = match session {
-            Some(running) => running,
-            None => {
-                let mut cmd = self.command(&prog);
-                cmd.arg("--noflush");
-                session.insert(restore::Session::start(&prog, cmd, self.netns.as_deref())?)
+        if session.is_none() {
+            let mut started = self.start_session(prog)?;
+            if let Err(e) = started.warm_up(self.timeout) {
+                // A kernel without one of the matches (no SCTP): the tool
+                // stopped at that block; go on with one not warmed up.
+                debug!(error = %e, program = %prog, "warming up the restore session failed");
+                started = self.start_session(prog)?;
             }
-        };
-        let applied = running.apply(script, self.timeout);
-        if applied.is_err() {
-            // The tool exited or is stuck: the next change starts another.
-            *session = None;
+            *session = Some(started);
         }
-        applied
+        Ok(restorer)
+    }
+
+    fn start_session(&self, prog: &str) -> Result<restore::Session> {
+        let mut cmd = self.command(prog);
+        cmd.arg("--noflush");
+        restore::Session::start(prog, cmd, self.netns.as_deref())
     }
 
     /// Runs `work` on the kept netfilter socket of the dataplane's

@@ -928,6 +928,40 @@ async fn rule_changes_go_through_one_running_restore_that_sees_other_writers() {
         assert_ne!(dp.restore_session_pid(family), Some(second));
     }
 
+    // A whole ruleset (a first programming) goes through a process of its
+    // own, and leaves the session running for the changes after it, with
+    // the match extensions the policy chains use already loaded: the first
+    // use of one in a process made its change wait.
+    let mut fresh = CommandDataplane::in_netns(&ns);
+    fresh.timeout = Duration::from_secs(10);
+    let mut whole = String::from("*filter\n:UDL-WHOLE - [0:0]\n");
+    for port in 0..=underlay_policy::dataplane::SESSION_MAX_LINES {
+        whole.push_str(&format!("-A UDL-WHOLE -p tcp --dport {port} -j ACCEPT\n"));
+    }
+    whole.push_str("COMMIT\n");
+    fresh.restore_filter(Family::V4, &whole).unwrap();
+    let started = fresh
+        .restore_session_pid(Family::V4)
+        .expect("a session after a whole ruleset");
+    let maps = std::fs::read_to_string(format!("/proc/{started}/maps")).unwrap();
+    for ext in [
+        "libxt_tcp.so",
+        "libxt_udp.so",
+        "libxt_sctp.so",
+        "libxt_mark.so",
+    ] {
+        assert!(maps.contains(ext), "{ext} not loaded by the new session");
+    }
+    fresh
+        .restore_filter(Family::V4, "*filter\n-F UDL-WHOLE\n-X UDL-WHOLE\nCOMMIT\n")
+        .unwrap();
+    assert_eq!(fresh.restore_session_pid(Family::V4), Some(started));
+    let saved = fresh.save_filter(Family::V4).unwrap();
+    assert!(
+        !saved.contains("UDL-ACK") && !saved.contains("UDL-WHOLE"),
+        "{saved}"
+    );
+
     // A whole ruleset's worth of lines is applied too (through a process
     // of its own: through the session the kernel would write a
     // notification of every rule), and the session stays.
