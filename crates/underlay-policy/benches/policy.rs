@@ -297,8 +297,12 @@ fn rss_kib() -> u64 {
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
+    v[rank(v.len(), p)]
+}
+
+/// The index of the `p` percentile among `len` sorted samples.
+fn rank(len: usize, p: f64) -> usize {
+    ((len as f64 - 1.0) * p).round() as usize
 }
 
 /// The syncs of one benchmark row: each one's wall time and phases.
@@ -598,7 +602,7 @@ fn main() {
             continue;
         }
         row.sort_by_key(|(wall, _)| *wall);
-        let (wall, p) = row[((row.len() as f64 - 1.0) * 0.99).round() as usize];
+        let (wall, p) = row[rank(row.len(), 0.99)];
         let phases = p.compile + p.ipsets + p.iptables + p.conntrack + p.read;
         let us = |v: u64| v as f64 / 1000.0;
         println!(

@@ -928,18 +928,25 @@ async fn rule_changes_go_through_one_running_restore_that_sees_other_writers() {
         assert_ne!(dp.restore_session_pid(family), Some(second));
     }
 
+    // A whole ruleset's worth of lines: one chain of SESSION_MAX_LINES rules.
+    let whole_ruleset = |chain: &str| {
+        let mut script = format!("*filter\n:{chain} - [0:0]\n");
+        for port in 1..=underlay_policy::dataplane::SESSION_MAX_LINES {
+            script.push_str(&format!("-A {chain} -p tcp --dport {port} -j ACCEPT\n"));
+        }
+        script.push_str("COMMIT\n");
+        script
+    };
+
     // A whole ruleset (a first programming) goes through a process of its
     // own, and leaves the session running for the changes after it, with
     // the match extensions the policy chains use already loaded: the first
     // use of one in a process made its change wait.
     let mut fresh = CommandDataplane::in_netns(&ns);
     fresh.timeout = Duration::from_secs(10);
-    let mut whole = String::from("*filter\n:UDL-WHOLE - [0:0]\n");
-    for port in 0..=underlay_policy::dataplane::SESSION_MAX_LINES {
-        whole.push_str(&format!("-A UDL-WHOLE -p tcp --dport {port} -j ACCEPT\n"));
-    }
-    whole.push_str("COMMIT\n");
-    fresh.restore_filter(Family::V4, &whole).unwrap();
+    fresh
+        .restore_filter(Family::V4, &whole_ruleset("UDL-WHOLE"))
+        .unwrap();
     let started = fresh
         .restore_session_pid(Family::V4)
         .expect("a session after a whole ruleset");
@@ -966,12 +973,8 @@ async fn rule_changes_go_through_one_running_restore_that_sees_other_writers() {
     // of its own: through the session the kernel would write a
     // notification of every rule), and the session stays.
     let pid = dp.restore_session_pid(Family::V4);
-    let mut big = String::from("*filter\n:UDL-BIG - [0:0]\n");
-    for port in 1..=underlay_policy::dataplane::SESSION_MAX_LINES {
-        big.push_str(&format!("-A UDL-BIG -p tcp --dport {port} -j ACCEPT\n"));
-    }
-    big.push_str("COMMIT\n");
-    dp.restore_filter(Family::V4, &big).unwrap();
+    dp.restore_filter(Family::V4, &whole_ruleset("UDL-BIG"))
+        .unwrap();
     assert_eq!(
         chain_rules(&ns, "iptables", "UDL-BIG").len(),
         underlay_policy::dataplane::SESSION_MAX_LINES
