@@ -14,10 +14,10 @@
 //!   selecting policies allow on every port and a jump to each selecting
 //!   policy's chain, returning as soon as one allowed, then drop; else the
 //!   Baseline tier's chains. A drop alone while the endpoint's Pod object
-//!   is unknown, and in a family the endpoint has no address in, wherever
-//!   a policy selects it. Native rules only (see [`native`]): the verdict
-//!   is cleared by a jump to `UDL-CLEAR`, so a pod that comes or goes
-//!   writes no xtables extension.
+//!   is unknown. None in a family the endpoint has addresses but none of
+//!   (nor a dispatch entry: the dispatch drops its packets there). Native
+//!   rules only (see [`native`]): the verdict is cleared by a jump to
+//!   `UDL-CLEAR`, so a pod that comes or goes writes no xtables extension.
 //! - `UDL-M-<h>`: set matches, each going to a verdict chain on the first
 //!   match, named after its rules and shared by everything with the same
 //!   matches: the peers some endpoints' policies allow on every port
@@ -134,11 +134,16 @@ pub struct DesiredSet {
     pub describes: String,
 }
 
+/// A chain's rules, each the text after `-A <chain> `. Shared: a chain
+/// the compiler keeps from one compile to the next is the same allocation
+/// in both, so whoever holds the last one tells it unchanged by pointer.
+pub type Rules = Arc<[String]>;
+
 /// The desired state of the dataplane.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
-    /// Chain name to rules (each the text after `-A <chain> `), per family.
-    pub chains: [BTreeMap<String, Vec<String>>; 2],
+    /// Chain name to rules, per family.
+    pub chains: [BTreeMap<String, Rules>; 2],
     pub sets: BTreeMap<String, DesiredSet>,
     pub policies: usize,
     pub cluster_policies: usize,
@@ -428,7 +433,8 @@ type PolicyKey = (usize, Direction, Family);
 #[derive(Debug)]
 struct CompiledPolicy {
     _compiled_from: Compiling,
-    ruled: Ruled,
+    rules: Rules,
+    matches: Vec<(String, Rules)>,
     claims: Vec<Claim>,
 }
 
@@ -479,11 +485,11 @@ impl Compiler {
 #[derive(Debug)]
 struct Compiled {
     inputs: Inputs,
-    chains: Vec<(String, Vec<String>)>,
+    chains: Vec<(String, Rules)>,
     claims: Vec<Claim>,
     jumps: Vec<String>,
     blocks: Vec<(String, DesiredSet)>,
-    peers: Vec<(String, Vec<String>)>,
+    peers: Vec<(String, Rules)>,
 }
 
 /// What an endpoint's chains are made of, besides the names.
@@ -533,38 +539,47 @@ struct Cache<'a> {
     next_policies: &'a mut HashMap<PolicyKey, CompiledPolicy>,
 }
 
-/// A policy's chain in one family: the last compile's when it was
-/// compiled from this very object and its names are still its own,
-/// otherwise compiled (and kept for the next compile).
-fn policy_chain_rules(
+/// Adds a policy's chain `name` in one family, and its `UDL-M-` chains,
+/// to `chains`: the last compile's when it was compiled from this very
+/// object and its names are still its own, otherwise compiled (and kept
+/// for the next compile).
+#[allow(clippy::too_many_arguments)]
+fn add_policy_chain(
+    chains: &mut BTreeMap<String, Rules>,
+    name: String,
     cache: &mut Option<Cache<'_>>,
     names: &mut Names,
     from: Compiling,
     dir: Direction,
     family: Family,
     compile: impl FnOnce(&mut Names) -> Ruled,
-) -> Ruled {
+) {
     let Some(cache) = cache else {
-        return compile(names);
+        let ruled = compile(names);
+        chains.insert(name, ruled.rules.into());
+        chains.extend(ruled.matches.into_iter().map(|(n, r)| (n, r.into())));
+        return;
     };
     let key = from.key(dir, family);
-    if let Some(last) = cache.last_policies.remove(&key)
-        && last.claims.iter().all(|c| names.replay(c))
-    {
-        let ruled = last.ruled.clone();
-        cache.next_policies.insert(key, last);
-        return ruled;
-    }
-    names.trace = Some(Vec::new());
-    let ruled = compile(names);
-    let claims = names.trace.take().unwrap_or_default();
-    let compiled = CompiledPolicy {
-        _compiled_from: from,
-        ruled: ruled.clone(),
-        claims,
+    let compiled = match cache.last_policies.remove(&key) {
+        Some(last) if last.claims.iter().all(|c| names.replay(c)) => last,
+        _ => {
+            names.trace = Some(Vec::new());
+            let ruled = compile(names);
+            let claims = names.trace.take().unwrap_or_default();
+            CompiledPolicy {
+                _compiled_from: from,
+                rules: ruled.rules.into(),
+                matches: (ruled.matches.into_iter())
+                    .map(|(n, r)| (n, r.into()))
+                    .collect(),
+                claims,
+            }
+        }
     };
+    chains.insert(name, compiled.rules.clone());
+    chains.extend(compiled.matches.iter().cloned());
     cache.next_policies.insert(key, compiled);
-    ruled
 }
 
 /// Whether denied packets of `ep` are logged.
@@ -585,7 +600,7 @@ fn cached_endpoint_chains(
     ep: &Endpoint,
     merged: &mut Merged<'_>,
     cache: &mut Cache<'_>,
-) -> Vec<(String, Vec<String>)> {
+) -> Vec<(String, Rules)> {
     let key = (ep.interface.clone(), merged.family);
     let inputs = Inputs::of(index, config, ep);
     if let Some(last) = cache.last.remove(&key)
@@ -656,8 +671,15 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
 
     for family in Family::ALL {
         let chains = &mut out.chains[family.index()];
-        chains.extend(hook_chains(family, config));
-        chains.extend(dispatch_chains(&endpoints));
+        // An endpoint with addresses, none of them in this family, has no
+        // chain and no dispatch entry here: its packets of this family are
+        // dropped by the dispatch, whatever policy says.
+        let addressed: Vec<&Endpoint> = (endpoints.iter().copied())
+            .filter(|ep| ep.ips.is_empty() || ep.ips.iter().any(|ip| Family::of(*ip) == family))
+            .collect();
+        let fixed = hook_chains(family, config).into_iter();
+        let fixed = fixed.chain(dispatch_chains(&addressed));
+        chains.extend(fixed.map(|(name, rules)| (name, rules.into())));
         let mut merged = Merged {
             family,
             sets: &mut out.sets,
@@ -665,7 +687,7 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
             peers: BTreeMap::new(),
             record: None,
         };
-        for ep in &endpoints {
+        for ep in &addressed {
             let compiled = match &mut cache {
                 Some(cache) => {
                     cached_endpoint_chains(index, config, &mut names, ep, &mut merged, cache)
@@ -683,12 +705,16 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
                 let name = names.cluster_chain(policy, dir);
                 if !policy.rules(dir).is_empty() && used.contains(&name) {
                     let from = Compiling::Cluster(policy.clone());
-                    let ruled =
-                        policy_chain_rules(&mut cache, &mut names, from, dir, family, |n| {
-                            cluster_rules(policy, dir, family, config, n)
-                        });
-                    chains.insert(name, ruled.rules);
-                    chains.extend(ruled.matches);
+                    add_policy_chain(
+                        chains,
+                        name,
+                        &mut cache,
+                        &mut names,
+                        from,
+                        dir,
+                        family,
+                        |n| cluster_rules(policy, dir, family, config, n),
+                    );
                 }
             }
         }
@@ -697,12 +723,16 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
                 let name = names.policy_chain(policy, dir);
                 if unmerged(policy, dir) && used.contains(&name) {
                     let from = Compiling::Policy(policy.clone());
-                    let ruled =
-                        policy_chain_rules(&mut cache, &mut names, from, dir, family, |n| {
-                            policy_rules(policy, dir, family, n)
-                        });
-                    chains.insert(name, ruled.rules);
-                    chains.extend(ruled.matches);
+                    add_policy_chain(
+                        chains,
+                        name,
+                        &mut cache,
+                        &mut names,
+                        from,
+                        dir,
+                        family,
+                        |n| policy_rules(policy, dir, family, n),
+                    );
                 }
             }
         }
@@ -816,44 +846,24 @@ fn dispatch_chains(endpoints: &[&Endpoint]) -> [(String, Vec<String>); 2] {
 /// in order (see [`endpoint_rules`]); only a drop while the pod is unknown.
 /// When an audited policy selects it in a direction, that direction also
 /// gets an audit chain (see [`audit_chain`]).
-///
-/// An endpoint with addresses, none of them in `family`, is closed in that
-/// family wherever a policy selects it: no peer can be allowed to reach an
-/// address it does not have, nor it to send from one. Those chains are a
-/// drop alone and change only with the selection, so a single-stack
-/// cluster's policy changes leave the other family alone.
 fn endpoint_chains(
     index: &Index,
     config: &Config,
     names: &mut Names,
     ep: &Endpoint,
     merged: &mut Merged<'_>,
-) -> Vec<(String, Vec<String>)> {
-    let family = merged.family;
+) -> Vec<(String, Rules)> {
     let chain = |dir| endpoint_chain(&ep.interface, dir);
     if index.pod(&ep.pod).is_none() {
         // Unknown means denied: without its Pod object nothing says which
         // policies select it (e.g. deleted while we were down).
         return Direction::BOTH
-            .map(|dir| (chain(dir), vec!["-j DROP".into()]))
+            .map(|dir| (chain(dir), Rules::from(["-j DROP".to_string()])))
             .to_vec();
     }
     let all = index.selection(ep);
     let mode = index.default_mode();
     let enforced = all.enforced(mode);
-    let addressed = ep.ips.is_empty() || ep.ips.iter().any(|ip| Family::of(*ip) == family);
-    if !addressed {
-        return Direction::BOTH
-            .map(|dir| {
-                let rules = if enforced.open(dir) {
-                    Vec::new()
-                } else {
-                    vec!["-j DROP".into()]
-                };
-                (chain(dir), rules)
-            })
-            .to_vec();
-    }
     let log = logs_denials(index, config, ep);
     let mut out = Vec::new();
     for dir in Direction::BOTH {
@@ -865,7 +875,7 @@ fn endpoint_chains(
                 let exits = Exits::enforcing(ALLOW.into(), deny_log);
                 endpoint_rules(&enforced, dir, config, names, &exits, merged)
             };
-            out.push((chain(dir), rules));
+            out.push((chain(dir), rules.into()));
             continue;
         }
         let audit = audit_chain(&ep.interface, dir);
@@ -879,16 +889,14 @@ fn endpoint_chains(
             // What the enforced tiers leave undecided is allowed: audit it.
             rules.push(format!("-g {audit}"));
         }
-        out.push((chain(dir), rules));
+        out.push((chain(dir), rules.into()));
         let exits = Exits {
             allow: ALLOW.into(),
             deny: format!("-g {ALLOW}"),
             log: Some(log_rule(config, ep, dir, "audit")),
         };
-        out.push((
-            audit,
-            endpoint_rules(&all, dir, config, names, &exits, merged),
-        ));
+        let rules = endpoint_rules(&all, dir, config, names, &exits, merged);
+        out.push((audit, rules.into()));
     }
     out
 }
@@ -1019,7 +1027,7 @@ struct Merged<'a> {
     /// The policy chains the endpoint chains of this family jump to.
     jumps: HashSet<String>,
     /// The peers chains they jump to, with their rules.
-    peers: BTreeMap<String, Vec<String>>,
+    peers: BTreeMap<String, Rules>,
     /// While one endpoint's chains are compiled: its jumps, sets and
     /// peers chains.
     record: Option<Recorded>,
@@ -1030,7 +1038,7 @@ struct Merged<'a> {
 struct Recorded {
     jumps: Vec<String>,
     blocks: Vec<(String, DesiredSet)>,
-    peers: Vec<(String, Vec<String>)>,
+    peers: Vec<(String, Rules)>,
 }
 
 impl Merged<'_> {
@@ -1082,7 +1090,7 @@ impl Merged<'_> {
                 }
             }
         }
-        let mut rules = Vec::new();
+        let mut rules: Vec<String> = Vec::new();
         if !blocks.is_empty() {
             let id: Vec<String> = blocks.keys().map(|m| m.render()).collect();
             let name = names.blocks(&id.join(","), self.family);
@@ -1106,6 +1114,7 @@ impl Merged<'_> {
             return rules;
         }
         let chain = names.peers_chain(&rules.join("\n"));
+        let rules = Rules::from(rules);
         if let Some(r) = &mut self.record {
             r.peers.push((chain.clone(), rules.clone()));
         }

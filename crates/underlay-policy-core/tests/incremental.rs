@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use underlay_policy_core::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterRule, Tier};
-use underlay_policy_core::compile::{Compiler, Config, Desired, compile};
+use underlay_policy_core::compile::{Compiler, Config, Desired, Rules, compile};
 use underlay_policy_core::index::Index;
 use underlay_policy_core::model::{
     Attachment, Endpoint, Namespace, Peer, Pod, PodKey, Policy, PortMatch, Rule, Selector,
@@ -122,10 +122,7 @@ fn cluster_policy(rng: &mut Rng, name: &str) -> ClusterPolicy {
 
 /// A compiled state as comparable text: each family's chains, and each
 /// set's members.
-type Snapshot = (
-    Vec<BTreeMap<String, Vec<String>>>,
-    BTreeMap<String, Vec<String>>,
-);
+type Snapshot = (Vec<BTreeMap<String, Rules>>, BTreeMap<String, Vec<String>>);
 
 fn snapshot(d: &Desired) -> Snapshot {
     let sets = d

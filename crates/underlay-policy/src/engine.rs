@@ -6,8 +6,8 @@
 //! left, so enforcement never has an open or closed window.
 
 use crate::compile::{
-    self, CHAIN_PREFIX, Compiler, Config, Desired, DesiredSet, FROM_POD, HOOKS, SET_PREFIX, TO_POD,
-    fnv64,
+    self, CHAIN_PREFIX, Compiler, Config, Desired, DesiredSet, FROM_POD, HOOKS, Rules, SET_PREFIX,
+    TO_POD, fnv64,
 };
 use crate::dataplane::{Dataplane, DataplaneError, split_words};
 use crate::eval::{Evaluator, Flow};
@@ -86,17 +86,14 @@ fn is_dispatch(name: &str) -> bool {
 const DISPATCH_END: &str = "-j DROP";
 
 /// Each family's chains by name, with their rules.
-type Chains = [BTreeMap<String, Vec<String>>; 2];
+type Chains = [BTreeMap<String, Rules>; 2];
 
-/// Whether the last sync wrote (or left) `name` with these very rules.
-fn unchanged(
-    written: Option<&BTreeMap<String, Vec<String>>>,
-    name: &str,
-    rules: &[String],
-) -> bool {
+/// Whether the last sync wrote (or left) `name` with these very rules: a
+/// chain the compiler kept is the very allocation written last time.
+fn unchanged(written: Option<&BTreeMap<String, Rules>>, name: &str, rules: &Rules) -> bool {
     written
         .and_then(|w| w.get(name))
-        .is_some_and(|r| r.as_slice() == rules)
+        .is_some_and(|r| Arc::ptr_eq(r, rules) || r == rules)
 }
 
 /// What a chain's state should be once `rules` are programmed.
@@ -721,7 +718,7 @@ impl<D: Dataplane> Engine<D> {
         programmed: &Programmed,
         desired: &Desired,
         family: Family,
-        written: Option<&BTreeMap<String, Vec<String>>>,
+        written: Option<&BTreeMap<String, Rules>>,
         report: &mut SyncReport,
     ) -> Option<String> {
         let have = &programmed.chains[family.index()];
@@ -749,7 +746,7 @@ impl<D: Dataplane> Engine<D> {
             if let Some(d) = expect.digest {
                 let _ = writeln!(body, "-A {name} -m comment --comment \"udl:{d:016x}\"");
             }
-            for r in rules {
+            for r in rules.iter() {
                 let _ = writeln!(body, "-A {name} {r}");
             }
         }
@@ -782,7 +779,7 @@ impl<D: Dataplane> Engine<D> {
             let _ = writeln!(tail, "-X {name}");
         }
         report.chains_deleted += obsolete.len();
-        if decl.is_empty() && tail.is_empty() {
+        if decl.is_empty() && body.is_empty() && tail.is_empty() {
             return None;
         }
         Some(format!("*filter\n{decl}{body}{tail}COMMIT\n"))
@@ -871,7 +868,7 @@ fn reached_endpoints(chains: &Chains, narrowing: &[String]) -> Option<BTreeSet<S
     let mut users: HashMap<&str, Vec<&str>> = HashMap::new();
     for family in chains {
         for (chain, rules) in family {
-            for rule in rules {
+            for rule in rules.iter() {
                 let mut words = rule.split_ascii_whitespace();
                 while let Some(w) = words.next() {
                     if matches!(w, "-j" | "-g" | "--match-set")

@@ -889,7 +889,7 @@ fn chains_named(fake: &FakeDataplane, family: Family, prefixes: &[&str]) -> Vec<
 }
 
 #[test]
-fn a_single_stack_pod_is_closed_in_its_other_family_which_policy_changes_leave_alone() {
+fn a_single_stack_pod_has_no_chain_in_its_other_family_which_its_changes_leave_alone() {
     use underlay_policy::index::Index;
     use underlay_policy::model::Pod;
     use underlay_policy::model::{Attachment, Endpoint, Rule};
@@ -934,12 +934,22 @@ fn a_single_stack_pod_is_closed_in_its_other_family_which_policy_changes_leave_a
     let bad = mismatches(&v4, |p| forward(&fake, p), &*s.expect);
     assert!(bad.is_empty(), "IPv4 truth table: {bad:?}");
 
-    // IPv6 holds no policy's chain and no set: no endpoint can use them.
+    // IPv6 holds no endpoint's chain, no policy's chain and no set: no
+    // endpoint has an IPv6 address, and the dispatch chains hold no entry.
     let policy_chains = ["UDL-PI-", "UDL-PE-", "UDL-CI-", "UDL-CE-"];
     assert_eq!(
         chains_named(&fake, Family::V6, &policy_chains),
         Vec::<String>::new()
     );
+    let endpoint_chains = ["UDL-I-", "UDL-E-", "UDL-AI-", "UDL-AE-"];
+    assert_eq!(
+        chains_named(&fake, Family::V6, &endpoint_chains),
+        Vec::<String>::new()
+    );
+    for dispatch in ["UDL-FROM-POD", "UDL-TO-POD"] {
+        let rules = fake.state().tables[Family::V6.index()][dispatch].clone();
+        assert_eq!(rules, vec!["-j DROP".to_string()], "{dispatch}");
+    }
     let v6_sets: Vec<String> = fake
         .state()
         .sets
@@ -949,8 +959,8 @@ fn a_single_stack_pod_is_closed_in_its_other_family_which_policy_changes_leave_a
         .collect();
     assert_eq!(v6_sets, Vec::<String>::new());
 
-    // An IPv6 packet of a selected pod is dropped (it has no IPv6 address
-    // to be allowed by); one between unselected pods passes as before.
+    // An IPv6 packet of a pod without an IPv6 address is dropped, selected
+    // or not: the dispatch knows no such pod in IPv6.
     let v6 = |src: Pid, dst: Pid| Probe {
         src,
         dst,
@@ -965,7 +975,7 @@ fn a_single_stack_pod_is_closed_in_its_other_family_which_policy_changes_leave_a
     );
     assert!(!forward(&fake, &v6(x_a, y_a)), "egress of x/a in IPv6");
     assert!(!forward(&fake, &v6(y_a, x_a)), "ingress of x/a in IPv6");
-    assert!(forward(&fake, &v6(y_a, z_a)), "unselected pods stay open");
+    assert!(!forward(&fake, &v6(y_a, z_a)), "unselected pods too");
 
     // A policy change that selects no other pod writes IPv4 only.
     let before = fake.state().calls.len();
@@ -993,21 +1003,20 @@ fn a_single_stack_pod_is_closed_in_its_other_family_which_policy_changes_leave_a
     ));
     assert!(!forward(&fake, &v6(y_a, x_a)), "still closed in IPv6");
 
-    // A new pod's IPv6 rules use no match extension: the dispatch entries
-    // and its chains (closed or open) are native expressions.
+    // A new pod without an IPv6 address writes IPv4 alone.
     let before = fake.state().calls.len();
     first.change(new_pod);
     first.sync().unwrap();
-    let scripts: Vec<String> = fake.state().calls[before..]
+    let scripts: Vec<(Family, String)> = fake.state().calls[before..]
         .iter()
         .filter_map(|c| match c {
-            Call::RestoreFilter(Family::V6, s) => Some(s.clone()),
+            Call::RestoreFilter(f, s) => Some((*f, s.clone())),
             _ => None,
         })
         .collect();
     assert_eq!(scripts.len(), 1, "{scripts:?}");
-    assert!(scripts[0].contains("udlxnew"), "{}", scripts[0]);
-    assert!(!scripts[0].contains(" -m "), "{}", scripts[0]);
+    assert_eq!(scripts[0].0, Family::V4);
+    assert!(scripts[0].1.contains("udlxnew"), "{}", scripts[0].1);
 
     // A restarted engine adopts the closed chains without writing.
     let mut restarted = engine(&fake);
@@ -1019,13 +1028,14 @@ fn a_single_stack_pod_is_closed_in_its_other_family_which_policy_changes_leave_a
     let report = restarted.sync().unwrap();
     assert!(report.wrote_nothing(), "{report:?}");
 
-    // Someone opens a closed chain: repair closes it again.
-    let closed = "UDL-E-".to_string() + &x_a.interface();
+    // Someone lets the pod's IPv6 packets through the dispatch: repair
+    // takes the entry out again.
     {
         let mut st = fake.state();
-        let rules = st.tables[Family::V6.index()].get_mut(&closed).unwrap();
-        assert_eq!(rules, &vec!["-j DROP".to_string()]);
-        rules[0] = "-j ACCEPT".into();
+        let rules = st.tables[Family::V6.index()]
+            .get_mut("UDL-FROM-POD")
+            .unwrap();
+        rules.insert(0, format!("-i {} -j ACCEPT", x_a.interface()));
     }
     assert!(forward(&fake, &v6(x_a, y_a)), "the edit opened it");
     let report = first.repair().unwrap();
