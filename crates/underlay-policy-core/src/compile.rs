@@ -206,13 +206,23 @@ pub struct Names {
 }
 
 /// One name handed out: the identity asked for and the name it got.
-#[derive(Debug, Clone)]
-struct Claim {
-    prefix: String,
-    id: String,
+/// Shared: the compiler keeps every claim an endpoint's chains made.
+type Claim = Arc<Claimed>;
+
+#[derive(Debug)]
+struct Claimed {
+    /// The name's prefix followed by the object's identity.
+    identity: String,
+    prefix_len: usize,
     name: String,
     /// For a peer set: its key and family, so the set is compiled.
     set: Option<(SetKey, Family)>,
+}
+
+impl Claimed {
+    fn id(&self) -> &str {
+        &self.identity[self.prefix_len..]
+    }
 }
 
 /// What `Names::by_address` stores under an object's address.
@@ -234,7 +244,7 @@ impl Named {
 impl Names {
     /// The ipset name of a set key in one family (at most 31 characters).
     pub fn set(&mut self, key: &SetKey, family: Family) -> String {
-        self.set_claim(key, family).name
+        self.set_claim(key, family).name.clone()
     }
 
     fn set_claim(&mut self, key: &SetKey, family: Family) -> Claim {
@@ -248,53 +258,45 @@ impl Names {
             Family::V6 => '6',
         };
         self.claim(
-            format!("{SET_PREFIX}{fam}-{kind}-"),
-            key.canonical(),
+            &format!("{SET_PREFIX}{fam}-{kind}-"),
+            &key.canonical(),
             Some((key.clone(), family)),
         )
     }
 
     /// Names an identity and records the claim.
-    fn claim(&mut self, prefix: String, id: String, set: Option<(SetKey, Family)>) -> Claim {
-        let name = self.assign(&prefix, &id);
-        let claim = Claim {
-            prefix,
-            id,
+    fn claim(&mut self, prefix: &str, id: &str, set: Option<(SetKey, Family)>) -> Claim {
+        let identity = format!("{prefix}{id}");
+        let name = self.assign(&identity, prefix.len());
+        let claim = Arc::new(Claimed {
+            identity,
+            prefix_len: prefix.len(),
             name,
             set,
-        };
-        self.record(&claim);
+        });
+        record(&mut self.sets, &mut self.trace, &claim);
         claim
-    }
-
-    fn record(&mut self, claim: &Claim) {
-        if let Some((key, family)) = &claim.set
-            && !self.sets.contains_key(&claim.name)
-        {
-            let entry = (key.clone(), *family, claim.id.clone());
-            self.sets.insert(claim.name.clone(), entry);
-        }
-        if let Some(trace) = &mut self.trace {
-            trace.push(claim.clone());
-        }
     }
 
     /// Asks again for a name an earlier compile handed out; false if this
     /// compile gives the identity another one (a collision came or went).
     fn replay(&mut self, claim: &Claim) -> bool {
-        if self.assign(&claim.prefix, &claim.id) != claim.name {
-            return false;
+        let same = match self.by_identity.get(&claim.identity) {
+            Some(name) => *name == claim.name,
+            None => self.assign(&claim.identity, claim.prefix_len) == claim.name,
+        };
+        if same {
+            record(&mut self.sets, &mut self.trace, claim);
         }
-        self.record(claim);
-        true
+        same
     }
 
     /// The name kept under an object's address (recorded again), or the
     /// one `claim` hands out, then kept there.
     fn by_address(&mut self, at: (usize, u8), claim: impl FnOnce(&mut Names) -> Claim) -> String {
-        if let Some(kept) = self.by_address.get(&at).cloned() {
-            self.record(&kept);
-            return kept.name;
+        if let Some(kept) = self.by_address.get(&at) {
+            record(&mut self.sets, &mut self.trace, kept);
+            return kept.name.clone();
         }
         let claimed = claim(self);
         let name = claimed.name.clone();
@@ -326,15 +328,17 @@ impl Names {
             Family::V4 => '4',
             Family::V6 => '6',
         };
-        self.claim(format!("{SET_PREFIX}{fam}-b-"), cidrs.to_string(), None)
+        self.claim(&format!("{SET_PREFIX}{fam}-b-"), cidrs, None)
             .name
+            .clone()
     }
 
     /// The chain matching the peers some endpoints' NetworkPolicies allow
     /// on every port, named after its rules (`rules` their text).
     pub fn peers_chain(&mut self, rules: &str) -> String {
-        self.claim(format!("{CHAIN_PREFIX}M-"), rules.to_string(), None)
+        self.claim(&format!("{CHAIN_PREFIX}M-"), rules, None)
             .name
+            .clone()
     }
 
     /// The chain of a cluster policy in one direction.
@@ -345,7 +349,7 @@ impl Names {
                 Direction::Ingress => "CI",
                 Direction::Egress => "CE",
             };
-            names.claim(format!("{CHAIN_PREFIX}{d}-"), policy.name.clone(), None)
+            names.claim(&format!("{CHAIN_PREFIX}{d}-"), &policy.name, None)
         })
     }
 
@@ -358,15 +362,17 @@ impl Names {
                 Direction::Egress => "PE",
             };
             let id = format!("{}/{}", policy.namespace, policy.name);
-            names.claim(format!("{CHAIN_PREFIX}{d}-"), id, None)
+            names.claim(&format!("{CHAIN_PREFIX}{d}-"), &id, None)
         })
     }
 
-    fn assign(&mut self, prefix: &str, id: &str) -> String {
-        let identity = format!("{prefix}{id}");
-        if let Some(name) = self.by_identity.get(&identity) {
+    /// The name of `identity` (its first `prefix_len` bytes the name's
+    /// prefix).
+    fn assign(&mut self, identity: &str, prefix_len: usize) -> String {
+        if let Some(name) = self.by_identity.get(identity) {
             return name.clone();
         }
+        let (prefix, id) = identity.split_at(prefix_len);
         let mut text = id.to_string();
         let mut attempt = 0u32;
         let name = loop {
@@ -379,9 +385,27 @@ impl Names {
             // other object's first choice.
             text = format!("{id}\0{attempt}");
         };
-        self.owner.insert(name.clone(), identity.clone());
-        self.by_identity.insert(identity, name.clone());
+        self.owner.insert(name.clone(), identity.to_string());
+        self.by_identity.insert(identity.to_string(), name.clone());
         name
+    }
+}
+
+/// Notes a claim this compile made: the set it names, and the claim in the
+/// trace of the endpoint being compiled.
+fn record(
+    sets: &mut HashMap<String, (SetKey, Family, String)>,
+    trace: &mut Option<Vec<Claim>>,
+    claim: &Claim,
+) {
+    if let Some((key, family)) = &claim.set
+        && !sets.contains_key(&claim.name)
+    {
+        let entry = (key.clone(), *family, claim.id().to_string());
+        sets.insert(claim.name.clone(), entry);
+    }
+    if let Some(trace) = trace {
+        trace.push(claim.clone());
     }
 }
 
@@ -419,7 +443,8 @@ pub fn compile(index: &Index, config: &Config) -> Desired {
 #[derive(Debug, Default)]
 pub struct Compiler {
     config: Option<Config>,
-    endpoints: HashMap<(String, Family), Compiled>,
+    /// Per family, by interface.
+    endpoints: [HashMap<String, Compiled>; 2],
     policies: HashMap<PolicyKey, CompiledPolicy>,
 }
 
@@ -464,7 +489,7 @@ impl Compiler {
                 ..Compiler::default()
             };
         }
-        let (mut kept, mut kept_policies) = (HashMap::new(), HashMap::new());
+        let (mut kept, mut kept_policies) = (Default::default(), HashMap::new());
         let desired = compile_with(
             index,
             config,
@@ -513,17 +538,22 @@ impl Inputs {
         }
     }
 
-    /// The same endpoint, and the very same policy objects selecting it.
-    fn same(&self, other: &Inputs) -> bool {
+    /// Whether `ep` is still made of these: the same endpoint, and the
+    /// very same policy objects selecting it (nothing copied to tell).
+    fn hold_for(&self, index: &Index, config: &Config, ep: &Endpoint) -> bool {
         fn same_list<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
         }
-        let (a, b) = (&self.selection, &other.selection);
-        self.ep == other.ep
-            && self.known == other.known
-            && self.mode == other.mode
-            && self.log == other.log
-            && same_list(&a.ingress, &b.ingress)
+        if self.ep != *ep
+            || self.known != index.pod(&ep.pod).is_some()
+            || self.mode != index.default_mode()
+            || self.log != logs_denials(index, config, ep)
+        {
+            return false;
+        }
+        let selection = index.selection(ep);
+        let (a, b) = (&self.selection, &*selection);
+        same_list(&a.ingress, &b.ingress)
             && same_list(&a.egress, &b.egress)
             && (0..2).all(|i| same_list(&a.admin[i], &b.admin[i]))
             && (0..2).all(|i| same_list(&a.baseline[i], &b.baseline[i]))
@@ -533,8 +563,8 @@ impl Inputs {
 /// The endpoint and policy chains of the last compile, and those of this
 /// one.
 struct Cache<'a> {
-    last: &'a mut HashMap<(String, Family), Compiled>,
-    next: &'a mut HashMap<(String, Family), Compiled>,
+    last: &'a mut [HashMap<String, Compiled>; 2],
+    next: &'a mut [HashMap<String, Compiled>; 2],
     last_policies: &'a mut HashMap<PolicyKey, CompiledPolicy>,
     next_policies: &'a mut HashMap<PolicyKey, CompiledPolicy>,
 }
@@ -601,37 +631,42 @@ fn cached_endpoint_chains(
     merged: &mut Merged<'_>,
     cache: &mut Cache<'_>,
 ) -> Vec<(String, Rules)> {
-    let key = (ep.interface.clone(), merged.family);
+    let f = merged.family.index();
+    let last = cache.last[f].remove_entry(&ep.interface);
+    let key = match last {
+        Some((key, last))
+            if last.inputs.hold_for(index, config, ep)
+                && last.claims.iter().all(|c| names.replay(c)) =>
+        {
+            for jump in &last.jumps {
+                if !merged.jumps.contains(jump) {
+                    merged.jumps.insert(jump.clone());
+                }
+            }
+            for (name, set) in &last.blocks {
+                if !merged.sets.contains_key(name) {
+                    merged.sets.insert(name.clone(), set.clone());
+                }
+            }
+            for (name, rules) in &last.peers {
+                if !merged.peers.contains_key(name) {
+                    merged.peers.insert(name.clone(), rules.clone());
+                }
+            }
+            let chains = last.chains.clone();
+            cache.next[f].insert(key, last);
+            return chains;
+        }
+        Some((key, _)) => key,
+        None => ep.interface.clone(),
+    };
     let inputs = Inputs::of(index, config, ep);
-    if let Some(last) = cache.last.remove(&key)
-        && last.inputs.same(&inputs)
-        && last.claims.iter().all(|c| names.replay(c))
-    {
-        for jump in &last.jumps {
-            merged.jumps.insert(jump.clone());
-        }
-        for (name, set) in &last.blocks {
-            merged
-                .sets
-                .entry(name.clone())
-                .or_insert_with(|| set.clone());
-        }
-        for (name, rules) in &last.peers {
-            merged
-                .peers
-                .entry(name.clone())
-                .or_insert_with(|| rules.clone());
-        }
-        let chains = last.chains.clone();
-        cache.next.insert(key, last);
-        return chains;
-    }
     names.trace = Some(Vec::new());
     merged.record = Some(Recorded::default());
     let chains = endpoint_chains(index, config, names, ep, merged);
     let claims = names.trace.take().unwrap_or_default();
     let recorded = merged.record.take().unwrap_or_default();
-    cache.next.insert(
+    cache.next[f].insert(
         key,
         Compiled {
             inputs,
@@ -702,8 +737,11 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
         let used = merged.jumps;
         for policy in cluster.values() {
             for dir in Direction::BOTH {
+                if policy.rules(dir).is_empty() {
+                    continue;
+                }
                 let name = names.cluster_chain(policy, dir);
-                if !policy.rules(dir).is_empty() && used.contains(&name) {
+                if used.contains(&name) {
                     let from = Compiling::Cluster(policy.clone());
                     add_policy_chain(
                         chains,
@@ -720,8 +758,11 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
         }
         for policy in active.values() {
             for dir in Direction::BOTH {
+                if !unmerged(policy, dir) {
+                    continue;
+                }
                 let name = names.policy_chain(policy, dir);
-                if unmerged(policy, dir) && used.contains(&name) {
+                if used.contains(&name) {
                     let from = Compiling::Policy(policy.clone());
                     add_policy_chain(
                         chains,

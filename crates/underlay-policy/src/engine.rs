@@ -88,12 +88,55 @@ const DISPATCH_END: &str = "-j DROP";
 /// Each family's chains by name, with their rules.
 type Chains = [BTreeMap<String, Rules>; 2];
 
-/// Whether the last sync wrote (or left) `name` with these very rules: a
+/// Whether the last sync wrote (or left) a chain with these very rules: a
 /// chain the compiler kept is the very allocation written last time.
-fn unchanged(written: Option<&BTreeMap<String, Rules>>, name: &str, rules: &Rules) -> bool {
-    written
-        .and_then(|w| w.get(name))
-        .is_some_and(|r| Arc::ptr_eq(r, rules) || r == rules)
+fn same_rules(last: Option<&Rules>, rules: &Rules) -> bool {
+    last.is_some_and(|r| Arc::ptr_eq(r, rules) || r == rules)
+}
+
+/// Walks a map in name order beside another walk in name order: the entry
+/// named `name`, if any, and the names passed over on the way (those the
+/// other walk does not have).
+struct Beside<'a, V> {
+    iter: std::iter::Peekable<std::collections::btree_map::Iter<'a, String, V>>,
+}
+
+impl<'a, V> Beside<'a, V> {
+    fn new(map: &'a BTreeMap<String, V>) -> Self {
+        Beside {
+            iter: map.iter().peekable(),
+        }
+    }
+
+    fn find(&mut self, name: &str, mut passed: impl FnMut(&'a String)) -> Option<&'a V> {
+        while let Some((n, v)) = self.iter.peek() {
+            match n.as_str().cmp(name) {
+                std::cmp::Ordering::Less => passed(n),
+                std::cmp::Ordering::Equal => {
+                    let v = *v;
+                    self.iter.next();
+                    return Some(v);
+                }
+                std::cmp::Ordering::Greater => return None,
+            }
+            self.iter.next();
+        }
+        None
+    }
+
+    /// The names after the last one found.
+    fn rest(self) -> impl Iterator<Item = &'a String> {
+        self.iter.map(|(n, _)| n)
+    }
+}
+
+/// What one family's chains become once its script is written.
+#[derive(Default)]
+struct ChainPlan {
+    /// Chains (re)written, with the state they then have.
+    written: Vec<(String, ChainState)>,
+    /// Chains deleted.
+    deleted: Vec<String>,
 }
 
 /// What a chain's state should be once `rules` are programmed.
@@ -477,7 +520,7 @@ impl<D: Dataplane> Engine<D> {
         desired: &Desired,
         report: &mut SyncReport,
     ) -> Result<Vec<String>> {
-        let (set_script, obsolete_sets) = self.set_changes(programmed, desired, report);
+        let (set_script, updated, obsolete_sets) = self.set_changes(programmed, desired, report);
         if !set_script.is_empty() {
             report.restore_calls += 1;
             let r = self.dataplane.restore_sets(&set_script);
@@ -487,15 +530,14 @@ impl<D: Dataplane> Engine<D> {
                 source,
             })?;
         }
-        for (name, set) in &desired.sets {
-            programmed.sets.insert(
-                name.clone(),
-                SetState {
-                    kind: set.kind,
-                    family: set.family,
-                    members: set.members.clone(),
-                },
-            );
+        for name in updated {
+            let set = &desired.sets[&name];
+            let state = SetState {
+                kind: set.kind,
+                family: set.family,
+                members: set.members.clone(),
+            };
+            programmed.sets.insert(name, state);
         }
         Ok(obsolete_sets)
     }
@@ -509,11 +551,14 @@ impl<D: Dataplane> Engine<D> {
         written: Option<&Chains>,
         report: &mut SyncReport,
     ) -> Result<()> {
+        let mut plans: [ChainPlan; 2] = Default::default();
         let scripts: Vec<(Family, String)> = Family::ALL
             .into_iter()
             .filter_map(|family| {
                 let written = written.map(|w| &w[family.index()]);
-                let script = self.chain_changes(programmed, desired, family, written, report)?;
+                let plan = &mut plans[family.index()];
+                let script =
+                    self.chain_changes(programmed, desired, family, written, plan, report)?;
                 Some((family, script))
             })
             .collect();
@@ -536,17 +581,12 @@ impl<D: Dataplane> Engine<D> {
         if let Some(e) = first_error {
             return Err(e);
         }
-        for family in Family::ALL {
-            let written = written.map(|w| &w[family.index()]);
-            let mut had = std::mem::take(&mut programmed.chains[family.index()]);
+        for (family, plan) in Family::ALL.into_iter().zip(plans) {
             let chains = &mut programmed.chains[family.index()];
-            for (name, rules) in &desired.chains[family.index()] {
-                let state = match had.remove(name) {
-                    Some(state) if unchanged(written, name, rules) => state,
-                    _ => expected_state(name, rules),
-                };
-                chains.insert(name.clone(), state);
+            for name in &plan.deleted {
+                chains.remove(name);
             }
+            chains.extend(plan.written);
             programmed.hooks[family.index()] = [Hook::IN_PLACE; 3];
         }
         Ok(())
@@ -665,8 +705,12 @@ impl<D: Dataplane> Engine<D> {
         programmed: &Programmed,
         desired: &Desired,
         report: &mut SyncReport,
-    ) -> (String, Vec<String>) {
+    ) -> (String, Vec<String>, Vec<String>) {
         let mut script = String::new();
+        // The sets whose state changes (or whose members are another copy
+        // of the same), and those no rule uses any more.
+        let (mut updated, mut obsolete) = (Vec::new(), Vec::new());
+        let mut have_sets = Beside::new(&programmed.sets);
         // Only conntrack cleanup asks whether a change narrowed a set.
         let cleanup = self.conntrack_cleanup;
         let mut still_owned = |m: &Member| match m {
@@ -677,7 +721,11 @@ impl<D: Dataplane> Engine<D> {
             }
         };
         for (name, want) in &desired.sets {
-            match programmed.sets.get(name) {
+            let have = have_sets.find(name, |gone| obsolete.push(gone.clone()));
+            if have.is_none_or(|h| !Arc::ptr_eq(&h.members, &want.members)) {
+                updated.push(name.clone());
+            }
+            match have {
                 Some(have) if have.kind == want.kind && have.family == want.family => {
                     update_set(&mut script, name, have, want, report, &mut still_owned);
                 }
@@ -704,13 +752,8 @@ impl<D: Dataplane> Engine<D> {
                 }
             }
         }
-        let obsolete = programmed
-            .sets
-            .keys()
-            .filter(|n| !desired.sets.contains_key(*n))
-            .cloned()
-            .collect();
-        (script, obsolete)
+        obsolete.extend(have_sets.rest().cloned());
+        (script, updated, obsolete)
     }
 
     fn chain_changes(
@@ -719,26 +762,34 @@ impl<D: Dataplane> Engine<D> {
         desired: &Desired,
         family: Family,
         written: Option<&BTreeMap<String, Rules>>,
+        plan: &mut ChainPlan,
         report: &mut SyncReport,
     ) -> Option<String> {
         let have = &programmed.chains[family.index()];
         let want = &desired.chains[family.index()];
         let mut decl = String::new();
         let mut body = String::new();
+        // Every map is in name order: one walk of each.
+        let mut have_chains = Beside::new(have);
+        let mut last_chains = written.map(Beside::new);
+        let mut obsolete: Vec<&String> = Vec::new();
         for (name, rules) in want {
-            if unchanged(written, name, rules) && have.contains_key(name) {
+            let had = have_chains.find(name, |gone| obsolete.push(gone));
+            let last = last_chains.as_mut().and_then(|w| w.find(name, |_| ()));
+            if had.is_some() && same_rules(last, rules) {
                 continue;
             }
             let expect = expected_state(name, rules);
-            if have.get(name) == Some(&expect) {
+            if had == Some(&expect) {
                 continue;
             }
             report.chains_written += 1;
             if is_dispatch(name) {
-                edit_dispatch(&mut decl, &mut body, name, have.get(name), &expect, rules);
+                edit_dispatch(&mut decl, &mut body, name, had, &expect, rules);
+                plan.written.push((name.clone(), expect));
                 continue;
             }
-            if have.contains_key(name) {
+            if had.is_some() {
                 report.rules_replaced += 1;
                 report.narrowing.push(name.clone());
             }
@@ -749,8 +800,10 @@ impl<D: Dataplane> Engine<D> {
             for r in rules.iter() {
                 let _ = writeln!(body, "-A {name} {r}");
             }
+            plan.written.push((name.clone(), expect));
         }
-        let obsolete: Vec<&String> = have.keys().filter(|n| !want.contains_key(*n)).collect();
+        obsolete.extend(have_chains.rest());
+        plan.deleted = obsolete.iter().map(|n| n.to_string()).collect();
         for name in &obsolete {
             // Declaring flushes the chain, dropping its references first.
             let _ = writeln!(decl, ":{name} - [0:0]");
