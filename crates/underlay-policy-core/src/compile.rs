@@ -47,6 +47,7 @@ use crate::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRul
 use crate::index::{Index, Member, Members, Selection, SetKey, SetKind, net_entries};
 use crate::model::{Direction, Endpoint, Family, Mode, Peer, Policy, PortMatch, PortRef, Rule};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 pub const CHAIN_PREFIX: &str = "UDL-";
@@ -194,12 +195,13 @@ pub fn fnv64(data: &[u8]) -> u64 {
 /// writing out and hashing the identity.
 #[derive(Debug, Default)]
 pub struct Names {
-    by_identity: HashMap<String, String>,
-    owner: HashMap<String, String>,
-    by_address: HashMap<(usize, u8), Claim>,
+    by_identity: HashMap<Identity, String, BuildHasherDefault<Fnv>>,
+    /// Every name handed out.
+    owned: HashSet<String, BuildHasherDefault<Fnv>>,
+    by_address: HashMap<(usize, u8), Claim, BuildHasherDefault<Fnv>>,
     /// The key and family of every set named, by name, and what it
     /// stands for.
-    sets: HashMap<String, (SetKey, Family, String)>,
+    sets: HashMap<String, (SetKey, Family, String), BuildHasherDefault<Fnv>>,
     /// While one endpoint's chains are compiled: every name they use, in
     /// the order asked (see [`Compiler`]).
     trace: Option<Vec<Claim>>,
@@ -212,7 +214,7 @@ type Claim = Arc<Claimed>;
 #[derive(Debug)]
 struct Claimed {
     /// The name's prefix followed by the object's identity.
-    identity: String,
+    identity: Identity,
     prefix_len: usize,
     name: String,
     /// For a peer set: its key and family, so the set is compiled.
@@ -221,7 +223,69 @@ struct Claimed {
 
 impl Claimed {
     fn id(&self) -> &str {
-        &self.identity[self.prefix_len..]
+        &self.identity.text[self.prefix_len..]
+    }
+}
+
+/// A name's prefix and an object's identity, hashed once: a replayed claim
+/// (see [`Compiler`]) is looked up without reading its text again, and
+/// the text (a peers chain's is its rules) is compared only when the
+/// hashes agree and the two are not one allocation.
+#[derive(Debug, Clone, Eq)]
+struct Identity {
+    hash: u64,
+    text: Arc<str>,
+}
+
+impl Identity {
+    fn new(text: String) -> Identity {
+        Identity {
+            hash: fnv64(text.as_bytes()),
+            text: text.into(),
+        }
+    }
+}
+
+impl PartialEq for Identity {
+    fn eq(&self, other: &Identity) -> bool {
+        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
+    }
+}
+
+impl std::hash::Hash for Identity {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// FNV-1a as a `Hasher`: the keys of [`Names`] are short names, addresses
+/// and [`Identity`]'s finished hash, for which SipHash's setup costs more
+/// than the hashing.
+#[derive(Debug)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Mixed in whole: a finished hash, an address or a length.
+        self.0 = (self.0 ^ n).wrapping_mul(0x0000_0100_0000_01b3);
+        self.0 ^= self.0 >> 29;
     }
 }
 
@@ -266,7 +330,7 @@ impl Names {
 
     /// Names an identity and records the claim.
     fn claim(&mut self, prefix: &str, id: &str, set: Option<(SetKey, Family)>) -> Claim {
-        let identity = format!("{prefix}{id}");
+        let identity = Identity::new(format!("{prefix}{id}"));
         let name = self.assign(&identity, prefix.len());
         let claim = Arc::new(Claimed {
             identity,
@@ -368,16 +432,16 @@ impl Names {
 
     /// The name of `identity` (its first `prefix_len` bytes the name's
     /// prefix).
-    fn assign(&mut self, identity: &str, prefix_len: usize) -> String {
+    fn assign(&mut self, identity: &Identity, prefix_len: usize) -> String {
         if let Some(name) = self.by_identity.get(identity) {
             return name.clone();
         }
-        let (prefix, id) = identity.split_at(prefix_len);
+        let (prefix, id) = identity.text.split_at(prefix_len);
         let mut text = id.to_string();
         let mut attempt = 0u32;
         let name = loop {
             let name = format!("{prefix}{:012x}", fnv64(text.as_bytes()) & 0xffff_ffff_ffff);
-            if !self.owner.contains_key(&name) {
+            if !self.owned.contains(&name) {
                 break name;
             }
             attempt += 1;
@@ -385,8 +449,8 @@ impl Names {
             // other object's first choice.
             text = format!("{id}\0{attempt}");
         };
-        self.owner.insert(name.clone(), identity.to_string());
-        self.by_identity.insert(identity.to_string(), name.clone());
+        self.owned.insert(name.clone());
+        self.by_identity.insert(identity.clone(), name.clone());
         name
     }
 }
@@ -394,7 +458,7 @@ impl Names {
 /// Notes a claim this compile made: the set it names, and the claim in the
 /// trace of the endpoint being compiled.
 fn record(
-    sets: &mut HashMap<String, (SetKey, Family, String)>,
+    sets: &mut HashMap<String, (SetKey, Family, String), BuildHasherDefault<Fnv>>,
     trace: &mut Option<Vec<Claim>>,
     claim: &Claim,
 ) {
@@ -718,7 +782,7 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
         let mut merged = Merged {
             family,
             sets: &mut out.sets,
-            jumps: HashSet::new(),
+            jumps: HashSet::default(),
             peers: BTreeMap::new(),
             record: None,
         };
@@ -1066,7 +1130,7 @@ struct Merged<'a> {
     /// The desired sets, which the `ipBlock` sets join.
     sets: &'a mut BTreeMap<String, DesiredSet>,
     /// The policy chains the endpoint chains of this family jump to.
-    jumps: HashSet<String>,
+    jumps: HashSet<String, BuildHasherDefault<Fnv>>,
     /// The peers chains they jump to, with their rules.
     peers: BTreeMap<String, Rules>,
     /// While one endpoint's chains are compiled: its jumps, sets and

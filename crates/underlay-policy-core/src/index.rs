@@ -845,10 +845,14 @@ impl Index {
     /// Policies that select at least one local endpoint.
     pub fn active_policies(&self) -> BTreeMap<PodKey, Arc<Policy>> {
         let mut out = BTreeMap::new();
+        // Most endpoints share their policies: each object's key once.
+        let mut seen = std::collections::HashSet::new();
         for ep in self.endpoints.values() {
             let sel = self.selection(ep);
             for p in sel.ingress.iter().chain(sel.egress.iter()) {
-                out.insert(p.key(), p.clone());
+                if seen.insert(Arc::as_ptr(p)) {
+                    out.insert(p.key(), p.clone());
+                }
             }
         }
         out

@@ -188,11 +188,14 @@ impl Index {
         if self.cluster.is_empty() {
             return out;
         }
+        let mut seen = std::collections::HashSet::new();
         for ep in self.endpoints.values() {
             let sel = self.selection(ep);
             for list in sel.admin.iter().chain(sel.baseline.iter()) {
                 for p in list {
-                    out.insert(p.name.clone(), p.clone());
+                    if seen.insert(Arc::as_ptr(p)) {
+                        out.insert(p.name.clone(), p.clone());
+                    }
                 }
             }
         }
