@@ -195,7 +195,9 @@ pub fn fnv64(data: &[u8]) -> u64 {
 /// writing out and hashing the identity.
 #[derive(Debug, Default)]
 pub struct Names {
-    by_identity: HashMap<Identity, String, BuildHasherDefault<Fnv>>,
+    /// Every claim by its identity: whoever asks for an identity again
+    /// gets the same claim.
+    by_identity: HashMap<Identity, Claim, BuildHasherDefault<Fnv>>,
     /// Every name handed out.
     owned: HashSet<String, BuildHasherDefault<Fnv>>,
     by_address: HashMap<(usize, u8), Claim, BuildHasherDefault<Fnv>>,
@@ -217,6 +219,8 @@ struct Claimed {
     identity: Identity,
     prefix_len: usize,
     name: String,
+    /// How many hashed names were taken before this one.
+    attempt: u32,
     /// For a peer set: its key and family, so the set is compiled.
     set: Option<(SetKey, Family)>,
 }
@@ -331,13 +335,21 @@ impl Names {
     /// Names an identity and records the claim.
     fn claim(&mut self, prefix: &str, id: &str, set: Option<(SetKey, Family)>) -> Claim {
         let identity = Identity::new(format!("{prefix}{id}"));
-        let name = self.assign(&identity, prefix.len());
-        let claim = Arc::new(Claimed {
-            identity,
-            prefix_len: prefix.len(),
-            name,
-            set,
-        });
+        let claim = match self.by_identity.get(&identity) {
+            Some(claim) => claim.clone(),
+            None => {
+                let (name, attempt) = self.free_name(&identity, prefix.len());
+                let claim = Arc::new(Claimed {
+                    identity,
+                    prefix_len: prefix.len(),
+                    name,
+                    attempt,
+                    set,
+                });
+                self.hand_out(&claim);
+                claim
+            }
+        };
         record(&mut self.sets, &mut self.trace, &claim);
         claim
     }
@@ -346,13 +358,23 @@ impl Names {
     /// compile gives the identity another one (a collision came or went).
     fn replay(&mut self, claim: &Claim) -> bool {
         let same = match self.by_identity.get(&claim.identity) {
-            Some(name) => *name == claim.name,
-            None => self.assign(&claim.identity, claim.prefix_len) == claim.name,
+            Some(held) => Arc::ptr_eq(held, claim) || held.name == claim.name,
+            // Its first hashed name: still its own if nobody took it.
+            None if claim.attempt == 0 => !self.owned.contains(&claim.name),
+            None => self.free_name(&claim.identity, claim.prefix_len).0 == claim.name,
         };
         if same {
+            if !self.by_identity.contains_key(&claim.identity) {
+                self.hand_out(claim);
+            }
             record(&mut self.sets, &mut self.trace, claim);
         }
         same
+    }
+
+    fn hand_out(&mut self, claim: &Claim) {
+        self.owned.insert(claim.name.clone());
+        (self.by_identity).insert(claim.identity.clone(), claim.clone());
     }
 
     /// The name kept under an object's address (recorded again), or the
@@ -407,7 +429,7 @@ impl Names {
 
     /// The chain of a cluster policy in one direction.
     pub fn cluster_chain(&mut self, policy: &ClusterPolicy, dir: Direction) -> String {
-        let at = (std::ptr::from_ref(policy) as usize, Named::Chain(dir).tag());
+        let at = Names::chain_address(policy, dir);
         self.by_address(at, |names| {
             let d = match dir {
                 Direction::Ingress => "CI",
@@ -419,7 +441,7 @@ impl Names {
 
     /// The chain of a policy in one direction (at most 28 characters).
     pub fn policy_chain(&mut self, policy: &Policy, dir: Direction) -> String {
-        let at = (std::ptr::from_ref(policy) as usize, Named::Chain(dir).tag());
+        let at = Names::chain_address(policy, dir);
         self.by_address(at, |names| {
             let d = match dir {
                 Direction::Ingress => "PI",
@@ -430,28 +452,38 @@ impl Names {
         })
     }
 
-    /// The name of `identity` (its first `prefix_len` bytes the name's
-    /// prefix).
-    fn assign(&mut self, identity: &Identity, prefix_len: usize) -> String {
-        if let Some(name) = self.by_identity.get(identity) {
-            return name.clone();
+    /// Where the name of a policy's or cluster policy's chain is kept.
+    fn chain_address<T>(policy: &T, dir: Direction) -> (usize, u8) {
+        (std::ptr::from_ref(policy) as usize, Named::Chain(dir).tag())
+    }
+
+    /// Hands out again the name an earlier compile kept at `at`, if it is
+    /// still the object's; false otherwise.
+    fn replay_at(&mut self, at: (usize, u8), claim: &Claim) -> bool {
+        if !self.replay(claim) {
+            return false;
         }
+        self.by_address.insert(at, claim.clone());
+        true
+    }
+
+    /// The name `identity` gets (its first `prefix_len` bytes the name's
+    /// prefix): the first of its hashed names nobody holds, and how many
+    /// were held.
+    fn free_name(&self, identity: &Identity, prefix_len: usize) -> (String, u32) {
         let (prefix, id) = identity.text.split_at(prefix_len);
         let mut text = id.to_string();
         let mut attempt = 0u32;
-        let name = loop {
+        loop {
             let name = format!("{prefix}{:012x}", fnv64(text.as_bytes()) & 0xffff_ffff_ffff);
             if !self.owned.contains(&name) {
-                break name;
+                return (name, attempt);
             }
             attempt += 1;
             // NUL never occurs in an identity, so the retry text is no
             // other object's first choice.
             text = format!("{id}\0{attempt}");
-        };
-        self.owned.insert(name.clone());
-        self.by_identity.insert(identity.clone(), name.clone());
-        name
+        }
     }
 }
 
@@ -510,6 +542,8 @@ pub struct Compiler {
     /// Per family, by interface.
     endpoints: [HashMap<String, Compiled>; 2],
     policies: HashMap<PolicyKey, CompiledPolicy>,
+    /// The names of the policy and cluster policy chains, by address.
+    names: HashMap<(usize, u8), (Compiling, Claim)>,
 }
 
 /// A policy's chain in one family: the policy object's address (the entry
@@ -554,6 +588,7 @@ impl Compiler {
             };
         }
         let (mut kept, mut kept_policies) = (Default::default(), HashMap::new());
+        let mut kept_names = HashMap::new();
         let desired = compile_with(
             index,
             config,
@@ -562,10 +597,13 @@ impl Compiler {
                 next: &mut kept,
                 last_policies: &mut self.policies,
                 next_policies: &mut kept_policies,
+                last_names: &mut self.names,
+                next_names: &mut kept_names,
             }),
         );
         self.endpoints = kept;
         self.policies = kept_policies;
+        self.names = kept_names;
         desired
     }
 }
@@ -631,6 +669,36 @@ struct Cache<'a> {
     next: &'a mut [HashMap<String, Compiled>; 2],
     last_policies: &'a mut HashMap<PolicyKey, CompiledPolicy>,
     next_policies: &'a mut HashMap<PolicyKey, CompiledPolicy>,
+    last_names: &'a mut HashMap<(usize, u8), (Compiling, Claim)>,
+    next_names: &'a mut HashMap<(usize, u8), (Compiling, Claim)>,
+}
+
+/// Names a policy's or cluster policy's chain in the first pass: the name
+/// the last compile gave this very object (the cache holds the object, so
+/// no other took its address meanwhile), if it is still its, otherwise a
+/// new claim.
+fn name_chain(
+    names: &mut Names,
+    cache: &mut Option<Cache<'_>>,
+    at: (usize, u8),
+    from: impl FnOnce() -> Compiling,
+    claim: impl FnOnce(&mut Names) -> String,
+) {
+    let Some(cache) = cache else {
+        claim(names);
+        return;
+    };
+    let kept = match cache.last_names.remove(&at) {
+        Some((from, kept)) if names.replay_at(at, &kept) => (from, kept),
+        _ => {
+            claim(names);
+            let Some(kept) = names.by_address.get(&at) else {
+                return;
+            };
+            (from(), kept.clone())
+        }
+    };
+    cache.next_names.insert(at, kept);
 }
 
 /// Adds a policy's chain `name` in one family, and its `UDL-M-` chains,
@@ -756,7 +824,11 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
     // happen to reference them.
     for policy in active.values() {
         for dir in Direction::BOTH {
-            names.policy_chain(policy, dir);
+            let at = Names::chain_address(&**policy, dir);
+            let from = || Compiling::Policy(policy.clone());
+            name_chain(&mut names, &mut cache, at, from, |n| {
+                n.policy_chain(policy, dir)
+            });
         }
     }
 
@@ -764,7 +836,11 @@ fn compile_with(index: &Index, config: &Config, mut cache: Option<Cache<'_>>) ->
     out.cluster_policies = cluster.len();
     for policy in cluster.values() {
         for dir in Direction::BOTH {
-            names.cluster_chain(policy, dir);
+            let at = Names::chain_address(&**policy, dir);
+            let from = || Compiling::Cluster(policy.clone());
+            name_chain(&mut names, &mut cache, at, from, |n| {
+                n.cluster_chain(policy, dir)
+            });
         }
     }
 
