@@ -558,9 +558,19 @@ fn ip_program() -> &'static Path {
 pub fn exec_plugin(node: &Netns, binary: &Path, inv: &Invocation, stdin: &Value) -> PluginOutput {
     // starts: ip
     let mut cmd = Command::new(ip_program());
-    cmd.args(["netns", "exec", &node.name])
-        .arg(binary)
-        .env_clear()
+    cmd.args(["netns", "exec", &node.name]).arg(binary);
+    run_plugin(cmd, inv, stdin)
+}
+
+/// Runs a plugin binary in the network namespace of the calling thread, as
+/// a runtime living on the node starts it: no `ip netns exec` between (see
+/// `underlay_netns::run_in` for entering a node's namespace).
+pub fn exec_plugin_here(binary: &Path, inv: &Invocation, stdin: &Value) -> PluginOutput {
+    run_plugin(Command::new(binary), inv, stdin)
+}
+
+fn run_plugin(mut cmd: Command, inv: &Invocation, stdin: &Value) -> PluginOutput {
+    cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(inv.env())
         .stdin(Stdio::piped())
