@@ -22,8 +22,12 @@ use tokio::sync::Notify;
 
 /// How long no Attach or Detach may start before the group is deleted.
 pub const QUIET: Duration = Duration::from_millis(100);
-/// Detaches after which the group is deleted even on a busy node.
-pub const MAX_RETIRED: usize = 128;
+/// Detaches after which the group is deleted even on a busy node. Small:
+/// the kernel takes each link apart under the routing lock, so a pod
+/// being wired meanwhile waits for the whole group (128 links held an ADD
+/// up for 25–30 ms), while the wait for the grace period, paid once per
+/// deletion, is spent outside the lock.
+pub const MAX_RETIRED: usize = 16;
 /// How long after a detach the group is deleted even on a busy node.
 pub const MAX_WAIT: Duration = Duration::from_secs(10);
 
@@ -51,7 +55,7 @@ impl Retired {
         tokio::spawn(async move {
             loop {
                 inner.pending.store(0, Ordering::Relaxed);
-                match delete_retired().await {
+                match delete_retired_aside().await {
                     Ok(false) => {}
                     Ok(true) => tracing::debug!("retired host interfaces deleted"),
                     Err(e) => {
@@ -93,6 +97,22 @@ impl Inner {
             }
         }
     }
+}
+
+/// [`delete_retired`] on a thread of its own. The kernel answers a link
+/// deletion only once the links are gone, 15–30 ms later (RCU grace
+/// periods, though it holds the routing lock only briefly): on a runtime
+/// worker that wait would hold up the Attach and Detach calls queued
+/// behind it.
+async fn delete_retired_aside() -> Result<bool, std::io::Error> {
+    tokio::task::spawn_blocking(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?
+            .block_on(delete_retired())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Deletes every link of the retired group; false when it had none.
