@@ -71,9 +71,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The container ID of round `r` of worker `w` in a phase: unique, as a
+/// runtime's sandbox IDs are (a reused ID would find the host interface
+/// an earlier DEL retired still there, and wait for its deletion).
+fn container_id(phase: &str, w: usize, r: usize) -> String {
+    format!("{phase}{w}x{r}")
+}
+
+/// The phases of a run: warm-up, one at a time, eight at a time.
+const PHASES: [&str; 3] = ["warm", "seq", "par"];
+
 fn measure(
     t: &Arc<Target>,
     pods: &Arc<Vec<Netns>>,
+    phase: &'static str,
     parallel: usize,
     rounds: usize,
 ) -> (Duration, Duration) {
@@ -85,7 +96,7 @@ fn measure(
                     // The worker is the node's runtime: in its namespace.
                     underlay_netns::run_in(&t.node.ns.path(), || {
                         (0..rounds)
-                            .map(|r| add_del(&t, &pods[w], &format!("bench{w}x{r}")))
+                            .map(|r| add_del(&t, &pods[w], &container_id(phase, w, r)))
                             .collect::<Vec<_>>()
                     })
                     .expect("enter the node's namespace")
@@ -189,8 +200,12 @@ fn main() {
     };
     // Every pod the benchmark will attach exists in the API server, as the
     // kubelet's pods do before their sandbox is created.
-    let measured: Vec<String> = (0..8)
-        .flat_map(|w| (0..rounds.max(3)).map(move |r| format!("pod-bench{w}x{r}")))
+    let measured: Vec<String> = PHASES
+        .iter()
+        .flat_map(|phase| (0..8).map(move |w| (phase, w)))
+        .flat_map(|(phase, w)| {
+            (0..rounds.max(3)).map(move |r| format!("pod-{}", container_id(phase, w, r)))
+        })
         .chain(["pod-resident".to_owned()])
         .collect();
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
@@ -248,7 +263,7 @@ fn main() {
     let targets = [&underlay, &bare, &reference];
     // Warm up every target (page cache, first agent connection).
     for t in targets {
-        measure(t, &pods, 1, 3);
+        measure(t, &pods, PHASES[0], 1, 3);
     }
     println!("plugin: {}", cni_bin());
     println!("agent:  {}", agent_bin().display());
@@ -262,9 +277,9 @@ fn main() {
     );
     // Interleave the targets so drift on a shared machine hits all alike.
     let mut results = vec![Vec::new(); targets.len()];
-    for (parallel, r) in [(1, rounds), (8, rounds / 2)] {
+    for (phase, parallel, r) in [(PHASES[1], 1, rounds), (PHASES[2], 8, rounds / 2)] {
         for (i, t) in targets.iter().enumerate() {
-            results[i].push(measure(t, &pods, parallel, r));
+            results[i].push(measure(t, &pods, phase, parallel, r));
         }
     }
     for (t, v) in targets.iter().zip(&results) {
