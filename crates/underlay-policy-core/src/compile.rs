@@ -10,10 +10,10 @@
 //! - `UDL-E-<if>` / `UDL-I-<if>`: per endpoint. Empty when no policy of
 //!   any tier selects the pod in that direction (open); otherwise the
 //!   tiers in order: the Admin tier's cluster policy chains, then, when a
-//!   NetworkPolicy selects the pod, a jump to the chain of the peers the
-//!   selecting policies allow on every port and a jump to each selecting
-//!   policy's chain, returning as soon as one allowed, then drop; else the
-//!   Baseline tier's chains. A drop alone while the endpoint's Pod object
+//!   NetworkPolicy selects the pod, a jump to the one chain that may allow
+//!   (the peers chain, or a policy's), or to a `UDL-G-` chain asking them
+//!   in turn, allowed if it returns with the accept verdict, then drop;
+//!   else the Baseline tier's chains. A drop alone while the endpoint's Pod object
 //!   is unknown. None in a family the endpoint has addresses but none of
 //!   (nor a dispatch entry: the dispatch drops its packets there). Native
 //!   rules only (see [`native`]): the verdict is cleared by a jump to
@@ -24,6 +24,11 @@
 //!   (their `ipBlock`s without exceptions in one `udl<family>-b-<h>`
 //!   `hash:net` set, every other peer set in one rule), and the peers (and
 //!   named ports) of one policy or cluster policy rule.
+//! - `UDL-G-<h>`: the chains an endpoint's NetworkPolicies allow through
+//!   (the peers chain of the peers they allow on every port, then each
+//!   policy's chain), each asked while none allowed; named after its rules
+//!   and shared by every endpoint the same policies select, so a pod that
+//!   comes or goes writes a few rules however many policies select it.
 //! - `UDL-PI-<h>` / `UDL-PE-<h>`: per NetworkPolicy with rules that have
 //!   ports or no peers, shared by every endpoint it selects. Native rules
 //!   only: per port the protocol and port, then a jump to the rule's
@@ -423,6 +428,14 @@ impl Names {
     /// on every port, named after its rules (`rules` their text).
     pub fn peers_chain(&mut self, rules: &str) -> String {
         self.claim(&format!("{CHAIN_PREFIX}M-"), rules, None)
+            .name
+            .clone()
+    }
+
+    /// The chain that asks an endpoint's NetworkPolicies in turn, named
+    /// after its rules (`rules` their text).
+    pub fn group_chain(&mut self, rules: &str) -> String {
+        self.claim(&format!("{CHAIN_PREFIX}G-"), rules, None)
             .name
             .clone()
     }
@@ -1168,11 +1181,37 @@ fn endpoint_rules(
         }
         return rules;
     }
-    rules.extend(merged.peer_rules(policies, dir, names, &accepted, allow));
+    // The chains that may allow: the peers allowed on every port, then
+    // each policy's own. More than one are asked in turn by a group chain
+    // shared by every endpoint they select alike, so a new pod's chain is
+    // a few rules however many policies select it.
+    let mut asked: Vec<String> = merged
+        .peer_rules(policies, dir, names)
+        .into_iter()
+        .collect();
     for p in policies.iter().filter(|p| unmerged(p, dir)) {
         let chain = names.policy_chain(p, dir);
-        rules.push(format!("-j {chain}"));
-        merged.jump(chain);
+        merged.jump(chain.clone());
+        asked.push(chain);
+    }
+    let target = match asked.len() {
+        0 => None,
+        1 => asked.pop(),
+        _ => {
+            let mut group = Vec::new();
+            for (i, chain) in asked.iter().enumerate() {
+                if i > 0 {
+                    group.push(format!("-m mark --mark {accepted} -j RETURN"));
+                }
+                group.push(format!("-j {chain}"));
+            }
+            let name = names.group_chain(&group.join("\n"));
+            merged.shared(&name, group);
+            Some(name)
+        }
+    };
+    if let Some(target) = target {
+        rules.push(format!("-j {target}"));
         rules.push(format!("-m mark --mark {accepted} -g {allow}"));
     }
     rules.extend(exits.log.clone());
@@ -1207,7 +1246,8 @@ struct Merged<'a> {
     sets: &'a mut BTreeMap<String, DesiredSet>,
     /// The policy chains the endpoint chains of this family jump to.
     jumps: HashSet<String, BuildHasherDefault<Fnv>>,
-    /// The peers chains they jump to, with their rules.
+    /// The chains named after their rules they jump to (peers and group
+    /// chains), with their rules.
     peers: BTreeMap<String, Rules>,
     /// While one endpoint's chains are compiled: its jumps, sets and
     /// peers chains.
@@ -1232,14 +1272,30 @@ impl Merged<'_> {
 }
 
 impl Merged<'_> {
+    /// Adds a chain named after its rules, shared by every endpoint chain
+    /// that uses it.
+    fn shared(&mut self, name: &str, rules: Vec<String>) {
+        if self.peers.contains_key(name) {
+            if let Some(r) = &mut self.record {
+                r.peers.push((name.to_string(), self.peers[name].clone()));
+            }
+            return;
+        }
+        let rules = Rules::from(rules);
+        if let Some(r) = &mut self.record {
+            r.peers.push((name.to_string(), rules.clone()));
+        }
+        self.peers.insert(name.to_string(), rules);
+    }
+
+    /// The chain matching the peers `policies` allow on every port in
+    /// `dir`, if any.
     fn peer_rules(
         &mut self,
         policies: &[Arc<Policy>],
         dir: Direction,
         names: &mut Names,
-        accepted: &str,
-        allow: &str,
-    ) -> Vec<String> {
+    ) -> Option<String> {
         let peer_dir = match dir {
             Direction::Ingress => "src",
             Direction::Egress => "dst",
@@ -1292,18 +1348,11 @@ impl Merged<'_> {
             rules.push(format!("-m set --match-set {set} {peer_dir} -g {ACCEPTED}"));
         }
         if rules.is_empty() {
-            return rules;
+            return None;
         }
         let chain = names.peers_chain(&rules.join("\n"));
-        let rules = Rules::from(rules);
-        if let Some(r) = &mut self.record {
-            r.peers.push((chain.clone(), rules.clone()));
-        }
-        self.peers.entry(chain.clone()).or_insert(rules);
-        vec![
-            format!("-j {chain}"),
-            format!("-m mark --mark {accepted} -g {allow}"),
-        ]
+        self.shared(&chain, rules);
+        Some(chain)
     }
 }
 

@@ -1324,3 +1324,92 @@ fn a_policy_or_cluster_policy_whose_port_changes_writes_native_rules_only() {
     moves_to(80, &|idx| idx.apply_cluster_policy(guard(80)));
     assert!(!reaches(&fake, yb, xb, 80) && reaches(&fake, yb, xb, 81));
 }
+
+#[test]
+fn the_policies_selecting_a_pod_are_asked_through_one_chain_pods_selected_alike_share() {
+    use underlay_policy::model::{Attachment, Endpoint, Peer, Pod, Policy, PortMatch, Rule};
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    // Three policies select every pod of x, each allowing pods b on a port
+    // of its own.
+    engine.change(|idx| {
+        for i in 0..3u16 {
+            let mut p = Policy::new("x", &format!("port-{i}"), Selector::everything());
+            let mut rule = Rule::from(vec![Peer::pods(Selector::labels([("pod", "b")]))]);
+            rule.ports = vec![PortMatch::tcp(80 + i)];
+            p.ingress = vec![rule];
+            idx.apply_policy(p);
+        }
+    });
+    engine.sync().unwrap();
+    let ingress = |pod: usize| {
+        let iface = Pid { ns: 0, pod }.interface();
+        fake.state().tables[0][&format!("UDL-I-{iface}")].clone()
+    };
+    let groups = |rules: &[String]| -> Vec<String> {
+        (rules.iter())
+            .filter(|r| r.starts_with("-j UDL-G-"))
+            .cloned()
+            .collect()
+    };
+    let (a, c) = (ingress(0), ingress(2));
+    assert_eq!(groups(&a).len(), 1, "{a:?}");
+    assert_eq!(groups(&a), groups(&c), "one group chain for both");
+    assert!(a.len() <= 5, "{a:?}");
+    let group = groups(&a)[0].trim_start_matches("-j ").to_string();
+    let group_rules = fake.state().tables[0][&group].clone();
+    let asked = (group_rules.iter()).filter(|r| r.starts_with("-j UDL-PI-"));
+    assert_eq!(asked.count(), 3, "{group_rules:?}");
+
+    // Each policy still allows what it allows, and nothing more.
+    let to_a = |from: usize, dport: u16| {
+        let (src, dst) = (Pid { ns: 0, pod: from }, Pid { ns: 0, pod: 0 });
+        let mut pkt = Packet {
+            iif: Some(src.interface()),
+            oif: Some(dst.interface()),
+            src: src.ip(Family::V4),
+            dst: dst.ip(Family::V4),
+            protocol: Protocol::Tcp,
+            dport,
+            mark: 0,
+        };
+        verdict(&fake, Family::V4, "FORWARD", &mut pkt)
+    };
+    for port in [80, 81, 82] {
+        assert_eq!(to_a(1, port), Verdict::Accept, "b to a on {port}");
+        assert_eq!(to_a(2, port), Verdict::Drop, "c to a on {port}");
+    }
+    assert_eq!(to_a(1, 83), Verdict::Drop, "b to a on 83");
+
+    // A new pod of x writes its own chains and dispatch entries only: the
+    // group chain and the policies' chains are there already.
+    let before = fake.state().calls.len();
+    engine.change(|idx| {
+        idx.apply_pod(Pod::new("x", "new").label("pod", "new").ip("10.88.0.77"));
+        idx.apply_endpoint(Endpoint {
+            pod: PodKey::new("x", "new"),
+            interface: "udlxnew".into(),
+            ips: vec!["10.88.0.77".parse().unwrap()],
+            owner: Attachment::new("sandbox-new", "eth0"),
+        });
+    });
+    engine.sync().unwrap();
+    let scripts: Vec<String> = fake.state().calls[before..]
+        .iter()
+        .filter_map(|c| match c {
+            Call::RestoreFilter(_, s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scripts.len(), 1, "{scripts:?}");
+    let declared: Vec<&str> = (scripts[0].lines())
+        .filter(|l| l.starts_with(':'))
+        .collect();
+    assert_eq!(declared.len(), 2, "{}", scripts[0]);
+    assert!(
+        declared.iter().all(|l| l.contains("udlxnew")),
+        "{}",
+        scripts[0]
+    );
+    assert!(scripts[0].lines().count() <= 16, "{}", scripts[0]);
+}
