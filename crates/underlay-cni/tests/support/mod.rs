@@ -566,6 +566,7 @@ pub fn exec_plugin(node: &Netns, binary: &Path, inv: &Invocation, stdin: &Value)
 /// a runtime living on the node starts it: no `ip netns exec` between (see
 /// `underlay_netns::run_in` for entering a node's namespace).
 pub fn exec_plugin_here(binary: &Path, inv: &Invocation, stdin: &Value) -> PluginOutput {
+    // starts: underlay-cni ptp
     run_plugin(Command::new(binary), inv, stdin)
 }
 
