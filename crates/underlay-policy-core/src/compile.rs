@@ -56,6 +56,8 @@ use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 pub const CHAIN_PREFIX: &str = "UDL-";
+/// The prefix of the `UDL-M-` chains of set matches.
+pub const PEERS_PREFIX: &str = "UDL-M-";
 pub const SET_PREFIX: &str = "udl";
 pub const FORWARD: &str = "UDL-FORWARD";
 pub const INPUT: &str = "UDL-INPUT";
@@ -427,9 +429,7 @@ impl Names {
     /// The chain matching the peers some endpoints' NetworkPolicies allow
     /// on every port, named after its rules (`rules` their text).
     pub fn peers_chain(&mut self, rules: &str) -> String {
-        self.claim(&format!("{CHAIN_PREFIX}M-"), rules, None)
-            .name
-            .clone()
+        self.claim(PEERS_PREFIX, rules, None).name.clone()
     }
 
     /// The chain that asks an endpoint's NetworkPolicies in turn, named

@@ -137,6 +137,43 @@ struct ChainPlan {
     written: Vec<(String, ChainState)>,
     /// Chains deleted.
     deleted: Vec<String>,
+    /// Whether unused peers chains may stay (not in a repair).
+    keep_unused: bool,
+    /// Unused peers chains left on the node, with their rules.
+    unused: BTreeMap<String, Rules>,
+}
+
+/// How many unused `UDL-M-` chains a family keeps before they are all
+/// deleted in one change.
+///
+/// A peers chain holds `set` matches, xtables extensions for iptables-nft;
+/// a transaction that writes one waits for the kernel to release the
+/// extension rules the previous transaction deleted, milliseconds (20 ms
+/// for a new pod on a small node, whose peers are often a combination no
+/// other pod has). So a peers chain no rule jumps to any more stays, unused
+/// (a packet never reaches it), and a pod with the same peers takes it up
+/// again without writing it; they are deleted together once there are more
+/// than this many, and at every repair.
+pub const MAX_UNUSED_PEERS_CHAINS: usize = 64;
+
+fn is_peers_chain(name: &str) -> bool {
+    name.starts_with(compile::PEERS_PREFIX)
+}
+
+/// The sets the rules match against.
+fn sets_matched<'a>(rules: impl Iterator<Item = &'a String>) -> BTreeSet<&'a str> {
+    let mut sets = BTreeSet::new();
+    for rule in rules {
+        let mut words = rule.split_ascii_whitespace();
+        while let Some(w) = words.next() {
+            if w == "--match-set"
+                && let Some(set) = words.next()
+            {
+                sets.insert(set);
+            }
+        }
+    }
+    sets
 }
 
 /// What a chain's state should be once `rules` are programmed.
@@ -310,6 +347,9 @@ pub struct Engine<D: Dataplane> {
     written: Option<Chains>,
     /// Compiles only the endpoints a change touched.
     compiler: Compiler,
+    /// Per family, the peers chains on the node that no rule uses any more
+    /// (see [`MAX_UNUSED_PEERS_CHAINS`]), with their rules.
+    unused: [BTreeMap<String, Rules>; 2],
     metrics: Metrics,
     synced_generation: Option<u64>,
     dirty_since: Option<Instant>,
@@ -329,6 +369,7 @@ impl<D: Dataplane> Engine<D> {
             programmed: None,
             written: None,
             compiler: Compiler::default(),
+            unused: Default::default(),
             metrics,
             synced_generation: None,
             dirty_since: None,
@@ -478,9 +519,21 @@ impl<D: Dataplane> Engine<D> {
         let obsolete_sets = self.write_sets(&mut programmed, &desired, &mut report)?;
         report.phases.ipsets = micros_since(t);
         let t = Instant::now();
-        self.write_chains(&mut programmed, &desired, written.as_ref(), &mut report)?;
+        // A repair takes the unused peers chains away.
+        let keep_unused = !reread;
+        self.write_chains(
+            &mut programmed,
+            &desired,
+            written.as_ref(),
+            keep_unused,
+            &mut report,
+        )?;
         report.phases.iptables = micros_since(t);
         let t = Instant::now();
+        let still_matched = self.unused_sets();
+        let obsolete_sets: Vec<String> = (obsolete_sets.into_iter())
+            .filter(|s| !still_matched.contains(s.as_str()))
+            .collect();
         self.destroy_sets(&mut programmed, &obsolete_sets, &mut report)?;
         report.phases.ipsets += micros_since(t);
         self.sets_awaiting_destroy = report.sets_deferred;
@@ -549,9 +602,13 @@ impl<D: Dataplane> Engine<D> {
         programmed: &mut Programmed,
         desired: &Desired,
         written: Option<&Chains>,
+        keep_unused: bool,
         report: &mut SyncReport,
     ) -> Result<()> {
         let mut plans: [ChainPlan; 2] = Default::default();
+        for plan in &mut plans {
+            plan.keep_unused = keep_unused;
+        }
         let scripts: Vec<(Family, String)> = Family::ALL
             .into_iter()
             .filter_map(|family| {
@@ -588,8 +645,19 @@ impl<D: Dataplane> Engine<D> {
             }
             chains.extend(plan.written);
             programmed.hooks[family.index()] = [Hook::IN_PLACE; 3];
+            self.unused[family.index()] = plan.unused;
         }
         Ok(())
+    }
+
+    /// The sets the unused peers chains match against: kept while they are.
+    fn unused_sets(&self) -> BTreeSet<&str> {
+        sets_matched(
+            self.unused
+                .iter()
+                .flat_map(|u| u.values())
+                .flat_map(|r| r.iter()),
+        )
     }
 
     /// Destroys the sets no rule references any more.
@@ -660,7 +728,9 @@ impl<D: Dataplane> Engine<D> {
         for family in Family::ALL {
             let have = &programmed.chains[family.index()];
             let want = &desired.chains[family.index()];
-            if have.len() != want.len() || programmed.hooks[family.index()] != [Hook::IN_PLACE; 3] {
+            let unused = &self.unused[family.index()];
+            let have_used = have.keys().filter(|n| !unused.contains_key(*n)).count();
+            if have_used != want.len() || programmed.hooks[family.index()] != [Hook::IN_PLACE; 3] {
                 return false;
             }
             for (name, rules) in want {
@@ -669,7 +739,11 @@ impl<D: Dataplane> Engine<D> {
                 }
             }
         }
-        desired.sets.len() == programmed.sets.len()
+        let unused_sets = self.unused_sets();
+        let sets_used = (programmed.sets.keys())
+            .filter(|n| desired.sets.contains_key(*n) || !unused_sets.contains(n.as_str()))
+            .count();
+        desired.sets.len() == sets_used
             && desired.sets.iter().all(|(name, d)| {
                 programmed.sets.get(name).is_some_and(|p| {
                     p.kind == d.kind && p.family == d.family && keys_equal(&p.members, &d.members)
@@ -803,6 +877,19 @@ impl<D: Dataplane> Engine<D> {
             plan.written.push((name.clone(), expect));
         }
         obsolete.extend(have_chains.rest());
+        // Unused peers chains whose rules are known stay, up to the limit.
+        let unused = &self.unused[family.index()];
+        let kept: BTreeMap<String, Rules> = (obsolete.iter())
+            .filter(|n| plan.keep_unused && is_peers_chain(n))
+            .filter_map(|n| {
+                let rules = unused.get(*n).or_else(|| written.and_then(|w| w.get(*n)))?;
+                Some((n.to_string(), rules.clone()))
+            })
+            .collect();
+        if kept.len() <= MAX_UNUSED_PEERS_CHAINS {
+            obsolete.retain(|n| !kept.contains_key(*n));
+            plan.unused = kept;
+        }
         plan.deleted = obsolete.iter().map(|n| n.to_string()).collect();
         for name in &obsolete {
             // Declaring flushes the chain, dropping its references first.

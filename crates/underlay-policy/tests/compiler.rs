@@ -89,8 +89,10 @@ fn every_scenario_compiles_to_its_truth_table() {
                 &bad[..bad.len().min(4)]
             ));
         }
-        // Every peers, policy and cluster policy chain is jumped to: none
+        // Every group, policy and cluster policy chain is jumped to: none
         // is written that nothing uses (the shared chains always are).
+        // Peers chains a scenario before used may stay unused, up to the
+        // limit (see `MAX_UNUSED_PEERS_CHAINS`).
         for (family, table) in fake.state().tables.iter().enumerate() {
             let targets: std::collections::HashSet<&str> = table
                 .values()
@@ -107,7 +109,7 @@ fn every_scenario_compiles_to_its_truth_table() {
             let unused: Vec<&String> = table
                 .keys()
                 .filter(|c| {
-                    ["UDL-M-", "UDL-PI-", "UDL-PE-", "UDL-CI-", "UDL-CE-"]
+                    ["UDL-G-", "UDL-PI-", "UDL-PE-", "UDL-CI-", "UDL-CE-"]
                         .iter()
                         .any(|p| c.starts_with(p))
                 })
@@ -115,6 +117,15 @@ fn every_scenario_compiles_to_its_truth_table() {
                 .collect();
             if !unused.is_empty() {
                 failures.push(format!("{} (family {family}): unused {unused:?}", s.name));
+            }
+            let unused_peers = (table.keys())
+                .filter(|c| c.starts_with("UDL-M-") && !targets.contains(c.as_str()))
+                .count();
+            if unused_peers > underlay_policy::engine::MAX_UNUSED_PEERS_CHAINS {
+                failures.push(format!(
+                    "{} (family {family}): {unused_peers} unused peers chains",
+                    s.name
+                ));
             }
         }
         // The user-space evaluator agrees with the same truth table.
@@ -346,9 +357,19 @@ fn sets_the_kernel_still_holds_are_destroyed_by_a_later_sync() {
     let peer_sets = fake.state().sets.len();
     assert!(peer_sets > 0);
 
-    // No policy: no rule references the peer sets any more.
+    // No policy: no endpoint chain uses the peers chains any more. They
+    // stay, unused, with their sets, until a repair deletes them; then no
+    // rule references the sets.
     engine.change(|idx| scenarios::prepare(idx, &all[0]));
     let report = engine.sync().unwrap();
+    assert_eq!(
+        report.sets_destroyed + report.sets_deferred,
+        0,
+        "{report:?}"
+    );
+    assert_eq!(fake.state().sets.len(), peer_sets);
+    let report = engine.repair().unwrap();
+    assert!(!report.repaired, "{report:?}");
     assert_eq!(report.sets_destroyed, 0, "{report:?}");
     assert_eq!(report.sets_deferred, peer_sets, "{report:?}");
     assert_eq!(engine.sets_awaiting_destroy(), peer_sets);
@@ -1412,4 +1433,127 @@ fn the_policies_selecting_a_pod_are_asked_through_one_chain_pods_selected_alike_
         scripts[0]
     );
     assert!(scripts[0].lines().count() <= 16, "{}", scripts[0]);
+}
+
+/// A pod whose peers no other pod has gets a peers chain of its own, with
+/// `set` matches. When it goes, the chain stays unused (no rule jumps to
+/// it, so no packet reaches it) with the sets it matches, and the pod's
+/// removal deletes native rules only; a pod with the same peers takes the
+/// chain up again without writing an extension. A repair deletes unused
+/// chains without calling them a difference, and so does a change that
+/// leaves more than `MAX_UNUSED_PEERS_CHAINS` of them.
+#[test]
+fn an_unused_peers_chain_stays_until_a_repair_or_too_many_and_comes_back_unwritten() {
+    use std::net::Ipv4Addr;
+    use underlay_policy::engine::MAX_UNUSED_PEERS_CHAINS;
+    use underlay_policy::model::{Attachment, Endpoint, Peer, Pod, Policy, Rule};
+    let fake = FakeDataplane::new();
+    let mut engine = world_engine(&fake);
+    // Pod x/n<i>, labelled `uid=<i>`, admits pods labelled `peer=<i>`: a
+    // peers chain no other pod shares.
+    engine.change(|idx| {
+        for i in 0..=MAX_UNUSED_PEERS_CHAINS {
+            let mut p = Policy::new(
+                "x",
+                &format!("own-{i}"),
+                Selector::labels([("uid", &*i.to_string())]),
+            );
+            p.ingress = vec![Rule::from(vec![Peer::pods(Selector::labels([(
+                "peer",
+                &*i.to_string(),
+            )]))])];
+            idx.apply_policy(p);
+        }
+    });
+    engine.sync().unwrap();
+    let endpoint = |i: usize| Endpoint {
+        pod: PodKey::new("x", format!("n{i}")),
+        interface: format!("udlxn{i}"),
+        ips: vec![format!("10.88.1.{i}").parse().unwrap()],
+        owner: Attachment::new(format!("sandbox-n{i}"), "eth0"),
+    };
+    let come = |engine: &mut Engine<FakeDataplane>, i: usize| {
+        engine.change(|idx| {
+            let pod = Pod::new("x", &format!("n{i}"))
+                .label("uid", &i.to_string())
+                .ip(&format!("10.88.1.{i}"));
+            idx.apply_pod(pod);
+            idx.apply_endpoint(endpoint(i));
+        });
+        engine.sync().unwrap()
+    };
+    let go = |engine: &mut Engine<FakeDataplane>, i: usize| {
+        engine.change(|idx| idx.delete_endpoint(&format!("udlxn{i}"), &endpoint(i).owner));
+        engine.sync().unwrap()
+    };
+    let peers_chains = || chains_named(&fake, Family::V4, &["UDL-M-"]);
+    let sets = || fake.state().sets.len();
+    let (chains_before, sets_before) = (peers_chains(), sets());
+
+    let before = fake.state().calls.len();
+    come(&mut engine, 0);
+    assert!(!native(&scripts_since(&fake, before)), "a new peers chain");
+    let with_pod = peers_chains();
+    assert_eq!(with_pod.len(), chains_before.len() + 1);
+    let own_sets = sets();
+    assert!(own_sets > sets_before);
+
+    let before = fake.state().calls.len();
+    let report = go(&mut engine, 0);
+    assert!(native(&scripts_since(&fake, before)), "the removal");
+    assert_eq!(peers_chains(), with_pod, "the chain stays, unused");
+    assert_eq!(sets(), own_sets, "and the sets it matches");
+    assert_eq!(
+        report.sets_destroyed + report.sets_deferred,
+        0,
+        "{report:?}"
+    );
+
+    let before = fake.state().calls.len();
+    come(&mut engine, 0);
+    let back = scripts_since(&fake, before);
+    assert!(native(&back), "taken up again unwritten: {back:?}");
+    let writes_peers_chain = |s: &String| s.contains(":UDL-M-") || s.contains("-A UDL-M-");
+    assert!(!back.iter().any(writes_peers_chain), "{back:?}");
+    let packet = |src: Ipv4Addr| {
+        let mut pkt = Packet {
+            iif: Some("eth0".into()),
+            oif: Some("udlxn0".into()),
+            src: src.into(),
+            dst: "10.88.1.0".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            dport: 80,
+            mark: 0,
+        };
+        verdict(&fake, Family::V4, "FORWARD", &mut pkt)
+    };
+    assert_eq!(packet(Ipv4Addr::new(203, 0, 113, 1)), Verdict::Drop);
+
+    // Gone again: a repair deletes the unused chain and then its sets (the
+    // kernel holds a set a moment after its last rule went: the next sync
+    // destroys it), and finds nothing else to repair.
+    go(&mut engine, 0);
+    let report = engine.repair().unwrap();
+    assert!(!report.repaired, "{report:?}");
+    assert_eq!(peers_chains(), chains_before);
+    assert!(
+        report.sets_destroyed + report.sets_deferred > 0,
+        "{report:?}"
+    );
+    engine.sync().unwrap();
+    assert_eq!(sets(), sets_before);
+
+    // One more than the limit: all of them go in one change.
+    for i in 0..=MAX_UNUSED_PEERS_CHAINS {
+        come(&mut engine, i);
+    }
+    for i in 0..MAX_UNUSED_PEERS_CHAINS {
+        go(&mut engine, i);
+    }
+    let most = peers_chains().len();
+    assert_eq!(most, chains_before.len() + MAX_UNUSED_PEERS_CHAINS + 1);
+    let report = go(&mut engine, MAX_UNUSED_PEERS_CHAINS);
+    assert_eq!(peers_chains(), chains_before, "{report:?}");
+    engine.sync().unwrap();
+    assert_eq!(sets(), sets_before);
 }
