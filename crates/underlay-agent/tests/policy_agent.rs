@@ -139,21 +139,25 @@ fn ipset_names(ns: &Netns) -> Vec<String> {
     listed.lines().map(str::to_string).collect()
 }
 
-/// How many `UDL-M-` chains no rule jumps to, in `iptables-save` output.
-fn unused_peers_chains(save: &str) -> usize {
-    let targets: std::collections::BTreeSet<&str> = save
-        .lines()
+/// The words of `iptables-save` output's rules that follow `option`.
+fn named_by<'a>(save: &'a str, option: &'a str) -> impl Iterator<Item = &'a str> {
+    save.lines()
         .filter(|l| l.starts_with("-A "))
-        .flat_map(|l| {
+        .flat_map(move |l| {
             let words: Vec<&str> = l.split_whitespace().collect();
-            let jumps = words.windows(2).filter(|w| w[0] == "-j" || w[0] == "-g");
-            jumps.map(|w| w[1]).collect::<Vec<_>>()
+            let named = words.windows(2).filter(move |w| w[0] == option);
+            named.map(|w| w[1]).collect::<Vec<_>>()
         })
-        .collect();
+}
+
+/// The `UDL-M-` chains no rule jumps to, in `iptables-save` output.
+fn unused_peers_chains(save: &str) -> Vec<&str> {
+    let targets: std::collections::BTreeSet<&str> =
+        named_by(save, "-j").chain(named_by(save, "-g")).collect();
     save.lines()
         .filter_map(|l| l.strip_prefix(':')?.split_whitespace().next())
         .filter(|c| c.starts_with("UDL-M-") && !targets.contains(c))
-        .count()
+        .collect()
 }
 
 /// The embedded API server with Node worker-1 (pod CIDR 10.244.5.0/24).
@@ -312,7 +316,7 @@ async fn status_and_metrics_report_the_programmed_policy() {
         ("iptables-restore", "iptables-save"),
         ("ip6tables-restore", "ip6tables-save"),
     ]
-    .map(|(restore, save)| (restore, unused_peers_chains(&save_with(&ns, save))));
+    .map(|(restore, save)| (restore, unused_peers_chains(&save_with(&ns, save)).len()));
     let programmed = iptables_save(&ns);
     assert!(programmed.contains("-i udlpolicya01"), "{programmed}");
     agent = start_agent(&ns, &kubeconfig, &socket, dir.path());
@@ -351,10 +355,11 @@ async fn status_and_metrics_report_the_programmed_policy() {
     };
     wait_for("the sets no rule uses to be destroyed", async || {
         let rules = iptables_save(&ns);
+        let used: std::collections::BTreeSet<&str> = named_by(&rules, "--match-set").collect();
         let listed = ipset_names(&ns);
         listed
             .iter()
-            .all(|s| s.starts_with("udl6") || rules.contains(&format!("--match-set {s} ")))
+            .all(|s| s.starts_with("udl6") || used.contains(s.as_str()))
     })
     .await;
     let text = scrape(&ns);
@@ -363,13 +368,7 @@ async fn status_and_metrics_report_the_programmed_policy() {
         "{name}: {text}"
     );
     let rules = iptables_save(&ns);
-    let used: std::collections::BTreeSet<&str> = rules
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .filter(|w| w[0] == "--match-set")
-        .map(|w| w[1])
-        .collect();
+    let used: std::collections::BTreeSet<&str> = named_by(&rules, "--match-set").collect();
     let listed = ipset_names(&ns);
     let listed: std::collections::BTreeSet<&str> = listed.iter().map(String::as_str).collect();
     // (v6 rules' sets are checked the same way by the engine tests)
@@ -385,12 +384,7 @@ async fn status_and_metrics_report_the_programmed_policy() {
     );
     // Every rule is still there, but those of the unused peers chains.
     let unused_rules = |save: &str| {
-        let unused: Vec<String> = save
-            .lines()
-            .filter_map(|l| l.strip_prefix(":UDL-M-")?.split_whitespace().next())
-            .map(|h| format!("UDL-M-{h}"))
-            .filter(|c| !save.contains(&format!("-j {c}")) && !save.contains(&format!("-g {c}")))
-            .collect();
+        let unused = unused_peers_chains(save);
         save.lines()
             .filter(|l| unused.iter().any(|c| l.starts_with(&format!("-A {c} "))))
             .count()

@@ -176,12 +176,9 @@ impl Desired {
 /// is not guaranteed stable across releases, and names must survive
 /// restarts and upgrades).
 pub fn fnv64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    let mut h = Fnv::default();
+    std::hash::Hasher::write(&mut h, data);
+    h.0
 }
 
 /// Names chains and sets after text tenants choose (namespaces, policy
@@ -269,9 +266,9 @@ impl std::hash::Hash for Identity {
     }
 }
 
-/// FNV-1a as a `Hasher`: the keys of [`Names`] are short names, addresses
-/// and [`Identity`]'s finished hash, for which SipHash's setup costs more
-/// than the hashing.
+/// FNV-1a ([`fnv64`]) as a `Hasher`: the keys of [`Names`] are short
+/// names, addresses and [`Identity`]'s finished hash, for which SipHash's
+/// setup costs more than the hashing.
 #[derive(Debug)]
 struct Fnv(u64);
 
@@ -364,14 +361,17 @@ impl Names {
     /// Asks again for a name an earlier compile handed out; false if this
     /// compile gives the identity another one (a collision came or went).
     fn replay(&mut self, claim: &Claim) -> bool {
-        let same = match self.by_identity.get(&claim.identity) {
-            Some(held) => Arc::ptr_eq(held, claim) || held.name == claim.name,
+        let (same, held) = match self.by_identity.get(&claim.identity) {
+            Some(held) => (Arc::ptr_eq(held, claim) || held.name == claim.name, true),
             // Its first hashed name: still its own if nobody took it.
-            None if claim.attempt == 0 => !self.owned.contains(&claim.name),
-            None => self.free_name(&claim.identity, claim.prefix_len).0 == claim.name,
+            None if claim.attempt == 0 => (!self.owned.contains(&claim.name), false),
+            None => {
+                let name = self.free_name(&claim.identity, claim.prefix_len).0;
+                (name == claim.name, false)
+            }
         };
         if same {
-            if !self.by_identity.contains_key(&claim.identity) {
+            if !held {
                 self.hand_out(claim);
             }
             record(&mut self.sets, &mut self.trace, claim);
@@ -1275,17 +1275,12 @@ impl Merged<'_> {
     /// Adds a chain named after its rules, shared by every endpoint chain
     /// that uses it.
     fn shared(&mut self, name: &str, rules: Vec<String>) {
-        if self.peers.contains_key(name) {
-            if let Some(r) = &mut self.record {
-                r.peers.push((name.to_string(), self.peers[name].clone()));
-            }
-            return;
+        if !self.peers.contains_key(name) {
+            self.peers.insert(name.to_string(), rules.into());
         }
-        let rules = Rules::from(rules);
         if let Some(r) = &mut self.record {
-            r.peers.push((name.to_string(), rules.clone()));
+            r.peers.push((name.to_string(), self.peers[name].clone()));
         }
-        self.peers.insert(name.to_string(), rules);
     }
 
     /// The chain matching the peers `policies` allow on every port in
@@ -1327,7 +1322,7 @@ impl Merged<'_> {
                 }
             }
         }
-        let mut rules: Vec<String> = Vec::new();
+        let mut rules = Vec::new();
         if !blocks.is_empty() {
             let id: Vec<String> = blocks.keys().map(|m| m.render()).collect();
             let name = names.blocks(&id.join(","), self.family);

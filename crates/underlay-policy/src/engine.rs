@@ -137,8 +137,6 @@ struct ChainPlan {
     written: Vec<(String, ChainState)>,
     /// Chains deleted.
     deleted: Vec<String>,
-    /// Whether unused peers chains may stay (not in a repair).
-    keep_unused: bool,
     /// Unused peers chains left on the node, with their rules.
     unused: BTreeMap<String, Rules>,
 }
@@ -160,20 +158,25 @@ fn is_peers_chain(name: &str) -> bool {
     name.starts_with(compile::PEERS_PREFIX)
 }
 
-/// The sets the rules match against.
-fn sets_matched<'a>(rules: impl Iterator<Item = &'a String>) -> BTreeSet<&'a str> {
-    let mut sets = BTreeSet::new();
-    for rule in rules {
-        let mut words = rule.split_ascii_whitespace();
-        while let Some(w) = words.next() {
-            if w == "--match-set"
-                && let Some(set) = words.next()
+/// The words of `rule` that follow one of `options` (the targets of
+/// `-j`/`-g`, the sets of `--match-set`).
+fn named_by<'a>(rule: &'a str, options: &'a [&str]) -> impl Iterator<Item = &'a str> {
+    let mut words = rule.split_ascii_whitespace();
+    std::iter::from_fn(move || {
+        loop {
+            let w = words.next()?;
+            if options.contains(&w)
+                && let Some(named) = words.next()
             {
-                sets.insert(set);
+                return Some(named);
             }
         }
-    }
-    sets
+    })
+}
+
+/// The sets the rules match against.
+fn sets_matched<'a>(rules: impl Iterator<Item = &'a String>) -> BTreeSet<&'a str> {
+    rules.flat_map(|r| named_by(r, &["--match-set"])).collect()
 }
 
 /// What a chain's state should be once `rules` are programmed.
@@ -519,15 +522,7 @@ impl<D: Dataplane> Engine<D> {
         let obsolete_sets = self.write_sets(&mut programmed, &desired, &mut report)?;
         report.phases.ipsets = micros_since(t);
         let t = Instant::now();
-        // A repair takes the unused peers chains away.
-        let keep_unused = !reread;
-        self.write_chains(
-            &mut programmed,
-            &desired,
-            written.as_ref(),
-            keep_unused,
-            &mut report,
-        )?;
+        self.write_chains(&mut programmed, &desired, written.as_ref(), &mut report)?;
         report.phases.iptables = micros_since(t);
         let t = Instant::now();
         let still_matched = self.unused_sets();
@@ -602,13 +597,9 @@ impl<D: Dataplane> Engine<D> {
         programmed: &mut Programmed,
         desired: &Desired,
         written: Option<&Chains>,
-        keep_unused: bool,
         report: &mut SyncReport,
     ) -> Result<()> {
         let mut plans: [ChainPlan; 2] = Default::default();
-        for plan in &mut plans {
-            plan.keep_unused = keep_unused;
-        }
         let scripts: Vec<(Family, String)> = Family::ALL
             .into_iter()
             .filter_map(|family| {
@@ -877,10 +868,12 @@ impl<D: Dataplane> Engine<D> {
             plan.written.push((name.clone(), expect));
         }
         obsolete.extend(have_chains.rest());
-        // Unused peers chains whose rules are known stay, up to the limit.
+        // Unused peers chains whose rules are known stay, up to the limit;
+        // a sync that reads the node (a repair) knows no written rules and
+        // takes them all away.
         let unused = &self.unused[family.index()];
         let kept: BTreeMap<String, Rules> = (obsolete.iter())
-            .filter(|n| plan.keep_unused && is_peers_chain(n))
+            .filter(|n| written.is_some() && is_peers_chain(n))
             .filter_map(|n| {
                 let rules = unused.get(*n).or_else(|| written.and_then(|w| w.get(*n)))?;
                 Some((n.to_string(), rules.clone()))
@@ -1009,13 +1002,8 @@ fn reached_endpoints(chains: &Chains, narrowing: &[String]) -> Option<BTreeSet<S
     for family in chains {
         for (chain, rules) in family {
             for rule in rules.iter() {
-                let mut words = rule.split_ascii_whitespace();
-                while let Some(w) = words.next() {
-                    if matches!(w, "-j" | "-g" | "--match-set")
-                        && let Some(target) = words.next()
-                    {
-                        users.entry(target).or_default().push(chain);
-                    }
+                for target in named_by(rule, &["-j", "-g", "--match-set"]) {
+                    users.entry(target).or_default().push(chain);
                 }
             }
         }
